@@ -1,0 +1,49 @@
+# periscope's developer entry points. Two commands get a fresh machine going:
+#   make demo   -- virtual environment, periscope, a CPython 3.14 target interpreter, the demo
+#   make test   -- the same set-up, then the whole test suite
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench soak screenshots target-python system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+# tmux drives the end-to-end test; install it when missing (Debian-family, as root).
+system-deps:
+	@command -v tmux >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; \
+	  else echo "tmux is missing: install it (for example: sudo apt-get install tmux)"; exit 1; fi; }
+
+target-python: $(STAMP)
+	@$(BIN)/periscope target-python
+
+setup: $(STAMP) system-deps
+	@$(BIN)/periscope target-python >/dev/null
+
+demo: setup
+	$(BIN)/periscope --demo
+
+test: setup
+	$(BIN)/python -m pytest -n 2 -m "not soak" $(PYTEST_ARGS)
+
+soak: setup
+	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m tests.bench
+
+screenshots: setup
+	$(BIN)/python -m tests.screenshots
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

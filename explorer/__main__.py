@@ -1,0 +1,5 @@
+"""``python -m explorer``: the same as the ``periscope`` command."""
+
+from explorer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""The ``_Py_DebugOffsets`` table at the start of ``_PyRuntime``, parsed and validated as untrusted input.
+
+CPython 3.14 describes its own internal struct layouts in this table: periscope reads it from the
+target, checks it (cookie, version, build, sizes, every offset inside its struct) and refuses
+anything it does not know, with a typed error that names the version.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+from explorer.elf import COOKIE, version_string
+from explorer.errors import UnsupportedPython
+
+# The 92 uint64 fields of CPython 3.14's table, in order, grouped by the struct they describe.
+# Fields named "size" (or ending in "_size") are sizes; the rest are byte offsets.
+LAYOUT_3_14: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("runtime_state", ("size", "finalizing", "interpreters_head")),
+    (
+        "interpreter_state",
+        (
+            "size", "id", "next", "threads_head", "threads_main", "gc", "imports_modules", "sysdict",
+            "builtins", "ceval_gil", "gil_runtime_state", "gil_runtime_state_enabled",
+            "gil_runtime_state_locked", "gil_runtime_state_holder", "code_object_generation",
+            "tlbc_generation",
+        ),
+    ),
+    (
+        "thread_state",
+        ("size", "prev", "next", "interp", "current_frame", "thread_id", "native_thread_id", "datastack_chunk", "status"),
+    ),
+    (
+        "interpreter_frame",
+        ("size", "previous", "executable", "instr_ptr", "localsplus", "owner", "stackpointer", "tlbc_index"),
+    ),
+    (
+        "code_object",
+        (
+            "size", "filename", "name", "qualname", "linetable", "firstlineno", "argcount", "localsplusnames",
+            "localspluskinds", "co_code_adaptive", "co_tlbc",
+        ),
+    ),
+    ("pyobject", ("size", "ob_type")),
+    ("type_object", ("size", "tp_name", "tp_repr", "tp_flags")),
+    ("tuple_object", ("size", "ob_item", "ob_size")),
+    ("list_object", ("size", "ob_item", "ob_size")),
+    ("set_object", ("size", "used", "table", "mask")),
+    ("dict_object", ("size", "ma_keys", "ma_values")),
+    ("float_object", ("size", "ob_fval")),
+    ("long_object", ("size", "lv_tag", "ob_digit")),
+    ("bytes_object", ("size", "ob_size", "ob_sval")),
+    ("unicode_object", ("size", "state", "length", "asciiobject_size")),
+    ("gc", ("size", "collecting")),
+    ("gen_object", ("size", "gi_name", "gi_iframe", "gi_frame_state")),
+    ("llist_node", ("next", "prev")),
+    (
+        "debugger_support",
+        (
+            "eval_breaker", "remote_debugger_support", "remote_debugging_enabled", "debugger_pending_call",
+            "debugger_script_path", "debugger_script_path_size",
+        ),
+    ),
+)
+HEADER = struct.Struct("<8sQQ")
+MAX_STRUCT_SIZE = 1 << 20
+
+
+def table_size(layout: tuple[tuple[str, tuple[str, ...]], ...]) -> int:
+    """Bytes of a table with this layout (header plus one uint64 per field)."""
+    return HEADER.size + 8 * sum(len(fields) for _, fields in layout)
+
+
+# Layouts periscope knows, keyed by (major, minor, free_threaded).
+LAYOUTS = {(3, 14, False): LAYOUT_3_14}
+
+
+@dataclass(frozen=True)
+class DebugOffsets:
+    """A validated debug-offsets table: ``offsets.group("thread_state")["next"]`` or ``offsets.thread_state.next``."""
+
+    version_hex: int
+    free_threaded: bool
+    groups: Mapping[str, Mapping[str, int]]
+
+    @property
+    def version(self) -> str:
+        """The target's version, for example ``"3.14.10"``."""
+        return version_string(self.version_hex) or "?"
+
+    def __getattr__(self, name: str) -> _Group:
+        try:
+            return _Group(self.groups[name])
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class _Group:
+    """Attribute access to one group's fields (``offsets.thread_state.native_thread_id``)."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Mapping[str, int]) -> None:
+        self._fields = fields
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self._fields[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def peek_version(data: bytes) -> tuple[int, bool]:
+    """(version_hex, free_threaded) from the header; UnsupportedPython when there is no cookie."""
+    if len(data) < HEADER.size or data[:8] != COOKIE:
+        raise UnsupportedPython(
+            "this CPython has no debug-offsets table (CPython 3.12 or older): attaching needs 3.14 or newer"
+        )
+    _, version_hex, free_threaded = HEADER.unpack_from(data)
+    return version_hex, bool(free_threaded)
+
+
+def parse(data: bytes, *, section_size: int | None = None) -> DebugOffsets:
+    """Parse and validate a debug-offsets table read from a target; raise UnsupportedPython if unusable."""
+    version_hex, free_threaded = peek_version(data)
+    major, minor = (version_hex >> 24) & 0xFF, (version_hex >> 16) & 0xFF
+    name = version_string(version_hex)
+    if free_threaded:
+        raise UnsupportedPython(
+            f"CPython {name} is a free-threaded build, which periscope does not support yet: "
+            "run the target on the default (GIL) build",
+            version=name,
+        )
+    layout = LAYOUTS.get((major, minor, free_threaded))
+    if layout is None:
+        raise UnsupportedPython(
+            f"CPython {name}: periscope attaches to CPython 3.14 only; run the target under 3.14",
+            version=name,
+        )
+    if (version_hex >> 4) & 0xF != 0xF:
+        raise UnsupportedPython(
+            f"CPython {name} is a pre-release, whose internal layout may differ: run the target on a 3.14 final release",
+            version=name,
+        )
+    size = table_size(layout)
+    if len(data) < size:
+        raise UnsupportedPython(f"CPython {name}: debug-offsets table truncated ({len(data)} of {size} bytes)", version=name)
+    values = struct.unpack_from(f"<{(size - HEADER.size) // 8}Q", data, HEADER.size)
+    groups: dict[str, Mapping[str, int]] = {}
+    position = 0
+    for group, fields in layout:
+        groups[group] = MappingProxyType(dict(zip(fields, values[position : position + len(fields)])))
+        position += len(fields)
+    offsets = DebugOffsets(version_hex, free_threaded, MappingProxyType(groups))
+    problem = _validate(offsets, section_size)
+    if problem:
+        raise UnsupportedPython(
+            f"CPython {name}: its debug-offsets table is not the layout periscope knows ({problem}); "
+            "it may be a patched or unusual build",
+            version=name,
+        )
+    return offsets
+
+
+def _validate(offsets: DebugOffsets, section_size: int | None) -> str | None:
+    """The first inconsistency in the table, or None."""
+    groups = offsets.groups
+    for group, fields in groups.items():
+        if "size" not in fields:
+            continue
+        struct_size = fields["size"]
+        if not 0 < struct_size < MAX_STRUCT_SIZE:
+            return f"{group}.size = {struct_size:#x}"
+        for field, value in fields.items():
+            if field == "size":
+                continue
+            if field.endswith("_size"):
+                if value > struct_size:
+                    return f"{group}.{field} = {value:#x} exceeds {struct_size:#x}"
+            elif value >= struct_size:
+                return f"{group}.{field} = {value:#x} outside {struct_size:#x}"
+    if section_size is not None and groups["runtime_state"]["size"] != section_size:
+        return f"runtime size {groups['runtime_state']['size']:#x} != section size {section_size:#x}"
+    if (groups["pyobject"]["size"], groups["pyobject"]["ob_type"]) != (16, 8):
+        return "unexpected PyObject layout"
+    if (groups["llist_node"]["next"], groups["llist_node"]["prev"]) != (0, 8):
+        return "unexpected llist_node layout"
+    debugger = groups["debugger_support"]
+    tstate_size = groups["thread_state"]["size"]
+    if debugger["debugger_script_path_size"] != 512:
+        return f"debugger_script_path_size = {debugger['debugger_script_path_size']}"
+    if debugger["eval_breaker"] + 8 > tstate_size:
+        return "eval_breaker outside the thread state"
+    support_end = debugger["remote_debugger_support"] + debugger["debugger_script_path"] + debugger["debugger_script_path_size"]
+    if support_end > tstate_size or debugger["debugger_pending_call"] + 4 > debugger["debugger_script_path"] + debugger["remote_debugger_support"] + 512:
+        return "debugger support fields outside the thread state"
+    if debugger["remote_debugging_enabled"] + 4 > groups["interpreter_state"]["size"]:
+        return "remote_debugging_enabled outside the interpreter state"
+    return None

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from explorer.errors import PeriscopeError
+
 ENV_VAR = "PERISCOPE_TARGET_PYTHON"
 MINIMUM = (3, 14)
 
@@ -47,7 +49,7 @@ SMOKE_TEST = (
 )
 
 
-class TargetPythonError(RuntimeError):
+class TargetPythonError(PeriscopeError):
     """No CPython 3.14 interpreter could be found or provisioned; the message says how to get one."""
 
 

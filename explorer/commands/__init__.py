@@ -6,5 +6,6 @@ Commands import their heavy dependencies inside ``run`` so that ``periscope --he
 
 # The order here is the order in ``periscope --help``.
 COMMANDS = (
+    "ps",
     "target_python",
 )

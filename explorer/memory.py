@@ -53,16 +53,30 @@ def _get_libc() -> ctypes.CDLL:
     return _libc
 
 
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot); None if the process is gone."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3 onwards of /proc/PID/stat (index 0 is the state letter); None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[19])
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot); None if the process is gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def process_exited(pid: int, start_time: int | None) -> bool:
+    """Whether the process that had ``start_time`` is gone: exited (also a zombie not yet reaped) or replaced."""
+    fields = _stat_fields(pid)
+    if fields is None or int(fields[19]) != start_time:
+        return True
+    # A zombie (Z) or dead (X) process keeps its /proc entry but has no memory any more.
+    return fields[0] in (b"Z", b"X")
 
 
 def has_cap_sys_ptrace() -> bool:
@@ -158,7 +172,7 @@ class ProcessMemory:
 
     def ensure_alive(self) -> None:
         """Raise ProcessGone if the process exited or its pid now names another process."""
-        if process_start_time(self.pid) != self.start_time:
+        if process_exited(self.pid, self.start_time):
             raise ProcessGone(f"process {self.pid} exited")
 
     def read(self, address: int, size: int) -> bytes:
@@ -213,7 +227,7 @@ class ProcessMemory:
         if not self._use_vm and self._write_fd is None:
             try:
                 self._write_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):
                 raise ProcessGone(f"process {self.pid} exited") from None
             except PermissionError:
                 self._use_vm = True
@@ -239,6 +253,8 @@ class ProcessMemory:
                     raise ProcessGone(f"process {self.pid} exited") from None
                 raise MemoryFault(error.errno or errno.EFAULT, f"cannot write at {address:#x}") from None
         if written != len(data):
+            if not written:
+                self.ensure_alive()  # a target that died after open writes 0 bytes with no errno
             raise MemoryFault(errno.EFAULT, f"short write at {address:#x}: {written} of {len(data)} bytes")
 
     def read_u64(self, address: int) -> int:

@@ -14,9 +14,10 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from explorer.discovery import ProcessInfo
+if TYPE_CHECKING:  # the discovery machinery loads only when the command runs
+    from explorer.discovery import ProcessInfo
 
 NAME = "ps"
 HELP = "list the Python processes on this machine and whether periscope can attach to each"

@@ -191,11 +191,20 @@ def _validate(offsets: DebugOffsets, section_size: int | None) -> str | None:
     tstate_size = groups["thread_state"]["size"]
     if debugger["debugger_script_path_size"] != 512:
         return f"debugger_script_path_size = {debugger['debugger_script_path_size']}"
-    if debugger["eval_breaker"] + 8 > tstate_size:
-        return "eval_breaker outside the thread state"
-    support_end = debugger["remote_debugger_support"] + debugger["debugger_script_path"] + debugger["debugger_script_path_size"]
-    if support_end > tstate_size or debugger["debugger_pending_call"] + 4 > debugger["debugger_script_path"] + debugger["remote_debugger_support"] + 512:
-        return "debugger support fields outside the thread state"
-    if debugger["remote_debugging_enabled"] + 4 > groups["interpreter_state"]["size"]:
-        return "remote_debugging_enabled outside the interpreter state"
+    # Remote exec WRITES these fields, so each must lie wholly inside its struct, be aligned, and
+    # not overlap another: (start, end) in the thread state.
+    support = debugger["remote_debugger_support"]
+    breaker = (debugger["eval_breaker"], debugger["eval_breaker"] + 8)
+    pending = (support + debugger["debugger_pending_call"], support + debugger["debugger_pending_call"] + 4)
+    path = (support + debugger["debugger_script_path"], support + debugger["debugger_script_path"] + 512)
+    if breaker[1] > tstate_size or breaker[0] % 8:
+        return "eval_breaker outside the thread state or misaligned"
+    if pending[1] > tstate_size or path[1] > tstate_size or pending[0] % 4:
+        return "debugger support fields outside the thread state or misaligned"
+    for first, second in ((breaker, pending), (breaker, path), (pending, path)):
+        if first[0] < second[1] and second[0] < first[1]:
+            return "debugger support fields overlap"
+    enabled = debugger["remote_debugging_enabled"]
+    if enabled + 4 > groups["interpreter_state"]["size"] or enabled % 4:
+        return "remote_debugging_enabled outside the interpreter state or misaligned"
     return None

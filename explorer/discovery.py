@@ -35,7 +35,7 @@ from explorer.errors import (
     TargetNotReady,
     UnsupportedPython,
 )
-from explorer.memory import MemoryFault, has_cap_sys_ptrace, yama_scope
+from explorer.memory import MemoryFault, has_cap_sys_ptrace, process_start_time, yama_scope
 from explorer.remote import RemoteProcess
 
 SUPPORTED = (3, 14)
@@ -68,7 +68,8 @@ class ProcessInfo:
     create_time: float
     """Start time (seconds since the epoch); with ``pid`` it names the process even after pid reuse."""
     python: str | None
-    """Interpreter version, for example "3.14.10"; None when unknown."""
+    """Interpreter version, for example "3.14.10"; None when unknown. For another user's process
+    whose files cannot be read, only major.minor ("3.14") guessed from the executable's name."""
     free_threaded: bool | None
     runtime_path: str | None
     """The mapped file that holds ``.PyRuntime`` (the executable or libpython), as the process sees it."""
@@ -280,9 +281,14 @@ def _has_disable_xoption(xoptions: Iterable[str]) -> bool:
     return any(option.partition("=")[0] == DISABLE_XOPTION for option in xoptions)
 
 
-def disabled_verdict(cmdline: Sequence[str], environ: dict[str, str] | None) -> Verdict:
-    """The verdict for a process whose remote debugging is off, naming what switched it off."""
-    flags, xoptions = interpreter_options(cmdline)
+def disabled_verdict(
+    cmdline: Sequence[str], environ: dict[str, str] | None, is_python_command: bool = True
+) -> Verdict:
+    """The verdict for a process whose remote debugging is off, naming what switched it off.
+
+    ``is_python_command`` says whether ``cmdline`` is a ``python`` command line (not an embedder's).
+    """
+    flags, xoptions = interpreter_options(cmdline) if is_python_command else (frozenset(), ())
     ignores_environment = bool(flags & {"E", "I"})
     if environ is not None and DISABLE_VARIABLE in environ and not ignores_environment:
         return Verdict(
@@ -351,7 +357,8 @@ class ProcessScanner:
     """Lists the Python processes of this machine; keep one and call ``scan()`` repeatedly.
 
     Between scans it keeps the psutil ``Process`` of each Python process (so CPU % covers the
-    time since the previous scan) and the runtime flag of each process it has read.
+    time since the previous scan) and the runtime flag of each process it has read. Use one
+    scanner from one thread at a time.
     """
 
     def __init__(self, *, include_self: bool = False) -> None:
@@ -400,15 +407,22 @@ class ProcessScanner:
         except _GONE:
             self._processes.pop(pid, None)
             return None
+        except psutil.AccessDenied:
+            # The kernel hides even the basics (name, ids) of this process: nothing to show.
+            self._processes.pop(pid, None)
+            return None
 
     def _describe(self, pid: int, attacher: Attacher) -> ProcessInfo | None:
+        started = process_start_time(pid)
+        if started is None:
+            return None
         image: elf.RuntimeImage | None = None
-        unreadable: PermissionDenied | None = None
+        hidden = False  # the kernel hides its maps or files: the executable's name decides
         try:
             with open(f"/proc/{pid}/maps", "rb") as handle:
                 raw_maps = handle.read()
-        except PermissionError as error:
-            unreadable = PermissionDenied(str(error))
+        except PermissionError:
+            hidden = True
         else:
             if b"python" not in raw_maps:
                 return None  # cheap pre-check: no mapped file can have "python" in its name
@@ -416,15 +430,15 @@ class ProcessScanner:
                 image = elf.find_runtime(pid)
             except NotAPythonProcess:
                 return None
-            except PermissionDenied as error:
-                unreadable = error
+            except PermissionDenied:
+                hidden = True
 
         process, first_sight = self._process(pid)
         with process.oneshot():
             name = process.name()
             cmdline = tuple(process.cmdline())
             exe = _maybe(process.exe)
-            if image is None and not _looks_like_python(exe, cmdline[0] if cmdline else None, name):
+            if hidden and not _looks_like_python(exe, cmdline[0] if cmdline else None, name):
                 return None
             uids = tuple(process.uids())
             gids = tuple(process.gids())
@@ -437,14 +451,14 @@ class ProcessScanner:
 
         is_python_command = _looks_like_python(cmdline[0] if cmdline else None, exe)
         remote_flag: bool | None = None
-        if image is None:
+        if image is None:  # hidden
             version_hex = _version_hex_from_name(exe, cmdline[0] if cmdline else None, name)
             free_threaded = None
             verdict = permission_verdict(attacher, pid, user, uids, gids)
             if verdict.attachable:  # the kernel check looked fine, yet the files were unreadable
                 verdict = Verdict(
                     False,
-                    f"cannot read its memory map ({unreadable})",
+                    "the kernel does not let periscope read its memory map or executable",
                     "run periscope as the process's user or with CAP_SYS_PTRACE",
                 )
         else:
@@ -457,8 +471,8 @@ class ProcessScanner:
                 verdict, remote_flag = self._remote_debug_verdict(
                     process, attacher, uids, create_time, cmdline, is_python_command
                 )
-        if not process.is_running():  # exited, or the pid now names another process
-            raise ProcessGone(f"process {pid} exited")
+        if process_start_time(pid) != started or not process.is_running():
+            raise ProcessGone(f"process {pid} exited")  # or its pid now names another process
         return ProcessInfo(
             pid=pid,
             ppid=ppid,
@@ -514,11 +528,11 @@ class ProcessScanner:
         if flag is None:
             environ = _maybe(process.environ)
             if disabled_hint(cmdline, environ, is_python_command):
-                return disabled_verdict(cmdline, environ), None
+                return disabled_verdict(cmdline, environ, is_python_command), None
             return ATTACHABLE, None
         if flag:
             return ATTACHABLE, True
-        return disabled_verdict(cmdline, _maybe(process.environ)), False
+        return disabled_verdict(cmdline, _maybe(process.environ), is_python_command), False
 
     @staticmethod
     def _cpu_percent(process: psutil.Process, create_time: float, first: bool) -> float:

@@ -323,15 +323,20 @@ def disabled_hint(cmdline: Sequence[str], environ: dict[str, str] | None, is_pyt
     return environ is not None and DISABLE_VARIABLE in environ and not flags & {"E", "I"}
 
 
+class ShuttingDown(TargetNotReady):
+    """The runtime is finalizing: the process is on its way out."""
+
+
 def read_remote_debug_flag(pid: int) -> bool:
     """Read the runtime's ``remote_debugging_enabled`` flag (memory read only, never a write).
 
-    Raises TargetNotReady (also while finalizing), PermissionDenied, ProcessGone or UnsupportedPython.
+    Raises TargetNotReady (ShuttingDown while finalizing), PermissionDenied, ProcessGone or
+    UnsupportedPython.
     """
     with RemoteProcess.open(pid) as process:
         try:
             if process.is_finalizing():
-                raise TargetNotReady(f"process {pid} is shutting down")
+                raise ShuttingDown(f"process {pid} is shutting down")
             return process.remote_debugging_enabled()
         except MemoryFault:
             process.memory.ensure_alive()  # raises ProcessGone when it exited meanwhile
@@ -510,12 +515,10 @@ class ProcessScanner:
         if flag is None and own:
             try:
                 flag = read_remote_debug_flag(process.pid)
+            except ShuttingDown:
+                return Verdict(False, "the interpreter is shutting down", "wait for it to exit or to finish shutting down"), None
             except TargetNotReady:
-                return Verdict(
-                    False,
-                    "the interpreter is starting up or shutting down",
-                    "try again in a moment",
-                ), None
+                return Verdict(False, "the interpreter is starting up", "try again in a moment"), None
             except UnsupportedPython as error:
                 return Verdict(False, str(error), "restart it under CPython 3.14+"), None
             except PermissionDenied as error:

@@ -205,6 +205,29 @@ def test_processes_exiting_during_scans(spawn: Spawn) -> None:
     assert listed(parent.pid, scanner).attachable
 
 
+LINGERS_IN_FINALIZATION = """
+import os, time
+class Lingers:
+    def __del__(self, write=os.write, sleep=time.sleep):
+        write(1, b"finalizing\\n")
+        sleep(120)
+lingers = Lingers()
+print("ready", flush=True)
+"""
+
+
+def test_finalizing_interpreter_is_not_attachable(spawn: Spawn) -> None:
+    """A runtime that is shutting down (here stuck in a __del__ during finalization) is not offered."""
+    target = spawn(LINGERS_IN_FINALIZATION)
+    target.wait_for_line("finalizing")
+    scanner = ProcessScanner()
+    info = listed(target.pid, scanner)
+    assert info.attachable is False
+    assert info.reason == "the interpreter is shutting down"
+    assert info.remote_debug_enabled is None
+    assert (target.pid, info.create_time) not in scanner._flags  # asked again on the next scan
+
+
 def test_cpu_percent_covers_the_time_between_scans(spawn: Spawn) -> None:
     busy = spawn("print('ready', flush=True)\nwhile True: pass\n")
     busy.wait_for_line("ready")

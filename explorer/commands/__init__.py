@@ -8,4 +8,5 @@ Commands import their heavy dependencies inside ``run`` so that ``periscope --he
 COMMANDS = (
     "ps",
     "target_python",
+    "exec",
 )

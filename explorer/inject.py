@@ -1,0 +1,679 @@
+"""Remote exec (PEP 768) in pure Python: stage a script where the target can read it, and ask one of
+its threads to run it.
+
+Two halves:
+
+* **Staging.** The target opens the script itself, with its own uid/gid, in its own mount namespace
+  and working directory. :func:`prepare_script_dir` makes a fresh ``0700`` directory under the
+  target's temporary directory, reached through ``/proc/PID/root`` and owned by the target's user
+  (chowned when periscope runs as root), so that the target, and no other user, can read what
+  :func:`write_script` puts there. Every step goes through directory descriptors and refuses
+  symlinks, so a hostile target user cannot make a root periscope write outside that directory.
+
+* **The request.** :func:`remote_exec` writes into one thread state, in this order: the path with
+  its NUL, the ``pending`` flag, then the ``_PY_EVAL_PLEASE_STOP_BIT`` in the low byte of
+  ``eval_breaker``. It then polls ``pending``: the target clears it when the thread *picks up* the
+  request, which is before the audit hook runs and before the file is opened. Pickup is not
+  completion; a script that must be known to have run has to report back itself.
+
+A request that is not picked up within the wait is **withdrawn** (``pending`` is set back to 0 if
+it still holds our path). Otherwise the thread would run it whenever it next checks its eval
+breaker, which could be hours later (a thread blocked in ``input()``), after the caller removed the
+file or put something else at that path. The one remaining race: if the thread picks the request
+up in the microseconds between our last check and the withdrawal, it runs although we report
+``picked_up=False``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from explorer.errors import (
+    PeriscopeError,
+    PermissionDenied,
+    ProcessGone,
+    RemoteDebuggingDisabled,
+    ScriptPathTooLong,
+    TargetNotReady,
+)
+from explorer.memory import MemoryFault, explain_permission
+from explorer.remote import InterpreterRef, RemoteProcess, ThreadRef, disabled_reason
+
+PLEASE_STOP_BIT = 0x20  # _PY_EVAL_PLEASE_STOP_BIT (bit 5 of eval_breaker): "check for pending work"
+MAX_SYMLINKS = 40
+TEMP_DIR_CANDIDATES = ("/tmp", "/var/tmp", "/dev/shm")
+DIR_PREFIX = "periscope-"
+
+
+class MainThreadFinished(TargetNotReady):
+    """The target's main thread has finished its main module (it waits for other threads to exit)."""
+
+
+class NoSuchThread(PeriscopeError):
+    """The target has no Python thread with the requested native id (or it exited)."""
+
+
+# -- staging: a private directory the target can read ------------------------------------------
+
+
+@dataclass
+class ScriptDir:
+    """A fresh private directory for scripts, as both sides see it.
+
+    ``host_path`` is where periscope finds it (``/proc/PID/root/tmp/periscope-XXXX``, or the plain
+    path when periscope shares the target's mount namespace and root); ``target_path`` is the
+    path the target resolves. Both name the same directory, owned by the target's ``uid``/``gid``.
+    """
+
+    pid: int
+    host_path: Path
+    target_path: str
+    uid: int
+    gid: int
+    _dir_fd: int | None = field(default=None, repr=False, compare=False)
+    _parent_fd: int | None = field(default=None, repr=False, compare=False)
+    _inode: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+
+    def contains(self, name: str) -> bool:
+        """Whether the file ``name`` is still in the directory (a staged script removes itself when it starts)."""
+        _check_name(name)
+        try:
+            if self._dir_fd is not None:
+                os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+            else:
+                os.lstat(self.host_path / name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def cleanup(self) -> None:
+        """Remove the directory and whatever is left in it (idempotent; never follows symlinks)."""
+        if self._dir_fd is None:
+            # Built by hand (not by prepare_script_dir): go by path, but never through a symlink.
+            try:
+                if not os.path.islink(self.host_path) and os.path.isdir(self.host_path):
+                    shutil.rmtree(self.host_path)
+            except FileNotFoundError:
+                pass
+            return
+        try:
+            for entry in os.listdir(self._dir_fd):
+                try:
+                    if stat.S_ISDIR(os.stat(entry, dir_fd=self._dir_fd, follow_symlinks=False).st_mode):
+                        shutil.rmtree(entry, dir_fd=self._dir_fd)
+                    else:
+                        os.unlink(entry, dir_fd=self._dir_fd)
+                except FileNotFoundError:
+                    pass  # the script removed itself meanwhile
+            assert self._parent_fd is not None
+            name = os.path.basename(self.target_path)
+            try:
+                current = os.stat(name, dir_fd=self._parent_fd, follow_symlinks=False)
+                # Remove the name only if it still is our directory (the target's user may rename it).
+                if (current.st_dev, current.st_ino) == self._inode:
+                    os.rmdir(name, dir_fd=self._parent_fd)
+            except FileNotFoundError:
+                pass  # the launcher removed the directory itself
+        finally:
+            os.close(self._dir_fd)
+            if self._parent_fd is not None:
+                os.close(self._parent_fd)
+            self._dir_fd = self._parent_fd = None
+
+    def __enter__(self) -> ScriptDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise ValueError(f"not a plain file name: {name!r}")
+
+
+def _target_credentials(pid: int) -> tuple[int, int]:
+    """The filesystem uid and gid the target opens files with (as seen from periscope's user namespace)."""
+    uid = gid = None
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("Uid:"):
+                    uid = int(line.split()[4])  # real, effective, saved, filesystem
+                elif line.startswith("Gid:"):
+                    gid = int(line.split()[4])
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(f"process {pid} does not exist (any more)") from None
+    if uid is None or gid is None:
+        raise ProcessGone(f"process {pid} exited")
+    return uid, gid
+
+
+def _target_tmpdir(pid: int) -> str | None:
+    """TMPDIR from the target's initial environment, when readable and absolute."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read()
+    except OSError:
+        return None
+    for entry in environ.split(b"\0"):
+        if entry.startswith(b"TMPDIR="):
+            value = os.fsdecode(entry[len(b"TMPDIR=") :])
+            return value if value.startswith("/") else None
+    return None
+
+
+def _open_root(pid: int) -> int:
+    try:
+        return os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(f"process {pid} does not exist (any more)") from None
+    except PermissionError:
+        raise PermissionDenied(explain_permission(pid)) from None
+
+
+def _resolve_dir(root_fd: int, path: str) -> tuple[int, str]:
+    """Open directory ``path`` of the target's filesystem, resolving symlinks inside the target's root.
+
+    The kernel would resolve an absolute symlink met under ``/proc/PID/root`` against *periscope's*
+    root; this walk resolves it against the target's, one component at a time. Returns an open
+    descriptor and the symlink-free path. Raises OSError when it is not a reachable directory.
+    """
+    fds = [os.dup(root_fd)]
+    names: list[str] = []
+    parts = deque(path.split("/"))
+    hops = 0
+    try:
+        while parts:
+            part = parts.popleft()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if names:
+                    os.close(fds.pop())
+                    names.pop()
+                continue
+            info = os.stat(part, dir_fd=fds[-1], follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                hops += 1
+                if hops > MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, "too many symbolic links", path)
+                link = os.readlink(part, dir_fd=fds[-1])
+                if link.startswith("/"):
+                    while len(fds) > 1:
+                        os.close(fds.pop())
+                    names.clear()
+                parts.extendleft(reversed(link.split("/")))
+                continue
+            if not stat.S_ISDIR(info.st_mode):
+                raise OSError(errno.ENOTDIR, "not a directory", path)
+            fds.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fds[-1]))
+            names.append(part)
+        result = fds.pop()
+        return result, "/" + "/".join(names)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _safe_parent(info: os.stat_result, uid: int) -> bool:
+    """A parent directory in which no third user can swap our directory for something else."""
+    if info.st_uid not in (0, uid):
+        return False
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        return False
+    return True
+
+
+def _same_view(pid: int) -> bool:
+    """Whether periscope and the target share the mount namespace and the root directory."""
+    try:
+        if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+            return False
+        theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _hand_over(fd: int, uid: int, gid: int, mode: int, pid: int) -> None:
+    """Give the file or directory at ``fd`` to the target's user with ``mode``."""
+    info = os.fstat(fd)
+    if (info.st_uid, info.st_gid) != (uid, gid):
+        try:
+            os.fchown(fd, uid, gid)
+        except PermissionError:
+            if info.st_uid != uid:
+                raise PermissionDenied(
+                    f"process {pid} runs as uid {uid}, which cannot read periscope's files: "
+                    "run periscope as that user, or as root"
+                ) from None
+            # Same user, another group: the mode below keeps the group out anyway.
+    os.fchmod(fd, mode)
+
+
+def prepare_script_dir(pid: int) -> ScriptDir:
+    """Create a fresh private directory (0700, owned by the target's uid/gid) in the target's temp dir.
+
+    Tries the target's ``$TMPDIR`` (from its initial environment, when readable), then ``/tmp``,
+    ``/var/tmp`` and ``/dev/shm``, skipping any that a third user could tamper with. Raises
+    ProcessGone, PermissionDenied, or PeriscopeError when no candidate is usable.
+    """
+    uid, gid = _target_credentials(pid)
+    root_fd = _open_root(pid)
+    same_view = _same_view(pid)
+    tried: list[str] = []
+    try:
+        candidates = [_target_tmpdir(pid), *TEMP_DIR_CANDIDATES]
+        for candidate in dict.fromkeys(c for c in candidates if c):
+            try:
+                parent_fd, parent_path = _resolve_dir(root_fd, candidate)
+            except OSError as error:
+                if error.errno == errno.ESRCH:
+                    raise ProcessGone(f"process {pid} exited") from None
+                tried.append(f"{candidate}: {error.strerror}")
+                continue
+            try:
+                if not _safe_parent(os.fstat(parent_fd), uid):
+                    tried.append(f"{candidate}: writable by other users without the sticky bit")
+                    os.close(parent_fd)
+                    continue
+                created = _make_private_dir(parent_fd, pid, uid, gid)
+            except BaseException:
+                os.close(parent_fd)
+                raise
+            if created is None:
+                tried.append(f"{candidate}: not writable")
+                os.close(parent_fd)
+                continue
+            name, dir_fd = created
+            info = os.fstat(dir_fd)
+            target_path = f"{parent_path.rstrip('/')}/{name}"
+            host_path = Path(target_path) if same_view else Path(f"/proc/{pid}/root{target_path}")
+            return ScriptDir(
+                pid=pid,
+                host_path=host_path,
+                target_path=target_path,
+                uid=uid,
+                gid=gid,
+                _dir_fd=dir_fd,
+                _parent_fd=parent_fd,
+                _inode=(info.st_dev, info.st_ino),
+            )
+    finally:
+        os.close(root_fd)
+    raise PeriscopeError(
+        f"process {pid} has no temporary directory periscope can safely use ({'; '.join(tried)}): "
+        "give the target a TMPDIR owned by its user"
+    )
+
+
+def _make_private_dir(parent_fd: int, pid: int, uid: int, gid: int) -> tuple[str, int] | None:
+    """mkdir a randomly named 0700 directory in ``parent_fd``; (name, fd) or None if not writable."""
+    for _ in range(100):
+        name = DIR_PREFIX + secrets.token_hex(6)
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            continue
+        except (PermissionError, OSError) as error:
+            if isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+                return None
+            raise
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        try:
+            _hand_over(fd, uid, gid, 0o700, pid)
+        except BaseException:
+            os.close(fd)
+            os.rmdir(name, dir_fd=parent_fd)
+            raise
+        return name, fd
+    return None
+
+
+def write_script(script_dir: ScriptDir, name: str, source: str | bytes) -> tuple[Path, str]:
+    """Write a new file ``name`` (0600, owned by the target's user) into ``script_dir``.
+
+    Returns (host_path, target_path). ``source`` as str is written as UTF-8. Refuses to replace an
+    existing file or to follow a symlink.
+    """
+    _check_name(name)
+    data = source.encode("utf-8") if isinstance(source, str) else bytes(source)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    if script_dir._dir_fd is not None:
+        fd = os.open(name, flags, 0o600, dir_fd=script_dir._dir_fd)
+    else:
+        fd = os.open(script_dir.host_path / name, flags, 0o600)
+    try:
+        _hand_over(fd, script_dir.uid, script_dir.gid, 0o600, script_dir.pid)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    return script_dir.host_path / name, f"{script_dir.target_path}/{name}"
+
+
+_LAUNCHER = """\
+# periscope: remove the staged copy of a script, then run it (this file is removed too).
+import io as _io, os as _os
+with _io.open_code({script!r}) as _file:
+    _source = _file.read()
+for _path in ({script!r}, {launcher!r}):
+    try:
+        _os.unlink(_path)
+    except FileNotFoundError:
+        pass  # periscope removed it already
+try:
+    _os.rmdir({directory!r})
+except OSError:
+    pass  # not empty or already gone: periscope removes it
+exec(compile(_source, {label!r}, "exec", dont_inherit=True), {{}})
+"""
+STAGED_SCRIPT_NAME = "script.py"
+STAGED_LAUNCHER_NAME = "launch.py"
+
+
+@dataclass(frozen=True)
+class StagedScript:
+    """A script staged in a ScriptDir behind a launcher that removes both files as soon as it starts."""
+
+    script_dir: ScriptDir
+    launcher_path: str
+    """The path to hand to :func:`remote_exec` (the target's view)."""
+
+    def started(self) -> bool:
+        """Whether the launcher has run far enough to read the script and remove the copy."""
+        return not self.script_dir.contains(STAGED_SCRIPT_NAME)
+
+    def wait_until_started(self, timeout: float) -> bool:
+        """Poll :meth:`started` for up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            if self.started():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(pause, remaining))
+            pause = min(0.05, pause * 1.5)
+
+
+def stage_script(script_dir: ScriptDir, source: str | bytes, label: str) -> StagedScript:
+    """Stage ``source`` in ``script_dir`` for :func:`remote_exec`, behind a self-removing launcher.
+
+    The target runs the launcher, which reads the script through ``io.open_code`` (so the target's
+    open-code hook still vets it), removes the script, itself and the directory, and only then
+    runs the script: compiled as ``label`` (use a name in angle brackets, which tracebacks show
+    and ``linecache`` never tries to open) in a fresh empty namespace, as ``sys.remote_exec``
+    would run it, so the original line numbers, coding cookie and ``from __future__`` imports
+    all hold. Exceptions go to the target's stderr, as for any remote-exec script.
+    """
+    _, script_path = write_script(script_dir, STAGED_SCRIPT_NAME, source)
+    launcher = _LAUNCHER.format(
+        script=script_path,
+        launcher=f"{script_dir.target_path}/{STAGED_LAUNCHER_NAME}",
+        directory=script_dir.target_path,
+        label=label,
+    )
+    _, launcher_path = write_script(script_dir, STAGED_LAUNCHER_NAME, launcher)
+    return StagedScript(script_dir, launcher_path)
+
+
+# -- the request --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What happened to one remote-exec request."""
+
+    picked_up: bool
+    """The thread cleared the pending flag: it took the request (NOT that the script ran or finished)."""
+    native_id: int
+    """The thread written to (host pid namespace)."""
+    elapsed: float
+    """Seconds from the last write to pickup (or to the end of the wait)."""
+    pid: int = 0
+    thread_address: int = 0
+    """The PyThreadState written to."""
+    withdrawn: bool = False
+    """Not picked up in time, and the request was cleared so that it will not run later."""
+
+
+def _thread_list(process: RemoteProcess, interp: InterpreterRef) -> list[ThreadRef]:
+    """The interpreter's threads; a torn read (the list changed under us) is retried a few times."""
+    for attempt in range(5):
+        try:
+            return process.threads(interp)
+        except MemoryFault:
+            process.memory.ensure_alive()
+            if attempt == 4:
+                raise TargetNotReady(
+                    f"process {process.pid}: its thread list kept changing while being read; try again"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+def describe_threads(threads: list[ThreadRef]) -> str:
+    """A short list of native ids for messages: "101 (main), 102 (running Python), 103"."""
+    names = [f"{t.native_id}{' (main)' if t.is_main else ''}{' (running Python)' if t.holds_gil else ''}" for t in threads]
+    return ", ".join(names) or "none"
+
+
+def select_thread(process: RemoteProcess, native_id: int | None = None) -> tuple[InterpreterRef, ThreadRef]:
+    """The thread a request would go to: the main thread, or the one with this native id (host or target namespace).
+
+    Checks everything that makes a request pointless first: the runtime is not finalizing, and
+    remote debugging is enabled in the thread's interpreter. Raises TargetNotReady,
+    MainThreadFinished, NoSuchThread or RemoteDebuggingDisabled.
+    """
+    try:
+        if process.is_finalizing():
+            raise TargetNotReady(f"process {process.pid} is shutting down: nothing can be injected any more")
+        main = process.main_interpreter()
+        if not process.remote_debugging_enabled(main):
+            raise RemoteDebuggingDisabled(disabled_reason(process.pid))
+        threads = _thread_list(process, main)
+        if native_id is None:
+            for thread in threads:
+                if thread.is_main:
+                    return main, thread
+            raise MainThreadFinished(
+                f"process {process.pid}: the main thread has finished its script and waits for other threads; "
+                f"choose a thread that runs Python with --thread NATIVE_ID (threads: {describe_threads(threads)})"
+            )
+        # The main interpreter's thread states first: an OS thread that also entered a
+        # subinterpreter has one thread state in each.
+        interpreters = [main] + [i for i in process.interpreters() if not i.is_main]
+        for interp in interpreters:
+            listed = threads if interp is main else _thread_list(process, interp)
+            for thread in listed:
+                if native_id in (thread.native_id, thread.target_native_id):
+                    if interp is not main and not process.remote_debugging_enabled(interp):
+                        raise RemoteDebuggingDisabled(disabled_reason(process.pid))
+                    return interp, thread
+        raise NoSuchThread(
+            f"process {process.pid} has no Python thread with native id {native_id}; "
+            f"its Python threads are: {describe_threads(threads)}"
+        )
+    except MemoryFault:
+        process.memory.ensure_alive()
+        raise TargetNotReady(f"process {process.pid}: its state changed while being read; try again") from None
+
+
+def remote_exec(
+    pid_or_process: int | RemoteProcess,
+    target_script_path: str,
+    *,
+    native_id: int | None = None,
+    wait: float | None = 5.0,
+) -> ExecResult:
+    """Ask a thread of a CPython 3.14 process to run the script at ``target_script_path`` (the target's view).
+
+    The main thread by default, or the thread with ``native_id``. Waits up to ``wait`` seconds for
+    the thread to pick the request up; a request not picked up in time is withdrawn (see the module
+    docstring). ``wait=None`` returns right after writing, without waiting or withdrawing
+    (``picked_up`` is then False; poll with :func:`wait_for_pickup`).
+
+    Raises ScriptPathTooLong (512 bytes or more, checked before touching the process),
+    ProcessGone, NotAPythonProcess, UnsupportedPython, PermissionDenied, RemoteDebuggingDisabled,
+    TargetNotReady, MainThreadFinished or NoSuchThread. Nothing is written unless every check passed.
+    """
+    encoded = os.fsencode(target_script_path)
+    if b"\0" in encoded:
+        raise ValueError("script path contains a NUL byte")
+    if not encoded:
+        raise ValueError("empty script path")
+    if len(encoded) >= 512:
+        raise ScriptPathTooLong(
+            f"script path is {len(encoded)} bytes; the remote debugging protocol takes at most 511: "
+            "use a shorter path (for example under /tmp)"
+        )
+    if isinstance(pid_or_process, RemoteProcess):
+        return _remote_exec(pid_or_process, encoded, native_id, wait)
+    with RemoteProcess.open(pid_or_process) as process:
+        return _remote_exec(process, encoded, native_id, wait)
+
+
+def _remote_exec(process: RemoteProcess, encoded: bytes, native_id: int | None, wait: float | None) -> ExecResult:
+    debugger = process.offsets.debugger_support
+    if len(encoded) >= debugger.debugger_script_path_size:
+        raise ScriptPathTooLong(
+            f"script path is {len(encoded)} bytes; this target takes at most {debugger.debugger_script_path_size - 1}"
+        )
+    interp, thread = select_thread(process, native_id)
+    memory = process.memory
+    support = thread.address + debugger.remote_debugger_support
+    pending_address = support + debugger.debugger_pending_call
+    path_address = support + debugger.debugger_script_path
+    breaker_address = thread.address + debugger.eval_breaker
+    try:
+        # Re-walk the list right before writing: a thread state other than the main one is freed
+        # when its thread exits, and 512 bytes written into freed memory corrupt the target's heap.
+        # (A window of microseconds remains between this walk and the writes.)
+        if not any(
+            t.address == thread.address and t.target_native_id == thread.target_native_id
+            for t in _thread_list(process, interp)
+        ):
+            raise NoSuchThread(f"thread {thread.native_id} of process {process.pid} exited; choose another with --thread")
+        if memory.read_i32(pending_address) != 0:
+            raise TargetNotReady(
+                f"thread {thread.native_id} of process {process.pid} already has a remote-exec request pending "
+                "(another debugger's, not yet picked up): wait for it, or choose another thread with --thread"
+            )
+        # The documented order: the whole path with its NUL, then pending, then the eval-breaker
+        # bit. The target clears pending before it copies the path, so it never sees a half path.
+        memory.write(path_address, encoded + b"\0")
+        memory.write(pending_address, (1).to_bytes(4, "little"))
+        # Read-modify-write of the LOW BYTE only (event bits 0-7; bits 8+ hold the
+        # instrumentation version): the smallest window in which we could undo a flag the target
+        # sets or clears at the same moment.
+        low = memory.read(breaker_address, 1)[0]
+        memory.write(breaker_address, bytes([low | PLEASE_STOP_BIT]))
+        written_at = time.perf_counter()
+    except MemoryFault:
+        memory.ensure_alive()
+        raise TargetNotReady(
+            f"process {process.pid}: thread {thread.native_id} changed while being written to; try again"
+        ) from None
+    result = ExecResult(
+        picked_up=False,
+        native_id=thread.native_id,
+        elapsed=0.0,
+        pid=process.pid,
+        thread_address=thread.address,
+    )
+    if wait is None:
+        return result
+    try:
+        elapsed = wait_for_pickup(process, thread.address, max(0.0, wait), started=written_at)
+    except BaseException:
+        # Interrupted (Ctrl-C) or the target vanished: do not leave a request behind.
+        _withdraw(process, pending_address, path_address, encoded, thread.address)
+        raise
+    if elapsed is not None:
+        return ExecResult(True, thread.native_id, elapsed, process.pid, thread.address)
+    withdrawn = _withdraw(process, pending_address, path_address, encoded, thread.address)
+    return ExecResult(False, thread.native_id, time.perf_counter() - written_at, process.pid, thread.address, withdrawn)
+
+
+def wait_for_pickup(process: RemoteProcess, thread_address: int, timeout: float, *, started: float | None = None) -> float | None:
+    """Poll a thread's pending flag until the target clears it; seconds since ``started``, or None on timeout.
+
+    Raises NoSuchThread when the thread exits while its request is pending.
+    """
+    debugger = process.offsets.debugger_support
+    pending_address = thread_address + debugger.remote_debugger_support + debugger.debugger_pending_call
+    start = time.perf_counter() if started is None else started
+    deadline = start + timeout
+    pause = 0.0
+    spins = 0
+    while True:
+        try:
+            pending = process.memory.read_i32(pending_address)
+        except MemoryFault:
+            process.memory.ensure_alive()
+            pending = -1  # unreadable: the thread state may have been freed
+        if pending == 0:
+            return time.perf_counter() - start
+        now = time.perf_counter()
+        if now >= deadline:
+            return None
+        # A busy thread picks up within a fraction of a millisecond: spin briefly (one read costs
+        # a few µs), then back off to at most 20 ms between reads, checking the thread still lives.
+        spins += 1
+        if spins > 200 or pending != 1:
+            if not _is_listed(process, thread_address):
+                raise NoSuchThread(f"the chosen thread of process {process.pid} exited before it picked the request up")
+            pause = min(0.02, max(0.0005, pause * 1.5))
+            time.sleep(min(pause, max(0.0, deadline - now)))
+
+
+def _is_listed(process: RemoteProcess, thread_address: int) -> bool:
+    """Whether a thread state with this address is in any interpreter's thread list right now."""
+    for attempt in range(5):
+        try:
+            return any(t.address == thread_address for t in process.threads())
+        except MemoryFault:
+            process.memory.ensure_alive()
+    return False
+
+
+def _withdraw(process: RemoteProcess, pending_address: int, path_address: int, encoded: bytes, thread_address: int) -> bool:
+    """Clear a request that was not picked up, if it is still ours and its thread still lives; whether it was cleared."""
+    try:
+        if not _is_listed(process, thread_address):
+            return False  # never write into a thread state that may have been freed
+        if process.memory.read_i32(pending_address) != 1:
+            return False  # picked up after all
+        if process.memory.read(path_address, len(encoded) + 1) != encoded + b"\0":
+            return False  # another debugger has replaced it: theirs now, leave it
+        process.memory.write(pending_address, (0).to_bytes(4, "little"))
+        return True
+    except (MemoryFault, ProcessGone):
+        return False
+
+
+__all__ = [
+    "ExecResult",
+    "MainThreadFinished",
+    "NoSuchThread",
+    "ScriptDir",
+    "prepare_script_dir",
+    "remote_exec",
+    "StagedScript",
+    "describe_threads",
+    "select_thread",
+    "stage_script",
+    "wait_for_pickup",
+    "write_script",
+]

@@ -78,11 +78,11 @@ def cruncher() -> None:
     primes_found = 0
     candidate = 1_000_000
     while not stop.is_set():
-        for _ in range(2_000):
+        for _ in range(400):
             candidate += 1
             if is_prime(candidate):
                 primes_found += 1
-        time.sleep(0.05)
+        time.sleep(0.1)
 
 
 def add_numbers(batch: list) -> int:

@@ -9,4 +9,7 @@ COMMANDS = (
     "ps",
     "target_python",
     "exec",
+    "snapshot",
+    "watch",
+    "eval",
 )

@@ -1,0 +1,97 @@
+"""``periscope eval PID CODE``: run an expression or statements inside the target and print the result.
+
+Exit status 1 when the code raised (its traceback goes to stderr). What the code prints comes
+back here, not to the target's stdout. Ctrl+C interrupts the code (KeyboardInterrupt in the target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from explorer.commands.snapshot import add_agent_arguments, thread_choice
+
+NAME = "eval"
+HELP = "evaluate an expression or statements inside a CPython 3.14 process and print the result's repr"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pid", type=int, help="process id of the target")
+    parser.add_argument("code", help="an expression or statements ('-' reads them from stdin)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--module", metavar="M", help="run in the globals of module M (default __main__)")
+    where.add_argument("--thread", type=int, metavar="NATIVE_ID", help="run in a frame of this thread (its locals write through on 3.13+)")
+    parser.add_argument("--frame", type=int, default=0, metavar="N", help="with --thread: frame index, 0 = innermost (default 0)")
+    parser.add_argument("--max-repr", type=int, default=1 << 20, metavar="CHARS", help="cut the printed repr at CHARS characters")
+    add_agent_arguments(parser, modules=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    if args.code == "-":
+        args.code = sys.stdin.read()
+    return asyncio.run(_eval(args))
+
+
+async def _eval(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from explorer.session import attach
+
+    module = args.module
+    session = await attach(args.pid, thread=thread_choice(args), timeout=args.timeout, rate=0.0)
+    try:
+        handle = session.start_eval(
+            args.code,
+            module=module,
+            thread=_target_thread_id(args.pid, args.thread),
+            frame=args.frame,
+            repr_chars=max(1, min(args.max_repr, 1 << 20)),
+            on_output=_print_output,
+        )
+        loop = asyncio.get_running_loop()
+        interrupted = False
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            if interrupted:
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+                return
+            interrupted = True
+            asyncio.ensure_future(handle.interrupt())
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        try:
+            result = await handle
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+    finally:
+        await session.detach()
+    if result.ok:
+        if result.value is not None and (result.mode == "eval" or result.value.repr != "None"):
+            print(result.value.repr)
+        return 0
+    sys.stderr.write(result.traceback or f"{result.exception}\n")
+    return 130 if result.status == "interrupted" else 1
+
+
+def _print_output(output) -> None:  # type: ignore[no-untyped-def]
+    stream = sys.stdout if output.stream == "stdout" else sys.stderr
+    stream.write(output.text)
+    stream.flush()
+
+
+def _target_thread_id(pid: int, native_id: int | None) -> int | None:
+    """A native thread id as the target sees it (periscope may run in another pid namespace)."""
+    if native_id is None:
+        return None
+    try:
+        from explorer.remote import RemoteProcess
+
+        with RemoteProcess.open(pid) as process:
+            return process.thread_by_native_id(native_id).target_native_id
+    except LookupError:
+        return native_id

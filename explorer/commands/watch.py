@@ -1,0 +1,57 @@
+"""``periscope watch PID``: stream frames as JSON lines (one frame per line) until Ctrl+C or a count."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from explorer.commands.snapshot import add_agent_arguments, thread_choice
+
+NAME = "watch"
+HELP = "attach to a CPython 3.14 process and print one JSON line per frame until Ctrl+C (or --count)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pid", type=int, help="process id of the target")
+    parser.add_argument("--interval", type=float, default=0.5, metavar="S", help="seconds between frames (default 0.5)")
+    parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N frames")
+    add_agent_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    if args.interval <= 0 or args.interval < 0.01:
+        print("periscope: --interval must be at least 0.01 seconds", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_watch(args))
+    except KeyboardInterrupt:
+        return 0  # Ctrl+C is how a watch ends; the session detached on the way out
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    from explorer.model import frame_json
+    from explorer.session import attach
+
+    session = await attach(
+        args.pid,
+        thread=thread_choice(args),
+        timeout=args.timeout,
+        rate=1.0 / args.interval,
+        modules=tuple(args.modules or ("__main__",)),
+    )
+    count = 0
+    try:
+        async for frame in session.frames():
+            sys.stdout.write(json.dumps(frame_json(args.pid, session.hello, frame)) + "\n")
+            sys.stdout.flush()
+            count += 1
+            if args.count is not None and count >= args.count:
+                break
+    finally:
+        await session.detach()
+    if session.error is not None and (args.count is None or count < args.count):
+        raise session.error
+    return 0

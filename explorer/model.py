@@ -1,0 +1,264 @@
+"""The live picture of a target as the agent streams it: plain frozen dataclasses, no I/O.
+
+explorer.wire turns the agent's msgpack messages into these; the TUI and the CLI render them.
+Field meanings follow payloads/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Value:
+    """A bounded preview of one object in the target."""
+
+    type_name: str
+    """``module.QualName`` of the object's class (``int``, ``collections.OrderedDict``)."""
+    repr: str
+    """``repr()`` of the object, cut to the agent's limit (``truncated`` then says so)."""
+    ref: int | None = None
+    """Handle for ``Session.expand``; None when there is nothing to expand (ints, strings)."""
+    length: int | None = None
+    """``len()`` of builtin containers and strings."""
+    truncated: bool = False
+    """The repr was cut (length, item count, depth or time budget)."""
+    failed: bool = False
+    """The object's ``__repr__`` raised or hung; ``repr`` says which."""
+
+    @property
+    def expandable(self) -> bool:
+        """Whether ``Session.expand`` can list children of this object."""
+        return self.ref is not None
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A name (local, module variable, attribute, key or index label) and its value."""
+
+    name: str
+    value: Value
+
+
+@dataclass(frozen=True)
+class StackFrame:
+    """One frame of a thread's stack (index 0 is the innermost)."""
+
+    filename: str
+    function: str
+    qualname: str
+    lineno: int | None
+    locals: tuple[Variable, ...] | None
+    """None when the agent skipped them (frame size bound); see ``locals_total``."""
+    locals_total: int = 0
+
+    def local(self, name: str) -> Value | None:
+        """The preview of one local variable, or None."""
+        for variable in self.locals or ():
+            if variable.name == name:
+                return variable.value
+        return None
+
+
+@dataclass(frozen=True)
+class ThreadInfo:
+    """One thread of the target and its stack, innermost frame first."""
+
+    thread_id: int
+    """``threading.get_ident()`` in the target."""
+    native_id: int | None
+    """The OS thread id as the target sees it (None when the target's threading module does not know it)."""
+    name: str | None
+    daemon: bool | None
+    is_main: bool
+    is_agent: bool
+    """A thread that runs an eval for periscope."""
+    frames: tuple[StackFrame, ...]
+    depth: int
+    """The full stack depth (``frames`` may be cut at the agent's stack_depth limit)."""
+
+
+@dataclass(frozen=True)
+class ModuleVariables:
+    """The variables of one watched module (dunder names left out)."""
+
+    name: str
+    variables: tuple[Variable, ...]
+    total: int
+    missing: bool = False
+    """The module is not imported in the target."""
+
+    def get(self, name: str) -> Value | None:
+        """The preview of one variable, or None."""
+        for variable in self.variables:
+            if variable.name == name:
+                return variable.value
+        return None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One sample of the whole target: threads, stacks, locals and watched module variables."""
+
+    seq: int
+    time: float
+    """Unix time in the target when the sample was taken."""
+    agent_cpu: float
+    """CPU seconds the agent has used in the target so far."""
+    threads: tuple[ThreadInfo, ...]
+    modules: tuple[ModuleVariables, ...]
+    truncated: bool
+    """Something was left out to keep the frame within its size bound."""
+    build_ms: float
+    errors: int
+    """Errors the agent swallowed since the previous frame (to protect the target)."""
+    error_log: tuple[str, ...] = ()
+
+    def thread(self, native_id: int) -> ThreadInfo | None:
+        """The thread with this native id, or None."""
+        for thread in self.threads:
+            if thread.native_id == native_id:
+                return thread
+        return None
+
+    @property
+    def main_thread(self) -> ThreadInfo | None:
+        """The target's main thread, if it is still running Python."""
+        for thread in self.threads:
+            if thread.is_main:
+                return thread
+        return None
+
+    def module(self, name: str) -> ModuleVariables | None:
+        """The variables of one watched module, or None."""
+        for module in self.modules:
+            if module.name == name:
+                return module
+        return None
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The agent's first message: who it is and what it can do."""
+
+    protocol: int
+    pid: int
+    python: str
+    version: tuple[int, ...]
+    implementation: str
+    capabilities: tuple[str, ...]
+    codec: str
+    agent_native_id: int
+    rate: float
+    modules: tuple[str, ...]
+    limits: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Children:
+    """One page of an object's children (``Session.expand``)."""
+
+    ref: int
+    kind: str
+    """``items`` (container elements) or ``attrs`` (instance attributes, module or class namespace)."""
+    kinds: tuple[str, ...]
+    """The kinds this object offers."""
+    offset: int
+    total: int
+    children: tuple[Variable, ...]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The outcome of ``Session.eval``."""
+
+    status: str
+    """``ok``, ``raised`` or ``interrupted``."""
+    mode: str
+    """``eval`` (an expression) or ``exec`` (statements; the value of a final expression, if any)."""
+    value: Value | None
+    traceback: str | None
+    exception: str | None
+    elapsed: float
+    output: str = ""
+    """What the code printed (stdout and stderr, in order)."""
+    output_dropped: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """The code ran to the end without raising."""
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class Output:
+    """Print output of a running eval."""
+
+    eval_id: int
+    stream: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Response:
+    """The agent's answer to one request (decoded further by the session)."""
+
+    request_id: int
+    ok: bool
+    result: Any
+    error: str | None
+
+
+@dataclass(frozen=True)
+class AgentError:
+    """An error message from the agent that answers no particular request."""
+
+    message: str
+    fatal: bool
+
+
+@dataclass(frozen=True)
+class Bye:
+    """The agent has removed itself from the target."""
+
+    reason: str
+
+
+Message = Hello | Frame | Response | Output | AgentError | Bye
+
+
+def value_json(value: Value) -> dict[str, str]:
+    """``{"type", "repr"}`` of a preview, as ``periscope snapshot --json`` prints it."""
+    return {"type": value.type_name, "repr": value.repr}
+
+
+def frame_json(pid: int, hello: Hello, frame: Frame) -> dict[str, Any]:
+    """The JSON document of ``periscope snapshot --json`` (one line per frame in ``periscope watch``)."""
+    return {
+        "pid": pid,
+        "python": ".".join(str(part) for part in hello.version[:3]) or hello.python.split()[0],
+        "seq": frame.seq,
+        "time": frame.time,
+        "threads": [
+            {
+                "native_id": thread.native_id,
+                "thread_id": thread.thread_id,
+                "name": thread.name,
+                "daemon": thread.daemon,
+                "frames": [
+                    {
+                        "filename": stack_frame.filename,
+                        "function": stack_frame.qualname or stack_frame.function,
+                        "lineno": stack_frame.lineno,
+                        "locals": {v.name: value_json(v.value) for v in stack_frame.locals or ()},
+                    }
+                    for stack_frame in thread.frames
+                ],
+            }
+            for thread in frame.threads
+            if not thread.is_agent
+        ],
+        "modules": {module.name: {v.name: value_json(v.value) for v in module.variables} for module in frame.modules},
+        "truncated": frame.truncated,
+    }

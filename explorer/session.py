@@ -1,0 +1,611 @@
+"""A live session with the agent inside a target: ``attach()``, the frame stream, requests, ``detach()``.
+
+``attach(pid)`` stages the agent script in a fresh private directory the target can read
+(explorer.inject), asks one of the target's threads to run it (PEP 768 remote exec), waits for
+the agent's Unix socket, checks with SO_PEERCRED that the process on the other end is the target,
+proves itself with the one-time token from the script and reads the agent's ``hello``. From then
+on one asyncio task reads the stream and turns it into explorer.model objects.
+
+Which thread runs the script matters: a thread only picks the request up at its next
+eval-breaker check, so a thread blocked in ``input()`` or a long sleep never does.
+``thread="auto"`` (the default) uses the thread holding the GIL when one is running Python
+(pickup in well under a millisecond) and the main thread otherwise; ``"any"`` tries the threads
+in turn until one picks the request up; ``"main"`` or a native thread id picks one.
+
+No Textual here: the CLI commands and the tests use this module directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import os
+import secrets
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from explorer import wire
+from explorer.errors import InjectionTimeout, PeriscopeError, ProcessGone, ProtocolError
+from explorer.model import (
+    AgentError,
+    Bye,
+    Children,
+    EvalResult,
+    Frame,
+    Hello,
+    Output,
+    Response,
+)
+
+SOCKET_NAME = "agent.sock"
+SCRIPT_NAME = "agent.py"
+CONNECT_TIMEOUT = 20.0
+"""Seconds the agent waits for periscope to connect before it removes itself."""
+
+
+class RequestFailed(PeriscopeError):
+    """The agent refused or could not carry out a request (an expired ref, an unknown thread...)."""
+
+
+class SessionClosed(PeriscopeError):
+    """The connection to the agent is gone (detached, or the target exited)."""
+
+
+class AgentBusy(PeriscopeError):
+    """Another periscope session's agent is already attached to the target."""
+
+
+class AttachState(enum.Enum):
+    """Where ``attach()`` is."""
+
+    INJECTED = "injected"
+    """The request to run the agent script was written into a thread of the target."""
+    WAITING = "waiting"
+    """That thread has not run Python since: ``AttachProgress.stacks`` shows where each thread is."""
+    STARTING = "starting"
+    """The thread took the request; the agent is starting."""
+    CONNECTED = "connected"
+    """The agent answered; frames are on their way."""
+
+
+@dataclass(frozen=True)
+class AttachProgress:
+    """One step of ``attach()``, for a progress display."""
+
+    state: AttachState
+    message: str
+    elapsed: float
+    native_id: int | None = None
+    """The thread the request went to (host pid namespace)."""
+    stacks: tuple[Any, ...] | None = None
+    """While waiting: every thread's stack read from outside (explorer.stacks.ThreadStack)."""
+
+
+ThreadChoice = str | int
+"""``"auto"``, ``"main"``, ``"any"`` or a native thread id."""
+
+
+def parse_thread_choice(text: str) -> ThreadChoice:
+    """``--via`` on the command line: auto, main, any or a native thread id."""
+    if text in ("auto", "main", "any"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected auto, main, any or a native thread id, not {text!r}") from None
+
+Progress = Callable[[AttachProgress], None]
+
+
+@dataclass
+class _Staged:
+    pid: int
+    script_dir: Any
+    script_target_path: str
+    socket_host_path: Path
+    token: str
+
+
+def _stage(pid: int, rate: float, modules: tuple[str, ...], limits: dict[str, Any] | None) -> _Staged:
+    """Write the agent script (config header + agent source) into a fresh private directory."""
+    from explorer.inject import prepare_script_dir, write_script
+    from payloads.agent import agent_source, build_script
+
+    script_dir = prepare_script_dir(pid)
+    try:
+        token = secrets.token_hex(32)
+        target_dir = script_dir.target_path
+        config = {
+            "directory": target_dir,
+            "script_path": f"{target_dir}/{SCRIPT_NAME}",
+            "socket_path": f"{target_dir}/{SOCKET_NAME}",
+            "token": token,
+            "rate": float(rate),
+            "modules": list(modules),
+            "limits": dict(limits or {}),
+            "connect_timeout": CONNECT_TIMEOUT,
+        }
+        _, target_path = write_script(script_dir, SCRIPT_NAME, build_script(config, agent_source()))
+    except BaseException:
+        script_dir.cleanup()
+        raise
+    return _Staged(pid, script_dir, target_path, Path(script_dir.host_path) / SOCKET_NAME, token)
+
+
+def _candidates(pid: int, choice: ThreadChoice) -> list[int | None]:
+    """Native ids (host namespace; None = the main thread) to try, best first."""
+    if isinstance(choice, int):
+        return [choice]
+    if choice == "main":
+        return [None]
+    if choice not in ("auto", "any"):
+        raise ValueError(f"thread must be 'auto', 'main', 'any' or a native thread id, not {choice!r}")
+    from explorer.remote import RemoteProcess
+
+    with RemoteProcess.open(pid) as process:
+        process.require_remote_debugging()
+        threads = [t for t in process.threads(process.main_interpreter())]
+    holder = [t.native_id for t in threads if t.holds_gil]
+    main = [t.native_id for t in threads if t.is_main]
+    if choice == "auto":
+        return list(dict.fromkeys(holder[:1] + main)) or [None]
+    rest = [t.native_id for t in sorted(threads, key=lambda t: not t.attached) if t.native_id not in holder + main]
+    return list(dict.fromkeys(holder + main + rest)) or [None]
+
+
+def _read_stacks(pid: int) -> tuple[Any, ...] | None:
+    try:
+        from explorer.stacks import read_stacks
+
+        return tuple(read_stacks(pid)[1])
+    except PeriscopeError:
+        return None
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[0]
+
+
+def _connect(staged: _Staged, deadline: float) -> tuple[socket.socket, wire.Decoder, Hello]:
+    """Wait for the agent's socket, check the peer, authenticate, read ``hello`` (blocking)."""
+    host_dir = staged.socket_host_path.parent
+    pause = 0.0005
+    while True:
+        for note, error in (("busy", AgentBusy), ("failed", PeriscopeError)):
+            path = host_dir / note
+            if path.exists():
+                text = path.read_text(errors="replace").strip()
+                if error is AgentBusy:
+                    raise AgentBusy(f"process {staged.pid}: {text}; detach that session first")
+                raise PeriscopeError(f"the agent could not start in process {staged.pid}: {text}")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            sock.connect(str(staged.socket_host_path))
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+        except BaseException:
+            sock.close()
+            raise
+        if time.monotonic() > deadline:
+            raise InjectionTimeout(
+                f"process {staged.pid} took the request but its agent did not open its socket in time; "
+                "the target may be too busy in C code: try again"
+            )
+        if not os.path.exists(f"/proc/{staged.pid}"):
+            raise ProcessGone(f"process {staged.pid} exited")
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.01)
+    try:
+        peer = _peer_pid(sock)
+        if peer != staged.pid:
+            raise ProtocolError(
+                f"the socket in the session directory belongs to process {peer}, not {staged.pid}; "
+                "someone else is interfering with the session: not connecting"
+            )
+        decoder = wire.Decoder()
+        sock.sendall(wire.encode({"t": "auth", "token": staged.token}))
+        while True:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                data = sock.recv(1 << 16)
+            except TimeoutError:
+                raise InjectionTimeout(f"the agent in process {staged.pid} did not say hello in time; try again") from None
+            if not data:
+                raise ProtocolError(f"the agent in process {staged.pid} closed the connection during the handshake")
+            decoder.feed(data)
+            for message in decoder:
+                if not isinstance(message, Hello):
+                    raise ProtocolError(f"the agent's first message was {type(message).__name__}, not hello")
+                if message.pid != _target_view_pid(staged.pid):
+                    raise ProtocolError(f"the agent reports pid {message.pid}, expected {staged.pid}")
+                sock.settimeout(None)
+                return sock, decoder, message
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _target_view_pid(pid: int) -> int:
+    """The pid as the target itself sees it (differs when it runs in its own pid namespace)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except OSError:
+        pass
+    return pid
+
+
+async def attach(
+    pid: int,
+    *,
+    thread: ThreadChoice = "auto",
+    timeout: float = 10.0,
+    rate: float = 2.0,
+    modules: tuple[str, ...] = ("__main__",),
+    limits: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> Session:
+    """Inject the agent into ``pid`` and connect to it; the returned Session streams frames.
+
+    ``rate`` is frames per second (0: only on request, see ``Session.sample``). Raises the typed
+    errors of explorer.errors (RemoteDebuggingDisabled, PermissionDenied, InjectionTimeout, ...).
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+
+    def report(state: AttachState, message: str, native_id: int | None = None, stacks: tuple[Any, ...] | None = None) -> None:
+        if progress is not None:
+            progress(AttachProgress(state, message, time.monotonic() - started, native_id, stacks))
+
+    candidates = await asyncio.to_thread(_candidates, pid, thread)
+    staged = await asyncio.to_thread(_stage, pid, rate, tuple(modules), limits)
+    try:
+        picked = await _inject(staged, candidates, deadline, report, spread=thread in ("any", "auto"))
+        report(AttachState.STARTING, f"thread {picked} took the request; the agent is starting", picked)
+        sock, decoder, hello = await asyncio.to_thread(_connect, staged, deadline)
+    except BaseException:
+        staged.script_dir.cleanup()
+        raise
+    try:
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
+    except BaseException:
+        sock.close()
+        staged.script_dir.cleanup()
+        raise
+    session = Session(pid, hello, reader, writer, decoder, staged.script_dir, picked)
+    session._start()
+    report(AttachState.CONNECTED, f"connected to the agent in process {pid}", picked)
+    return session
+
+
+async def _inject(
+    staged: _Staged,
+    candidates: list[int | None],
+    deadline: float,
+    report: Callable[..., None],
+    spread: bool,
+) -> int | None:
+    """Ask the candidate threads in turn to run the script; the native id of the one that did."""
+    from explorer.inject import MainThreadFinished, NoSuchThread, remote_exec
+
+    slice_ = 0.25
+    rounds = itertools.count()
+    last_stacks = 0.0
+    while True:
+        for native_id in candidates:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise InjectionTimeout(
+                    f"no thread of process {staged.pid} ran Python within the timeout "
+                    f"(tried {', '.join('main' if c is None else str(c) for c in candidates)}): its threads are "
+                    "blocked (input(), sleep, a long C call). Use --via any, or --via NATIVE_ID of a thread that runs Python"
+                )
+            wait = min(remaining, slice_) if spread and len(candidates) > 1 else remaining
+            job = asyncio.ensure_future(
+                asyncio.to_thread(remote_exec, staged.pid, staged.script_target_path, native_id=native_id, wait=wait)
+            )
+            report(AttachState.INJECTED, f"asked thread {native_id or 'main'} to run the agent", native_id)
+            waited_since = time.monotonic()
+            while True:
+                done, _ = await asyncio.wait({job}, timeout=0.25)
+                if done:
+                    break
+                if time.monotonic() - last_stacks > 0.5:
+                    last_stacks = time.monotonic()
+                    stacks = await asyncio.to_thread(_read_stacks, staged.pid)
+                    report(
+                        AttachState.WAITING,
+                        f"waiting {time.monotonic() - waited_since:.1f}s for thread {native_id or 'main'} to run Python",
+                        native_id,
+                        stacks,
+                    )
+            try:
+                result = job.result()
+            except (NoSuchThread, MainThreadFinished):
+                if not spread:
+                    raise
+                continue  # that thread exited (or finished its script): try the next one
+            if result.picked_up:
+                return result.native_id
+        next(rounds)
+        slice_ = min(slice_ * 2, 2.0)
+
+
+class EvalHandle:
+    """A running eval: await it for the EvalResult; ``interrupt()`` raises KeyboardInterrupt in it."""
+
+    def __init__(self, session: Session, eval_id: int, future: asyncio.Future[Any], on_output: Callable[[Output], None] | None) -> None:
+        self.session = session
+        self.id = eval_id
+        self._future = future
+        self._on_output = on_output
+        self._output: list[str] = []
+
+    def _add_output(self, output: Output) -> None:
+        self._output.append(output.text)
+        if self._on_output is not None:
+            self._on_output(output)
+
+    async def result(self) -> EvalResult:
+        """Wait for the eval to finish."""
+        raw = await self._future
+        return wire.decode_eval_result(raw, "".join(self._output))
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self.result().__await__()
+
+    async def interrupt(self) -> bool:
+        """Raise KeyboardInterrupt in the eval's thread; whether it was still running."""
+        if self._future.done():
+            return False
+        result = await self.session.request("interrupt", eval_id=self.id)
+        return bool(result.get("sent")) if isinstance(result, dict) else False
+
+
+class Session:
+    """A connection to the agent in one target process (made by ``attach()``)."""
+
+    def __init__(
+        self,
+        pid: int,
+        hello: Hello,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        decoder: wire.Decoder,
+        script_dir: Any,
+        injected_via: int | None,
+    ) -> None:
+        self.pid = pid
+        self.hello = hello
+        self.injected_via = injected_via
+        """The native id of the thread that ran the agent script."""
+        self.latest: Frame | None = None
+        """The newest frame received."""
+        self.frames_dropped = 0
+        """Frames dropped because nobody consumed them in time."""
+        self.agent_errors: list[str] = []
+        self.error: PeriscopeError | None = None
+        """Why the session ended, when it ended abnormally."""
+        self._reader = reader
+        self._writer = writer
+        self._decoder = decoder
+        self._script_dir = script_dir
+        self._frames: asyncio.Queue[Frame | None] = asyncio.Queue(maxsize=256)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._evals: dict[int, EvalHandle] = {}
+        self._ids = itertools.count(1)
+        self._closed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the stream -------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._task = asyncio.ensure_future(self._read())
+        # Messages that arrived together with hello.
+        self._dispatch_buffered()
+
+    def _dispatch_buffered(self) -> None:
+        try:
+            for message in self._decoder:
+                self._dispatch(message)
+        except ProtocolError as error:
+            self._fail(error)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                data = await self._reader.read(1 << 20)
+                if not data:
+                    if self.error is None and not self._closing:
+                        self.error = SessionClosed(f"the agent in process {self.pid} closed the connection (did the target exit?)")
+                    break
+                self._decoder.feed(data)
+                for message in self._decoder:
+                    self._dispatch(message)
+        except ProtocolError as error:
+            self.error = error
+        except (ConnectionError, OSError) as error:
+            self.error = SessionClosed(f"lost the connection to the agent in process {self.pid}: {error}")
+        finally:
+            self._shut()
+
+    _closing = False
+
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, Frame):
+            self.latest = message
+            if self._frames.full():
+                self._frames.get_nowait()
+                self.frames_dropped += 1
+            self._frames.put_nowait(message)
+        elif isinstance(message, Response):
+            future = self._pending.pop(message.request_id, None)
+            self._evals.pop(message.request_id, None)
+            if future is not None and not future.done():
+                if message.ok:
+                    future.set_result(message.result)
+                else:
+                    future.set_exception(RequestFailed(f"the agent could not do that: {message.error}"))
+        elif isinstance(message, Output):
+            handle = self._evals.get(message.eval_id)
+            if handle is not None:
+                handle._add_output(message)
+        elif isinstance(message, AgentError):
+            self.agent_errors.append(message.message)
+            if message.fatal:
+                raise ProtocolError(f"the agent ended the session: {message.message}")
+        elif isinstance(message, Bye):
+            self._closing = True
+        elif isinstance(message, Hello):
+            raise ProtocolError("the agent said hello twice")
+
+    def _fail(self, error: PeriscopeError) -> None:
+        self.error = error
+        self._writer.close()
+
+    def _shut(self) -> None:
+        error = self.error or SessionClosed(f"the session with process {self.pid} is closed")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._frames.put_nowait(None)
+        self._closed.set()
+        self._writer.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has ended."""
+        return self._closed.is_set()
+
+    async def next_frame(self, timeout: float | None = None) -> Frame:
+        """The next streamed frame; SessionClosed when the session ends, TimeoutError after ``timeout``."""
+        frame = await asyncio.wait_for(self._frames.get(), timeout)
+        if frame is None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._frames.put_nowait(None)
+            raise self.error or SessionClosed(f"the session with process {self.pid} is closed")
+        return frame
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        """Every streamed frame until the session ends (frames nobody consumed in time are dropped)."""
+        while True:
+            try:
+                yield await self.next_frame()
+            except SessionClosed:
+                return
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def request(self, op: str, *, timeout: float | None = 30.0, **arguments: Any) -> Any:
+        """Send one request and wait for its result (RequestFailed when the agent refuses it)."""
+        request_id, future = self._send(op, arguments)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(request_id, None)
+
+    def _send(self, op: str, arguments: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:
+        if self.closed:
+            raise self.error or SessionClosed(f"the session with process {self.pid} is closed")
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self._writer.write(wire.encode({"t": "req", "id": request_id, "op": op, **arguments}))
+        return request_id, future
+
+    async def sample(self, timeout: float = 30.0) -> Frame:
+        """One frame taken now, whatever the rate."""
+        return wire.decode_frame(await self.request("sample", timeout=timeout))
+
+    async def expand(self, ref: int, kind: str = "auto", offset: int = 0, limit: int = 100) -> Children:
+        """One page of the children of the object behind ``ref`` (items or attributes)."""
+        return wire.decode_children(await self.request("expand", ref=ref, kind=kind, offset=offset, limit=limit))
+
+    async def set_rate(self, hz: float) -> None:
+        """Frames per second (0 pauses the stream; ``sample()`` still works)."""
+        await self.request("set_rate", hz=float(hz))
+
+    async def set_modules(self, names: list[str] | tuple[str, ...]) -> None:
+        """Which modules' variables frames carry."""
+        await self.request("set_modules", modules=list(names))
+
+    async def configure(self, **limits: Any) -> dict[str, Any]:
+        """Change preview limits (see PROTOCOL.md); returns the limits now in force."""
+        result = await self.request("configure", limits=limits)
+        return dict(result.get("limits", {})) if isinstance(result, dict) else {}
+
+    def start_eval(
+        self,
+        code: str,
+        *,
+        module: str | None = None,
+        thread: int | None = None,
+        frame: int = 0,
+        repr_chars: int | None = None,
+        on_output: Callable[[Output], None] | None = None,
+    ) -> EvalHandle:
+        """Start evaluating ``code`` in a module's globals (default ``__main__``) or in a frame of a
+        thread (``thread`` = native id as the target sees it, ``frame`` = 0 for the innermost)."""
+        arguments: dict[str, Any] = {"code": code}
+        if thread is not None:
+            arguments.update(thread=thread, frame=frame)
+        elif module is not None:
+            arguments["module"] = module
+        if repr_chars is not None:
+            arguments["repr_chars"] = repr_chars
+        request_id, future = self._send("eval", arguments)
+        handle = EvalHandle(self, request_id, future, on_output)
+        self._evals[request_id] = handle
+        return handle
+
+    async def eval(self, code: str, **options: Any) -> EvalResult:
+        """Evaluate ``code`` in the target and wait for the result (see ``start_eval``)."""
+        return await self.start_eval(code, **options).result()
+
+    # -- the end ----------------------------------------------------------------------------
+
+    async def detach(self, timeout: float = 5.0) -> None:
+        """Ask the agent to remove itself, wait until it has, and remove the session directory."""
+        try:
+            if not self.closed:
+                self._closing = True
+                with contextlib.suppress(PeriscopeError, asyncio.TimeoutError, ConnectionError):
+                    await self.request("detach", timeout=timeout)
+                # The agent closes the connection as its very last step.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), timeout)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Drop the connection without asking (the agent notices and removes itself)."""
+        self._closing = True
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), 2.0)
+        if self._script_dir is not None:
+            script_dir, self._script_dir = self._script_dir, None
+            await asyncio.to_thread(script_dir.cleanup)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.detach()

@@ -1,0 +1,1677 @@
+"""The periscope agent: injected into a CPython 3.14 target, it streams threads, stacks, locals and
+module variables over a Unix socket and evaluates code on request (payloads/PROTOCOL.md).
+
+Rules this file lives by, because it runs inside someone else's process:
+
+- Standard library only, and mostly builtin C modules (``_thread``, ``_socket``, ``_struct``).
+  ``threading`` is used only when the target already imported it; ``ctypes`` only to interrupt
+  an eval or stop a runaway ``__repr__``; ``traceback`` only to format an eval's exception.
+- The injected script (see ``build_script``) returns at once: it claims one module entry,
+  ``sys.modules["_periscope_agent"]``, starts one thread and leaves. Everything else happens in
+  that thread.
+- Nothing raises into the target. Errors the agent has to swallow are counted and reported in
+  the next frame.
+- Every call into the target's own code (``__repr__``, properties, ``__dict__``) happens in a
+  worker thread that the agent's main thread watches with a time budget, so a ``__repr__`` that
+  hangs costs one budget and never stops the stream.
+- On detach, on a dropped connection or when nobody connects in time, the agent removes itself:
+  thread gone, socket closed and unlinked, files removed, module entry removed, stdout/stderr
+  given back.
+
+Importing this module (as periscope and the tests do, for the codec) starts nothing.
+"""
+
+import _socket
+import _struct
+import _thread
+import os
+import sys
+import time
+
+PROTOCOL_VERSION = 1
+MODULE_NAME = "_periscope_agent"
+
+# --------------------------------------------------------------------------------------------
+# msgpack codec for the subset the protocol uses: None, bool, int (64-bit), float, str, bytes,
+# list/tuple, dict. Output is byte-for-byte what msgpack-python's packb(use_bin_type=True) gives.
+# --------------------------------------------------------------------------------------------
+
+_pack_double = _struct.Struct(">d").pack
+_unpack_double = _struct.Struct(">d").unpack_from
+_unpack_float = _struct.Struct(">f").unpack_from
+_B = _struct.Struct(">B")
+_H = _struct.Struct(">H")
+_I = _struct.Struct(">I")
+_Q = _struct.Struct(">Q")
+_b = _struct.Struct(">b")
+_h = _struct.Struct(">h")
+_i = _struct.Struct(">i")
+_q = _struct.Struct(">q")
+_MAX_DEPTH = 64
+
+
+class EncodeError(ValueError):
+    """An object the codec does not encode (wrong type, int out of 64-bit range, too deep)."""
+
+
+class DecodeError(ValueError):
+    """Malformed msgpack bytes."""
+
+
+class NeedMore(Exception):
+    """The buffer ends in the middle of a message; feed more bytes."""
+
+
+def _encode_into(obj, out, depth):
+    t = type(obj)
+    if t is str:
+        data = obj.encode("utf-8", "backslashreplace")
+        n = len(data)
+        if n < 32:
+            out.append(0xA0 | n)
+        elif n < 0x100:
+            out += b"\xd9" + _B.pack(n)
+        elif n < 0x10000:
+            out += b"\xda" + _H.pack(n)
+        elif n < 0x100000000:
+            out += b"\xdb" + _I.pack(n)
+        else:
+            raise EncodeError("str too long")
+        out += data
+    elif t is int:
+        if 0 <= obj < 0x80:
+            out.append(obj)
+        elif -0x20 <= obj < 0:
+            out.append(obj & 0xFF)
+        elif obj >= 0:
+            if obj < 0x100:
+                out += b"\xcc" + _B.pack(obj)
+            elif obj < 0x10000:
+                out += b"\xcd" + _H.pack(obj)
+            elif obj < 0x100000000:
+                out += b"\xce" + _I.pack(obj)
+            elif obj < 0x10000000000000000:
+                out += b"\xcf" + _Q.pack(obj)
+            else:
+                raise EncodeError("int too large")
+        else:
+            if obj >= -0x80:
+                out += b"\xd0" + _b.pack(obj)
+            elif obj >= -0x8000:
+                out += b"\xd1" + _h.pack(obj)
+            elif obj >= -0x80000000:
+                out += b"\xd2" + _i.pack(obj)
+            elif obj >= -0x8000000000000000:
+                out += b"\xd3" + _q.pack(obj)
+            else:
+                raise EncodeError("int too small")
+    elif obj is None:
+        out.append(0xC0)
+    elif obj is True:
+        out.append(0xC3)
+    elif obj is False:
+        out.append(0xC2)
+    elif t is float:
+        out += b"\xcb" + _pack_double(obj)
+    elif t is dict:
+        if depth > _MAX_DEPTH:
+            raise EncodeError("nested too deep")
+        n = len(obj)
+        if n < 16:
+            out.append(0x80 | n)
+        elif n < 0x10000:
+            out += b"\xde" + _H.pack(n)
+        else:
+            out += b"\xdf" + _I.pack(n)
+        for key, value in obj.items():
+            _encode_into(key, out, depth + 1)
+            _encode_into(value, out, depth + 1)
+    elif t is list or t is tuple:
+        if depth > _MAX_DEPTH:
+            raise EncodeError("nested too deep")
+        n = len(obj)
+        if n < 16:
+            out.append(0x90 | n)
+        elif n < 0x10000:
+            out += b"\xdc" + _H.pack(n)
+        else:
+            out += b"\xdd" + _I.pack(n)
+        for item in obj:
+            _encode_into(item, out, depth + 1)
+    elif t is bytes or t is bytearray:
+        n = len(obj)
+        if n < 0x100:
+            out += b"\xc4" + _B.pack(n)
+        elif n < 0x10000:
+            out += b"\xc5" + _H.pack(n)
+        elif n < 0x100000000:
+            out += b"\xc6" + _I.pack(n)
+        else:
+            raise EncodeError("bytes too long")
+        out += obj
+    else:
+        raise EncodeError("cannot encode %s" % t.__name__)
+
+
+def encode(obj):
+    """Encode one message (plain data only) as msgpack bytes."""
+    out = bytearray()
+    _encode_into(obj, out, 0)
+    return bytes(out)
+
+
+_FIXED = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
+
+
+def _decode_at(buf, pos, depth):
+    if pos >= len(buf):
+        raise NeedMore()
+    b = buf[pos]
+    pos += 1
+    if b < 0x80:
+        return b, pos
+    if b >= 0xE0:
+        return b - 0x100, pos
+    if 0xA0 <= b <= 0xBF or b in (0xD9, 0xDA, 0xDB):
+        if b <= 0xBF:
+            n = b & 0x1F
+        else:
+            n, pos = _read_len(buf, pos, _FIXED[b])
+        end = pos + n
+        if end > len(buf):
+            raise NeedMore()
+        try:
+            return bytes(buf[pos:end]).decode("utf-8"), end
+        except UnicodeDecodeError:
+            raise DecodeError("invalid UTF-8 in str") from None
+    if 0x90 <= b <= 0x9F or b in (0xDC, 0xDD):
+        if b <= 0x9F:
+            n = b & 0x0F
+        else:
+            n, pos = _read_len(buf, pos, 2 if b == 0xDC else 4)
+        if depth > _MAX_DEPTH:
+            raise DecodeError("nested too deep")
+        if n > len(buf) - pos:
+            raise NeedMore()
+        items = []
+        for _ in range(n):
+            item, pos = _decode_at(buf, pos, depth + 1)
+            items.append(item)
+        return items, pos
+    if 0x80 <= b <= 0x8F or b in (0xDE, 0xDF):
+        if b <= 0x8F:
+            n = b & 0x0F
+        else:
+            n, pos = _read_len(buf, pos, 2 if b == 0xDE else 4)
+        if depth > _MAX_DEPTH:
+            raise DecodeError("nested too deep")
+        if 2 * n > len(buf) - pos:
+            raise NeedMore()
+        result = {}
+        for _ in range(n):
+            key, pos = _decode_at(buf, pos, depth + 1)
+            value, pos = _decode_at(buf, pos, depth + 1)
+            if type(key) in (list, dict):
+                raise DecodeError("unhashable map key")
+            result[key] = value
+        return result, pos
+    if b == 0xC0:
+        return None, pos
+    if b == 0xC2:
+        return False, pos
+    if b == 0xC3:
+        return True, pos
+    if b in (0xC4, 0xC5, 0xC6):
+        n, pos = _read_len(buf, pos, _FIXED[b])
+        end = pos + n
+        if end > len(buf):
+            raise NeedMore()
+        return bytes(buf[pos:end]), end
+    if b == 0xCA:
+        _need(buf, pos, 4)
+        return _unpack_float(buf, pos)[0], pos + 4
+    if b == 0xCB:
+        _need(buf, pos, 8)
+        return _unpack_double(buf, pos)[0], pos + 8
+    if b in (0xCC, 0xCD, 0xCE, 0xCF):
+        size = 1 << (b - 0xCC)
+        _need(buf, pos, size)
+        return int.from_bytes(buf[pos:pos + size], "big"), pos + size
+    if b in (0xD0, 0xD1, 0xD2, 0xD3):
+        size = 1 << (b - 0xD0)
+        _need(buf, pos, size)
+        return int.from_bytes(buf[pos:pos + size], "big", signed=True), pos + size
+    raise DecodeError("unsupported msgpack type byte 0x%02x" % b)
+
+
+def _need(buf, pos, size):
+    if pos + size > len(buf):
+        raise NeedMore()
+
+
+def _read_len(buf, pos, size):
+    _need(buf, pos, size)
+    return int.from_bytes(buf[pos:pos + size], "big"), pos + size
+
+
+def decode(data):
+    """Decode exactly one msgpack object from ``data`` (DecodeError on trailing bytes or garbage)."""
+    try:
+        obj, pos = _decode_at(data, 0, 0)
+    except NeedMore:
+        raise DecodeError("truncated msgpack data") from None
+    if pos != len(data):
+        raise DecodeError("trailing bytes after msgpack object")
+    return obj
+
+
+class StreamDecoder:
+    """Incremental decoder: ``feed(bytes)`` then iterate over the complete messages.
+
+    A message larger than ``max_message`` bytes is a DecodeError (the stream is then unusable).
+    """
+
+    def __init__(self, max_message=1 << 20):
+        self.buffer = bytearray()
+        self.max_message = max_message
+
+    def feed(self, data):
+        self.buffer += data
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self.buffer:
+            raise StopIteration
+        try:
+            obj, pos = _decode_at(self.buffer, 0, 0)
+        except NeedMore:
+            if len(self.buffer) > self.max_message:
+                raise DecodeError("message larger than %d bytes" % self.max_message) from None
+            raise StopIteration from None
+        del self.buffer[:pos]
+        return obj
+
+
+# --------------------------------------------------------------------------------------------
+# The injected script: a small bootstrap that returns at once.
+# --------------------------------------------------------------------------------------------
+
+BOOTSTRAP = r'''
+def _periscope_bootstrap(config, source):
+    import sys, _thread
+    name = "_periscope_agent"
+    directory = config["directory"]
+
+    def mark(filename, text):
+        # The only channel back to periscope before the socket exists.
+        import os
+        try:
+            fd = os.open(directory + "/" + filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, text.encode("utf-8", "backslashreplace"))
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    try:
+        try:
+            __import__("os").unlink(config["script_path"])
+        except OSError:
+            pass
+        existing = sys.modules.get(name)
+        if existing is not None:
+            alive = getattr(existing, "agent_alive", None)
+            if alive is None or alive():
+                mark("busy", "another periscope agent is attached to this process")
+                return
+        module = type(sys)(name)
+        if existing is None:
+            if sys.modules.setdefault(name, module) is not module:
+                mark("busy", "another periscope agent is starting in this process")
+                return
+        else:
+            sys.modules[name] = module  # the entry of an agent that died: take its place
+
+        def run():
+            try:
+                code = compile(source, "<periscope-agent>", "exec")
+                exec(code, module.__dict__)
+                module.__dict__["main"](config, module)
+            except BaseException as error:
+                mark("failed", "%s: %s" % (type(error).__name__, error))
+                if sys.modules.get(name) is module:
+                    del sys.modules[name]
+
+        _thread.start_new_thread(run, ())
+    except BaseException as error:
+        mark("failed", "%s: %s" % (type(error).__name__, error))
+
+
+_periscope_bootstrap(_PERISCOPE_CONFIG, _PERISCOPE_SOURCE)
+'''
+
+
+def build_script(config, source):
+    """The text of the injected script: the config, the agent source as a literal, the bootstrap.
+
+    ``config`` holds plain data only (str, int, float, bool, None, lists and dicts of them).
+    The target compiles only the small bootstrap in the thread that picks the script up; the
+    agent source is compiled in the agent's own thread.
+    """
+    return (
+        "# periscope agent (generated; deleted as soon as the target reads it)\n"
+        "_PERISCOPE_CONFIG = %r\n_PERISCOPE_SOURCE = %r\n%s" % (config, source, BOOTSTRAP)
+    )
+
+
+def agent_source():
+    """The source text of this module, as periscope sends it to targets."""
+    import importlib.resources
+
+    return importlib.resources.files("payloads").joinpath("agent.py").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# Everything below runs only inside the target.
+# --------------------------------------------------------------------------------------------
+
+DEFAULT_LIMITS = {
+    "repr_chars": 200,  # length of one preview string
+    "items": 10,  # container elements shown inside one preview
+    "depth": 3,  # nesting shown inside one preview
+    "locals": 100,  # locals per stack frame
+    "module_vars": 1000,  # variables per watched module
+    "stack_depth": 128,  # stack frames per thread (innermost first)
+    "threads": 512,  # threads per frame
+    "frame_bytes": 2 * 1024 * 1024,  # estimated encoded size of one frame
+    "repr_budget": 0.1,  # seconds one __repr__ may take before its type is given up on
+    "frame_budget": 0.5,  # seconds of user __repr__ calls per frame
+    "refs": 50000,  # objects held for lazy expansion
+    "eval_output": 1 << 20,  # characters of print output kept per eval
+}
+
+_ELLIPSIS = "\u2026"
+_NoneType = type(None)
+_SCALARS = frozenset([int, float, complex, bool, _NoneType, type(Ellipsis), type(NotImplemented)])
+_C_REPR_SAFE = frozenset(
+    [
+        type(len),  # builtin_function_or_method
+        type(lambda: None),  # function
+        type(sys),  # module
+        type((lambda: None).__code__),  # code
+        type("".join),  # builtin method (same as builtin_function_or_method)
+        type(object.__init__),  # wrapper_descriptor
+        type(object().__str__),  # method-wrapper
+        type(str.join),  # method_descriptor
+        range,
+    ]
+)
+_CONTAINERS = frozenset([list, tuple, dict, set, frozenset])
+_NOT_EXPANDABLE = frozenset([int, float, complex, bool, _NoneType, str, bytes, bytearray, range])
+_type_qualname = type.__dict__["__qualname__"].__get__
+_type_module = type.__dict__["__module__"].__get__
+_type_mro = type.__dict__["__mro__"].__get__
+_type_dict = type.__dict__["__dict__"].__get__
+_dict_items = dict.items
+_dict_len = dict.__len__
+
+
+class Abandoned(BaseException):
+    """Raised inside a worker the watchdog gave up on, so that it unwinds without touching state."""
+
+
+def _islice(iterable, start, stop):
+    """First elements of an iterable, without itertools (one C loop per element, no user code)."""
+    out = []
+    if stop <= start:
+        return out
+    index = 0
+    for item in iterable:
+        if index >= start:
+            out.append(item)
+            if len(out) >= stop - start:
+                break
+        index += 1
+    return out
+
+
+def type_name(cls):
+    """``module.QualName`` of a class, without running any of the class's own code."""
+    try:
+        qualname = _type_qualname(cls)
+    except BaseException:
+        qualname = "?"
+    try:
+        module = _type_module(cls)
+    except BaseException:
+        module = None
+    if type(module) is not str or module == "builtins":
+        return qualname if type(qualname) is str else "?"
+    return "%s.%s" % (module, qualname)
+
+
+def _error_text(error):
+    """A short description of an exception raised by target code (no user code runs)."""
+    args = getattr(error, "args", ())
+    detail = ""
+    if type(args) is tuple and args and type(args[0]) is str:
+        detail = args[0][:100]
+    name = type_name(type(error))
+    return "%s: %s" % (name, detail) if detail else name
+
+
+class RefTable:
+    """Objects that previews point at (ref id -> object), for lazy expansion. Bounded; cleared on detach.
+
+    Refs seen in the last two frames stay; refs handed out by expand and eval stay pinned until
+    the table is full, oldest first.
+    """
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.objects = {}  # ref -> object
+        self.by_id = {}  # id(object) -> ref
+        self.seen = {}  # ref -> frame seq (or -1 when pinned)
+        self.next_ref = 1
+        self.seq = 0
+
+    def ref(self, obj, pin=False):
+        key = id(obj)
+        ref = self.by_id.get(key)
+        if ref is None or self.objects.get(ref) is not obj:
+            if len(self.objects) >= self.limit:
+                return None
+            ref = self.next_ref
+            self.next_ref += 1
+            self.objects[ref] = obj
+            self.by_id[key] = ref
+        if pin:
+            self.seen[ref] = -1
+        elif self.seen.get(ref) != -1:
+            self.seen[ref] = self.seq
+        return ref
+
+    def get(self, ref):
+        return self.objects.get(ref)
+
+    def end_frame(self):
+        """Drop refs not seen in the last two frames (pinned ones stay until the table is full)."""
+        self.seq += 1
+        old = self.seq - 2
+        drop = [r for r, s in self.seen.items() if 0 <= s < old]
+        if len(self.objects) > self.limit * 3 // 4:
+            pinned = [r for r, s in self.seen.items() if s == -1]
+            drop += pinned[: len(pinned) // 2]
+        for ref in drop:
+            obj = self.objects.pop(ref, None)
+            self.seen.pop(ref, None)
+            if obj is not None and self.by_id.get(id(obj)) == ref:
+                del self.by_id[id(obj)]
+
+    def clear(self):
+        self.objects.clear()
+        self.by_id.clear()
+        self.seen.clear()
+
+
+class Previews:
+    """Bounded previews of target objects; runs in a watched worker thread (user code may run)."""
+
+    def __init__(self, agent, worker, limits, refs, deadline):
+        self.agent = agent
+        self.worker = worker
+        self.limits = limits
+        self.refs = refs
+        self.deadline = deadline
+        self.repr_chars = limits["repr_chars"]
+        self.items = limits["items"]
+        self.depth = limits["depth"]
+        self.bytes = 0  # estimated encoded size so far
+
+    def preview(self, obj, pin=False, repr_chars=None):
+        """``{"type", "repr", "ref"?, "len"?, "cut"?, "fail"?}`` for one object."""
+        cls = type(obj)
+        limit = repr_chars or self.repr_chars
+        self._cut = False
+        self._fail = False
+        text = self._fmt(obj, 0, limit, ())
+        if len(text) > limit:
+            text = text[:limit] + _ELLIPSIS
+            self._cut = True
+        result = {"type": type_name(cls), "repr": text}
+        if cls not in _NOT_EXPANDABLE:
+            ref = self.refs.ref(obj, pin)
+            if ref is not None:
+                result["ref"] = ref
+        if cls in _CONTAINERS or cls in (str, bytes, bytearray):
+            result["len"] = len(obj)
+        elif cls in (dict,):
+            result["len"] = _dict_len(obj)
+        if self._cut:
+            result["cut"] = True
+        if self._fail:
+            result["fail"] = True
+        self.bytes += len(text) + len(result["type"]) + 24
+        return result
+
+    def _fmt(self, obj, depth, budget, path):
+        cls = type(obj)
+        if cls in _SCALARS:
+            try:
+                return repr(obj)
+            except ValueError:  # an int beyond sys.get_int_max_str_digits()
+                self._cut = True
+                return "<int with %d bits>" % obj.bit_length()
+        if cls is str or cls is bytes or cls is bytearray:
+            if len(obj) > budget:
+                self._cut = True
+                return repr(obj[: budget + 1])
+            return repr(obj)
+        if cls in _CONTAINERS:
+            return self._fmt_container(obj, cls, depth, budget, path)
+        if cls is type:
+            return "<class '%s'>" % type_name(obj)
+        if cls in _C_REPR_SAFE:
+            return repr(obj)
+        return self.user_repr(obj)
+
+    def _fmt_container(self, obj, cls, depth, budget, path):
+        if cls is dict:
+            open_, close = "{", "}"
+        elif cls is list:
+            open_, close = "[", "]"
+        elif cls is tuple:
+            open_, close = "(", ")"
+        elif cls is set:
+            open_, close = "{", "}"
+        else:
+            open_, close = "frozenset({", "})"
+        key = id(obj)
+        if key in path:
+            return open_ + "..." + close  # a container that contains itself, as Python shows it
+        size = len(obj)
+        if size == 0:
+            return {set: "set()", frozenset: "frozenset()"}.get(cls, open_ + close)
+        if depth >= self.depth:
+            self._cut = True
+            return open_ + "..." + close
+        path = path + (key,)
+        try:
+            # A single C-level copy: no user code runs, so another thread cannot mutate midway.
+            if cls is dict:
+                entries = _islice(_dict_items(obj), 0, self.items)
+            else:
+                entries = _islice(obj, 0, self.items)
+        except RuntimeError:  # changed size during iteration (cannot happen with the GIL held)
+            self._cut = True
+            return open_ + "..." + close
+        parts = []
+        used = len(open_)
+        for entry in entries:
+            if used > budget:
+                break
+            if cls is dict:
+                part = self._fmt(entry[0], depth + 1, budget - used, path) + ": " + self._fmt(entry[1], depth + 1, budget - used, path)
+            else:
+                part = self._fmt(entry, depth + 1, budget - used, path)
+            parts.append(part)
+            used += len(part) + 2
+        if len(parts) < size:
+            self._cut = True
+            parts.append("...")
+        if cls is tuple and size == 1 and len(parts) == 1:
+            return "(" + parts[0] + ",)"
+        return open_ + ", ".join(parts) + close
+
+    def user_repr(self, obj):
+        """``repr(obj)`` for an object whose ``__repr__`` may be the target's own code."""
+        cls = type(obj)
+        agent = self.agent
+        if cls in agent.hung_types:
+            self._fail = True
+            return "<repr timed out>"
+        if agent.repr_disabled:
+            self._fail = True
+            return "<repr disabled: too many hung __repr__ calls>"
+        if time.monotonic() > self.deadline:
+            self._cut = True
+            return "<%s object: repr skipped, time budget spent>" % type_name(cls)
+        worker = self.worker
+        worker.call_type = cls
+        worker.call_started = time.monotonic()
+        try:
+            text = repr(obj)
+        except Abandoned:
+            raise
+        except BaseException as error:
+            worker.call_type = None
+            if worker.abandoned:
+                raise Abandoned()
+            self._fail = True
+            return "<repr failed: %s>" % _error_text(error)
+        worker.call_type = None
+        if worker.abandoned:
+            raise Abandoned()
+        if type(text) is not str:
+            text = str.__str__(text)
+        if len(text) > self.repr_chars * 4:
+            self._cut = True
+            text = text[: self.repr_chars * 4]
+        return text
+
+    # ---- children for lazy expansion ------------------------------------------------------
+
+    def children(self, obj, kind, offset, limit):
+        """The children of one object: items of a container, or attributes."""
+        cls = type(obj)
+        kinds = []
+        if issubclass(cls, (dict, list, tuple, set, frozenset)):
+            kinds.append("items")
+        if cls is type(sys) or issubclass(cls, type):
+            kinds.append("attrs")
+        elif cls not in _CONTAINERS:
+            kinds.append("attrs")
+        if kind == "auto":
+            kind = kinds[0] if kinds else "attrs"
+        if kind == "items":
+            total, pairs = self._items(obj, cls, offset, limit)
+        elif kind == "attrs":
+            total, pairs = self._attrs(obj, cls, offset, limit)
+        else:
+            raise ValueError("unknown kind %r (use auto, items or attrs)" % (kind,))
+        children = [[name, self.preview(value, pin=True)] for name, value in pairs]
+        return {"kind": kind, "kinds": kinds, "offset": offset, "total": total, "children": children}
+
+    def _items(self, obj, cls, offset, limit):
+        if issubclass(cls, dict):
+            total = _dict_len(obj)
+            entries = _islice(_dict_items(obj), offset, offset + limit)
+            return total, [(self._label(k), v) for k, v in entries]
+        if issubclass(cls, (list, tuple)):
+            total = (list.__len__ if issubclass(cls, list) else tuple.__len__)(obj)
+            getitem = list.__getitem__ if issubclass(cls, list) else tuple.__getitem__
+            values = getitem(obj, slice(offset, offset + limit))
+            return total, [("[%d]" % (offset + i), v) for i, v in enumerate(values)]
+        if issubclass(cls, (set, frozenset)):
+            total = (set.__len__ if issubclass(cls, set) else frozenset.__len__)(obj)
+            values = _islice((set.__iter__ if issubclass(cls, set) else frozenset.__iter__)(obj), offset, offset + limit)
+            return total, [("{%d}" % (offset + i), v) for i, v in enumerate(values)]
+        raise ValueError("%s has no items to expand" % type_name(cls))
+
+    def _label(self, key):
+        if type(key) is str:
+            return key
+        self._cut = False
+        text = self._fmt(key, 1, 80, ())
+        return text[:80] + _ELLIPSIS if len(text) > 80 else text
+
+    def _attrs(self, obj, cls, offset, limit):
+        pairs = []
+        if cls is type(sys):
+            namespace = object.__getattribute__(obj, "__dict__")
+            pairs = list(_dict_items(namespace))
+        elif issubclass(cls, type):
+            pairs = list(_dict_items(dict(_type_dict(obj))))
+        else:
+            try:
+                namespace = object.__getattribute__(obj, "__dict__")
+            except AttributeError:
+                namespace = None
+            except Abandoned:
+                raise
+            except BaseException as error:
+                self.agent.note_error("reading __dict__", error)
+                namespace = None
+            if type(namespace) is dict:
+                pairs = list(_dict_items(namespace))
+            for klass in _type_mro(cls):
+                slots = _type_dict(klass).get("__slots__")
+                if slots is None:
+                    continue
+                if type(slots) is str:
+                    slots = (slots,)
+                for slot in slots:
+                    descriptor = _type_dict(klass).get(slot)
+                    if type(descriptor).__name__ != "member_descriptor":
+                        continue
+                    try:
+                        pairs.append((slot, descriptor.__get__(obj, klass)))
+                    except AttributeError:
+                        continue
+        total = len(pairs)
+        return total, [(str(k), v) for k, v in pairs[offset : offset + limit]]
+
+
+class Worker:
+    """One thread that runs jobs (frame builds, expansions) while the agent's main thread watches it."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.wake = _thread.allocate_lock()
+        self.wake.acquire()
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        self.job = None
+        self.result = None
+        self.error = None
+        self.call_type = None
+        self.call_started = 0.0
+        self.abandoned = False
+        self.stopping = False
+        self.ident = None
+        self.exited = _thread.allocate_lock()
+        self.exited.acquire()
+        self.cpu = 0.0
+
+    def start(self):
+        self.ident = self.agent.start_thread(self.run, "periscope-agent-worker", service=True)
+
+    def run(self):
+        try:
+            while True:
+                self.wake.acquire()
+                if self.stopping or self.abandoned:
+                    break
+                started = time.thread_time()
+                try:
+                    self.result = self.job(self)
+                    self.error = None
+                except Abandoned:
+                    break
+                except BaseException as error:
+                    self.result = None
+                    self.error = error
+                finally:
+                    self.job = None
+                    self.agent.cpu_total += time.thread_time() - started
+                if self.abandoned:
+                    break
+                self.done.release()
+        except BaseException:
+            pass  # an async Abandoned landing between jobs: this worker is finished either way
+        finally:
+            self.exited.release()
+            self.agent.service_idents.discard(self.ident)
+
+
+class StreamRouter:
+    """Stands in for sys.stdout/sys.stderr: writes from eval threads go to periscope, all others
+    go to the stream the target had."""
+
+    def __init__(self, agent, name, original):
+        self._agent = agent
+        self._name = name
+        self._original = original
+
+    def write(self, text):
+        agent = self._agent
+        capture = agent.captures.get(_thread.get_ident()) if agent is not None else None
+        if capture is None:
+            return self._original.write(text)
+        return capture.write(self._name, text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        if self._agent is None or self._agent.captures.get(_thread.get_ident()) is None:
+            return self._original.flush()
+        return None
+
+    def __getattr__(self, name):
+        return getattr(self._original, name)
+
+
+class Capture:
+    """Print output of one eval, waiting to be sent."""
+
+    def __init__(self, eval_id, limit):
+        self.eval_id = eval_id
+        self.limit = limit
+        self.chunks = []
+        self.size = 0
+        self.dropped = 0
+        self.lock = _thread.allocate_lock()
+
+    def write(self, stream, text):
+        if type(text) is not str:
+            raise TypeError("write() argument must be str, not %s" % type(text).__name__)
+        with self.lock:
+            if self.size + len(text) > self.limit:
+                self.dropped += len(text)
+            else:
+                self.size += len(text)
+                self.chunks.append((stream, text))
+        return len(text)
+
+    def take(self):
+        with self.lock:
+            chunks, self.chunks = self.chunks, []
+            return chunks
+
+
+class EvalRecord:
+    """One running or finished eval."""
+
+    def __init__(self, eval_id, code, globals_, locals_, repr_chars):
+        self.id = eval_id
+        self.code = code
+        self.globals = globals_
+        self.locals = locals_
+        self.repr_chars = repr_chars
+        self.lock = _thread.allocate_lock()
+        self.finished = False
+        self.interrupt_sent = False
+        self.ident = None
+        self.started = time.monotonic()
+        self.outcome = None  # ("ok", mode, value) | ("raised", mode, exc, traceback_text)
+        self.capture = None
+
+
+def _set_async_exc(ident, exc_type):
+    """Raise ``exc_type`` in another thread at its next bytecode boundary (None clears it)."""
+    import ctypes
+
+    obj = ctypes.py_object(exc_type) if exc_type is not None else None
+    return ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), obj)
+
+
+class Agent:
+    """The agent's state and its main loop (socket I/O, scheduling, watchdog)."""
+
+    def __init__(self, config, module):
+        self.config = config
+        self.module = module
+        self.limits = dict(DEFAULT_LIMITS)
+        self.limits.update(config.get("limits") or {})
+        self.rate = float(config.get("rate", 2.0))
+        self.modules = list(config.get("modules") or ["__main__"])
+        self.conn = None
+        self.listener = None
+        self.stopping = False
+        self.alive = True
+        self.errors = 0
+        self.error_log = []
+        self.hung_types = set()
+        self.repr_disabled = False
+        self.service_idents = set()
+        self.zombies = []
+        self.worker = None
+        self.refs = RefTable(self.limits["refs"])
+        self.seq = 0
+        self.cpu_total = 0.0
+        self.evals = {}
+        self.captures = {}
+        self.outbox = []
+        self.outbox_lock = _thread.allocate_lock()
+        self.routers = None
+        self.ident = _thread.get_ident()
+        self.service_idents.add(self.ident)
+        self.native_id = _thread.get_native_id()
+        self.cpu_started = time.thread_time()
+        self.codec = "builtin"
+        self._encode = encode
+        packer = sys.modules.get("msgpack")
+        if packer is not None and hasattr(packer, "packb"):
+            self.codec = "msgpack"
+            self._msgpack_packb = packer.packb
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+
+    def note_error(self, where, error):
+        """Count an error the agent swallowed to protect the target; it goes out with the next frame."""
+        self.errors += 1
+        if len(self.error_log) < 8:
+            self.error_log.append("%s: %s" % (where, _error_text(error)))
+
+    def start_thread(self, function, name, service):
+        """Start a thread; service threads are the agent's own and never appear in frames."""
+        threading = sys.modules.get("threading")
+        started = _thread.allocate_lock()
+        started.acquire()
+        box = []
+
+        def body():
+            box.append(_thread.get_ident())
+            if service:
+                self.service_idents.add(box[0])
+            started.release()
+            function()
+
+        if threading is not None and not service:
+            thread = threading.Thread(target=body, name=name, daemon=True)
+            thread.start()
+        else:
+            _thread.start_new_thread(body, ())
+        started.acquire()
+        return box[0]
+
+    # ---- main loop -----------------------------------------------------------------------
+
+    def run(self):
+        try:
+            self._run()
+        except BaseException as error:
+            self.note_error("agent", error)
+            if self.conn is None:
+                self._mark("failed", _error_text(error))
+        finally:
+            self.cleanup()
+
+    def _mark(self, filename, text):
+        """Leave a one-line note for periscope in the session directory (before the socket exists)."""
+        try:
+            fd = os.open(self.config["directory"] + "/" + filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, text.encode("utf-8", "backslashreplace"))
+            finally:
+                os.close(fd)
+        except OSError as error:
+            self.note_error("writing a note", error)
+
+    def _run(self):
+        config = self.config
+        listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self.listener = listener
+        listener.bind(config["socket_path"])
+        listener.listen(4)
+        conn = self._accept(listener, time.monotonic() + float(config.get("connect_timeout", 20.0)))
+        self._close_listener()
+        if conn is None:
+            return
+        self.conn = conn
+        self.send(self._hello())
+        self._loop()
+
+    def _accept(self, listener, deadline):
+        """The first connection that sends the right token; others are closed."""
+        from _operator import _compare_digest
+
+        token = self.config["token"]
+        while not self.stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            listener.settimeout(min(remaining, 1.0))
+            try:
+                fd, _ = listener._accept()
+            except TimeoutError:
+                continue
+            conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
+            conn.settimeout(2.0)
+            decoder = StreamDecoder(max_message=4096)
+            message = None
+            try:
+                while message is None:
+                    data = conn.recv(4096)
+                    if not data:
+                        break
+                    decoder.feed(data)
+                    for message in decoder:
+                        break
+            except (OSError, DecodeError) as error:
+                self.note_error("handshake", error)
+            if (
+                type(message) is dict
+                and message.get("t") == "auth"
+                and type(message.get("token")) is str
+                and _compare_digest(message["token"], token)
+            ):
+                self._apply_auth(message)
+                self.decoder = decoder
+                return conn
+            conn.close()
+        return None
+
+    def _apply_auth(self, message):
+        if "rate" in message:
+            self.rate = max(0.0, min(float(message["rate"]), 100.0))
+        if type(message.get("modules")) is list:
+            self.modules = [str(m) for m in message["modules"]]
+        if type(message.get("limits")) is dict:
+            self._configure(message["limits"])
+
+    def _configure(self, limits):
+        for key, value in limits.items():
+            if key in DEFAULT_LIMITS and type(value) in (int, float) and value > 0:
+                self.limits[key] = type(DEFAULT_LIMITS[key])(value)
+        self.refs.limit = self.limits["refs"]
+
+    def _hello(self):
+        capabilities = ["frame", "sample", "expand", "eval", "interrupt", "watch", "rate", "configure", "print_capture"]
+        if sys.version_info >= (3, 13):
+            capabilities.append("frame_locals_write")
+        return {
+            "t": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "python": sys.version,
+            "version": list(sys.version_info[:3]),
+            "implementation": sys.implementation.name,
+            "capabilities": capabilities,
+            "codec": self.codec,
+            "agent_native_id": self.native_id,
+            "rate": self.rate,
+            "modules": list(self.modules),
+            "limits": dict(self.limits),
+        }
+
+    def _loop(self):
+        conn = self.conn
+        period = 1.0 / self.rate if self.rate > 0 else None
+        next_frame = time.monotonic()
+        while not self.stopping:
+            now = time.monotonic()
+            if self.rate > 0 and now >= next_frame:
+                self.send_frame(None)
+                period = 1.0 / self.rate
+                next_frame += period
+                now = time.monotonic()
+                if next_frame < now:
+                    next_frame = now + period
+            self._flush_outbox()
+            if self.stopping:
+                break
+            timeout = 1.0
+            if self.rate > 0:
+                timeout = max(0.0, min(timeout, next_frame - time.monotonic()))
+            if self.evals:
+                timeout = min(timeout, 0.02)
+            conn.settimeout(timeout)
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break  # periscope went away: remove ourselves
+            self.decoder.feed(data)
+            try:
+                for message in self.decoder:
+                    self._handle(message)
+                    if self.stopping:
+                        break
+            except DecodeError as error:
+                self.send({"t": "error", "message": "malformed request: %s" % error, "fatal": True})
+                break
+            if self.rate > 0 and next_frame - time.monotonic() > 1.0 / self.rate:
+                next_frame = time.monotonic() + 1.0 / self.rate
+
+    def send(self, message):
+        """Encode and send one message; a failure ends the session."""
+        if self.conn is None:
+            return
+        data = None
+        if self.codec == "msgpack":
+            try:
+                data = self._msgpack_packb(message, use_bin_type=True)
+            except Exception as error:  # e.g. a lone surrogate: the builtin codec escapes it
+                self.note_error("msgpack", error)
+        if data is None:
+            data = encode(message)
+        self.conn.settimeout(float(self.config.get("send_timeout", 10.0)))
+        try:
+            self.conn.sendall(data)
+        except OSError:
+            self.stopping = True
+
+    # ---- requests ------------------------------------------------------------------------
+
+    def _handle(self, message):
+        if type(message) is not dict or message.get("t") != "req" or type(message.get("id")) is not int:
+            self.send({"t": "error", "message": "not a request: expected a map with t='req' and an int id", "fatal": False})
+            return
+        request_id = message["id"]
+        op = message.get("op")
+        handler = getattr(self, "op_" + op, None) if type(op) is str and op.isidentifier() else None
+        if handler is None:
+            self.reply_error(request_id, "unknown op %r" % (op,))
+            return
+        try:
+            handler(request_id, message)
+        except Abandoned:
+            raise
+        except BaseException as error:
+            self.reply_error(request_id, _error_text(error))
+
+    def reply(self, request_id, result):
+        self.send({"t": "resp", "id": request_id, "ok": True, "result": result})
+
+    def reply_error(self, request_id, text):
+        self.send({"t": "resp", "id": request_id, "ok": False, "error": text})
+
+    def op_sample(self, request_id, message):
+        self.send_frame(request_id)
+
+    def op_set_rate(self, request_id, message):
+        hz = message.get("hz")
+        if type(hz) not in (int, float) or not 0 <= hz <= 100:
+            raise ValueError("hz must be a number from 0 (paused) to 100")
+        self.rate = float(hz)
+        self.reply(request_id, {"hz": self.rate})
+
+    def op_set_modules(self, request_id, message):
+        names = message.get("modules")
+        if type(names) is not list or not all(type(n) is str for n in names):
+            raise ValueError("modules must be a list of module names")
+        self.modules = names[:64]
+        self.reply(request_id, {"modules": list(self.modules)})
+
+    def op_configure(self, request_id, message):
+        if type(message.get("limits")) is not dict:
+            raise ValueError("limits must be a map")
+        self._configure(message["limits"])
+        self.reply(request_id, {"limits": dict(self.limits)})
+
+    def op_expand(self, request_id, message):
+        ref = message.get("ref")
+        if type(ref) is not int or ref not in self.refs.objects:
+            raise ValueError("unknown ref %r (it expired; expand from a newer frame)" % (ref,))
+        obj = self.refs.get(ref)
+        kind = message.get("kind", "auto")
+        offset = message.get("offset", 0)
+        limit = message.get("limit", 100)
+        if type(offset) is not int or type(limit) is not int or offset < 0 or not 0 < limit <= 1000:
+            raise ValueError("offset must be >= 0 and limit between 1 and 1000")
+
+        def job(worker):
+            previews = self._previews(worker)
+            result = previews.children(obj, kind, offset, limit)
+            result["ref"] = ref
+            return result
+
+        self.reply(request_id, self.run_job(job))
+
+    def op_eval(self, request_id, message):
+        self._start_eval(request_id, message)
+
+    def op_interrupt(self, request_id, message):
+        record = self.evals.get(message.get("eval_id"))
+        sent = False
+        if record is not None:
+            sent = self._interrupt(record)
+        self.reply(request_id, {"sent": sent})
+
+    def op_detach(self, request_id, message):
+        self.reply(request_id, {"detached": True})
+        self.stopping = True
+
+    # ---- frames --------------------------------------------------------------------------
+
+    def _previews(self, worker):
+        deadline = time.monotonic() + self.limits["frame_budget"]
+        return Previews(self, worker, self.limits, self.refs, deadline)
+
+    def send_frame(self, request_id):
+        try:
+            frame = self.run_job(self._build_frame)
+        except BaseException as error:
+            self.note_error("frame", error)
+            if request_id is not None:
+                self.reply_error(request_id, _error_text(error))
+            return
+        self.refs.end_frame()
+        self.seq += 1
+        frame["seq"] = self.seq
+        frame["cpu"] = self.cpu_total + (time.thread_time() - self.cpu_started)
+        frame["errors"] = self.errors
+        frame["error_log"] = self.error_log
+        self.errors = 0
+        self.error_log = []
+        if request_id is None:
+            self.send(frame)
+        else:
+            self.reply(request_id, frame)
+
+    def _build_frame(self, worker):
+        started = time.perf_counter()
+        limits = self.limits
+        previews = self._previews(worker)
+        budget = limits["frame_bytes"]
+        truncated = False
+        threading = sys.modules.get("threading")
+        by_ident = {}
+        if threading is not None:
+            try:
+                by_ident = dict(getattr(threading, "_active", {}))
+            except BaseException as error:
+                self.note_error("threading._active", error)
+        try:
+            main_ident = _thread._get_main_thread_ident()
+        except AttributeError:
+            main_ident = None
+        current = sys._current_frames()
+        own = self.service_idents
+        eval_idents = {r.ident for r in list(self.evals.values()) if r.ident is not None}
+
+        modules = []
+        for name in list(self.modules):
+            module = sys.modules.get(name)
+            if module is None:
+                modules.append({"name": name, "vars": [], "total": 0, "missing": True})
+                continue
+            try:
+                namespace = object.__getattribute__(module, "__dict__")
+            except AttributeError:
+                namespace = {}
+            if type(namespace) is not dict:
+                namespace = {}
+            entries = [(k, v) for k, v in _dict_items(namespace) if not (type(k) is str and k[:2] == "__" and k[-2:] == "__")]
+            variables = []
+            for key, value in entries[: limits["module_vars"]]:
+                if previews.bytes > budget:
+                    truncated = True
+                    break
+                variables.append([str(key), previews.preview(value)])
+            modules.append({"name": name, "vars": variables, "total": len(entries), "missing": False})
+
+        threads = []
+        idents = sorted(current, key=lambda i: (i != main_ident, i))
+        for ident in idents:
+            if ident in own:
+                continue
+            if len(threads) >= limits["threads"]:
+                truncated = True
+                break
+            info = by_ident.get(ident)
+            name = None
+            daemon = None
+            native_id = None
+            if info is not None:
+                name = info.__dict__.get("_name")
+                daemon = info.__dict__.get("_daemonic")
+                native_id = info.__dict__.get("_native_id")
+            if ident == main_ident:
+                name = name or "MainThread"
+                daemon = False if daemon is None else daemon
+                native_id = native_id or os.getpid()
+            threads.append(
+                {
+                    "ident": ident,
+                    "native_id": native_id if type(native_id) is int else None,
+                    "name": name if type(name) is str else None,
+                    "daemon": daemon if type(daemon) is bool else None,
+                    "main": ident == main_ident,
+                    "agent": ident in eval_idents,
+                    "stack": [],
+                    "depth": 0,
+                }
+            )
+        for thread in threads:
+            frame = current.get(thread["ident"])
+            stack = thread["stack"]
+            depth = 0
+            while frame is not None:
+                code = frame.f_code
+                if code.co_filename == "<periscope-agent>":
+                    frame = frame.f_back  # the agent's own frames under an eval
+                    continue
+                depth += 1
+                if len(stack) < limits["stack_depth"]:
+                    stack.append(
+                        {
+                            "file": code.co_filename,
+                            "line": frame.f_lineno,
+                            "func": code.co_name,
+                            "qualname": code.co_qualname,
+                            "locals": None,
+                            "nlocals": 0,
+                            "_frame": frame,
+                        }
+                    )
+                frame = frame.f_back
+            thread["depth"] = depth
+        current = frame = None
+        for thread in threads:
+            for entry in thread["stack"]:
+                frame = entry.pop("_frame")
+                if previews.bytes > budget:
+                    truncated = True
+                    continue
+                try:
+                    names = frame.f_locals
+                    if type(names) is dict:
+                        items = _islice(_dict_items(names), 0, limits["locals"])
+                        total = _dict_len(names)
+                    else:
+                        items = list(names.items())
+                        total = len(items)
+                        items = items[: limits["locals"]]
+                except Abandoned:
+                    raise
+                except BaseException as error:
+                    self.note_error("f_locals", error)
+                    continue
+                entry["nlocals"] = total
+                entry["locals"] = [[str(k), previews.preview(v)] for k, v in items]
+        return {
+            "t": "frame",
+            "seq": 0,
+            "time": time.time(),
+            "cpu": 0.0,
+            "threads": threads,
+            "modules": modules,
+            "truncated": truncated,
+            "build_ms": (time.perf_counter() - started) * 1000.0,
+            "errors": 0,
+            "error_log": [],
+        }
+
+    # ---- the watchdog --------------------------------------------------------------------
+
+    def run_job(self, job, attempts=4):
+        """Run ``job(worker)`` in the worker thread; give up on any __repr__ that overruns its budget."""
+        for _ in range(attempts):
+            worker = self.worker
+            if worker is None:
+                worker = self.worker = Worker(self)
+                worker.start()
+            worker.job = job
+            worker.wake.release()
+            give_up = time.monotonic() + self.limits["frame_budget"] + 5.0
+            while True:
+                if worker.done.acquire(timeout=0.02):
+                    if worker.error is not None:
+                        error, worker.error = worker.error, None
+                        raise error
+                    result, worker.result = worker.result, None
+                    return result
+                hung = worker.call_type
+                now = time.monotonic()
+                if hung is not None and now - worker.call_started > self.limits["repr_budget"]:
+                    self.hung_types.add(hung)
+                    self._abandon(worker, hung)
+                    break
+                if now > give_up:
+                    self._abandon(worker, None)
+                    raise TimeoutError("a job in the agent's worker did not finish")
+        raise TimeoutError("gave up after %d hung __repr__ calls" % attempts)
+
+    def _abandon(self, worker, hung):
+        """Leave a stuck worker behind (it exits when the call returns) and use a fresh one."""
+        try:
+            import ctypes  # before deciding: importing may let the worker run on
+        except BaseException as error:
+            self.note_error("importing ctypes", error)
+        worker.abandoned = True
+        self.worker = None
+        what = "%s.__repr__" % type_name(hung) if hung is not None else "a job"
+        self.note_error("repr", TimeoutError("%s took over %.2fs; not called again" % (what, self.limits["repr_budget"])))
+        if worker.exited.locked():
+            try:
+                # Ends a Python-level loop at once; a sleeping __repr__ ends when its sleep does.
+                _set_async_exc(worker.ident, Abandoned)
+            except BaseException as error:
+                self.note_error("stopping a hung __repr__", error)
+        self.zombies = [z for z in self.zombies if z.exited.locked()]
+        self.zombies.append(worker)
+        if len(self.zombies) >= 8:
+            self.repr_disabled = True
+
+    # ---- eval ----------------------------------------------------------------------------
+
+    def _start_eval(self, request_id, message):
+        code = message.get("code")
+        if type(code) is not str:
+            raise ValueError("code must be a str")
+        repr_chars = message.get("repr_chars", self.limits["repr_chars"])
+        if type(repr_chars) is not int or not 0 < repr_chars <= 1 << 20:
+            raise ValueError("repr_chars must be between 1 and 1048576")
+        thread = message.get("thread")
+        if thread is not None:
+            frame = self._find_frame(thread, message.get("frame", 0))
+            globals_, locals_ = frame.f_globals, frame.f_locals
+            del frame
+        else:
+            name = message.get("module") or "__main__"
+            module = sys.modules.get(name)
+            if module is None:
+                raise ValueError("module %r is not imported in the target" % (name,))
+            globals_ = object.__getattribute__(module, "__dict__")
+            locals_ = None
+        record = EvalRecord(request_id, code, globals_, locals_, repr_chars)
+        record.capture = Capture(request_id, self.limits["eval_output"])
+        self._install_routers()
+        self.evals[request_id] = record
+        record.ident = self.start_thread(lambda: self._eval_thread(record), "periscope-eval-%d" % request_id, service=False)
+
+    def _find_frame(self, native_id, index):
+        if type(native_id) is not int or type(index) is not int or index < 0:
+            raise ValueError("thread must be a native thread id and frame an index >= 0")
+        ident = None
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            for key, thread in list(getattr(threading, "_active", {}).items()):
+                if thread.__dict__.get("_native_id") == native_id:
+                    ident = key
+        if ident is None and native_id == os.getpid():
+            ident = _thread._get_main_thread_ident()
+        frame = sys._current_frames().get(ident) if ident is not None else None
+        if frame is None or ident in self.service_idents:
+            raise ValueError("no thread with native id %d is running Python" % native_id)
+        for _ in range(index):
+            frame = frame.f_back
+            if frame is None:
+                raise ValueError("thread %d has fewer than %d frames" % (native_id, index + 1))
+        return frame
+
+    def _install_routers(self):
+        if self.routers is not None:
+            return
+        out = StreamRouter(self, "stdout", sys.stdout)
+        err = StreamRouter(self, "stderr", sys.stderr)
+        self.routers = (out, err)
+        sys.stdout, sys.stderr = out, err
+
+    def _restore_routers(self):
+        if self.routers is None:
+            return
+        out, err = self.routers
+        if sys.stdout is out:
+            sys.stdout = out._original
+        if sys.stderr is err:
+            sys.stderr = err._original
+        # A router someone else still holds keeps working, as a plain pass-through.
+        out._agent = None
+        err._agent = None
+        self.routers = None
+
+    def _eval_thread(self, record):
+        self.captures[_thread.get_ident()] = record.capture
+        outcome = None
+        while True:
+            try:
+                if outcome is None:
+                    outcome = self._run_user_code(record)
+                with record.lock:
+                    record.finished = True
+                    if record.interrupt_sent:
+                        _set_async_exc(_thread.get_ident(), None)
+                break
+            except BaseException as error:  # a late interrupt landing in the agent's own code
+                if outcome is None:
+                    outcome = ("raised", "exec", error, "KeyboardInterrupt\n")
+        self.captures.pop(_thread.get_ident(), None)
+        record.outcome = outcome
+        record.globals = record.locals = None
+        with self.outbox_lock:
+            self.outbox.append(record)
+
+    def _run_user_code(self, record):
+        mode = "eval"
+        try:
+            try:
+                code = compile(record.code, "<periscope>", "eval")
+            except SyntaxError:
+                mode = "exec"
+                code, last = self._compile_statements(record.code)
+            if mode == "eval":
+                value = eval(code, record.globals, record.locals)
+            else:
+                exec(code, record.globals, record.locals)
+                value = eval(last, record.globals, record.locals) if last is not None else None
+            return ("ok", mode, value, None)
+        except BaseException as error:
+            return ("raised", mode, error, self._format_exception(error))
+
+    @staticmethod
+    def _compile_statements(source):
+        """Statements, with a final expression split off so that its value is the result."""
+        import _ast
+
+        tree = compile(source, "<periscope>", "exec", _ast.PyCF_ONLY_AST)
+        last = None
+        if tree.body and type(tree.body[-1]) is _ast.Expr:
+            expression = _ast.Expression(tree.body.pop().value)
+            last = compile(expression, "<periscope>", "eval")
+        return compile(tree, "<periscope>", "exec"), last
+
+    @staticmethod
+    def _format_exception(error):
+        try:
+            import traceback
+
+            tb = error.__traceback__
+            # Drop the agent's own frames: the traceback starts in the evaluated code.
+            while tb is not None and tb.tb_frame.f_code.co_filename == "<periscope-agent>":
+                tb = tb.tb_next
+            return "".join(traceback.format_exception(type(error), error, tb))
+        except BaseException as failure:
+            return "%s (traceback unavailable: %s)\n" % (_error_text(error), _error_text(failure))
+
+    def _interrupt(self, record):
+        with record.lock:
+            if record.finished or record.ident is None:
+                return False
+            try:
+                sent = _set_async_exc(record.ident, KeyboardInterrupt) == 1
+            except BaseException as error:
+                self.note_error("interrupt", error)
+                return False
+            record.interrupt_sent = record.interrupt_sent or sent
+            return sent
+
+    def _flush_outbox(self):
+        for record in list(self.evals.values()):
+            self._send_output(record)
+        if not self.outbox:
+            return
+        with self.outbox_lock:
+            done, self.outbox = self.outbox, []
+        for record in done:
+            self.evals.pop(record.id, None)
+            self._send_output(record)
+            self._send_eval_result(record)
+
+    def _send_output(self, record):
+        chunks = record.capture.take()
+        if not chunks:
+            return
+        merged = []
+        for stream, text in chunks:
+            if merged and merged[-1][0] == stream:
+                merged[-1][1].append(text)
+            else:
+                merged.append((stream, [text]))
+        for stream, texts in merged:
+            self.send({"t": "output", "id": record.id, "stream": stream, "data": "".join(texts)})
+
+    def _send_eval_result(self, record):
+        status, mode, value, trace = record.outcome
+        record.outcome = None
+        result = {"status": status, "mode": mode, "elapsed": time.monotonic() - record.started, "value": None, "traceback": None, "exception": None}
+        if record.capture.dropped:
+            result["output_dropped"] = record.capture.dropped
+        if status == "ok":
+            if mode == "eval" or value is not None:
+
+                def job(worker):
+                    return self._previews(worker).preview(value, pin=True, repr_chars=record.repr_chars)
+
+                try:
+                    result["value"] = self.run_job(job)
+                except BaseException as error:
+                    result["value"] = {"type": type_name(type(value)), "repr": "<repr failed: %s>" % _error_text(error), "fail": True}
+        else:
+            if type(value) is KeyboardInterrupt and record.interrupt_sent:
+                result["status"] = "interrupted"
+            result["exception"] = type_name(type(value))
+            result["traceback"] = trace
+        self.reply(record.id, result)
+
+    # ---- removal -------------------------------------------------------------------------
+
+    def _close_listener(self):
+        if self.listener is not None:
+            try:
+                self.listener.close()
+            except OSError as error:
+                self.note_error("closing the listener", error)
+            self.listener = None
+            try:
+                os.unlink(self.config["socket_path"])
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                self.note_error("removing the socket", error)
+
+    def cleanup(self):
+        """Leave nothing behind: evals, workers, streams, socket, files, module entry."""
+        self.stopping = True
+        for record in list(self.evals.values()):
+            self._interrupt(record)
+        deadline = time.monotonic() + 1.0
+        while self.evals and time.monotonic() < deadline:
+            with self.outbox_lock:
+                for record in self.outbox:
+                    self.evals.pop(record.id, None)
+                self.outbox = []
+            time.sleep(0.01)
+        worker = self.worker
+        self.worker = None
+        if worker is not None:
+            worker.stopping = True
+            worker.wake.release()
+            worker.exited.acquire(timeout=1.0)
+        self._restore_routers()
+        self._close_listener()
+        for path in (self.config.get("script_path"),):
+            try:
+                if path:
+                    os.unlink(path)
+            except OSError:
+                pass
+        try:
+            os.rmdir(self.config["directory"])
+        except OSError:
+            pass
+        self.refs.clear()
+        self.captures.clear()
+        if sys.modules.get(MODULE_NAME) is self.module:
+            del sys.modules[MODULE_NAME]
+        self.alive = False
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.settimeout(1.0)
+                conn.sendall(encode({"t": "bye", "reason": "detached"}))
+            except OSError:
+                pass
+            conn.close()
+
+
+def main(config, module):
+    """Entry point, in the agent's own thread (called by the bootstrap)."""
+    agent = Agent(config, module)
+    module.agent = agent
+    module.agent_alive = lambda: agent.alive and agent.ident in sys._current_frames()
+    try:
+        _thread.set_name("periscope-agent")
+    except (AttributeError, OSError):
+        pass
+    agent.run()

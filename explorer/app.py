@@ -1,0 +1,255 @@
+"""periscope's Textual app: wires the process list, the attach flow and process screens together.
+
+The app owns no data source itself. Screens own theirs (the process list its scan worker, a
+process screen its session reader); the app decides which screen is current, keeps the set of
+attached processes, turns every failed worker into an error dialog (``on_worker_state_changed``),
+and puts every action in the command palette.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import ClassVar
+
+from textual import on
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from explorer.discovery import ProcessInfo, ProcessScanner
+from explorer.errors import PeriscopeError
+from explorer.screens.attach import AttachScreen, Attached, Connector, default_connector
+from explorer.screens.dialogs import ErrorDialog
+from explorer.screens.help import HelpScreen, KeySection, key_rows
+from explorer.screens.process import ProcessScreen, history_file
+from explorer.screens.process_list import ProcessListScreen
+from widgets.process_table import ProcessTable
+
+
+class PeriscopeApp(App[int]):
+    """Look inside running CPython 3.14 processes: the process list, then one screen per attached process.
+
+    | Key | Action |
+    | :- | :- |
+    | ?, f1 | Help: every key binding. |
+    | ctrl+p | Command palette: every action. |
+    | ctrl+o | Switch to the next attached process (or the process list). |
+    | ctrl+q | Detach from every process and quit. |
+    """
+
+    CSS_PATH = "app.tcss"
+    TITLE = "periscope"
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark,f1", "help", "Help"),
+        Binding("ctrl+o", "next_process", "Switch"),
+        Binding("ctrl+l", "process_list", "Processes", show=False),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        pid: int | None = None,
+        *,
+        connector: Connector | None = None,
+        scanner_factory: Callable[[], ProcessScanner] = ProcessScanner,
+        history_path: Path | None = None,
+        mask_noise: bool = False,
+    ) -> None:
+        super().__init__()
+        self.start_pid = pid
+        """Attach to this process at start (``periscope PID``); None opens the process list only."""
+        self.connector = connector or default_connector
+        """Attaches to a pid and returns a connected session (the real one unless a test swaps it)."""
+        self.scanner_factory = scanner_factory
+        """Makes the process scanner of the process list."""
+        self.history_path = history_path or history_file()
+        """Where the REPL history is kept across runs."""
+        self.mask_noise = mask_noise
+        """Hide pids, times and rates (reproducible screenshots and snapshot tests)."""
+        self.attached: dict[int, ProcessScreen] = {}
+        """The process screen of every attached process, by pid."""
+        self.process_list = ProcessListScreen(scanner_factory, mask_noise=mask_noise)
+        """The start screen; always at the bottom of the screen stack."""
+
+    # --- start and stop --------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        self.push_screen(self.process_list)
+        if self.start_pid is not None:
+            self.attach(self.start_pid)
+
+    async def action_quit(self) -> None:
+        """Detach from every process, then quit."""
+        for screen in list(self.attached.values()):
+            await screen.detach()
+        self.exit(0)
+
+    # --- attach, switch, detach ----------------------------------------------------------------
+
+    def attach(self, pid: int, process: ProcessInfo | None = None) -> None:
+        """Show ``pid``'s screen, attaching first when periscope is not attached to it yet."""
+        if pid in self.attached:
+            self.show_process(pid)
+            return
+        if process is not None and not process.attachable:
+            self.push_screen(
+                ErrorDialog(f"Cannot attach to {pid}", process.reason or "periscope cannot attach", process.fix)
+            )
+            return
+        self.push_screen(AttachScreen(pid, self.connector, mask_noise=self.mask_noise), self._on_attach_done)
+
+    def _on_attach_done(self, result: Attached | BaseException | None) -> None:
+        if result is None:
+            return  # cancelled
+        if isinstance(result, BaseException):
+            pid = getattr(result, "pid", None)
+            self.push_screen(ErrorDialog.from_error("Cannot attach" + (f" to {pid}" if pid else ""), result))
+            return
+        screen = ProcessScreen(result.session, result.process, history_path=self.history_path, mask_noise=self.mask_noise)
+        self.attached[result.pid] = screen
+        self.install_screen(screen, name=f"process-{result.pid}")
+        self.process_list.set_attached(frozenset(self.attached))
+        self.show_process(result.pid)
+
+    def show_process(self, pid: int) -> None:
+        """Make ``pid``'s process screen current (the process list stays below it)."""
+        screen = self.attached[pid]
+        if self.screen is screen:
+            return
+        if isinstance(self.screen, ProcessScreen):
+            self.switch_screen(screen)
+        else:
+            while len(self.screen_stack) > 1 and not isinstance(self.screen, ProcessListScreen):
+                self.pop_screen()
+            self.push_screen(screen)
+
+    async def detach(self, pid: int) -> None:
+        """Detach from ``pid`` and forget its screen; back to the process list when it was current."""
+        screen = self.attached.pop(pid, None)
+        if screen is None:
+            return
+        await screen.detach()
+        if screen in self.screen_stack:
+            if self.screen is screen:
+                await self.pop_screen()
+            else:
+                self._pop_to_process_list()
+        self.uninstall_screen(screen)
+        if screen.is_mounted:
+            await screen.remove()
+        self.process_list.set_attached(frozenset(self.attached))
+
+    def _pop_to_process_list(self) -> None:
+        while len(self.screen_stack) > 1 and not isinstance(self.screen, ProcessListScreen):
+            self.pop_screen()
+
+    def action_process_list(self) -> None:
+        """Back to the process list (attached processes stay attached)."""
+        self._pop_to_process_list()
+
+    def action_next_process(self) -> None:
+        """Cycle through attached processes, then the process list."""
+        pids = sorted(self.attached)
+        if not pids:
+            self.notify("Not attached to any process yet: pick one and press Enter.")
+            return
+        current = self.screen
+        if isinstance(current, ProcessScreen) and current.pid in pids:
+            index = pids.index(current.pid) + 1
+            if index >= len(pids):
+                self._pop_to_process_list()
+                return
+            self.show_process(pids[index])
+        else:
+            self.show_process(pids[0])
+
+    @on(ProcessTable.AttachRequested)
+    def _on_attach_requested(self, message: ProcessTable.AttachRequested) -> None:
+        self.attach(message.process.pid, message.process)
+
+    @on(ProcessScreen.DetachRequested)
+    async def _on_detach_requested(self, message: ProcessScreen.DetachRequested) -> None:
+        await self.detach(message.pid)
+
+    @on(ProcessScreen.SessionEnded)
+    async def _on_session_ended(self, message: ProcessScreen.SessionEnded) -> None:
+        await self.detach(message.pid)
+        if message.error is not None:
+            self.push_screen(ErrorDialog.from_error(f"Lost process {message.pid}", message.error))
+
+    # --- failures ------------------------------------------------------------------------------
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place a failed worker turns into something the user sees."""
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        if error is None:
+            return
+        title = {
+            "process-scan": "Cannot list processes",
+        }.get(event.worker.name, f"{event.worker.name} failed")
+        if isinstance(error, PeriscopeError) or not isinstance(error, Exception):
+            self.push_screen(ErrorDialog.from_error(title, error))
+        else:
+            self.log.error(f"worker {event.worker.name} failed", error)
+            self.push_screen(ErrorDialog.from_error(title, error))
+
+    # --- help and the command palette ----------------------------------------------------------
+
+    def key_sections(self) -> list[KeySection]:
+        """Key tables for the help screen: what applies now first, then each screen."""
+        sections: list[KeySection] = []
+        current = [
+            (binding.key, binding.description)
+            for binding in (active.binding for active in self.screen.active_bindings.values())
+            if binding.description and binding.show
+        ]
+        sections.append(("Keys that apply now", _dedupe(key_rows(Binding(k, "", d) for k, d in current))))
+        sections.append(("Everywhere", key_rows(self.BINDINGS) + [("Ctrl+P", "Command palette")]))
+        sections.append(("Process list", key_rows(ProcessListScreen.BINDINGS)))
+        sections.append(("Attaching", key_rows(AttachScreen.BINDINGS)))
+        sections.append(("Process screen", key_rows(ProcessScreen.BINDINGS)))
+        for title, bindings in ProcessScreen.pane_bindings():
+            sections.append((title, key_rows(bindings)))
+        return sections
+
+    def action_help(self) -> None:
+        """Show every key binding."""
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.key_sections()))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Every action: the current screen's key bindings, then switching and detaching."""
+        seen: set[str] = set()
+        for active in screen.active_bindings.values():
+            binding = active.binding
+            if not binding.description or binding.action in seen or not active.enabled:
+                continue
+            seen.add(binding.action)
+            node = active.node
+            yield SystemCommand(
+                binding.description,
+                f"{binding.key_display or binding.key}: {binding.tooltip or binding.description}",
+                lambda node=node, action=binding.action: self.run_action(action, node),
+            )
+        for pid, process_screen in sorted(self.attached.items()):
+            if process_screen is not screen:
+                yield SystemCommand(f"Switch to {pid}", process_screen.describe(), lambda pid=pid: self.show_process(pid))
+            yield SystemCommand(f"Detach from {pid}", process_screen.describe(), lambda pid=pid: self.run_worker(self.detach(pid), name=f"detach-{pid}", exit_on_error=False))
+        if not isinstance(screen, ProcessListScreen):
+            yield SystemCommand("Process list", "Back to the list of Python processes", self.action_process_list)
+        yield SystemCommand("Help", "Show every key binding", self.action_help)
+        yield SystemCommand("Quit", "Detach from every process and quit", lambda: self.run_worker(self.action_quit(), name="quit", exit_on_error=False))
+        yield from super().get_system_commands(screen)
+
+
+def _dedupe(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    by_description: dict[str, list[str]] = {}
+    for keys, description in rows:
+        by_description.setdefault(description, []).append(keys)
+    return [(", ".join(keys), description) for description, keys in by_description.items()]

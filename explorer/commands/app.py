@@ -1,0 +1,111 @@
+"""``periscope``, ``periscope PID`` and ``periscope --demo``: the TUI.
+
+``--demo`` starts ``explorer/demo_target.py`` under a CPython 3.14 interpreter, opens the app
+attached to it, and stops the demo when the app exits (also on Ctrl+C or a crash).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from explorer.errors import PeriscopeError, ProcessGone
+
+DEMO_START_TIMEOUT = 10.0
+"""Seconds to wait for the demo target to start running Python."""
+
+
+class DemoFailed(PeriscopeError):
+    """The demo target could not be started."""
+
+
+def demo_script() -> Path:
+    """The demo target's source file (shipped inside the package)."""
+    return Path(__file__).resolve().parent.parent / "demo_target.py"
+
+
+def demo_log() -> Path:
+    """Where the demo target's output goes."""
+    return Path(tempfile.gettempdir()) / f"periscope-demo-{os.getuid()}.log"
+
+
+def start_demo() -> subprocess.Popen[bytes]:
+    """Start the demo target under the target interpreter; it runs until ``stop_demo``."""
+    from explorer.pythons import TargetPythonError, find_target_python
+
+    try:
+        python = find_target_python()
+    except TargetPythonError as error:
+        raise DemoFailed(f"cannot start the demo: {error}") from None
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHON_DISABLE_REMOTE_DEBUG")}
+    log = open(demo_log(), "wb")
+    try:
+        process = subprocess.Popen(
+            [python, str(demo_script())],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl+C in the terminal reaches periscope, not the demo
+        )
+    finally:
+        log.close()
+    _wait_until_python_runs(process)
+    return process
+
+
+def _wait_until_python_runs(process: subprocess.Popen[bytes]) -> None:
+    """Wait until the demo's interpreter is initialised (its main thread has started the workers)."""
+    import psutil
+
+    deadline = time.monotonic() + DEMO_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DemoFailed(f"the demo target exited at once (status {process.returncode}): see {demo_log()}")
+        try:
+            if psutil.Process(process.pid).num_threads() >= 3:  # main, feeder, cruncher
+                return
+        except psutil.Error:
+            raise ProcessGone(f"the demo target {process.pid} vanished: see {demo_log()}") from None
+        time.sleep(0.05)
+    stop_demo(process)
+    raise DemoFailed(f"the demo target did not start within {DEMO_START_TIMEOUT:.0f} s: see {demo_log()}")
+
+
+def stop_demo(process: subprocess.Popen[bytes]) -> None:
+    """Stop the demo target (SIGTERM, then SIGKILL) and reap it."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def run_app(pid: int | None, demo: bool) -> int:
+    """Run the TUI: the process list, ``pid``'s screen, or the demo's; returns the exit status."""
+    from explorer.app import PeriscopeApp
+
+    if pid is not None and pid <= 0:
+        print(f"periscope: {pid} is not a process id", file=sys.stderr)
+        return 2
+    if demo and pid is not None:
+        print("periscope: give either PID or --demo, not both", file=sys.stderr)
+        return 2
+    demo_process = start_demo() if demo else None
+    try:
+        app = PeriscopeApp(pid=demo_process.pid if demo_process else pid)
+        result = app.run()
+        if app.return_code not in (None, 0):
+            return int(app.return_code or 1)
+        return int(result or 0)
+    finally:
+        if demo_process is not None:
+            stop_demo(demo_process)

@@ -1,0 +1,258 @@
+"""The attach flow: progress, and where each thread is (read from outside) while periscope waits.
+
+Attaching injects the agent through one thread and waits for that thread to run Python. A
+thread blocked in C (a sleep, a lock, a socket read) does not, so while it waits the screen shows
+every thread's stack, read-only, and lets the user inject through another thread or cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Label, Static
+
+from explorer.discovery import ProcessInfo, ProcessScanner
+from explorer.errors import PeriscopeError
+from explorer.screens.sources import SourceLines
+from widgets.attach_progress import AttachProgress
+from widgets.stack_view import StackEntry, StackView
+from widgets.thread_list import ThreadList, ThreadRow
+
+STACK_INTERVAL = 0.5
+"""Seconds between two reads of the stacks while waiting."""
+
+ProgressCallback = Callable[[str, str], None]
+"""Called with (step, detail) as attaching goes on; step is a key of ``widgets.attach_progress.STEPS``."""
+
+
+class Connector(Protocol):
+    """Attaches to ``pid`` (through ``thread`` when given) and returns a connected session."""
+
+    def __call__(self, pid: int, *, thread: int | None, progress: ProgressCallback) -> Awaitable[Any]: ...
+
+
+class AttachRefused(PeriscopeError):
+    """Discovery already knows periscope cannot attach (old Python, remote debugging off, ...)."""
+
+    def __init__(self, pid: int, reason: str, fix: str | None) -> None:
+        super().__init__(f"{reason}; {fix}" if fix else reason)
+        self.pid = pid
+        self.reason = reason
+        self.fix = fix
+
+
+@dataclass(frozen=True)
+class Attached:
+    """A finished attach: the session and what discovery knew about the process."""
+
+    pid: int
+    process: ProcessInfo | None
+    session: Any
+
+
+async def default_connector(pid: int, *, thread: int | None, progress: ProgressCallback) -> Any:
+    """Attach with periscope's session client (explorer.session)."""
+    from explorer import session as session_module
+
+    return await session_module.attach(pid, thread=thread, progress=progress)
+
+
+class StacksRead(Message):
+    """The latest read-only stacks of the target; a newer read replaces a queued older one."""
+
+    def __init__(self, stacks: list[Any], error: str | None = None) -> None:
+        self.stacks = stacks
+        """``explorer.stacks.ThreadStack`` objects, one per thread."""
+        self.error = error
+        """Why the stacks could not be read this time, if they could not."""
+        super().__init__()
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, StacksRead)
+
+
+class AttachStep(Message):
+    """Attaching moved on to another step."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        self.step = step
+        """A key of ``widgets.attach_progress.STEPS``."""
+        self.detail = detail
+        """One line about the step."""
+        super().__init__()
+
+
+class AttachScreen(Screen["Attached | None"]):
+    """Attaching to one process: the steps so far, and every thread's stack while it waits.
+
+    Dismissed with an ``Attached`` when connected, with None when cancelled. A failure is the
+    attach worker's error (the app turns it into a dialog).
+
+    | Key | Action |
+    | :- | :- |
+    | t | Inject through the selected thread instead. |
+    | escape | Cancel attaching. |
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("t", "inject_through", "Inject via thread"),
+        Binding("escape", "cancel", "Cancel"),
+    ]
+
+    def __init__(self, pid: int, connector: Connector, process: ProcessInfo | None = None, *, mask_noise: bool = False) -> None:
+        super().__init__()
+        self.pid = pid
+        """The process being attached to."""
+        self.process = process
+        """What discovery knows about it (looked up when not given)."""
+        self.connector = connector
+        """Does the attaching."""
+        self.mask_noise = mask_noise
+        """Hide pids and thread ids (reproducible screenshots)."""
+        self.thread: int | None = None
+        """The native id of the thread to inject through; None lets the session choose."""
+        self.step = "reading"
+        """The current attach step (tests wait on it)."""
+        self.stack_reads = 0
+        """How many stack reads have been shown (tests wait on it)."""
+        self._stop = threading.Event()
+        self._sources = SourceLines(pid)
+        self._stacks: dict[int, Any] = {}
+
+    def compose(self) -> ComposeResult:
+        pid = "····" if self.mask_noise else str(self.pid)
+        yield Static(f"periscope · attaching to {pid}", id="title")
+        with Vertical(id="attach-body"):
+            yield Label(self._describe(), id="attach-command")
+            yield AttachProgress(id="progress")
+            yield Label("Where each thread is now (read from outside: nothing runs in the target)", classes="section")
+            with Horizontal(id="attach-panes"):
+                thread_list = ThreadList(id="attach-threads")
+                thread_list.mask_noise = self.mask_noise
+                yield thread_list
+                yield StackView(id="attach-stack")
+        yield Footer()
+
+    def _describe(self) -> str:
+        if self.process is None:
+            return "…"
+        return self.process.command
+
+    def on_mount(self) -> None:
+        progress = self.query_one(AttachProgress)
+        progress.animate_spinner = not self.mask_noise
+        self.query_one(ThreadList).focus()
+        self.read_stacks()
+        self.attach()
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+
+    # --- workers -----------------------------------------------------------------------------
+
+    @work(name="attach", exit_on_error=False, exclusive=True, group="attach")
+    async def attach(self) -> None:
+        """Check the verdict, then attach; dismiss the screen with the session."""
+        if self.process is None:
+            self.process = await asyncio.to_thread(ProcessScanner().inspect, self.pid)
+            self.query_one("#attach-command", Label).update(self._describe())
+        process = self.process
+        if process is not None and not process.attachable:
+            raise AttachRefused(self.pid, process.reason or "periscope cannot attach", process.fix)
+        session = await self.connector(self.pid, thread=self.thread, progress=self._report_progress)
+        self._stop.set()
+        self.step = "connected"
+        self.dismiss(Attached(self.pid, process, session))
+
+    def _report_progress(self, step: str, detail: str = "") -> None:
+        self.post_message(AttachStep(step, detail))
+
+    @work(thread=True, name="read-stacks", exit_on_error=False, exclusive=True, group="read-stacks")
+    def read_stacks(self) -> None:
+        """Read every thread's stack from outside, twice a second, until attached or cancelled."""
+        from explorer.stacks import read_stacks
+
+        while not self._stop.is_set():
+            try:
+                _version, stacks = read_stacks(self.pid)
+            except PeriscopeError as error:
+                self.post_message(StacksRead([], error=str(error)))
+            else:
+                self.post_message(StacksRead(list(stacks)))
+            self._stop.wait(STACK_INTERVAL)
+
+    # --- messages ------------------------------------------------------------------------------
+
+    def on_attach_step(self, message: AttachStep) -> None:
+        self.step = message.step
+        progress = self.query_one(AttachProgress)
+        progress.step = message.step
+        progress.detail = message.detail
+
+    def on_stacks_read(self, message: StacksRead) -> None:
+        self.stack_reads += 1
+        if message.error:
+            self.query_one(AttachProgress).detail = f"cannot read stacks: {message.error}"
+            return
+        self._stacks = {stack.native_id: stack for stack in message.stacks}
+        rows = [
+            ThreadRow(
+                native_id=stack.native_id,
+                name=stack.name or f"thread {stack.native_id}",
+                daemon=None,
+                holds_gil=stack.holds_gil,
+                is_main=stack.is_main,
+                cpu_seconds=None,
+                where=stack.frames[0].function if stack.frames else "(no Python frames)",
+                running_python=bool(getattr(stack, "attached", True)),
+            )
+            for stack in message.stacks
+        ]
+        with self.app.batch_update():
+            thread_list = self.query_one(ThreadList)
+            thread_list.update_threads(rows)
+            self._show_stack(thread_list.selected_id)
+
+    @on(ThreadList.ThreadSelected)
+    def _on_thread_selected(self, message: ThreadList.ThreadSelected) -> None:
+        message.stop()
+        self._show_stack(message.native_id)
+
+    def _show_stack(self, native_id: int | None) -> None:
+        stack = self._stacks.get(native_id) if native_id is not None else None
+        frames = stack.frames if stack is not None else ()
+        self.query_one(StackView).update_frames(
+            [
+                StackEntry(frame.function, frame.filename, frame.lineno, self._sources.line(frame.filename, frame.lineno))
+                for frame in frames
+            ]
+        )
+
+    # --- actions ---------------------------------------------------------------------------------
+
+    def action_inject_through(self) -> None:
+        """Start over, injecting through the thread under the cursor."""
+        native_id = self.query_one(ThreadList).selected_id
+        if native_id is None:
+            return
+        self.thread = native_id
+        shown = "····" if self.mask_noise else str(native_id)
+        self.notify(f"Injecting through thread {shown}")
+        self.query_one(AttachProgress).step = "injecting"
+        self.attach()  # exclusive: cancels the attempt in progress
+
+    def action_cancel(self) -> None:
+        """Stop attaching and go back."""
+        self._stop.set()
+        self.workers.cancel_node(self)
+        self.dismiss(None)

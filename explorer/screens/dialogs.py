@@ -1,0 +1,113 @@
+"""Modal dialogs: an error that names its fix, and a question with yes/no."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, Static
+
+from explorer.errors import PeriscopeError
+
+
+def split_fix(message: str) -> tuple[str, str | None]:
+    """Split a one-line error message into (what happened, what to do) where it says both.
+
+    periscope's messages put the fix after a colon or a semicolon ("...: run it with ...").
+    """
+    for marker in ("; ", ": "):
+        head, sep, tail = message.rpartition(marker)
+        if sep and head and any(tail.lower().startswith(verb) for verb in _FIX_VERBS):
+            return head, tail
+    return message, None
+
+
+_FIX_VERBS = (
+    "run ", "restart", "start ", "try ", "install", "set ", "use ", "ask ", "press ", "attach ",
+    "wait", "check", "point ", "reboot", "close", "enable", "remove", "pass ", "give ", "make ",
+)
+
+
+class ErrorDialog(ModalScreen[None]):
+    """An error, and what to do about it; Enter or Escape closes it.
+
+    | Key | Action |
+    | :- | :- |
+    | enter, escape | Close the dialog. |
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,enter", "close", "Close"),
+    ]
+
+    DEFAULT_CSS = """
+    ErrorDialog {
+        align: center middle;
+    }
+    ErrorDialog > Vertical {
+        width: 72;
+        max-width: 90%;
+        height: auto;
+        border: thick $error;
+        background: $surface;
+        padding: 1 2;
+    }
+    ErrorDialog #title {
+        text-style: bold;
+        color: $error;
+        margin-bottom: 1;
+    }
+    ErrorDialog #fix {
+        margin-top: 1;
+        color: $success;
+    }
+    ErrorDialog Horizontal {
+        height: auto;
+        align-horizontal: right;
+        margin-top: 1;
+    }
+    """
+
+    def __init__(self, title: str, message: str, fix: str | None = None) -> None:
+        super().__init__()
+        self.title_text = title
+        """What failed, in the user's words ("Cannot attach to 1234")."""
+        self.message = message
+        """What happened."""
+        self.fix = fix
+        """What to do about it, when known."""
+
+    @classmethod
+    def from_error(cls, title: str, error: BaseException) -> ErrorDialog:
+        """A dialog for ``error``: a PeriscopeError's message carries its fix; anything else is a bug."""
+        if isinstance(error, PeriscopeError):
+            message, fix = split_fix(str(error))
+            return cls(title, message, fix)
+        return cls(
+            title,
+            f"{type(error).__name__}: {error}",
+            "this is a bug in periscope: please report it with the steps that led here",
+        )
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.title_text, id="title")
+            yield Static(self.message, id="message", markup=False)
+            if self.fix:
+                yield Static(f"fix: {self.fix}", id="fix", markup=False)
+            with Horizontal():
+                yield Button("OK", variant="primary", id="ok")
+
+    def on_mount(self) -> None:
+        self.query_one("#ok", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(None)
+
+    def action_close(self) -> None:
+        """Close the dialog."""
+        self.dismiss(None)

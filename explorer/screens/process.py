@@ -1,0 +1,573 @@
+"""One attached process: threads, the selected thread's stack, variables, a REPL and a status bar.
+
+The screen owns its session while it exists: a reader task turns the agent's stream into one
+``FrameReceived`` message per frame (a newer frame replaces a queued older one), and the screen
+applies the latest frame inside ``batch_update()``. Requests (expand, eval, interrupt, watched
+module) run as named workers whose results go back to the widget that asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psutil
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Input, Label, Static
+
+from explorer.discovery import ProcessInfo
+from explorer.errors import PeriscopeError
+from explorer.model import Frame, StackFrame, ThreadInfo, Value, Variable
+from explorer.screens.sources import SourceLines
+from widgets.repl import ReplEntry, ReplInput, ReplPane
+from widgets.stack_view import StackEntry, StackView
+from widgets.status_bar import StatusBar
+from widgets.thread_list import ThreadList, ThreadRow
+from widgets.variables import ValueView, VariablesTree
+
+HISTORY_LIMIT = 1000
+"""REPL history entries kept on disk."""
+
+CPU_INTERVAL = 1.0
+"""Seconds between two reads of per-thread CPU times."""
+
+PAGE = 100
+"""Children per page when expanding an object."""
+
+
+def history_file() -> Path:
+    """The REPL history file in the user's data directory (``$XDG_DATA_HOME/periscope/history``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "periscope" / "repl_history"
+
+
+def load_history(path: Path) -> list[str]:
+    """The REPL history, oldest first (entries are separated by NUL so they can span lines)."""
+    try:
+        data = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [entry for entry in data.split("\0") if entry.strip()][-HISTORY_LIMIT:]
+
+
+def save_history(path: Path, entries: Sequence[str]) -> None:
+    """Write the REPL history (best effort: a read-only home only loses the history)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("\0".join(entries[-HISTORY_LIMIT:]), encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass  # the history is a convenience; the REPL works without it
+
+
+def value_view(name: str, value: Value) -> ValueView:
+    """The variables tree's view of one agent value."""
+    preview = value.repr + ("…" if value.truncated and not value.repr.endswith("…") else "")
+    return ValueView(name=name, type_name=value.type_name, preview=preview, ref=value.ref, length=value.length)
+
+
+def value_views(variables: Sequence[Variable]) -> list[ValueView]:
+    """Views of a sequence of agent variables, in order."""
+    return [value_view(variable.name, variable.value) for variable in variables]
+
+
+class FrameReceived(Message):
+    """The agent's latest frame; a newer one replaces it while it waits in the queue."""
+
+    def __init__(self, frame: Frame, received: float, size: int) -> None:
+        self.frame = frame
+        """The whole state of the target at one moment."""
+        self.received = received
+        """``time.time()`` when it was decoded."""
+        self.size = size
+        """Bytes on the wire since the previous frame (0 when unknown)."""
+        super().__init__()
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, FrameReceived)
+
+
+class ThreadTimes(Message):
+    """Per-thread CPU seconds (psutil) and GIL states (read from outside), off the UI path."""
+
+    def __init__(self, times: dict[int, float], states: dict[int, tuple[bool, bool]]) -> None:
+        self.times = times
+        """CPU seconds (user + system) by native thread id."""
+        self.states = states
+        """(holds the GIL, attached to the interpreter) by native thread id; empty when unreadable."""
+        super().__init__()
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ThreadTimes)
+
+
+class WatchModuleDialog(ModalScreen[str | None]):
+    """Asks which module's variables to watch."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    DEFAULT_CSS = """
+    WatchModuleDialog {
+        align: center middle;
+    }
+    WatchModuleDialog > Vertical {
+        width: 60;
+        height: auto;
+        border: thick $primary;
+        background: $surface;
+        padding: 1 2;
+    }
+    """
+
+    def __init__(self, current: str) -> None:
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("Watch the variables of which module? (for example __main__, threading, mypkg.config)")
+            yield Input(value=self.current, id="module-name")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        name = event.value.strip()
+        self.dismiss(name or None)
+
+    def action_cancel(self) -> None:
+        """Keep the current module."""
+        self.dismiss(None)
+
+
+class ProcessScreen(Screen[None]):
+    """An attached process: pick a thread, a frame, expand variables, evaluate code.
+
+    | Key | Action |
+    | :- | :- |
+    | tab | Next pane. |
+    | space | Pause / resume live updates. |
+    | e | Go to the REPL. |
+    | w | Watch another module. |
+    | d | Detach from this process. |
+    | escape | Back to the process list (stays attached). |
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("space", "toggle_pause", "Pause/resume"),
+        Binding("e", "focus_repl", "REPL"),
+        Binding("w", "watch_module", "Watch module"),
+        Binding("d", "detach", "Detach"),
+        Binding("escape", "back", "Processes"),
+    ]
+
+    paused: reactive[bool] = reactive(False)
+    """While paused, frames keep arriving but the panes stay as they are."""
+
+    watched_module: reactive[str] = reactive("__main__")
+    """The module whose variables the variables pane shows."""
+
+    class DetachRequested(Message):
+        """The user asked to detach from this process."""
+
+        def __init__(self, pid: int) -> None:
+            self.pid = pid
+            """The process to detach from."""
+            super().__init__()
+
+    class SessionEnded(Message):
+        """The session ended on its own (the target exited, the agent left, the stream broke)."""
+
+        def __init__(self, pid: int, error: BaseException | None) -> None:
+            self.pid = pid
+            """The process."""
+            self.error = error
+            """Why, when it was an error."""
+            super().__init__()
+
+    def __init__(
+        self,
+        session: Any,
+        process: ProcessInfo | None = None,
+        *,
+        history_path: Path | None = None,
+        mask_noise: bool = False,
+    ) -> None:
+        super().__init__()
+        self.session = session
+        """The agent session (explorer.session)."""
+        self.pid: int = int(session.pid)
+        """The process shown."""
+        self.process = process
+        """What discovery knew at attach time."""
+        self.history_path = history_path
+        """Where the REPL history is kept (None: not kept)."""
+        self.mask_noise = mask_noise
+        """Hide pids, ids, times and rates (reproducible screenshots)."""
+        self.frame: Frame | None = None
+        """The frame on show."""
+        self.latest: Frame | None = None
+        """The newest frame received (differs from ``frame`` while paused)."""
+        self.frames_applied = 0
+        """How many frames were shown (tests wait on it)."""
+        self.selected_thread: int | None = None
+        """Native id of the selected thread."""
+        self.selected_frame = 0
+        """The selected frame of that thread (0 = innermost)."""
+        self._cpu_times: dict[int, float] = {}
+        self._gil_states: dict[int, tuple[bool, bool]] = {}
+        self._arrivals: deque[tuple[float, int]] = deque(maxlen=50)
+        self._stop = threading.Event()
+        self._sources = SourceLines(self.pid)
+        self._detached = False
+        self._shown_key: tuple[int | None, int, str] | None = None
+
+    # --- layout ----------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._title(), id="title")
+        with Horizontal(id="process-top"):
+            with Vertical(id="process-left"):
+                yield Label("Threads", classes="section")
+                thread_list = ThreadList(id="threads")
+                thread_list.mask_noise = self.mask_noise
+                yield thread_list
+                yield Label("Stack", classes="section", id="stack-title")
+                yield StackView(id="stack")
+            with Vertical(id="process-right"):
+                yield Label("Variables", classes="section")
+                yield VariablesTree(id="variables")
+        yield ReplPane(id="repl")
+        status = StatusBar(id="status")
+        status.mask_noise = self.mask_noise
+        status.pid = self.pid
+        yield status
+        yield Footer()
+
+    def _title(self) -> str:
+        pid = "····" if self.mask_noise else str(self.pid)
+        command = self.process.command if self.process is not None else ""
+        return f"periscope · {pid} · {command}"
+
+    def describe(self) -> str:
+        """The process in a few words (command palette)."""
+        return self.process.command if self.process is not None else f"process {self.pid}"
+
+    @classmethod
+    def pane_bindings(cls) -> list[tuple[str, list[BindingType]]]:
+        """The key bindings of the panes, for the help screen."""
+        return [
+            ("REPL", list(ReplPane.BINDINGS) + list(ReplInput.BINDINGS)),
+            ("Variables", [Binding("enter", "", "Expand or collapse the value"), Binding("space", "", "Expand or collapse")]),
+        ]
+
+    # --- start and stop --------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        repl = self.query_one(ReplPane)
+        if self.history_path is not None:
+            repl.history = load_history(self.history_path)
+        self.query_one(ThreadList).focus()
+        self.read_stream()
+        self.read_cpu_times()
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+
+    async def detach(self) -> None:
+        """Detach the session (idempotent); the agent leaves the target."""
+        if self._detached:
+            return
+        self._detached = True
+        self._stop.set()
+        self.query_one(StatusBar).state = "detaching"
+        try:
+            await asyncio.wait_for(self.session.detach(), timeout=5)
+        except (PeriscopeError, OSError, asyncio.TimeoutError) as error:
+            self.log.warning(f"detach from {self.pid}: {error}")
+        if self.is_mounted:
+            self.query_one(StatusBar).state = "detached"
+
+    # --- the stream ------------------------------------------------------------------------------
+
+    @work(name="reader", exit_on_error=False, exclusive=True, group="reader")
+    async def read_stream(self) -> None:
+        """Post one FrameReceived per frame until the session ends."""
+        error: BaseException | None = None
+        try:
+            async for frame in self.session.frames():
+                if self._stop.is_set():
+                    return
+                self.post_message(FrameReceived(frame, time.time(), getattr(self.session, "last_frame_size", 0)))
+        except PeriscopeError as failure:
+            error = failure
+        if not self._detached:
+            self.post_message(self.SessionEnded(self.pid, error))
+
+    @work(thread=True, name="thread-cpu", exit_on_error=False, exclusive=True, group="thread-cpu")
+    def read_cpu_times(self) -> None:
+        """Once a second: each thread's CPU time (psutil) and GIL state (read from outside)."""
+        from explorer.remote import RemoteProcess
+
+        try:
+            process = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        remote: RemoteProcess | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    times = {thread.id: thread.user_time + thread.system_time for thread in process.threads()}
+                except psutil.Error:
+                    return
+                states: dict[int, tuple[bool, bool]] = {}
+                try:
+                    if remote is None:
+                        remote = RemoteProcess.open(self.pid)
+                    states = {ref.native_id: (ref.holds_gil, ref.attached) for ref in remote.threads()}
+                except (PeriscopeError, OSError):
+                    if remote is not None:
+                        remote.close()
+                    remote = None
+                self.post_message(ThreadTimes(times, states))
+                self._stop.wait(CPU_INTERVAL)
+        finally:
+            if remote is not None:
+                remote.close()
+
+    def on_thread_times(self, message: ThreadTimes) -> None:
+        self._cpu_times = message.times
+        self._gil_states = message.states
+        if self.frame is not None and not self.paused:
+            self._show_threads(self.frame)
+
+    def on_frame_received(self, message: FrameReceived) -> None:
+        now = time.time()
+        self._arrivals.append((message.received, message.size))
+        self.latest = message.frame
+        status = self.query_one(StatusBar)
+        status.latency_ms = max(0.0, (now - message.frame.time) * 1000)
+        if len(self._arrivals) >= 2:
+            span = self._arrivals[-1][0] - self._arrivals[0][0]
+            if span > 0:
+                status.frame_rate = (len(self._arrivals) - 1) / span
+                status.bytes_per_second = sum(size for _, size in list(self._arrivals)[1:]) / span
+        if self.paused:
+            return
+        with self.app.batch_update():
+            self.apply_frame(message.frame)
+
+    def apply_frame(self, frame: Frame) -> None:
+        """Show ``frame`` in every pane."""
+        self.frame = frame
+        self.frames_applied += 1
+        self._show_threads(frame)
+        self._show_selection(frame)
+
+    def _thread_rows(self, frame: Frame) -> list[ThreadRow]:
+        rows = []
+        for thread in frame.threads:
+            if thread.is_agent or thread.native_id is None:
+                continue
+            top = thread.frames[0] if thread.frames else None
+            holds_gil, attached = self._gil_states.get(thread.native_id, (False, True))
+            rows.append(
+                ThreadRow(
+                    native_id=thread.native_id,
+                    name=thread.name or f"thread {thread.native_id}",
+                    daemon=thread.daemon,
+                    holds_gil=holds_gil,
+                    is_main=thread.is_main,
+                    cpu_seconds=self._cpu_times.get(thread.native_id),
+                    where=f"{top.function}:{top.lineno}" if top is not None else "(no Python frames)",
+                    running_python=attached,
+                )
+            )
+        return rows
+
+    def _show_threads(self, frame: Frame) -> None:
+        thread_list = self.query_one(ThreadList)
+        thread_list.update_threads(self._thread_rows(frame))
+        if self.selected_thread is None or frame.thread(self.selected_thread) is None:
+            self.selected_thread = thread_list.selected_id
+
+    def _selected(self, frame: Frame) -> tuple[ThreadInfo | None, StackFrame | None]:
+        thread = frame.thread(self.selected_thread) if self.selected_thread is not None else None
+        if thread is None:
+            return None, None
+        if not thread.frames:
+            return thread, None
+        index = min(self.selected_frame, len(thread.frames) - 1)
+        return thread, thread.frames[index]
+
+    def _show_selection(self, frame: Frame, *, moved: bool = False) -> None:
+        thread, stack_frame = self._selected(frame)
+        stack = self.query_one(StackView)
+        stack.update_frames(
+            [
+                StackEntry(item.qualname or item.function, item.filename, item.lineno or 0, self._sources.line(item.filename, item.lineno or 0))
+                for item in (thread.frames if thread is not None else ())
+            ]
+        )
+        thread_name = (thread.name or str(thread.native_id)) if thread is not None else "no thread"
+        self.query_one("#stack-title", Label).update(f"Stack of {thread_name}")
+        variables = self.query_one(VariablesTree)
+        key = (self.selected_thread, self.selected_frame, stack_frame.qualname if stack_frame else "")
+        track = not moved and key == self._shown_key
+        self._shown_key = key
+        if stack_frame is not None:
+            title = f"Locals of {stack_frame.qualname or stack_frame.function}()"
+            if stack_frame.locals is None:
+                title += f" ({stack_frame.locals_total} not sent: frame too large)"
+            variables.show_scope("locals", title, value_views(stack_frame.locals or ()), track_changes=track)
+        else:
+            variables.show_scope("locals", "Locals (no Python frame)", [], track_changes=False)
+        module = frame.module(self.watched_module)
+        if module is None or module.missing:
+            variables.show_scope("module", f"Module {self.watched_module} (not imported)", [], track_changes=False)
+        else:
+            shown = len(module.variables)
+            more = f", {shown} of {module.total}" if module.total > shown else ""
+            variables.show_scope("module", f"Module {module.name}{more}", value_views(module.variables))
+        repl = self.query_one(ReplPane)
+        repl.module_scope = self.watched_module
+        repl.frame_scope = f"{stack_frame.qualname or stack_frame.function}() in {thread_name}" if stack_frame else ""
+
+    # --- selection -----------------------------------------------------------------------------
+
+    @on(ThreadList.ThreadSelected)
+    def _on_thread_selected(self, message: ThreadList.ThreadSelected) -> None:
+        message.stop()
+        if message.native_id == self.selected_thread:
+            return
+        self.selected_thread = message.native_id
+        self.selected_frame = 0
+        self.query_one(StackView).select_frame(0)
+        if self.frame is not None:
+            with self.app.batch_update():
+                self._show_selection(self.frame, moved=True)
+
+    @on(StackView.FrameSelected)
+    def _on_frame_selected(self, message: StackView.FrameSelected) -> None:
+        message.stop()
+        self.selected_frame = message.index
+        if self.frame is not None:
+            with self.app.batch_update():
+                self._show_selection(self.frame, moved=True)
+
+    # --- requests --------------------------------------------------------------------------------
+
+    @on(VariablesTree.ExpandRequested)
+    def _on_expand_requested(self, message: VariablesTree.ExpandRequested) -> None:
+        message.stop()
+        self.expand(message.tree, message.node, message.ref, message.page)
+
+    @work(name="expand", exit_on_error=False, group="expand")
+    async def expand(self, tree: VariablesTree, node: Any, ref: Any, page: int) -> None:
+        """Load one page of an object's children into ``node``."""
+        try:
+            children = await self.session.expand(ref, offset=page * PAGE, limit=PAGE)
+        except PeriscopeError as error:
+            tree.show_error(node, f"cannot expand: {error}")
+            return
+        shown = children.offset + len(children.children)
+        tree.show_children(node, value_views(children.children), more=shown < children.total)
+
+    @on(ReplPane.EvalRequested)
+    def _on_eval_requested(self, message: ReplPane.EvalRequested) -> None:
+        message.stop()
+        if self.history_path is not None:
+            save_history(self.history_path, message.pane.history)
+        thread = frame_index = None
+        module = self.watched_module
+        if message.eval_in == "frame" and self.frame is not None:
+            selected, stack_frame = self._selected(self.frame)
+            if selected is not None and stack_frame is not None:
+                thread, frame_index = selected.thread_id, self.selected_frame
+        self.evaluate(message.entry, message.code, module, thread, frame_index)
+
+    @work(name="eval", exit_on_error=False, group="eval")
+    async def evaluate(self, entry: ReplEntry, code: str, module: str, thread: int | None, frame_index: int | None) -> None:
+        """Run ``code`` in the target and show the outcome in ``entry``."""
+        try:
+            if thread is not None:
+                result = await self.session.eval(code, thread=thread, frame=frame_index)
+            else:
+                result = await self.session.eval(code, module=module)
+        except PeriscopeError as error:
+            entry.show_error(str(error))
+        else:
+            if result.status == "interrupted":
+                entry.show_interrupted()
+            elif result.ok:
+                entry.show_result(value_view("result", result.value) if result.value is not None else None, result.output)
+            else:
+                entry.show_error(result.traceback or result.exception or "failed", result.output)
+        self.query_one(ReplPane).scroll_to_end()
+
+    @on(ReplPane.InterruptRequested)
+    def _on_interrupt_requested(self, message: ReplPane.InterruptRequested) -> None:
+        message.stop()
+        self.interrupt()
+
+    @work(name="interrupt", exit_on_error=False, group="interrupt")
+    async def interrupt(self) -> None:
+        """Interrupt the running evaluation."""
+        await self.session.interrupt()
+
+    # --- actions ---------------------------------------------------------------------------------
+
+    def watch_paused(self, paused: bool) -> None:
+        if not self.is_mounted:
+            return
+        self.query_one(StatusBar).state = "paused" if paused else "attached"
+        self.sub_title = "paused" if paused else ""
+        if not paused and self.latest is not None:
+            with self.app.batch_update():
+                self.apply_frame(self.latest)
+
+    def action_toggle_pause(self) -> None:
+        """Freeze the panes (frames keep arriving) or resume live updates."""
+        self.paused = not self.paused
+
+    def action_focus_repl(self) -> None:
+        """Move to the REPL input."""
+        self.query_one(ReplInput).focus()
+
+    def action_watch_module(self) -> None:
+        """Ask for another module to watch."""
+        self.app.push_screen(WatchModuleDialog(self.watched_module), self._on_module_chosen)
+
+    def _on_module_chosen(self, name: str | None) -> None:
+        if name and name != self.watched_module:
+            self.set_watched_module(name)
+
+    @work(name="watch-module", exit_on_error=False, group="watch-module")
+    async def set_watched_module(self, name: str) -> None:
+        """Ask the agent to stream ``name``'s variables, then show them."""
+        await self.session.set_watched_modules([name])
+        self.watched_module = name
+        self.query_one(StatusBar).watched = name
+        self.query_one(VariablesTree).remove_scope("module")
+
+    def action_detach(self) -> None:
+        """Detach from this process."""
+        self.post_message(self.DetachRequested(self.pid))
+
+    def action_back(self) -> None:
+        """Back to the process list; stays attached."""
+        if self.query_one(ReplInput).has_focus:
+            self.query_one(ThreadList).focus()
+            return
+        self.app.pop_screen()

@@ -1,0 +1,217 @@
+"""The start screen: a live list of Python processes, with the selected one's attach verdict."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.events import Key
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static
+
+from explorer.discovery import ProcessInfo, ProcessScanner
+from widgets.process_table import ProcessTable
+from widgets.verdict import AttachVerdict
+
+SCAN_INTERVAL = 2.0
+"""Seconds between two scans of the process list."""
+
+SORT_NAMES = {"cpu": "CPU", "memory": "memory", "pid": "pid"}
+
+
+class ProcessesScanned(Message):
+    """A complete scan of the machine's Python processes; a newer scan replaces a queued older one."""
+
+    def __init__(self, processes: list[ProcessInfo]) -> None:
+        self.processes = processes
+        """Every Python process found, sorted by pid."""
+        super().__init__()
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ProcessesScanned)
+
+
+class ProcessListScreen(Screen[None]):
+    """Python processes on this machine, refreshed every two seconds; Enter attaches.
+
+    Typing any letter that is not a key below filters the list (as does ``/``).
+
+    | Key | Action |
+    | :- | :- |
+    | enter | Attach to the selected process (or show it, when attached). |
+    | c, m, p | Sort by CPU, memory or pid. |
+    | / | Filter by pid, user, version or command line. |
+    | escape | Clear the filter. |
+    | r | Scan again now. |
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "attach", "Attach", show=True),
+        Binding("c", "sort('cpu')", "Sort CPU"),
+        Binding("m", "sort('memory')", "Sort mem"),
+        Binding("p", "sort('pid')", "Sort pid"),
+        Binding("slash", "filter", "Filter"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("r", "rescan", "Rescan", show=False),
+        Binding("down", "cursor_down", "Down", show=False),
+        Binding("up", "cursor_up", "Up", show=False),
+    ]
+
+    sort_by: reactive[str] = reactive("cpu")
+    """Which column orders the list: "cpu", "memory" or "pid"."""
+
+    def __init__(
+        self,
+        scanner_factory: Callable[[], ProcessScanner] = ProcessScanner,
+        *,
+        mask_noise: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        self.scanner_factory = scanner_factory
+        """Makes the scanner the scan worker calls (one per screen, kept for CPU %)."""
+        self.mask_noise = mask_noise
+        """Hide pids and figures that change between runs (screenshots)."""
+        self.attached_pids: frozenset[int] = frozenset()
+        """Processes periscope is attached to (marked in the list)."""
+        self.scans = 0
+        """How many scans have been shown (tests wait on it)."""
+        self._stop = threading.Event()
+        self._scan_now = threading.Event()
+        self._latest: list[ProcessInfo] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static("periscope · Python processes", id="title")
+        yield Input(placeholder="type to filter (pid, user, version, command)", id="filter")
+        table = ProcessTable(id="processes")
+        table.mask_noise = self.mask_noise
+        yield table
+        verdict = AttachVerdict(id="verdict")
+        verdict.mask_noise = self.mask_noise
+        yield verdict
+        yield Static("", id="scan-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(ProcessTable).focus()
+        self._update_title()
+        self.scan_processes()
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+        self._scan_now.set()
+
+    # --- the scan worker ---------------------------------------------------------------------
+
+    @work(thread=True, name="process-scan", exit_on_error=False, exclusive=True, group="process-scan")
+    def scan_processes(self) -> None:
+        """Scan every SCAN_INTERVAL seconds (or when asked) until the screen goes away."""
+        scanner = self.scanner_factory()
+        while not self._stop.is_set():
+            processes = scanner.scan()
+            if self._stop.is_set():
+                break
+            self.post_message(ProcessesScanned(processes))
+            self._scan_now.wait(SCAN_INTERVAL)
+            self._scan_now.clear()
+
+    def on_processes_scanned(self, message: ProcessesScanned) -> None:
+        self._latest = message.processes
+        table = self.query_one(ProcessTable)
+        with self.app.batch_update():
+            table.update_processes(message.processes, self.attached_pids)
+        self.scans += 1
+        shown = table.row_count
+        total = len(message.processes)
+        noun = "Python process" if total == 1 else "Python processes"
+        status = f"{total} {noun}" if shown == total else f"{shown} of {total} {noun}"
+        self.query_one("#scan-status", Static).update(f"{status} · sorted by {SORT_NAMES[self.sort_by]}")
+
+    def set_attached(self, pids: frozenset[int]) -> None:
+        """Mark these pids as attached (the app calls this when sessions start or end)."""
+        self.attached_pids = pids
+        if self.is_mounted:
+            self.query_one(ProcessTable).update_processes(self._latest, pids)
+            self._show_verdict(self.query_one(ProcessTable).selected_process)
+
+    # --- user intent -------------------------------------------------------------------------
+
+    @on(ProcessTable.ProcessHighlighted)
+    def _on_highlighted(self, message: ProcessTable.ProcessHighlighted) -> None:
+        message.stop()
+        self._show_verdict(message.process)
+
+    def _show_verdict(self, process: ProcessInfo | None) -> None:
+        verdict = self.query_one(AttachVerdict)
+        verdict.process = process
+        verdict.attached = process is not None and process.pid in self.attached_pids
+
+    @on(Input.Changed, "#filter")
+    def _on_filter_changed(self, event: Input.Changed) -> None:
+        self.query_one(ProcessTable).filter_text = event.value
+
+    @on(Input.Submitted, "#filter")
+    def _on_filter_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_attach()
+
+    def on_key(self, event: Key) -> None:
+        """Letters that are not key bindings start a filter (filter as you type)."""
+        filter_input = self.query_one("#filter", Input)
+        if filter_input.has_focus or not event.is_printable or event.character is None:
+            return
+        if event.character in "cmpr/?q":
+            return
+        event.stop()
+        event.prevent_default()
+        filter_input.focus()
+        filter_input.insert_text_at_cursor(event.character)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("sort", "rescan") and self.query_one("#filter", Input).has_focus:
+            return False  # letters typed into the filter are text, not commands
+        return True
+
+    def action_attach(self) -> None:
+        """Attach to the process under the cursor."""
+        self.query_one(ProcessTable).action_attach()
+
+    def action_sort(self, column: str) -> None:
+        """Order the list by ``column``: "cpu", "memory" or "pid"."""
+        self.sort_by = column
+
+    def watch_sort_by(self, column: str) -> None:
+        if self.is_mounted:
+            self.query_one(ProcessTable).sort_by = column  # type: ignore[assignment]
+            self._update_title()
+
+    def _update_title(self) -> None:
+        self.sub_title = f"sorted by {SORT_NAMES[self.sort_by]}"
+
+    def action_filter(self) -> None:
+        """Move to the filter box."""
+        self.query_one("#filter", Input).focus()
+
+    def action_clear_filter(self) -> None:
+        """Empty the filter and go back to the list."""
+        filter_input = self.query_one("#filter", Input)
+        filter_input.value = ""
+        self.query_one(ProcessTable).focus()
+
+    def action_rescan(self) -> None:
+        """Scan again now instead of at the next tick."""
+        self._scan_now.set()
+
+    def action_cursor_down(self) -> None:
+        """Move the list cursor down (also while typing a filter)."""
+        self.query_one(ProcessTable).action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        """Move the list cursor up (also while typing a filter)."""
+        self.query_one(ProcessTable).action_cursor_up()

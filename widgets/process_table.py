@@ -1,0 +1,281 @@
+"""The process list: a live table of Python processes, diffed by pid, sortable and filterable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import ClassVar, Literal
+
+from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import DataTable
+from textual.widgets.data_table import RowKey
+
+from explorer.discovery import ProcessInfo
+from widgets._format import MASK, human_bytes
+
+SortKey = Literal["cpu", "memory", "pid"]
+
+_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
+    ("attach", "", 1),
+    ("pid", "PID", 7),
+    ("user", "USER", 8),
+    ("python", "PYTHON", 8),
+    ("cpu", "CPU%", 6),
+    ("memory", "MEMORY", 10),
+    ("threads", "THR", 4),
+    ("command", "COMMAND", None),
+)
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class ProcessTable(DataTable[Text]):
+    """Python processes, one row per pid; rows are updated in place, never cleared and refilled.
+
+    Give it the latest scan with ``update_processes()``. The cursor stays on the same pid across
+    updates, sorts and filters (when that pid is still shown).
+
+    | Key | Action |
+    | :- | :- |
+    | enter | Attach to the selected process. |
+    | up/down | Move the cursor. |
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "attach", "Attach"),
+    ]
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "process-table--attachable",
+        "process-table--blocked",
+        "process-table--attached",
+    }
+
+    DEFAULT_CSS = """
+    ProcessTable {
+        height: 1fr;
+    }
+    ProcessTable > .process-table--attachable {
+        color: $success;
+    }
+    ProcessTable > .process-table--blocked {
+        color: $text-muted;
+    }
+    ProcessTable > .process-table--attached {
+        color: $accent;
+        text-style: bold;
+    }
+    """
+
+    sort_by: reactive[SortKey] = reactive("cpu")
+    """The column rows are ordered by: CPU % (highest first), memory (largest first) or pid."""
+
+    filter_text: reactive[str] = reactive("")
+    """Only rows whose pid, user, Python version or command line contain this text are shown."""
+
+    mask_noise: reactive[bool] = reactive(False)
+    """Show placeholders for pids, CPU and memory figures (for reproducible screenshots)."""
+
+    class ProcessHighlighted(Message):
+        """The cursor moved to another process (or the table became empty)."""
+
+        def __init__(self, table: ProcessTable, process: ProcessInfo | None) -> None:
+            self.table = table
+            """The table the cursor moved in."""
+            self.process = process
+            """The process under the cursor; None when no row is shown."""
+            super().__init__()
+
+        @property
+        def control(self) -> ProcessTable:
+            """The table that sent the message."""
+            return self.table
+
+    class AttachRequested(Message):
+        """The user asked to attach to a process (Enter, or a click on a selected row)."""
+
+        def __init__(self, table: ProcessTable, process: ProcessInfo) -> None:
+            self.table = table
+            """The table the request came from."""
+            self.process = process
+            """The process to attach to."""
+            super().__init__()
+
+        @property
+        def control(self) -> ProcessTable:
+            """The table that sent the message."""
+            return self.table
+
+    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes, cursor_type="row", zebra_stripes=True)
+        self._processes: dict[int, ProcessInfo] = {}
+        self._attached: frozenset[int] = frozenset()
+        self._selected_pid: int | None = None
+        self._last_reported: int | None = -1
+        self._command_width = 60
+
+    # --- data in -------------------------------------------------------------------------------
+
+    @property
+    def processes(self) -> dict[int, ProcessInfo]:
+        """Every process of the latest scan, shown or filtered out, by pid."""
+        return dict(self._processes)
+
+    @property
+    def selected_process(self) -> ProcessInfo | None:
+        """The process under the cursor, if any row is shown."""
+        if self._selected_pid is None:
+            return None
+        return self._processes.get(self._selected_pid)
+
+    @property
+    def shown_pids(self) -> list[int]:
+        """The pids of the rows on show, in display order."""
+        return [int(self.coordinate_to_cell_key((row, 0)).row_key.value or 0) for row in range(self.row_count)]
+
+    def update_processes(self, processes: Iterable[ProcessInfo], attached: Iterable[int] = ()) -> None:
+        """Show this scan: add new pids, update changed rows, remove pids that are gone."""
+        self._processes = {process.pid: process for process in processes}
+        self._attached = frozenset(attached)
+        self._sync_rows()
+
+    def select_pid(self, pid: int) -> bool:
+        """Move the cursor to ``pid``; False when that pid is not shown."""
+        key = RowKey(str(pid))
+        if key not in self.rows:
+            return False
+        self._selected_pid = pid
+        self.move_cursor(row=self.get_row_index(key), animate=False)
+        return True
+
+    def watch_sort_by(self) -> None:
+        self._sync_rows()
+
+    def watch_filter_text(self) -> None:
+        self._sync_rows()
+
+    def watch_mask_noise(self) -> None:
+        self._sync_rows(force=True)
+
+    def on_mount(self) -> None:
+        for key, label, width in _COLUMNS:
+            self.add_column(label, key=key, width=width)
+        self._sync_rows()
+
+    def on_resize(self) -> None:
+        width = max(20, self.size.width - sum(w or 0 for _, _, w in _COLUMNS) - 2 * len(_COLUMNS) - 2)
+        if width != self._command_width:
+            self._command_width = width
+            self._sync_rows(force=True)
+
+    # --- diffing -------------------------------------------------------------------------------
+
+    def _matches(self, process: ProcessInfo) -> bool:
+        needle = self.filter_text.strip().lower()
+        if not needle:
+            return True
+        haystack = f"{process.pid} {process.user} {process.python or ''} {process.command}".lower()
+        return all(word in haystack for word in needle.split())
+
+    def _cells(self, process: ProcessInfo) -> list[Text]:
+        attached = process.pid in self._attached
+        if attached:
+            marker = Text("●", style=self.get_component_rich_style("process-table--attached", partial=True))
+        elif process.attachable:
+            marker = Text("✓", style=self.get_component_rich_style("process-table--attachable", partial=True))
+        else:
+            marker = Text("✗", style=self.get_component_rich_style("process-table--blocked", partial=True))
+        muted = None if process.attachable or attached else self.get_component_rich_style("process-table--blocked", partial=True)
+        cpu = MASK if self.mask_noise else f"{process.cpu_percent:5.1f}"
+        memory = MASK if self.mask_noise else human_bytes(process.rss)
+        return [
+            marker,
+            Text(MASK if self.mask_noise else str(process.pid), justify="right"),
+            Text(process.user[:8]),
+            Text(process.python or "?"),
+            Text(cpu, justify="right"),
+            Text(memory, justify="right"),
+            Text(str(process.num_threads), justify="right"),
+            Text(_fit(process.command, self._command_width), style=muted or "", no_wrap=True),
+        ]
+
+    def _sort_value(self, pid: int) -> tuple[float, int]:
+        process = self._processes[pid]
+        if self.sort_by == "cpu":
+            return (-process.cpu_percent, pid)
+        if self.sort_by == "memory":
+            return (-float(process.rss), pid)
+        return (0.0, pid)
+
+    def _sync_rows(self, force: bool = False) -> None:
+        if not self.columns:
+            return
+        wanted = {pid for pid, process in self._processes.items() if self._matches(process)}
+        current = {int(key.value or 0) for key in self.rows}
+        for pid in current - wanted:
+            self.remove_row(str(pid))
+        column_keys = [key for key, _, _ in _COLUMNS]
+        for pid in sorted(wanted):
+            cells = self._cells(self._processes[pid])
+            if pid in current:
+                old = self.get_row(str(pid))
+                for column, old_cell, new_cell in zip(column_keys, old, cells):
+                    if force or old_cell.plain != new_cell.plain or old_cell.style != new_cell.style:
+                        self.update_cell(str(pid), column, new_cell)
+            else:
+                self.add_row(*cells, key=str(pid))
+        if self.row_count:
+            by_cell = {id(self.get_row(str(pid))[0]): pid for pid in wanted}
+            self.sort(key=lambda cells: self._sort_value(by_cell[id(cells[0])]))
+        self._restore_cursor()
+
+    def _restore_cursor(self) -> None:
+        """Keep the cursor on the selected pid; pick the nearest row when that pid left."""
+        if not self.row_count:
+            self._report(None)
+            return
+        pid = self._selected_pid
+        if pid is not None and RowKey(str(pid)) in self.rows:
+            index = self.get_row_index(str(pid))
+        else:
+            index = min(self.cursor_row, self.row_count - 1) if self.cursor_row >= 0 else 0
+            pid = self.shown_pids[index]
+            self._selected_pid = pid
+        if self.cursor_row != index:
+            self.move_cursor(row=index, animate=False)
+        self._report(pid)
+
+    def _report(self, pid: int | None) -> None:
+        if pid != self._last_reported or (pid is not None and self._processes.get(pid) is not None):
+            self._last_reported = pid
+            self.post_message(self.ProcessHighlighted(self, self._processes.get(pid) if pid is not None else None))
+
+    # --- user intent ---------------------------------------------------------------------------
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        if event.row_key is None or event.row_key.value is None:
+            return
+        pid = int(event.row_key.value)
+        if pid != self._selected_pid:
+            self._selected_pid = pid
+            self._report(pid)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_attach()
+
+    def action_attach(self) -> None:
+        """Ask to attach to the process under the cursor."""
+        process = self.selected_process
+        if process is not None:
+            self.post_message(self.AttachRequested(self, process))
+
+    @staticmethod
+    def pids_of(processes: Sequence[ProcessInfo]) -> list[int]:
+        """The pids of ``processes``, in order (a convenience for callers and tests)."""
+        return [process.pid for process in processes]

@@ -1,0 +1,379 @@
+"""The REPL pane: multi-line Python input with history, and the transcript of evaluations in order."""
+
+from __future__ import annotations
+
+import codeop
+import warnings
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical, VerticalScroll
+from textual.highlight import highlight
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import Label, Static, TextArea
+
+from widgets.variables import ValueView, VariablesTree
+
+EvalScope = Literal["frame", "module"]
+
+
+def is_complete(code: str) -> bool:
+    """Whether ``code`` is a complete statement (Enter runs it) rather than the start of a block."""
+    if not code.strip():
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled = codeop.compile_command(code, "<periscope>", "single")
+    except (SyntaxError, ValueError, OverflowError):
+        return True  # let the target report the error
+    if compiled is None:
+        return False
+    lines = code.rstrip("\n").split("\n")
+    # A block (first line opens one) runs on an empty line, as in Python's own REPL.
+    if len(lines) > 1 and lines[0].rstrip().endswith(":") and not code.endswith("\n"):
+        return False
+    return True
+
+
+def _syntax_available() -> bool:
+    try:
+        from textual._tree_sitter import get_language  # Textual's optional tree-sitter support
+    except ImportError:
+        return False
+    return get_language("python") is not None
+
+
+class ReplInput(TextArea):
+    """Python input: Enter runs complete code, up/down walk the history at the first/last line.
+
+    | Key | Action |
+    | :- | :- |
+    | enter | Run the code when it is complete; otherwise a new line. |
+    | ctrl+j | Always a new line. |
+    | up/down | Previous/next history entry (on the first/last line). |
+    | ctrl+c | Interrupt the running evaluation (or clear the input). |
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "submit", "Run", show=True, priority=True),
+        Binding("ctrl+j", "newline", "New line", show=False),
+        Binding("up", "history_previous", "History", show=False),
+        Binding("down", "history_next", "History", show=False),
+        Binding("ctrl+c", "interrupt", "Interrupt", show=True, priority=True),
+    ]
+
+    DEFAULT_CSS = """
+    ReplInput {
+        height: auto;
+        min-height: 3;
+        max-height: 10;
+    }
+    """
+
+    class Submitted(Message):
+        """The user ran this code."""
+
+        def __init__(self, repl_input: ReplInput, code: str) -> None:
+            self.repl_input = repl_input
+            """The input it came from."""
+            self.code = code
+            """The code to run."""
+            super().__init__()
+
+    class Interrupted(Message):
+        """The user pressed Ctrl+C."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        language = "python" if _syntax_available() else None
+        super().__init__("", language=language, id=id, show_line_numbers=False, soft_wrap=True, tab_behavior="indent")
+        self.history: list[str] = []
+        """Earlier inputs, oldest first."""
+        self._history_index: int | None = None
+        self._draft = ""
+
+    def action_submit(self) -> None:
+        """Run the code if it is complete, else start a new line."""
+        code = self.text
+        if not is_complete(code):
+            self.insert("\n" + _indent_for(code))
+            return
+        self.post_message(self.Submitted(self, code.rstrip("\n")))
+        self._history_index = None
+        self.load_text("")
+
+    def action_newline(self) -> None:
+        """Insert a line break."""
+        self.insert("\n")
+
+    def action_history_previous(self) -> None:
+        """The previous history entry, when the cursor is on the first line."""
+        if self.cursor_location[0] != 0 or not self.history:
+            self.action_cursor_up()
+            return
+        if self._history_index is None:
+            self._draft = self.text
+            self._history_index = len(self.history)
+        if self._history_index > 0:
+            self._history_index -= 1
+            self._show(self.history[self._history_index])
+
+    def action_history_next(self) -> None:
+        """The next history entry, when the cursor is on the last line."""
+        if self.cursor_location[0] != self.document.line_count - 1 or self._history_index is None:
+            self.action_cursor_down()
+            return
+        self._history_index += 1
+        if self._history_index >= len(self.history):
+            self._history_index = None
+            self._show(self._draft)
+        else:
+            self._show(self.history[self._history_index])
+
+    def _show(self, code: str) -> None:
+        self.load_text(code)
+        self.move_cursor(self.document.end)
+
+    def action_interrupt(self) -> None:
+        """Ask to interrupt the running evaluation."""
+        self.post_message(self.Interrupted())
+
+
+def _indent_for(code: str) -> str:
+    last = code.rstrip("\n").split("\n")[-1] if code else ""
+    indent = last[: len(last) - len(last.lstrip())]
+    return indent + ("    " if last.rstrip().endswith(":") else "")
+
+
+class ReplEntry(Vertical):
+    """One evaluation in the transcript: the code, then its result, error or progress."""
+
+    DEFAULT_CSS = """
+    ReplEntry {
+        height: auto;
+        margin-bottom: 1;
+    }
+    ReplEntry > .repl-code {
+        color: $text;
+    }
+    ReplEntry > .repl-status {
+        color: $text-muted;
+        text-style: italic;
+    }
+    ReplEntry > .repl-error {
+        color: $error;
+    }
+    ReplEntry > .repl-output {
+        color: $text-muted;
+    }
+    ReplEntry > VariablesTree {
+        height: auto;
+        max-height: 12;
+        background: transparent;
+    }
+    """
+
+    def __init__(self, number: int, code: str, scope: str) -> None:
+        super().__init__()
+        self.number = number
+        """The entry's number, shown as In[n]."""
+        self.code = code
+        """The code that ran."""
+        self.scope = scope
+        """Where it ran ("frame add_numbers()", "module __main__")."""
+        self.state = "running"
+        """"running", "done", "error" or "interrupted"."""
+
+    def compose(self) -> ComposeResult:
+        prompt = Text(f"In [{self.number}] ", style="bold $accent")
+        prompt.append(f"({self.scope})", style="dim")
+        yield Static(prompt, classes="repl-prompt")
+        yield Static(highlight(self.code, language="python"), classes="repl-code")
+        yield Static("running… (Ctrl+C interrupts)", classes="repl-status")
+
+    def _status(self) -> Static:
+        return self.query_one(".repl-status", Static)
+
+    def show_result(self, value: ValueView | None, output: str = "") -> None:
+        """Show the result (None for a statement) and anything the code printed."""
+        self.state = "done"
+        status = self._status()
+        if output:
+            self.mount(Static(Text(output.rstrip("\n")), classes="repl-output"), before=status)
+        if value is None:
+            status.remove()
+            return
+        if value.ref is None:
+            status.update(Text(value.preview))
+            status.remove_class("repl-status")
+            status.add_class("repl-result")
+            return
+        tree = VariablesTree()
+        self.mount(tree, before=status)
+        status.remove()
+        tree.show_scope("result", f"Out[{self.number}]", [value])
+
+    def show_error(self, traceback: str, output: str = "") -> None:
+        """Show a traceback (and anything printed before it)."""
+        self.state = "error"
+        status = self._status()
+        if output:
+            self.mount(Static(Text(output.rstrip("\n")), classes="repl-output"), before=status)
+        status.update(Text(traceback.rstrip("\n")))
+        status.remove_class("repl-status")
+        status.add_class("repl-error")
+
+    def show_interrupted(self) -> None:
+        """Mark the evaluation as interrupted."""
+        self.state = "interrupted"
+        self._status().update("interrupted")
+
+
+class ReplPane(Vertical):
+    """A REPL into the target: the transcript, where code runs, and the input.
+
+    Attributes down: ``frame_scope`` and ``module_scope`` describe where code would run;
+    ``history`` seeds the input's history. Messages up: ``EvalRequested``, ``InterruptRequested``
+    and the transcript trees' ``VariablesTree.ExpandRequested``.
+
+    | Key | Action |
+    | :- | :- |
+    | ctrl+t | Evaluate in the selected frame / in the module. |
+    | ctrl+c | Interrupt the running evaluation. |
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+t", "toggle_scope", "Frame/module"),
+        Binding("ctrl+k", "clear", "Clear output", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    ReplPane {
+        height: 1fr;
+    }
+    ReplPane > #repl-transcript {
+        height: 1fr;
+    }
+    ReplPane > #repl-scope {
+        color: $text-muted;
+        width: 1fr;
+    }
+    """
+
+    eval_in: reactive[EvalScope] = reactive("frame")
+    """Where code runs: the selected frame or the watched module."""
+
+    frame_scope: reactive[str] = reactive("")
+    """Describes the selected frame ("add_numbers() in thread MainThread"); empty when there is none."""
+
+    module_scope: reactive[str] = reactive("__main__")
+    """The module code runs in when ``eval_in`` is "module"."""
+
+    class EvalRequested(Message):
+        """Run ``code`` in the target."""
+
+        def __init__(self, pane: ReplPane, entry: ReplEntry, code: str, eval_in: EvalScope) -> None:
+            self.pane = pane
+            """The pane it came from."""
+            self.entry = entry
+            """Where to show the result (``show_result``/``show_error``)."""
+            self.code = code
+            """The code to run."""
+            self.eval_in = eval_in
+            """"frame" (the selected frame) or "module" (the watched module)."""
+            super().__init__()
+
+    class InterruptRequested(Message):
+        """Interrupt the running evaluation."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._count = 0
+
+    def compose(self) -> ComposeResult:
+        yield VerticalScroll(id="repl-transcript")
+        yield Label("", id="repl-scope")
+        yield ReplInput(id="repl-input")
+
+    def on_mount(self) -> None:
+        self._update_scope()
+
+    @property
+    def history(self) -> list[str]:
+        """The input's history, oldest first."""
+        return self.query_one(ReplInput).history
+
+    @history.setter
+    def history(self, entries: Sequence[str]) -> None:
+        self.query_one(ReplInput).history = list(entries)
+
+    @property
+    def entries(self) -> list[ReplEntry]:
+        """The transcript, oldest first."""
+        return list(self.query(ReplEntry))
+
+    def running(self) -> list[ReplEntry]:
+        """Entries still waiting for their result."""
+        return [entry for entry in self.entries if entry.state == "running"]
+
+    def watch_eval_in(self) -> None:
+        self._update_scope()
+
+    def watch_frame_scope(self) -> None:
+        self._update_scope()
+
+    def watch_module_scope(self) -> None:
+        self._update_scope()
+
+    def scope_description(self) -> str:
+        """Where the next evaluation runs, in words."""
+        if self.eval_in == "frame" and self.frame_scope:
+            return f"frame {self.frame_scope}"
+        return f"module {self.module_scope}"
+
+    def _update_scope(self) -> None:
+        if not self.is_mounted:
+            return
+        label = Text("runs in ", style="dim")
+        label.append(self.scope_description(), style="bold")
+        label.append("  (ctrl+t switches)", style="dim")
+        self.query_one("#repl-scope", Label).update(label)
+
+    @on(ReplInput.Submitted)
+    async def _on_submitted(self, message: ReplInput.Submitted) -> None:
+        message.stop()
+        self._count += 1
+        history = self.history
+        if not history or history[-1] != message.code:
+            history.append(message.code)
+        eval_in: EvalScope = self.eval_in if self.frame_scope else "module"
+        entry = ReplEntry(self._count, message.code, self.scope_description())
+        transcript = self.query_one("#repl-transcript", VerticalScroll)
+        await transcript.mount(entry)
+        transcript.scroll_end(animate=False)
+        self.post_message(self.EvalRequested(self, entry, message.code, eval_in))
+
+    @on(ReplInput.Interrupted)
+    def _on_interrupted(self, message: ReplInput.Interrupted) -> None:
+        message.stop()
+        if self.running():
+            self.post_message(self.InterruptRequested())
+        else:
+            self.query_one(ReplInput).load_text("")
+
+    def scroll_to_end(self) -> None:
+        """Keep the newest output in view."""
+        self.query_one("#repl-transcript", VerticalScroll).scroll_end(animate=False)
+
+    def action_toggle_scope(self) -> None:
+        """Switch between running code in the selected frame and in the module."""
+        self.eval_in = "module" if self.eval_in == "frame" else "frame"
+
+    def action_clear(self) -> None:
+        """Remove the transcript."""
+        self.query_one("#repl-transcript", VerticalScroll).remove_children()

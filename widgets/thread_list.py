@@ -1,0 +1,193 @@
+"""The thread list of a process: one row per thread, diffed by native thread id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rich.text import Text
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import DataTable
+from textual.widgets.data_table import RowKey
+
+from widgets._format import MASK, human_seconds
+
+
+@dataclass(frozen=True)
+class ThreadRow:
+    """What the thread list shows about one thread."""
+
+    native_id: int
+    """The kernel's thread id (the row's key)."""
+    name: str
+    daemon: bool | None
+    """Whether it is a daemon thread; None when unknown (read from outside)."""
+    holds_gil: bool
+    is_main: bool
+    cpu_seconds: float | None
+    """CPU time the thread used since it started (user + system); None when unknown."""
+    where: str = ""
+    """The innermost function, for a glance at what the thread does."""
+    running_python: bool = True
+    """False for a thread that exists in the OS but is not attached to the interpreter."""
+
+
+_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
+    ("state", "", 1),
+    ("name", "THREAD", 16),
+    ("native", "TID", 8),
+    ("daemon", "DAEMON", 6),
+    ("cpu", "CPU", 7),
+    ("where", "IN", None),
+)
+
+
+class ThreadList(DataTable[Text]):
+    """The threads of a process: name, native id, daemon, CPU time, and whether it holds the GIL.
+
+    Give it rows with ``update_threads()``; rows are updated in place by native id and the cursor
+    stays on the same thread.
+
+    | Key | Action |
+    | :- | :- |
+    | up/down | Select another thread. |
+    """
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "thread-list--gil",
+        "thread-list--waiting",
+    }
+
+    DEFAULT_CSS = """
+    ThreadList {
+        height: auto;
+        max-height: 12;
+    }
+    ThreadList > .thread-list--gil {
+        color: $success;
+        text-style: bold;
+    }
+    ThreadList > .thread-list--waiting {
+        color: $text-muted;
+    }
+    """
+
+    mask_noise: reactive[bool] = reactive(False)
+    """Show placeholders for native ids and CPU times (reproducible screenshots)."""
+
+    class ThreadSelected(Message):
+        """The cursor moved to another thread."""
+
+        def __init__(self, thread_list: ThreadList, native_id: int) -> None:
+            self.thread_list = thread_list
+            """The list the cursor moved in."""
+            self.native_id = native_id
+            """The selected thread's native id."""
+            super().__init__()
+
+        @property
+        def control(self) -> ThreadList:
+            """The list that sent the message."""
+            return self.thread_list
+
+    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes, cursor_type="row")
+        self._threads: dict[int, ThreadRow] = {}
+        self.selected_id: int | None = None
+        """The native id of the thread under the cursor."""
+
+    def on_mount(self) -> None:
+        for key, label, width in _COLUMNS:
+            self.add_column(label, key=key, width=width)
+        self._sync(force=True)
+
+    def watch_mask_noise(self) -> None:
+        self._sync(force=True)
+
+    @property
+    def threads(self) -> dict[int, ThreadRow]:
+        """The rows on show, by native id."""
+        return dict(self._threads)
+
+    def update_threads(self, threads: Sequence[ThreadRow]) -> None:
+        """Show these threads (main thread first, then by name); the cursor keeps its thread."""
+        self._threads = {row.native_id: row for row in threads}
+        self._sync()
+
+    def select_thread(self, native_id: int) -> bool:
+        """Move the cursor to the thread ``native_id``; False when it is not listed."""
+        if RowKey(str(native_id)) not in self.rows:
+            return False
+        self.selected_id = native_id
+        self.move_cursor(row=self.get_row_index(str(native_id)), animate=False)
+        return True
+
+    def _cells(self, row: ThreadRow) -> list[Text]:
+        if row.holds_gil:
+            state = Text("●", style=self.get_component_rich_style("thread-list--gil", partial=True))
+        elif not row.running_python:
+            state = Text("·", style=self.get_component_rich_style("thread-list--waiting", partial=True))
+        else:
+            state = Text("○", style=self.get_component_rich_style("thread-list--waiting", partial=True))
+        name = row.name + (" (main)" if row.is_main and "main" not in row.name.lower() else "")
+        daemon = "?" if row.daemon is None else ("yes" if row.daemon else "no")
+        if self.mask_noise:
+            native, cpu = MASK, MASK
+        else:
+            native = str(row.native_id)
+            cpu = "?" if row.cpu_seconds is None else human_seconds(row.cpu_seconds)
+        return [
+            state,
+            Text(name, no_wrap=True, overflow="ellipsis"),
+            Text(native, justify="right"),
+            Text(daemon),
+            Text(cpu, justify="right"),
+            Text(row.where, no_wrap=True, overflow="ellipsis"),
+        ]
+
+    def _sync(self, force: bool = False) -> None:
+        if not self.columns:
+            return
+        wanted = self._threads
+        current = {int(key.value or 0) for key in self.rows}
+        for native_id in current - wanted.keys():
+            self.remove_row(str(native_id))
+        keys = [key for key, _, _ in _COLUMNS]
+        for native_id, row in wanted.items():
+            cells = self._cells(row)
+            if native_id in current:
+                old = self.get_row(str(native_id))
+                for column, before, after in zip(keys, old, cells):
+                    if force or before.plain != after.plain or before.style != after.style:
+                        self.update_cell(str(native_id), column, after)
+            else:
+                self.add_row(*cells, key=str(native_id))
+        order = {
+            native_id: (not row.is_main, row.name.lower(), native_id) for native_id, row in wanted.items()
+        }
+        if self.row_count:
+            by_cell = {id(self.get_row(str(nid))[0]): nid for nid in wanted}
+            self.sort(key=lambda cells: order[by_cell[id(cells[0])]])
+            selected = self.selected_id
+            if selected is None or selected not in wanted:
+                main = [nid for nid, row in wanted.items() if row.is_main]
+                selected = main[0] if main else min(wanted, key=lambda nid: order[nid])
+                self.selected_id = selected
+                self.post_message(self.ThreadSelected(self, selected))
+            index = self.get_row_index(str(selected))
+            if self.cursor_row != index:
+                self.move_cursor(row=index, animate=False)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        if event.row_key is None or event.row_key.value is None:
+            return
+        native_id = int(event.row_key.value)
+        if native_id != self.selected_id:
+            self.selected_id = native_id
+            self.post_message(self.ThreadSelected(self, native_id))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()

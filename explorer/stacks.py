@@ -1,0 +1,459 @@
+"""Read every thread's Python stack from outside a CPython 3.14 process; no code runs in the target.
+
+The reader follows each thread state's frame chain (``current_frame`` -> ``previous`` ...) the way
+``sys._current_frames()`` sees it, including the frames below *interpreter entry frames* (where C
+called back into Python: thread bootstrap, ``Context.run``, ``sorted(key=...)``), which CPython
+3.14's own ``_remote_debugging.RemoteUnwinder`` stops at.
+
+It is built to be polled while the target runs at full speed:
+
+* each thread's data-stack chunks (``tstate.datastack_chunk``) are copied in one read each and
+  frames are resolved from the local copy; only generator and coroutine frames, which live
+  outside the chunks, are read one by one;
+* code objects (file name, qualified name, decoded line table, bytecode bounds) are cached by
+  address and dropped when an interpreter's ``code_object_generation`` changes (it goes up when
+  a code object is destroyed, the only way an address could come to mean another code object);
+* every frame is validated (owner, executable tag and type, ``instr_ptr`` inside the bytecode,
+  no loops, depth bound). A thread whose stack changed under the reader is read again a few
+  times; if it never reads clean, its best frames come back with ``torn=True``. Reading never
+  raises for a race: only :class:`~explorer.errors.ProcessGone` (the process exited) and
+  :class:`~explorer.errors.PermissionDenied` are real errors.
+
+Thread names are not in the thread state. CPython 3.14 gives each ``threading`` thread an OS
+thread name (at most 15 bytes, so longer names arrive truncated), which the reader takes from
+``/proc/PID/task/TID/comm``; the main thread's name is None.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass, field
+
+from explorer.errors import ProcessGone, TargetNotReady
+from explorer.linetable import LineTable
+from explorer.memory import MemoryFault
+from explorer.remote import InterpreterRef, RemoteProcess, ThreadRef
+
+MAX_DEPTH = 4096
+"""Frames followed per thread before the stack is reported as truncated."""
+ATTEMPTS = 4
+"""Reads of one thread before a stack that keeps changing is returned as torn."""
+LIST_ATTEMPTS = 8
+"""Reads of the interpreter and thread lists before giving up."""
+NOT_READY_WAIT = 0.05
+"""Seconds to wait for an interpreter that is starting up or shutting down before reporting it."""
+CHUNK_READ = 16 * 1024  # DATA_STACK_CHUNK_SIZE: the smallest data-stack chunk CPython allocates
+MAX_CHUNK = 64 * 1024 * 1024
+MAX_CHUNKS = 1024
+MAX_STRING_CHARS = 1 << 20
+MAX_LINETABLE = 1 << 24
+MAX_CODE_UNITS = 1 << 24
+MAX_CACHED_CODES = 100_000
+
+# _frameowner: 0 thread, 1 generator, 2 frame object, 3 interpreter entry frame, 4 C stack.
+OWNER_INTERPRETER = 3
+OWNER_MAX = 4
+# _PyStackRef tag bits of the GIL build: 0 and 1 (deferred) carry a pointer; 2 is invalid, 3 an int.
+TAG_MASK = 3
+POINTER_TAGS = (0, 1)
+# Compact non-ASCII strings have utf8_length and utf8 (two more words) after PyASCIIObject.
+COMPACT_UNICODE_EXTRA = 16
+
+_U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
+_I32 = struct.Struct("<i")
+_U32 = struct.Struct("<I")
+_CHUNK_HEADER = struct.Struct("<QQ")  # previous, size (then top, then the frames)
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """One Python frame: where the thread is in one function."""
+
+    filename: str
+    function: str
+    """The qualified name (``Class.method``, ``outer.<locals>.inner``)."""
+    lineno: int | None
+    """The line of the instruction running (for callers: the call); None for code without a location."""
+    is_entry: bool = False
+    """C code called this frame (an interpreter entry frame sits directly below it)."""
+
+
+@dataclass(frozen=True)
+class ThreadStack:
+    """One thread state of the target and its Python frames, innermost first."""
+
+    native_id: int
+    """The kernel thread id in this (the reader's) pid namespace."""
+    thread_id: int
+    """``threading.get_ident()`` of the thread (its pthread_t)."""
+    name: str | None
+    """The OS thread name that ``threading`` set (at most 15 bytes, so maybe truncated); None for the main thread."""
+    holds_gil: bool
+    is_main: bool
+    """The main thread of the main interpreter."""
+    interpreter_id: int
+    """0 for the main interpreter; subinterpreters have other ids."""
+    frames: tuple[FrameInfo, ...]
+    attached: bool
+    """The thread is attached to its interpreter (running Python, or about to)."""
+    torn: bool = False
+    """The stack kept changing while it was read: frames may be incomplete."""
+    truncated: bool = False
+    """The stack is deeper than MAX_DEPTH frames; the outermost ones are missing."""
+
+    @property
+    def in_subinterpreter(self) -> bool:
+        """Whether this thread state belongs to a subinterpreter."""
+        return self.interpreter_id != 0
+
+
+class _Torn(Exception):
+    """A value read from the target does not make sense (yet): the thread's stack is changing."""
+
+
+@dataclass
+class _Code:
+    """What the reader keeps of one code object."""
+
+    filename: str
+    qualname: str
+    start: int
+    size: int
+    lines: LineTable
+    frames: dict[int, FrameInfo] = field(default_factory=dict)
+
+    def frame(self, offset: int, is_entry: bool) -> FrameInfo:
+        key = offset << 1 | is_entry
+        frame = self.frames.get(key)
+        if frame is None:
+            frame = FrameInfo(self.filename, self.qualname, self.lines.line_at(offset), is_entry)
+            self.frames[key] = frame
+        return frame
+
+
+@dataclass
+class _Walk:
+    """The result of one attempt at a thread's stack."""
+
+    frames: list[FrameInfo]
+    torn: bool = False
+    truncated: bool = False
+    faulted: bool = False
+    reason: str = ""
+    """Why the attempt is torn (for diagnostics)."""
+
+    def tear(self, reason: str) -> None:
+        self.torn = True
+        self.reason = self.reason or reason
+
+
+class StackReader:
+    """Reads all threads' stacks of one target again and again, keeping caches between samples."""
+
+    def __init__(self, process: RemoteProcess) -> None:
+        self.process = process
+        self.memory = process.memory
+        o = process.offsets
+        ts, fr, co = o.thread_state, o.interpreter_frame, o.code_object
+        # Plain ints: attribute access on the offsets table is too slow for the frame loop.
+        self._ts_interp = ts.interp
+        self._ts_current_frame = ts.current_frame
+        self._ts_chunk = ts.datastack_chunk
+        self._ts_low = min(ts.interp, ts.current_frame, ts.datastack_chunk)
+        self._ts_span = max(ts.interp, ts.current_frame, ts.datastack_chunk) + 8 - self._ts_low
+        self._fr_previous = fr.previous
+        self._fr_executable = fr.executable
+        self._fr_instr_ptr = fr.instr_ptr
+        self._fr_owner = fr.owner
+        self._fr_span = max(fr.previous + 8, fr.executable + 8, fr.instr_ptr + 8, fr.owner + 1)
+        self._ob_type = o.pyobject.ob_type
+        self._ob_size = o.pyobject.size  # PyVarObject.ob_size follows the PyObject header
+        self._co_size = co.size
+        self._co_filename = co.filename
+        self._co_qualname = co.qualname
+        self._co_linetable = co.linetable
+        self._co_firstlineno = co.firstlineno
+        self._co_code = co.co_code_adaptive
+        self._tp_name = o.type_object.tp_name
+        self._str_length = o.unicode_object.length
+        self._str_state = o.unicode_object.state
+        self._str_header = o.unicode_object.asciiobject_size
+        self._bytes_size = o.bytes_object.ob_size
+        self._bytes_data = o.bytes_object.ob_sval
+        self._codes: dict[int, _Code] = {}
+        self._strings: dict[int, str] = {}
+        self._type_is_code: dict[int, bool] = {}
+        self._generations: dict[int, int] = {}
+        self.samples = 0
+        """Calls of :meth:`read` so far."""
+        self.retries = 0
+        """Thread reads repeated because the stack changed under the reader."""
+        self.torn_threads = 0
+        """Threads returned with ``torn=True``."""
+        self.cache_resets = 0
+        """Times the code cache was dropped because a code object was destroyed in the target."""
+
+    # -- samples ---------------------------------------------------------------------------
+
+    def read(self) -> list[ThreadStack]:
+        """Every thread of every interpreter, the main interpreter's main thread first.
+
+        Raises ProcessGone, PermissionDenied, or TargetNotReady while the interpreter is not
+        (or no longer) initialised; races with the running target never raise.
+        """
+        self.samples += 1
+        listing = self._list_threads()
+        stacks: list[ThreadStack] = []
+        for interp, ref in listing:
+            stack = self._read_thread(interp, ref)
+            if stack is not None:
+                stacks.append(stack)
+        stacks.sort(key=lambda stack: (stack.interpreter_id != 0, not stack.is_main))
+        return stacks
+
+    def _list_threads(self) -> list[tuple[InterpreterRef, ThreadRef]]:
+        deadline = time.monotonic() + NOT_READY_WAIT
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                interpreters = self.process.interpreters()
+                self._check_generations(interpreters)
+                return [(interp, ref) for interp in interpreters for ref in self.process.threads(interp)]
+            except MemoryFault:
+                # A thread state or interpreter freed while we followed the list: read it again.
+                if attempt >= LIST_ATTEMPTS:
+                    self.memory.ensure_alive()
+                    raise TargetNotReady(
+                        f"process {self.process.pid}: its thread list kept changing while being read; try again"
+                    ) from None
+            except TargetNotReady:
+                # Starting up or finishing: an exiting process must read as gone, not as not-ready.
+                self.memory.ensure_alive()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.002)
+
+    def _check_generations(self, interpreters: list[InterpreterRef]) -> None:
+        current = {interp.address: self.process.code_object_generation(interp) for interp in interpreters}
+        if current != self._generations:
+            if self._codes:
+                self.cache_resets += 1
+            self._codes.clear()
+            self._strings.clear()
+            self._generations = current
+        elif len(self._codes) > MAX_CACHED_CODES:
+            self._codes.clear()
+            self._strings.clear()
+
+    def _read_thread(self, interp: InterpreterRef, ref: ThreadRef) -> ThreadStack | None:
+        best: _Walk | None = None
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                self.retries += 1
+            walk = self._walk(interp.address, ref.address)
+            if walk is None:
+                return None  # the thread state was freed and reused: the thread is gone
+            if not walk.torn:
+                best = walk
+                break
+            if best is None or len(walk.frames) >= len(best.frames):
+                best = walk
+        assert best is not None
+        if best.torn:
+            self.torn_threads += 1
+            if best.faulted:
+                self.memory.ensure_alive()
+        host_pid = self.process.pid
+        is_main = ref.is_main or (interp.is_main and ref.native_id == host_pid)
+        return ThreadStack(
+            native_id=ref.native_id,
+            thread_id=ref.thread_id,
+            name=None if ref.native_id == host_pid else _thread_name(host_pid, ref.native_id),
+            holds_gil=ref.holds_gil,
+            is_main=is_main,
+            interpreter_id=ref.interpreter_id,
+            frames=tuple(best.frames),
+            attached=ref.attached,
+            torn=best.torn,
+            truncated=best.truncated,
+        )
+
+    # -- one thread ------------------------------------------------------------------------
+
+    def _walk(self, interp_address: int, tstate: int) -> _Walk | None:
+        """One attempt at a thread's frames; None when the thread state is no longer this interpreter's."""
+        walk = _Walk([])
+        try:
+            raw = self.memory.read(tstate + self._ts_low, self._ts_span)
+        except MemoryFault:
+            walk.tear("thread state unreadable")
+            walk.faulted = True
+            return walk
+        low = self._ts_low
+        if _U64.unpack_from(raw, self._ts_interp - low)[0] != interp_address:
+            return None
+        address = _U64.unpack_from(raw, self._ts_current_frame - low)[0]
+        if not address:
+            return walk
+        frames = walk.frames
+        span = self._fr_span
+        read = self.memory.read
+        unpack = _U64.unpack_from
+        o_previous, o_executable, o_instr, o_owner = self._fr_previous, self._fr_executable, self._fr_instr_ptr, self._fr_owner
+        codes = self._codes
+        try:
+            chunks = self._read_chunks(_U64.unpack_from(raw, self._ts_chunk - low)[0])
+        except (MemoryFault, _Torn) as error:
+            chunks = []
+            walk.tear(f"data stack: {error}")
+            walk.faulted = isinstance(error, MemoryFault)
+        seen: set[int] = set()
+        steps = 0
+        try:
+            while address:
+                if address in seen:
+                    walk.tear("loop")  # frames linked while we copied them
+                    break
+                if steps >= MAX_DEPTH:
+                    walk.truncated = True
+                    break
+                steps += 1
+                seen.add(address)
+                for start, end, data in chunks:
+                    if start <= address and address + span <= end:
+                        buffer, base = data, address - start
+                        break
+                else:  # a generator or coroutine frame, or a chunk we could not copy
+                    buffer, base = read(address, span), 0
+                executable = unpack(buffer, base + o_executable)[0]
+                previous = unpack(buffer, base + o_previous)[0]
+                owner = buffer[base + o_owner]
+                if owner >= OWNER_INTERPRETER:
+                    if owner > OWNER_MAX:
+                        walk.tear(f"owner {owner}")
+                    elif frames and not frames[-1].is_entry:
+                        last = frames[-1]
+                        frames[-1] = FrameInfo(last.filename, last.function, last.lineno, True)
+                    address = previous
+                    continue
+                if executable & TAG_MASK not in POINTER_TAGS or executable < 4096:
+                    # NULL executables before any live frame: those frames returned between our
+                    # read of current_frame and the copy of the data stack, and the chain below
+                    # them is the stack as copied. Anywhere else the chain is inconsistent.
+                    if frames or walk.torn or executable & ~TAG_MASK:
+                        walk.tear(f"executable {executable:#x}")
+                    address = previous
+                    continue
+                executable &= ~TAG_MASK
+                code = codes.get(executable)
+                if code is None:
+                    code = self._load_code(executable)
+                offset = unpack(buffer, base + o_instr)[0] - code.start
+                if not 0 <= offset < code.size:
+                    walk.tear(f"instr_ptr outside {code.qualname} ({offset} of {code.size})")
+                    address = previous
+                    continue
+                frames.append(code.frame(offset, False))
+                address = previous
+        except (MemoryFault, _Torn, ValueError, struct.error, IndexError) as error:
+            walk.tear(f"{type(error).__name__}: {error}")
+            walk.faulted = isinstance(error, MemoryFault)
+        return walk
+
+    def _read_chunks(self, address: int) -> list[tuple[int, int, bytes]]:
+        """Copy the thread's data-stack chunks: [(start, end, bytes)], newest first."""
+        chunks: list[tuple[int, int, bytes]] = []
+        read = self.memory.read
+        while address:
+            if len(chunks) >= MAX_CHUNKS:
+                raise _Torn("too many data-stack chunks")
+            data = read(address, CHUNK_READ)
+            previous, size = _CHUNK_HEADER.unpack_from(data)
+            if not CHUNK_READ <= size <= MAX_CHUNK:
+                raise _Torn(f"data-stack chunk of {size} bytes")
+            if size > CHUNK_READ:
+                data += read(address + CHUNK_READ, size - CHUNK_READ)
+            chunks.append((address, address + size, data))
+            address = previous
+        return chunks
+
+    # -- code objects and strings ----------------------------------------------------------
+
+    def _load_code(self, address: int) -> _Code:
+        """Read, check and cache the code object at ``address``; _Torn if it is not one."""
+        raw = self.memory.read(address, self._co_size)
+        if not self._is_code_type(_U64.unpack_from(raw, self._ob_type)[0]):
+            raise _Torn(f"the executable at {address:#x} is not a code object")
+        units = _I64.unpack_from(raw, self._ob_size)[0]
+        if not 0 < units <= MAX_CODE_UNITS:
+            raise _Torn(f"code object at {address:#x} claims {units} code units")
+        firstlineno = _I32.unpack_from(raw, self._co_firstlineno)[0]
+        code = _Code(
+            filename=self._read_str(_U64.unpack_from(raw, self._co_filename)[0]),
+            qualname=self._read_str(_U64.unpack_from(raw, self._co_qualname)[0]),
+            start=address + self._co_code,
+            size=units * 2,
+            lines=LineTable(self._read_bytes(_U64.unpack_from(raw, self._co_linetable)[0]), firstlineno),
+        )
+        self._codes[address] = code
+        return code
+
+    def _is_code_type(self, type_address: int) -> bool:
+        verdict = self._type_is_code.get(type_address)
+        if verdict is None:
+            name_address = self.memory.read_u64(type_address + self._tp_name)
+            verdict = self.memory.read(name_address, 5) == b"code\0"
+            self._type_is_code[type_address] = verdict
+        return verdict
+
+    def _read_str(self, address: int) -> str:
+        """A str object of the target (compact, as all code-object names are)."""
+        text = self._strings.get(address)
+        if text is not None:
+            return text
+        header = self.memory.read(address, self._str_header)
+        length = _I64.unpack_from(header, self._str_length)[0]
+        state = _U32.unpack_from(header, self._str_state)[0]
+        kind = (state >> 2) & 7
+        compact, ascii_only = (state >> 5) & 1, (state >> 6) & 1
+        if not 0 <= length <= MAX_STRING_CHARS or not compact or kind not in (1, 2, 4):
+            raise _Torn(f"not a compact str at {address:#x}")
+        if ascii_only:
+            text = self.memory.read(address + self._str_header, length).decode("ascii")
+        else:
+            data = self.memory.read(address + self._str_header + COMPACT_UNICODE_EXTRA, length * kind)
+            encoding = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind]
+            text = data.decode(encoding, "surrogatepass")
+        self._strings[address] = text
+        return text
+
+    def _read_bytes(self, address: int) -> bytes:
+        header = self.memory.read(address, self._bytes_data)
+        size = _I64.unpack_from(header, self._bytes_size)[0]
+        if not 0 <= size <= MAX_LINETABLE:
+            raise _Torn(f"bytes object at {address:#x} claims {size} bytes")
+        return self.memory.read(address + self._bytes_data, size)
+
+
+def _thread_name(pid: int, tid: int) -> str | None:
+    """The OS name of thread ``tid`` (what threading set, at most 15 bytes), or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm", "rb") as handle:
+            return handle.read().rstrip(b"\n").decode("utf-8", "replace") or None
+    except OSError:
+        return None
+
+
+def read_stacks(pid: int) -> tuple[str, list[ThreadStack]]:
+    """Open ``pid``, read every thread's stack once and close: (the target's Python version, stacks)."""
+    process = RemoteProcess.open(pid)
+    try:
+        return process.version, StackReader(process).read()
+    finally:
+        process.close()
+
+
+__all__ = ["FrameInfo", "MAX_DEPTH", "StackReader", "ThreadStack", "read_stacks"]

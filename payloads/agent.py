@@ -1249,27 +1249,6 @@ class Agent:
         own = self.service_idents
         eval_idents = {r.ident for r in list(self.evals.values()) if r.ident is not None}
 
-        modules = []
-        for name in list(self.modules):
-            module = sys.modules.get(name)
-            if module is None:
-                modules.append({"name": name, "vars": [], "total": 0, "missing": True})
-                continue
-            try:
-                namespace = object.__getattribute__(module, "__dict__")
-            except AttributeError:
-                namespace = {}
-            if type(namespace) is not dict:
-                namespace = {}
-            entries = [(k, v) for k, v in _dict_items(namespace) if not (type(k) is str and k[:2] == "__" and k[-2:] == "__")]
-            variables = []
-            for key, value in entries[: limits["module_vars"]]:
-                if previews.bytes > budget:
-                    truncated = True
-                    break
-                variables.append([str(key), previews.preview(value)])
-            modules.append({"name": name, "vars": variables, "total": len(entries), "missing": False})
-
         threads = []
         idents = sorted(current, key=lambda i: (i != main_ident, i))
         for ident in idents:
@@ -1327,6 +1306,43 @@ class Agent:
                 frame = frame.f_back
             thread["depth"] = depth
         current = frame = None
+        # The stacks themselves may take at most three quarters of the budget: past that, every
+        # thread keeps only its innermost frames (at least one).
+        sizes = [[len(e["file"]) + len(e["func"]) + len(e["qualname"]) + 60 for e in t["stack"]] for t in threads]
+        skeleton = sum(sum(s) for s in sizes) + 120 * len(threads)
+        if skeleton > budget * 3 // 4:
+            keep = len(max(sizes, key=len)) if sizes else 0
+            while keep > 1 and sum(sum(s[:keep]) for s in sizes) + 120 * len(threads) > budget * 3 // 4:
+                keep -= 1
+            for thread in threads:
+                if len(thread["stack"]) > keep:
+                    del thread["stack"][keep:]
+                    truncated = True
+            skeleton = sum(sum(s[:keep]) for s in sizes) + 120 * len(threads)
+        previews.bytes += skeleton
+        modules = []
+        for name in list(self.modules):
+            module = sys.modules.get(name)
+            if module is None:
+                modules.append({"name": name, "vars": [], "total": 0, "missing": True})
+                continue
+            try:
+                namespace = object.__getattribute__(module, "__dict__")
+            except AttributeError:
+                namespace = {}
+            if type(namespace) is not dict:
+                namespace = {}
+            entries = [(k, v) for k, v in _dict_items(namespace) if not (type(k) is str and k[:2] == "__" and k[-2:] == "__")]
+            variables = []
+            for key, value in entries[: limits["module_vars"]]:
+                if previews.bytes > budget:
+                    truncated = True
+                    break
+                key = str(key)
+                previews.bytes += len(key) + 8
+                variables.append([key, previews.preview(value)])
+            modules.append({"name": name, "vars": variables, "total": len(entries), "missing": False})
+
         for thread in threads:
             for entry in thread["stack"]:
                 frame = entry.pop("_frame")
@@ -1348,7 +1364,15 @@ class Agent:
                     self.note_error("f_locals", error)
                     continue
                 entry["nlocals"] = total
-                entry["locals"] = [[str(k), previews.preview(v)] for k, v in items]
+                names = []
+                for key, value in items:
+                    if previews.bytes > budget:
+                        truncated = True
+                        break
+                    key = str(key)
+                    previews.bytes += len(key) + 8
+                    names.append([key, previews.preview(value)])
+                entry["locals"] = names
         return {
             "t": "frame",
             "seq": 0,

@@ -19,6 +19,7 @@ from elftools.elf.constants import SH_FLAGS  # noqa: F401  (documents the flags 
 from elftools.elf.elffile import ELFFile
 
 from explorer.errors import NotAPythonProcess, PermissionDenied, ProcessGone
+from explorer.memory import process_exited, process_start_time
 
 COOKIE = b"xdebugpy"
 RUNTIME_SECTION = ".PyRuntime"
@@ -310,4 +311,7 @@ def find_runtime(pid: int, maps: list[Mapping] | None = None) -> RuntimeImage:
             f"cannot open the executable of process {pid} through /proc/{pid}/root: "
             "run periscope as the target's user, or as root / with CAP_SYS_PTRACE"
         )
+    if process_exited(pid, process_start_time(pid)):
+        # A zombie (exited, not yet reaped) has an empty map: it is gone, not "not Python".
+        raise ProcessGone(f"process {pid} exited")
     raise NotAPythonProcess(f"process {pid} is not a CPython process (no mapped file has a {RUNTIME_SECTION} section)")

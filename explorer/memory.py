@@ -22,6 +22,7 @@ _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 MAX_READ = 64 * 1024 * 1024
 CAP_SYS_PTRACE = 19
+PF_EXITING = 0x4  # task flag: the process is exiting
 
 
 class MemoryFault(OSError):
@@ -75,8 +76,9 @@ def process_exited(pid: int, start_time: int | None) -> bool:
     fields = _stat_fields(pid)
     if fields is None or int(fields[19]) != start_time:
         return True
-    # A zombie (Z) or dead (X) process keeps its /proc entry but has no memory any more.
-    return fields[0] in (b"Z", b"X")
+    # A zombie (Z) or dead (X) process keeps its /proc entry but has no memory any more; one that
+    # is exiting (PF_EXITING in the flags, field 9) is about to lose it.
+    return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & PF_EXITING)
 
 
 def has_cap_sys_ptrace() -> bool:
@@ -198,8 +200,10 @@ class ProcessMemory:
             raise MemoryFault(errno.EFAULT, f"address {address:#x} out of range") from None
         if len(data) != size:
             if not data:
-                # A target that died after open reads 0 bytes with no errno.
+                # 0 bytes, no errno: the address space we opened is gone (the target exited, is
+                # exiting, or exec'd another program). An unmapped address gives EIO instead.
                 self.ensure_alive()
+                raise ProcessGone(f"process {self.pid} exited")
             raise MemoryFault(errno.EFAULT, f"short read at {address:#x}: {len(data)} of {size} bytes")
         return data
 
@@ -254,7 +258,9 @@ class ProcessMemory:
                 raise MemoryFault(error.errno or errno.EFAULT, f"cannot write at {address:#x}") from None
         if written != len(data):
             if not written:
-                self.ensure_alive()  # a target that died after open writes 0 bytes with no errno
+                # As for reads: 0 bytes means the address space we opened is gone.
+                self.ensure_alive()
+                raise ProcessGone(f"process {self.pid} exited")
             raise MemoryFault(errno.EFAULT, f"short write at {address:#x}: {written} of {len(data)} bytes")
 
     def read_u64(self, address: int) -> int:

@@ -49,6 +49,7 @@ from explorer.remote import InterpreterRef, RemoteProcess, ThreadRef, disabled_r
 
 PLEASE_STOP_BIT = 0x20  # _PY_EVAL_PLEASE_STOP_BIT (bit 5 of eval_breaker): "check for pending work"
 MAX_SYMLINKS = 40
+FIRST_POLL_PAUSE = 0.00005  # first sleep between reads of the pending flag (it grows 1.5x to 10 ms)
 TEMP_DIR_CANDIDATES = ("/tmp", "/var/tmp", "/dev/shm")
 DIR_PREFIX = "periscope-"
 
@@ -394,13 +395,15 @@ class StagedScript:
         """Whether the launcher has run far enough to read the script and remove the copy."""
         return not self.script_dir.contains(STAGED_SCRIPT_NAME)
 
-    def wait_until_started(self, timeout: float) -> bool:
-        """Poll :meth:`started` for up to ``timeout`` seconds."""
+    def wait_until_started(self, timeout: float, process: RemoteProcess | None = None) -> bool:
+        """Poll :meth:`started` for up to ``timeout`` seconds; ProcessGone if ``process`` exits meanwhile."""
         deadline = time.monotonic() + timeout
         pause = 0.001
         while True:
             if self.started():
                 return True
+            if process is not None:
+                process.memory.ensure_alive()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -616,7 +619,6 @@ def wait_for_pickup(process: RemoteProcess, thread_address: int, timeout: float,
     start = time.perf_counter() if started is None else started
     deadline = start + timeout
     pause = 0.0
-    spins = 0
     while True:
         try:
             pending = process.memory.read_i32(pending_address)
@@ -628,14 +630,15 @@ def wait_for_pickup(process: RemoteProcess, thread_address: int, timeout: float,
         now = time.perf_counter()
         if now >= deadline:
             return None
-        # A busy thread picks up within a fraction of a millisecond: spin briefly (one read costs
-        # a few µs), then back off to at most 20 ms between reads, checking the thread still lives.
-        spins += 1
-        if spins > 200 or pending != 1:
+        if pending != 1 or pause >= 0.001:
             if not _is_listed(process, thread_address):
+                process.memory.ensure_alive()  # the whole process going away is ProcessGone
                 raise NoSuchThread(f"the chosen thread of process {process.pid} exited before it picked the request up")
-            pause = min(0.02, max(0.0005, pause * 1.5))
-            time.sleep(min(pause, max(0.0, deadline - now)))
+        # Never spin: on a machine with few cores the target may share ours and can only pick
+        # the request up while we sleep. Start with short sleeps (a busy thread picks up within
+        # tens of µs on its own core) and back off to 10 ms.
+        pause = min(0.01, max(FIRST_POLL_PAUSE, pause * 1.5))
+        time.sleep(min(pause, max(0.0, deadline - now)))
 
 
 def _is_listed(process: RemoteProcess, thread_address: int) -> bool:
@@ -645,6 +648,7 @@ def _is_listed(process: RemoteProcess, thread_address: int) -> bool:
             return any(t.address == thread_address for t in process.threads())
         except MemoryFault:
             process.memory.ensure_alive()
+            time.sleep(0.001 * attempt)
     return False
 
 

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         select_thread,
         stage_script,
     )
+    from explorer.errors import ProcessGone
     from explorer.memory import MemoryFault
     from explorer.remote import RemoteProcess
 
@@ -100,7 +101,14 @@ def run(args: argparse.Namespace) -> int:
                         2,
                     )
                 milliseconds = result.elapsed * 1000
-                if not staged.wait_until_started(START_WAIT):
+                try:
+                    started = staged.wait_until_started(START_WAIT, process)
+                except ProcessGone:
+                    return _fail(
+                        f"process {args.pid} exited right after thread {result.native_id} picked up the script, "
+                        "before the script started"
+                    )
+                if not started:
                     return _fail(
                         f"thread {result.native_id} of process {args.pid} picked up the script after "
                         f"{milliseconds:.2f} ms but did not start it within {START_WAIT:g} s: the target refused "

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from explorer.errors import (
+    InjectionTimeout,
     PeriscopeError,
     PermissionDenied,
     ProcessGone,
@@ -450,6 +451,31 @@ class ExecResult:
     """The PyThreadState written to."""
     withdrawn: bool = False
     """Not picked up in time, and the request was cleared so that it will not run later."""
+    waited: float | None = None
+    """The wait that was given (None: not waited for)."""
+
+    def explain(self, threads: str | None = None) -> str:
+        """One line for a request that was not picked up: why, the fix, and what became of it.
+
+        ``threads`` is an optional list of candidate threads to name in the fix.
+        """
+        within = f" within {self.waited:g} s" if self.waited is not None else ""
+        candidates = f" (threads: {threads})" if threads else ""
+        outcome = (
+            "the request was withdrawn"
+            if self.withdrawn
+            else "the request could not be withdrawn and may still run later"
+        )
+        return (
+            f"thread {self.native_id} of process {self.pid} did not pick up the script{within}: it is blocked "
+            f"(sleeping, in a C call, or in input()); choose a thread that runs Python with --thread NATIVE_ID"
+            f"{candidates}, or retry with a longer --wait; {outcome}"
+        )
+
+    def raise_if_not_picked_up(self, threads: str | None = None) -> None:
+        """Raise InjectionTimeout (with :meth:`explain`) unless the request was picked up."""
+        if not self.picked_up:
+            raise InjectionTimeout(self.explain(threads))
 
 
 def _thread_list(process: RemoteProcess, interp: InterpreterRef) -> list[ThreadRef]:
@@ -604,9 +630,11 @@ def _remote_exec(process: RemoteProcess, encoded: bytes, native_id: int | None, 
         _withdraw(process, pending_address, path_address, encoded, thread.address)
         raise
     if elapsed is not None:
-        return ExecResult(True, thread.native_id, elapsed, process.pid, thread.address)
+        return ExecResult(True, thread.native_id, elapsed, process.pid, thread.address, waited=wait)
     withdrawn = _withdraw(process, pending_address, path_address, encoded, thread.address)
-    return ExecResult(False, thread.native_id, time.perf_counter() - written_at, process.pid, thread.address, withdrawn)
+    return ExecResult(
+        False, thread.native_id, time.perf_counter() - written_at, process.pid, thread.address, withdrawn, wait
+    )
 
 
 def wait_for_pickup(process: RemoteProcess, thread_address: int, timeout: float, *, started: float | None = None) -> float | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from explorer.errors import (
+    InjectionTimeout,
     NotAPythonProcess,
     ProcessGone,
     RemoteDebuggingDisabled,
@@ -179,6 +180,8 @@ def test_main_blocked_in_input_reached_through_a_worker(spawn: Spawn, stage: Cal
     assert not blocked.picked_up and blocked.withdrawn
     assert blocked.native_id == target.pid and blocked.elapsed >= 0.5
     assert request_state(target.pid)[0] == 0
+    with pytest.raises(InjectionTimeout, match=f"--thread NATIVE_ID \\(threads: {worker}\\).*withdrawn"):
+        blocked.raise_if_not_picked_up(str(worker))
 
     # A worker that runs Python picks it up.
     through_worker = remote_exec(target.pid, path, native_id=worker)

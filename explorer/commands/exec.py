@@ -84,22 +84,12 @@ def run(args: argparse.Namespace) -> int:
                 staged = stage_script(script_dir, source, label)
                 result = remote_exec(process, staged.launcher_path, native_id=args.thread, wait=args.wait)
                 if not result.picked_up:
+                    threads: str | None
                     try:
                         threads = describe_threads(process.threads(process.main_interpreter()))
-                    except (MemoryFault, OSError):
-                        threads = "see periscope's thread list"
-                    outcome = (
-                        "the request was withdrawn"
-                        if result.withdrawn
-                        else "the request could not be withdrawn and may still run later"
-                    )
-                    return _fail(
-                        f"thread {result.native_id} of process {args.pid} did not pick up the script within "
-                        f"{args.wait:g} s: it is blocked (sleeping, in a C call, or in input()); choose a thread "
-                        f"that runs Python with --thread NATIVE_ID (threads: {threads}), or retry with a longer "
-                        f"--wait; {outcome}",
-                        2,
-                    )
+                    except MemoryFault:
+                        threads = None  # the list changed under us: the message is useful without it
+                    return _fail(result.explain(threads), 2)
                 milliseconds = result.elapsed * 1000
                 try:
                     started = staged.wait_until_started(START_WAIT, process)

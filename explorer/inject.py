@@ -48,6 +48,7 @@ from explorer.errors import (
 from explorer.memory import MemoryFault, explain_permission
 from explorer.remote import InterpreterRef, RemoteProcess, ThreadRef, disabled_reason
 
+STATUS_BOUND_GILSTATE = 1 << 3  # _status.bound_gilstate: the thread state its OS thread uses now
 PLEASE_STOP_BIT = 0x20  # _PY_EVAL_PLEASE_STOP_BIT (bit 5 of eval_breaker): "check for pending work"
 MAX_SYMLINKS = 40
 FIRST_POLL_PAUSE = 0.00005  # first sleep between reads of the pending flag (it grows 1.5x to 10 ms)
@@ -520,16 +521,20 @@ def select_thread(process: RemoteProcess, native_id: int | None = None) -> tuple
                 f"process {process.pid}: the main thread has finished its script and waits for other threads; "
                 f"choose a thread that runs Python with --thread NATIVE_ID (threads: {describe_threads(threads)})"
             )
-        # The main interpreter's thread states first: an OS thread that also entered a
-        # subinterpreter has one thread state in each.
-        interpreters = [main] + [i for i in process.interpreters() if not i.is_main]
-        for interp in interpreters:
-            listed = threads if interp is main else _thread_list(process, interp)
-            for thread in listed:
-                if native_id in (thread.native_id, thread.target_native_id):
-                    if interp is not main and not process.remote_debugging_enabled(interp):
-                        raise RemoteDebuggingDisabled(disabled_reason(process.pid))
-                    return interp, thread
+        # An OS thread that entered a subinterpreter (concurrent.interpreters) has a thread state
+        # in each interpreter; the one in the main interpreter is blocked in the call that entered
+        # the other. Take the state the thread uses now: it holds the thread's GILState binding.
+        matches: list[tuple[InterpreterRef, ThreadRef]] = []
+        for interp in process.interpreters():
+            listed = threads if interp.is_main else _thread_list(process, interp)
+            matches.extend((interp, t) for t in listed if native_id in (t.native_id, t.target_native_id))
+        if matches:
+            interp, thread = max(
+                matches, key=lambda match: (bool(match[1].status & STATUS_BOUND_GILSTATE), not match[0].is_main)
+            )
+            if not interp.is_main and not process.remote_debugging_enabled(interp):
+                raise RemoteDebuggingDisabled(disabled_reason(process.pid))
+            return interp, thread
         raise NoSuchThread(
             f"process {process.pid} has no Python thread with native id {native_id}; "
             f"its Python threads are: {describe_threads(threads)}"

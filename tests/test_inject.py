@@ -223,6 +223,45 @@ def test_main_thread_finished_needs_a_thread_id(spawn: Spawn, stage: Callable[[i
     assert target.wait_for_line("ran ") == f"ran worker-1 {worker}"
 
 
+def test_subinterpreter(spawn: Spawn, stage: Callable[[int, str], str]) -> None:
+    """With a subinterpreter running, the runtime's interpreter list starts with it: the default
+    still goes to the main interpreter's main thread, and the subinterpreter's OS thread, chosen
+    by native id, runs the script in the subinterpreter (where that thread executes now)."""
+    target = started(
+        spawn,
+        """
+        import threading, time
+        from concurrent import interpreters
+        sub = interpreters.create()
+        announced = threading.Event()
+        def run():
+            print("worker", threading.get_native_id(), flush=True)
+            announced.set()
+            sub.exec("import time\\nwhile True:\\n    sum(range(100))\\n    time.sleep(0.001)")
+        threading.Thread(target=run, daemon=True).start()
+        announced.wait()
+        print("ready", flush=True)
+        while True:
+            sum(range(200))
+        """,
+    )
+    worker = worker_id(target)
+    report = (
+        "import threading\nfrom concurrent import interpreters\n"
+        "print('ran in', interpreters.get_current().id, threading.get_native_id(), flush=True)\n"
+    )
+    path = stage(target.pid, report)
+    deadline = time.monotonic() + 10
+    with RemoteProcess.open(target.pid) as process:
+        while len(process.interpreters()) < 2 or not any(t.interpreter_id == 1 for t in process.threads()):
+            assert time.monotonic() < deadline, "the subinterpreter did not start"
+            time.sleep(0.01)
+        assert remote_exec(process, path).picked_up
+        assert target.wait_for_line("ran in ") == f"ran in 0 {target.pid}"
+        assert remote_exec(process, path, native_id=worker).picked_up
+        assert target.wait_for_line("ran in 1 ") == f"ran in 1 {worker}"
+
+
 @pytest.mark.parametrize("length", [511, 512])
 def test_path_length_limit(spawn: Spawn, tmp_path: Path, length: int) -> None:
     target = started(spawn, BUSY_MAIN)

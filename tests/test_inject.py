@@ -7,6 +7,7 @@ Refusals are checked for their typed error and for having written nothing into t
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import threading
@@ -375,6 +376,51 @@ def test_target_in_its_own_mount_namespace(spawn: Spawn, script_dirs: list[Scrip
     target.wait_for_line("ran MainThread")
     script_dir.cleanup()
     assert not os.path.exists(script_dir.host_path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private pid namespace")
+def test_target_in_its_own_pid_namespace(spawn: Spawn, stage: Callable[[int, str], str], target_python: str) -> None:
+    """Thread ids in the target's thread states belong to its pid namespace: --thread takes the
+    host's id, and results report the host's id."""
+    source = (
+        "import threading, time\n"
+        "announced = threading.Event()\n"
+        "def work():\n"
+        "    print('worker', threading.get_native_id(), flush=True)\n"
+        "    announced.set()\n"
+        "    while True:\n"
+        "        sum(range(100))\n"
+        "        time.sleep(0.002)\n"
+        "threading.Thread(target=work, name='worker-1', daemon=True).start()\n"
+        "announced.wait()\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        "    sum(range(200))\n"
+    )
+    wrapper = spawn(argv=["unshare", "--pid", "--fork", "--kill-child=SIGKILL", target_python, "-c", source])
+    child = 0
+    try:
+        wrapper.wait_for_line("ready")
+        worker_in_namespace = worker_id(wrapper)
+        child = int(Path(f"/proc/{wrapper.pid}/task/{wrapper.pid}/children").read_text().split()[0])
+
+        def namespace_ids(tid: str) -> list[int]:
+            status = Path(f"/proc/{child}/task/{tid}/status").read_text()
+            return [int(part) for part in status.split("NSpid:")[1].splitlines()[0].split()]
+
+        assert namespace_ids(str(child)) == [child, 1]
+        host_worker = next(int(t) for t in os.listdir(f"/proc/{child}/task") if namespace_ids(t)[-1] == worker_in_namespace)
+        assert host_worker != worker_in_namespace
+        path = stage(child, REPORT)
+        result = remote_exec(child, path, native_id=host_worker)
+        assert result.picked_up and result.native_id == host_worker
+        assert wrapper.wait_for_line("ran ") == f"ran worker-1 {worker_in_namespace}"
+        result = remote_exec(child, path)
+        assert result.picked_up and result.native_id == child
+        assert wrapper.wait_for_line("ran MainThread") == "ran MainThread 1"
+    finally:
+        if child and os.path.exists(f"/proc/{child}"):
+            os.kill(child, signal.SIGKILL)  # pid 1 of its namespace: only SIGKILL stops it
 
 
 def test_tmpdir_is_used_when_safe(spawn: Spawn, script_dirs: list[ScriptDir], tmp_path: Path) -> None:

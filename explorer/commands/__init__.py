@@ -7,6 +7,7 @@ Commands import their heavy dependencies inside ``run`` so that ``periscope --he
 # The order here is the order in ``periscope --help``.
 COMMANDS = (
     "ps",
+    "stack",
     "target_python",
     "exec",
     "snapshot",

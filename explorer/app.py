@@ -21,7 +21,7 @@ from textual.worker import Worker, WorkerState
 from explorer.discovery import ProcessInfo, ProcessScanner
 from explorer.errors import PeriscopeError
 from explorer.screens.attach import AttachScreen, Attached, Connector, default_connector
-from explorer.screens.dialogs import ErrorDialog
+from explorer.screens.dialogs import ErrorDialog, WorkerFailed
 from explorer.screens.help import HelpScreen, KeySection, key_rows
 from explorer.screens.process import ProcessScreen, history_file
 from explorer.screens.process_list import ProcessListScreen
@@ -89,8 +89,11 @@ class PeriscopeApp(App[int]):
 
     # --- attach, switch, detach ----------------------------------------------------------------
 
-    def attach(self, pid: int, process: ProcessInfo | None = None) -> None:
-        """Show ``pid``'s screen, attaching first when periscope is not attached to it yet."""
+    def attach(self, pid: int, process: ProcessInfo | None = None, *, thread: int | None = None) -> None:
+        """Show ``pid``'s screen, attaching first when periscope is not attached to it yet.
+
+        ``thread`` is the native id of the thread to inject through (None: the session picks).
+        """
         if pid in self.attached:
             self.show_process(pid)
             return
@@ -99,7 +102,7 @@ class PeriscopeApp(App[int]):
                 ErrorDialog(f"Cannot attach to {pid}", process.reason or "periscope cannot attach", process.fix)
             )
             return
-        self.push_screen(AttachScreen(pid, self.connector, mask_noise=self.mask_noise), self._on_attach_done)
+        self.push_screen(AttachScreen(pid, self.connector, process, thread=thread, mask_noise=self.mask_noise), self._on_attach_done)
 
     def _on_attach_done(self, result: Attached | BaseException | None) -> None:
         if result is None:
@@ -183,20 +186,34 @@ class PeriscopeApp(App[int]):
     # --- failures ------------------------------------------------------------------------------
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """The one place a failed worker turns into something the user sees."""
-        if event.state != WorkerState.ERROR:
-            return
-        error = event.worker.error
+        if event.state == WorkerState.ERROR:
+            self.post_message(WorkerFailed(event.worker))
+
+    def on_worker_failed(self, message: WorkerFailed) -> None:
+        """The one place a failed worker (the app's or a screen's) turns into something the user sees."""
+        error = message.worker.error
         if error is None:
+            return
+        event = message
+        node = event.worker.node
+        if isinstance(node, AttachScreen):
+            if node.is_current:
+                node.dismiss(error)  # _on_attach_done shows the dialog
+            return
+        if isinstance(node, ProcessScreen) and event.worker.group == "reader":
+            self.post_message(ProcessScreen.SessionEnded(node.pid, error))
             return
         title = {
             "process-scan": "Cannot list processes",
+            "expand": "Cannot expand",
+            "eval": "Cannot evaluate",
+            "interrupt": "Cannot interrupt",
+            "watch-module": "Cannot watch that module",
+            "thread-cpu": "Cannot read thread times",
         }.get(event.worker.name, f"{event.worker.name} failed")
-        if isinstance(error, PeriscopeError) or not isinstance(error, Exception):
-            self.push_screen(ErrorDialog.from_error(title, error))
-        else:
-            self.log.error(f"worker {event.worker.name} failed", error)
-            self.push_screen(ErrorDialog.from_error(title, error))
+        if not isinstance(error, PeriscopeError):
+            self.log.error(f"worker {event.worker.name} failed: {error!r}")
+        self.push_screen(ErrorDialog.from_error(title, error))
 
     # --- help and the command palette ----------------------------------------------------------
 

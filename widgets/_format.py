@@ -39,3 +39,10 @@ def short_path(path: str, width: int = 40) -> str:
     if len(name) + 2 >= width:
         return "…" + name[-(width - 1) :]
     return "…" + path[-(width - 1) :]
+
+
+def display_command(cmdline: tuple[str, ...] | list[str], name: str = "") -> str:
+    """A command line as the lists show it: the program by its name, the arguments as they are."""
+    if not cmdline:
+        return f"[{name}]" if name else "?"
+    return " ".join([os.path.basename(cmdline[0]) or cmdline[0], *cmdline[1:]])

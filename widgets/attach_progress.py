@@ -12,6 +12,7 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("reading", "Reading the process"),
     ("injecting", "Injecting the agent"),
     ("waiting", "Waiting for the target to run Python"),
+    ("starting", "Starting the agent"),
     ("connected", "Connected"),
 )
 """The attach steps in order: (key, what the user sees)."""

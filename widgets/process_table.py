@@ -13,7 +13,7 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import RowKey
 
 from explorer.discovery import ProcessInfo
-from widgets._format import MASK, human_bytes
+from widgets._format import MASK, display_command, human_bytes
 
 SortKey = Literal["cpu", "memory", "pid"]
 
@@ -200,7 +200,7 @@ class ProcessTable(DataTable[Text]):
             Text(cpu, justify="right"),
             Text(memory, justify="right"),
             Text(str(process.num_threads), justify="right"),
-            Text(_fit(process.command, self._command_width), style=muted or "", no_wrap=True),
+            Text(_fit(display_command(process.cmdline, process.name), self._command_width), style=muted or "", no_wrap=True),
         ]
 
     def _sort_value(self, pid: int) -> tuple[float, int]:
@@ -256,8 +256,16 @@ class ProcessTable(DataTable[Text]):
 
     # --- user intent ---------------------------------------------------------------------------
 
+    def _is_current(self, event: DataTable.RowHighlighted) -> bool:
+        """Whether the highlighted row is still the one under the cursor."""
+        if not 0 <= self.cursor_row < self.row_count:
+            return False
+        return self.coordinate_to_cell_key((self.cursor_row, 0)).row_key == event.row_key
+
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
+        if not self._is_current(event):
+            return  # posted before a later diff moved the rows under the cursor
         if event.row_key is None or event.row_key.value is None:
             return
         pid = int(event.row_key.value)

@@ -92,7 +92,7 @@ class ReplInput(TextArea):
     def __init__(self, *, id: str | None = None) -> None:
         language = "python" if _syntax_available() else None
         super().__init__("", language=language, id=id, show_line_numbers=False, soft_wrap=True, tab_behavior="indent")
-        self.history: list[str] = []
+        self.input_history: list[str] = []
         """Earlier inputs, oldest first."""
         self._history_index: int | None = None
         self._draft = ""
@@ -113,15 +113,15 @@ class ReplInput(TextArea):
 
     def action_history_previous(self) -> None:
         """The previous history entry, when the cursor is on the first line."""
-        if self.cursor_location[0] != 0 or not self.history:
+        if self.cursor_location[0] != 0 or not self.input_history:
             self.action_cursor_up()
             return
         if self._history_index is None:
             self._draft = self.text
-            self._history_index = len(self.history)
+            self._history_index = len(self.input_history)
         if self._history_index > 0:
             self._history_index -= 1
-            self._show(self.history[self._history_index])
+            self._show(self.input_history[self._history_index])
 
     def action_history_next(self) -> None:
         """The next history entry, when the cursor is on the last line."""
@@ -129,11 +129,11 @@ class ReplInput(TextArea):
             self.action_cursor_down()
             return
         self._history_index += 1
-        if self._history_index >= len(self.history):
+        if self._history_index >= len(self.input_history):
             self._history_index = None
             self._show(self._draft)
         else:
-            self._show(self.history[self._history_index])
+            self._show(self.input_history[self._history_index])
 
     def _show(self, code: str) -> None:
         self.load_text(code)
@@ -148,6 +148,20 @@ def _indent_for(code: str) -> str:
     last = code.rstrip("\n").split("\n")[-1] if code else ""
     indent = last[: len(last) - len(last.lstrip())]
     return indent + ("    " if last.rstrip().endswith(":") else "")
+
+
+class ReplOutput(Static):
+    """What an evaluation printed, in order."""
+
+    def __init__(self, *, classes: str | None = None) -> None:
+        super().__init__("", classes=classes, markup=False)
+        self.printed = ""
+        """Everything printed so far."""
+
+    def append(self, text: str) -> None:
+        """Add printed text."""
+        self.printed += text
+        self.update(Text(self.printed.rstrip("\n")))
 
 
 class ReplEntry(Vertical):
@@ -199,12 +213,20 @@ class ReplEntry(Vertical):
     def _status(self) -> Static:
         return self.query_one(".repl-status", Static)
 
-    def show_result(self, value: ValueView | None, output: str = "") -> None:
-        """Show the result (None for a statement) and anything the code printed."""
+    def add_output(self, text: str) -> None:
+        """Show what the running code printed, as it arrives (before the result)."""
+        shown = self.query(ReplOutput)
+        if shown:
+            shown.last().append(text)
+            return
+        output = ReplOutput(classes="repl-output")
+        self.mount(output, before=self._status())
+        output.append(text)
+
+    def show_result(self, value: ValueView | None) -> None:
+        """Show the result (None for a statement, which shows nothing more)."""
         self.state = "done"
         status = self._status()
-        if output:
-            self.mount(Static(Text(output.rstrip("\n")), classes="repl-output"), before=status)
         if value is None:
             status.remove()
             return
@@ -218,12 +240,10 @@ class ReplEntry(Vertical):
         status.remove()
         tree.show_scope("result", f"Out[{self.number}]", [value])
 
-    def show_error(self, traceback: str, output: str = "") -> None:
-        """Show a traceback (and anything printed before it)."""
+    def show_error(self, traceback: str) -> None:
+        """Show a traceback (or why the code could not run)."""
         self.state = "error"
         status = self._status()
-        if output:
-            self.mount(Static(Text(output.rstrip("\n")), classes="repl-output"), before=status)
         status.update(Text(traceback.rstrip("\n")))
         status.remove_class("repl-status")
         status.add_class("repl-error")
@@ -306,11 +326,11 @@ class ReplPane(Vertical):
     @property
     def history(self) -> list[str]:
         """The input's history, oldest first."""
-        return self.query_one(ReplInput).history
+        return self.query_one(ReplInput).input_history
 
     @history.setter
     def history(self, entries: Sequence[str]) -> None:
-        self.query_one(ReplInput).history = list(entries)
+        self.query_one(ReplInput).input_history = list(entries)
 
     @property
     def entries(self) -> list[ReplEntry]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -12,7 +13,10 @@ from textual.reactive import reactive
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowKey
 
-from widgets._format import short_path
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,8 @@ class StackEntry:
 
 
 _COLUMNS: tuple[tuple[str, str, int | None], ...] = (
-    ("function", "FUNCTION", 20),
-    ("where", "FILE:LINE", 30),
+    ("function", "FUNCTION", 22),
+    ("where", "FILE:LINE", 20),
     ("source", "SOURCE", None),
 )
 
@@ -53,6 +57,7 @@ class StackView(DataTable[Text]):
     DEFAULT_CSS = """
     StackView {
         height: 1fr;
+        overflow-x: hidden;
     }
     StackView > .stack-view--function {
         color: $accent;
@@ -87,6 +92,7 @@ class StackView(DataTable[Text]):
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes, cursor_type="row", show_header=True)
         self._frames: tuple[StackEntry, ...] = ()
+        self._source_width = 40
         self.selected_index: int = 0
         """The selected frame, 0 = innermost."""
 
@@ -99,6 +105,12 @@ class StackView(DataTable[Text]):
         for key, label, width in _COLUMNS:
             self.add_column(label, key=key, width=width)
         self._sync()
+
+    def on_resize(self) -> None:
+        width = max(10, self.size.width - 22 - 20 - 2 * len(_COLUMNS) - 1)
+        if width != self._source_width:
+            self._source_width = width
+            self._sync(force=True)
 
     def update_frames(self, frames: Sequence[StackEntry]) -> None:
         """Show this stack (innermost first); the selected frame stays on the same depth."""
@@ -115,16 +127,16 @@ class StackView(DataTable[Text]):
         return str(len(self._frames) - 1 - index)
 
     def _cells(self, frame: StackEntry) -> list[Text]:
-        function = Text(frame.function, style=self.get_component_rich_style("stack-view--function", partial=True))
+        function = Text(_fit(frame.function, 22), style=self.get_component_rich_style("stack-view--function", partial=True))
         where = Text(
-            f"{short_path(frame.filename, 26)}:{frame.lineno}",
+            _fit(f"{os.path.basename(frame.filename) or frame.filename}:{frame.lineno}", 20),
             style=self.get_component_rich_style("stack-view--location", partial=True),
             no_wrap=True,
         )
-        source = Text(frame.source or "", style=self.get_component_rich_style("stack-view--source", partial=True), no_wrap=True, overflow="ellipsis")
+        source = Text(_fit(frame.source or "", self._source_width), style=self.get_component_rich_style("stack-view--source", partial=True), no_wrap=True, overflow="ellipsis")
         return [function, where, source]
 
-    def _sync(self) -> None:
+    def _sync(self, force: bool = False) -> None:
         if not self.columns:
             return
         frames = self._frames
@@ -137,7 +149,7 @@ class StackView(DataTable[Text]):
             cells = self._cells(frame)
             if key in current:
                 for column, before, after in zip(keys, self.get_row(key), cells):
-                    if before.plain != after.plain:
+                    if force or before.plain != after.plain:
                         self.update_cell(key, column, after)
             else:
                 self.add_row(*cells, key=key)
@@ -148,8 +160,16 @@ class StackView(DataTable[Text]):
             if self.cursor_row != index:
                 self.move_cursor(row=index, animate=False)
 
+    def _is_current(self, event: DataTable.RowHighlighted) -> bool:
+        """Whether the highlighted row is still the one under the cursor."""
+        if not 0 <= self.cursor_row < self.row_count:
+            return False
+        return self.coordinate_to_cell_key((self.cursor_row, 0)).row_key == event.row_key
+
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
+        if not self._is_current(event):
+            return  # posted before a later diff moved the rows under the cursor
         if event.row_key is None or event.row_key.value is None or RowKey(event.row_key.value) not in self.rows:
             return
         index = len(self._frames) - 1 - int(event.row_key.value)

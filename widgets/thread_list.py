@@ -64,6 +64,7 @@ class ThreadList(DataTable[Text]):
     ThreadList {
         height: auto;
         max-height: 12;
+        overflow-x: hidden;
     }
     ThreadList > .thread-list--gil {
         color: $success;
@@ -180,8 +181,16 @@ class ThreadList(DataTable[Text]):
             if self.cursor_row != index:
                 self.move_cursor(row=index, animate=False)
 
+    def _is_current(self, event: DataTable.RowHighlighted) -> bool:
+        """Whether the highlighted row is still the one under the cursor."""
+        if not 0 <= self.cursor_row < self.row_count:
+            return False
+        return self.coordinate_to_cell_key((self.cursor_row, 0)).row_key == event.row_key
+
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
+        if not self._is_current(event):
+            return  # posted before a later diff moved the rows under the cursor
         if event.row_key is None or event.row_key.value is None:
             return
         native_id = int(event.row_key.value)

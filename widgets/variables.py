@@ -63,6 +63,7 @@ class VariablesTree(Tree[_NodeData]):
     DEFAULT_CSS = """
     VariablesTree {
         height: 1fr;
+        overflow-x: hidden;
     }
     VariablesTree > .variables-tree--name {
         color: $text;

@@ -9,6 +9,7 @@ from textual.reactive import reactive
 from textual.widgets import Static
 
 from explorer.discovery import ProcessInfo
+from widgets._format import display_command
 
 
 class AttachVerdict(Static):
@@ -60,7 +61,7 @@ class AttachVerdict(Static):
         pid = "····" if self.mask_noise else str(process.pid)
         text = Text()
         text.append(f"{pid}  ", style="bold")
-        text.append(process.command, style="")
+        text.append(display_command(process.cmdline, process.name), style="")
         text.append("\n")
         if self.attached:
             text.append("attached", style=self.get_component_rich_style("attach-verdict--ok", partial=True))

@@ -20,10 +20,13 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Label, Static
+from textual.worker import Worker
 
 from explorer.discovery import ProcessInfo, ProcessScanner
 from explorer.errors import PeriscopeError
+from explorer.screens.dialogs import forward_failure
 from explorer.screens.sources import SourceLines
+from widgets._format import display_command
 from widgets.attach_progress import AttachProgress
 from widgets.stack_view import StackEntry, StackView
 from widgets.thread_list import ThreadList, ThreadRow
@@ -31,8 +34,15 @@ from widgets.thread_list import ThreadList, ThreadRow
 STACK_INTERVAL = 0.5
 """Seconds between two reads of the stacks while waiting."""
 
-ProgressCallback = Callable[[str, str], None]
-"""Called with (step, detail) as attaching goes on; step is a key of ``widgets.attach_progress.STEPS``."""
+ProgressCallback = Callable[[str, str, "tuple[Any, ...] | None"], None]
+"""Called with (step, detail, stacks) as attaching goes on; step is a key of
+``widgets.attach_progress.STEPS``; stacks are ``explorer.stacks.ThreadStack`` read while waiting."""
+
+ATTACH_TIMEOUT = 10.0
+"""Seconds attaching may take before it fails with InjectionTimeout (the user can retry another thread)."""
+
+STREAM_RATE = 4.0
+"""Frames per second the agent streams to the TUI."""
 
 
 class Connector(Protocol):
@@ -60,11 +70,23 @@ class Attached:
     session: Any
 
 
+_STATE_STEPS = {"injected": "injecting", "waiting": "waiting", "starting": "starting", "connected": "connected"}
+
+
 async def default_connector(pid: int, *, thread: int | None, progress: ProgressCallback) -> Any:
-    """Attach with periscope's session client (explorer.session)."""
+    """Attach with periscope's session client (explorer.session), reporting each step."""
     from explorer import session as session_module
 
-    return await session_module.attach(pid, thread=thread, progress=progress)
+    def report(step: session_module.AttachProgress) -> None:
+        progress(_STATE_STEPS.get(step.state.value, "injecting"), step.message, step.stacks)
+
+    return await session_module.attach(
+        pid,
+        thread="auto" if thread is None else thread,
+        timeout=ATTACH_TIMEOUT,
+        rate=STREAM_RATE,
+        progress=report,
+    )
 
 
 class StacksRead(Message):
@@ -82,14 +104,23 @@ class StacksRead(Message):
 
 
 class AttachStep(Message):
-    """Attaching moved on to another step."""
+    """Attaching moved on (another step, or the same step with news)."""
 
-    def __init__(self, step: str, detail: str) -> None:
+    def __init__(self, step: str, detail: str, stacks: tuple[Any, ...] | None) -> None:
         self.step = step
         """A key of ``widgets.attach_progress.STEPS``."""
         self.detail = detail
         """One line about the step."""
+        self.stacks = stacks
+        """Every thread's stack read from outside while waiting, if the session read them."""
         super().__init__()
+
+
+def _mask_numbers(text: str) -> str:
+    """Hide thread ids and timings in a progress line (reproducible screenshots)."""
+    import re
+
+    return re.sub(r"\d+(\.\d+)?", "··", text)
 
 
 class AttachScreen(Screen["Attached | None"]):
@@ -109,7 +140,15 @@ class AttachScreen(Screen["Attached | None"]):
         Binding("escape", "cancel", "Cancel"),
     ]
 
-    def __init__(self, pid: int, connector: Connector, process: ProcessInfo | None = None, *, mask_noise: bool = False) -> None:
+    def __init__(
+        self,
+        pid: int,
+        connector: Connector,
+        process: ProcessInfo | None = None,
+        *,
+        thread: int | None = None,
+        mask_noise: bool = False,
+    ) -> None:
         super().__init__()
         self.pid = pid
         """The process being attached to."""
@@ -119,7 +158,7 @@ class AttachScreen(Screen["Attached | None"]):
         """Does the attaching."""
         self.mask_noise = mask_noise
         """Hide pids and thread ids (reproducible screenshots)."""
-        self.thread: int | None = None
+        self.thread = thread
         """The native id of the thread to inject through; None lets the session choose."""
         self.step = "reading"
         """The current attach step (tests wait on it)."""
@@ -146,7 +185,7 @@ class AttachScreen(Screen["Attached | None"]):
     def _describe(self) -> str:
         if self.process is None:
             return "…"
-        return self.process.command
+        return display_command(self.process.cmdline, self.process.name)
 
     def on_mount(self) -> None:
         progress = self.query_one(AttachProgress)
@@ -157,6 +196,9 @@ class AttachScreen(Screen["Attached | None"]):
 
     def on_unmount(self) -> None:
         self._stop.set()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        forward_failure(event, self.post_message)
 
     # --- workers -----------------------------------------------------------------------------
 
@@ -174,8 +216,8 @@ class AttachScreen(Screen["Attached | None"]):
         self.step = "connected"
         self.dismiss(Attached(self.pid, process, session))
 
-    def _report_progress(self, step: str, detail: str = "") -> None:
-        self.post_message(AttachStep(step, detail))
+    def _report_progress(self, step: str, detail: str = "", stacks: tuple[Any, ...] | None = None) -> None:
+        self.post_message(AttachStep(step, detail, stacks))
 
     @work(thread=True, name="read-stacks", exit_on_error=False, exclusive=True, group="read-stacks")
     def read_stacks(self) -> None:
@@ -197,7 +239,9 @@ class AttachScreen(Screen["Attached | None"]):
         self.step = message.step
         progress = self.query_one(AttachProgress)
         progress.step = message.step
-        progress.detail = message.detail
+        progress.detail = _mask_numbers(message.detail) if self.mask_noise else message.detail
+        if message.stacks is not None:
+            self.on_stacks_read(StacksRead(list(message.stacks)))
 
     def on_stacks_read(self, message: StacksRead) -> None:
         self.stack_reads += 1

@@ -7,8 +7,10 @@ from typing import ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
+from textual.worker import Worker, WorkerState
 
 from explorer.errors import PeriscopeError
 
@@ -111,3 +113,18 @@ class ErrorDialog(ModalScreen[None]):
     def action_close(self) -> None:
         """Close the dialog."""
         self.dismiss(None)
+
+
+class WorkerFailed(Message):
+    """A screen's worker failed; the app turns this into something the user sees (it bubbles)."""
+
+    def __init__(self, worker: Worker[object]) -> None:
+        self.worker = worker
+        """The failed worker (``worker.error`` says why)."""
+        super().__init__()
+
+
+def forward_failure(screen_event: Worker.StateChanged, post: object) -> None:
+    """Post WorkerFailed for a worker that ended in error (Worker.StateChanged does not bubble)."""
+    if screen_event.state == WorkerState.ERROR:
+        post(WorkerFailed(screen_event.worker))  # type: ignore[operator]

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
-from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
-from textual.keys import format_key
-from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
 from rich.table import Table
 from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.keys import format_key
+from textual.screen import ModalScreen
 from textual.widgets import Markdown, Static
 
 INTRO = """\

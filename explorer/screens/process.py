@@ -26,11 +26,14 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Label, Static
+from textual.worker import Worker
 
 from explorer.discovery import ProcessInfo
 from explorer.errors import PeriscopeError
 from explorer.model import Frame, StackFrame, ThreadInfo, Value, Variable
+from explorer.screens.dialogs import forward_failure
 from explorer.screens.sources import SourceLines
+from widgets._format import display_command
 from widgets.repl import ReplEntry, ReplInput, ReplPane
 from widgets.stack_view import StackEntry, StackView
 from widgets.status_bar import StatusBar
@@ -45,6 +48,9 @@ CPU_INTERVAL = 1.0
 
 PAGE = 100
 """Children per page when expanding an object."""
+
+DETACH_TIMEOUT = 6.0
+"""Seconds detaching may take before the connection is simply dropped (the agent then leaves on its own)."""
 
 
 def history_file() -> Path:
@@ -231,6 +237,7 @@ class ProcessScreen(Screen[None]):
         self._stop = threading.Event()
         self._sources = SourceLines(self.pid)
         self._detached = False
+        self._evals: list[Any] = []
         self._shown_key: tuple[int | None, int, str] | None = None
 
     # --- layout ----------------------------------------------------------------------------------
@@ -257,7 +264,7 @@ class ProcessScreen(Screen[None]):
 
     def _title(self) -> str:
         pid = "····" if self.mask_noise else str(self.pid)
-        command = self.process.command if self.process is not None else ""
+        command = display_command(self.process.cmdline, self.process.name) if self.process is not None else ""
         return f"periscope · {pid} · {command}"
 
     def describe(self) -> str:
@@ -282,8 +289,9 @@ class ProcessScreen(Screen[None]):
         self.read_stream()
         self.read_cpu_times()
 
-    def on_unmount(self) -> None:
+    async def on_unmount(self) -> None:
         self._stop.set()
+        await self.detach()  # the app is closing without a quit (a crash, a test's exit)
 
     async def detach(self) -> None:
         """Detach the session (idempotent); the agent leaves the target."""
@@ -291,29 +299,32 @@ class ProcessScreen(Screen[None]):
             return
         self._detached = True
         self._stop.set()
-        self.query_one(StatusBar).state = "detaching"
+        self._set_state("detaching")
         try:
-            await asyncio.wait_for(self.session.detach(), timeout=5)
+            await asyncio.wait_for(self.session.detach(), timeout=DETACH_TIMEOUT)
         except (PeriscopeError, OSError, asyncio.TimeoutError) as error:
             self.log.warning(f"detach from {self.pid}: {error}")
-        if self.is_mounted:
-            self.query_one(StatusBar).state = "detached"
+            await self.session.close()
+        self._set_state("detached")
+
+    def _set_state(self, state: str) -> None:
+        for status in self.query(StatusBar):
+            status.state = state
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        forward_failure(event, self.post_message)
 
     # --- the stream ------------------------------------------------------------------------------
 
     @work(name="reader", exit_on_error=False, exclusive=True, group="reader")
     async def read_stream(self) -> None:
         """Post one FrameReceived per frame until the session ends."""
-        error: BaseException | None = None
-        try:
-            async for frame in self.session.frames():
-                if self._stop.is_set():
-                    return
-                self.post_message(FrameReceived(frame, time.time(), getattr(self.session, "last_frame_size", 0)))
-        except PeriscopeError as failure:
-            error = failure
+        async for frame in self.session.frames():
+            if self._stop.is_set():
+                return
+            self.post_message(FrameReceived(frame, time.time(), 0))
         if not self._detached:
-            self.post_message(self.SessionEnded(self.pid, error))
+            self.post_message(self.SessionEnded(self.pid, self.session.error))
 
     @work(thread=True, name="thread-cpu", exit_on_error=False, exclusive=True, group="thread-cpu")
     def read_cpu_times(self) -> None:
@@ -489,31 +500,35 @@ class ProcessScreen(Screen[None]):
         message.stop()
         if self.history_path is not None:
             save_history(self.history_path, message.pane.history)
-        thread = frame_index = None
-        module = self.watched_module
+        native_id = frame_index = None
         if message.eval_in == "frame" and self.frame is not None:
             selected, stack_frame = self._selected(self.frame)
             if selected is not None and stack_frame is not None:
-                thread, frame_index = selected.thread_id, self.selected_frame
-        self.evaluate(message.entry, message.code, module, thread, frame_index)
+                native_id, frame_index = selected.native_id, self.selected_frame
+        self.evaluate(message.entry, message.code, self.watched_module, native_id, frame_index)
 
     @work(name="eval", exit_on_error=False, group="eval")
-    async def evaluate(self, entry: ReplEntry, code: str, module: str, thread: int | None, frame_index: int | None) -> None:
-        """Run ``code`` in the target and show the outcome in ``entry``."""
+    async def evaluate(self, entry: ReplEntry, code: str, module: str, native_id: int | None, frame_index: int | None) -> None:
+        """Run ``code`` in the target and show the outcome in ``entry`` (printed output as it comes)."""
         try:
-            if thread is not None:
-                result = await self.session.eval(code, thread=thread, frame=frame_index)
+            if native_id is not None:
+                handle = self.session.start_eval(code, thread=native_id, frame=frame_index or 0, on_output=lambda out: entry.add_output(out.text))
             else:
-                result = await self.session.eval(code, module=module)
+                handle = self.session.start_eval(code, module=module, on_output=lambda out: entry.add_output(out.text))
+            self._evals.append(handle)
+            try:
+                result = await handle.result()
+            finally:
+                self._evals.remove(handle)
         except PeriscopeError as error:
             entry.show_error(str(error))
         else:
             if result.status == "interrupted":
                 entry.show_interrupted()
             elif result.ok:
-                entry.show_result(value_view("result", result.value) if result.value is not None else None, result.output)
+                entry.show_result(value_view("result", result.value) if result.value is not None else None)
             else:
-                entry.show_error(result.traceback or result.exception or "failed", result.output)
+                entry.show_error(result.traceback or result.exception or "failed")
         self.query_one(ReplPane).scroll_to_end()
 
     @on(ReplPane.InterruptRequested)
@@ -523,8 +538,9 @@ class ProcessScreen(Screen[None]):
 
     @work(name="interrupt", exit_on_error=False, group="interrupt")
     async def interrupt(self) -> None:
-        """Interrupt the running evaluation."""
-        await self.session.interrupt()
+        """Interrupt every running evaluation (KeyboardInterrupt in its thread)."""
+        for handle in list(self._evals):
+            await handle.interrupt()
 
     # --- actions ---------------------------------------------------------------------------------
 
@@ -556,7 +572,7 @@ class ProcessScreen(Screen[None]):
     @work(name="watch-module", exit_on_error=False, group="watch-module")
     async def set_watched_module(self, name: str) -> None:
         """Ask the agent to stream ``name``'s variables, then show them."""
-        await self.session.set_watched_modules([name])
+        await self.session.set_modules([name])
         self.watched_module = name
         self.query_one(StatusBar).watched = name
         self.query_one(VariablesTree).remove_scope("module")

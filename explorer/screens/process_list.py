@@ -14,8 +14,10 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
+from textual.worker import Worker
 
 from explorer.discovery import ProcessInfo, ProcessScanner
+from explorer.screens.dialogs import forward_failure
 from widgets.process_table import ProcessTable
 from widgets.verdict import AttachVerdict
 
@@ -88,7 +90,7 @@ class ProcessListScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static("periscope · Python processes", id="title")
-        yield Input(placeholder="type to filter (pid, user, version, command)", id="filter")
+        yield Input(placeholder="type to filter (pid, user, version, command)", id="filter", select_on_focus=False)
         table = ProcessTable(id="processes")
         table.mask_noise = self.mask_noise
         yield table
@@ -106,6 +108,9 @@ class ProcessListScreen(Screen[None]):
     def on_unmount(self) -> None:
         self._stop.set()
         self._scan_now.set()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        forward_failure(event, self.post_message)
 
     # --- the scan worker ---------------------------------------------------------------------
 

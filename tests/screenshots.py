@@ -1,0 +1,254 @@
+"""``python -m tests.screenshots`` (``make screenshots``): SVG screenshots of the real app for the README.
+
+Each screenshot runs periscope against the demo target (explorer/demo_target.py under CPython
+3.14), drives it with Pilot as a person would, waits until the screen shows what it should, and
+saves ``screenshots/NAME.svg``. The module also holds what the TUI tests share: the "scene"
+target (threads parked at known lines with known values, for snapshot tests) and ``wait_until``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from textual.pilot import Pilot
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "screenshots"
+SIZE = (130, 40)
+"""Terminal size of screenshots and snapshot tests (columns, rows)."""
+
+SCENE_DIR = Path(tempfile.gettempdir()) / "periscope-scene"
+"""A fixed directory, so paths shown in snapshots are the same on every run."""
+
+SCENE_LIB = '''\
+"""Functions of the scene target (kept out of __main__ so its variables have no addresses)."""
+import threading
+import time
+
+
+def worker(limit):
+    """The 'worker' thread: parked in a sleep."""
+    polls = 0
+    time.sleep(3600)
+
+
+def compute(values, label):
+    """The main thread: parked in a sleep after computing a total."""
+    total = sum(values)
+    largest = max(values)
+    time.sleep(3600)
+
+
+def start():
+    threading.Thread(target=worker, args=(10,), name="worker", daemon=True).start()
+'''
+
+SCENE = '''\
+"""periscope's snapshot scene: two threads parked at known lines, with known values."""
+import sys
+
+import scene_lib
+
+config = {"name": "scene", "retries": 3, "ratio": 0.5, "tags": ("alpha", "beta")}
+items = [3, 5, 8, 13]
+title = "periscope"
+scene_lib.start()
+print("ready", flush=True)
+if "wait-input" in sys.argv:
+    answer = input()
+scene_lib.compute(items, title)
+'''
+
+
+def scene_script() -> Path:
+    """Write the scene target into SCENE_DIR (idempotent) and return the script's path."""
+    SCENE_DIR.mkdir(parents=True, exist_ok=True)
+    for name, text in (("scene_lib.py", SCENE_LIB), ("scene.py", SCENE)):
+        path = SCENE_DIR / name
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+    return SCENE_DIR / "scene.py"
+
+
+async def wait_until(pilot: Pilot[Any], condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    """Let the app run until ``condition()`` is true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await pilot.pause(0.05)
+
+
+# --- the screenshots ---------------------------------------------------------------------------
+
+
+def _demo_python() -> str:
+    from explorer.pythons import find_target_python
+
+    return find_target_python()
+
+
+def start_demo() -> subprocess.Popen[bytes]:
+    """Start the demo target and wait until its threads run."""
+    from explorer.commands.app import start_demo as start
+
+    return start()
+
+
+async def _process_list(pilot: Pilot[Any], demo_pid: int) -> None:
+    from explorer.screens.process_list import ProcessListScreen
+    from widgets.process_table import ProcessTable
+
+    screen = pilot.app.screen
+    assert isinstance(screen, ProcessListScreen)
+    await wait_until(pilot, lambda: screen.scans >= 2, "two process scans")
+    await pilot.press(*"demo_target")
+    await wait_until(pilot, lambda: screen.query_one(ProcessTable).selected_process is not None, "the demo in the list")
+    await pilot.press("down")
+
+
+async def _attached(pilot: Pilot[Any]) -> None:
+    from explorer.screens.process import ProcessScreen
+
+    app = pilot.app
+    await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen) and app.screen.frames_applied >= 3, "frames")
+
+
+async def _process_screen(pilot: Pilot[Any], demo_pid: int) -> None:
+    from explorer.screens.process import ProcessScreen
+    from widgets.variables import VariablesTree
+
+    await _attached(pilot)
+    screen = pilot.app.screen
+    assert isinstance(screen, ProcessScreen)
+    tree = screen.query_one(VariablesTree)
+    tree.focus()
+    await wait_until(pilot, lambda: ("module", "stats") in tree.value_paths(), "module variables")
+    node = next(n for n in _walk(tree.root) if n.data is not None and n.data.path == ("module", "stats"))
+    tree.move_cursor(node)
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: ("module", "stats", "total") in tree.value_paths(), "stats expanded")
+
+
+async def _repl(pilot: Pilot[Any], demo_pid: int) -> None:
+    from explorer.screens.process import ProcessScreen
+    from widgets.repl import ReplPane
+
+    await _attached(pilot)
+    screen = pilot.app.screen
+    assert isinstance(screen, ProcessScreen)
+    await pilot.press("e")
+    await pilot.press("ctrl+t")  # evaluate in the module
+    for code in ("stats.total, len(recent_totals)", "settings['limits']"):
+        await pilot.press(*code, "enter")
+    repl = screen.query_one(ReplPane)
+    await wait_until(pilot, lambda: len(repl.entries) == 2 and not repl.running(), "the results")
+
+
+async def _waiting(pilot: Pilot[Any], demo_pid: int) -> None:
+    from explorer.screens.attach import AttachScreen
+
+    app = pilot.app
+    await wait_until(
+        pilot,
+        lambda: isinstance(app.screen, AttachScreen) and app.screen.step == "waiting" and app.screen.stack_reads > 0,
+        "the waiting state",
+    )
+
+
+def _walk(node: Any) -> Any:
+    yield node
+    for child in node.children:
+        yield from _walk(child)
+
+
+SHOTS: dict[str, tuple[str, Callable[[Pilot[Any], int], Awaitable[None]]]] = {
+    "process-list": ("list", _process_list),
+    "process-screen": ("attach", _process_screen),
+    "repl": ("attach", _repl),
+    "waiting-for-target": ("waiting", _waiting),
+}
+"""name -> (how the app starts, what to do before the screenshot)."""
+
+
+def take(name: str, demo_pid: int, waiting_pid: int | None = None) -> Path:
+    """Run the app, drive it, and save ``screenshots/NAME.svg``."""
+    from textual._doc import take_svg_screenshot  # what pytest-textual-snapshot uses too
+
+    from explorer.app import PeriscopeApp
+
+    start, drive = SHOTS[name]
+    pid = {"list": None, "attach": demo_pid, "waiting": waiting_pid}[start]
+    app = PeriscopeApp(pid=pid, history_path=Path(tempfile.mkdtemp()) / "history")
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await drive(pilot, demo_pid)
+
+    svg = take_svg_screenshot(app=app, terminal_size=SIZE, run_before=run_before)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    path = SCREENSHOTS / f"{name}.svg"
+    path.write_text(svg)
+    return path
+
+
+def _start_blocked_demo() -> subprocess.Popen[bytes]:
+    """A demo-like target whose threads never run Python (main in input(), worker asleep)."""
+    script = Path(tempfile.mkdtemp(prefix="periscope-waiting-")) / "blocked_service.py"
+    script.write_text(
+        textwrap.dedent(
+            '''\
+            """A service whose threads are all blocked in C: attaching has to wait."""
+            import threading, time
+
+            def housekeeping():
+                time.sleep(3600)
+
+            threading.Thread(target=housekeeping, name="housekeeping", daemon=True).start()
+            command = input("command> ")
+            '''
+        )
+    )
+    return subprocess.Popen(
+        [_demo_python(), str(script)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def _wait_for_threads(pid: int, count: int, timeout: float = 10.0) -> None:
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while psutil.Process(pid).num_threads() < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} did not start {count} threads")
+        time.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Regenerate every screenshot (or the ones named on the command line)."""
+    names = (argv if argv is not None else sys.argv[1:]) or list(SHOTS)
+    demo = start_demo()
+    blocked = _start_blocked_demo()
+    try:
+        _wait_for_threads(blocked.pid, 2)
+        for name in names:
+            path = take(name, demo.pid, blocked.pid)
+            print(f"wrote {path.relative_to(ROOT)}")
+    finally:
+        for process in (demo, blocked):
+            process.kill()
+            process.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,305 @@
+"""The TUI against real CPython 3.14 targets, driven with Pilot: attach, threads, variables, REPL,
+interrupt, detach, the attach flow's waiting state, and the error dialogs users meet."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from explorer.app import PeriscopeApp
+from explorer.screens.attach import AttachScreen
+from explorer.screens.dialogs import ErrorDialog
+from explorer.screens.help import HelpScreen
+from explorer.screens.process import ProcessScreen, load_history
+from explorer.screens.process_list import ProcessListScreen
+from tests.screenshots import SIZE, wait_until
+from widgets.process_table import ProcessTable
+from widgets.repl import ReplEntry, ReplInput, ReplPane
+from widgets.stack_view import StackView
+from widgets.thread_list import ThreadList
+from widgets.variables import VariablesTree
+from widgets.verdict import AttachVerdict
+
+DEMO = Path(__file__).resolve().parent.parent / "explorer" / "demo_target.py"
+
+
+@pytest.fixture
+def demo(spawn, target_python):
+    """The demo target, running (it prints a line per round with --verbose)."""
+    target = spawn(argv=[target_python, str(DEMO), "--verbose"])
+    target.wait_for_line("round")
+    return target
+
+
+@pytest.fixture
+def history(tmp_path) -> Path:
+    return tmp_path / "history"
+
+
+def walk(node):
+    yield node
+    for child in node.children:
+        yield from walk(child)
+
+
+def agent_threads(pid: int) -> int:
+    """How many threads the agent runs in ``pid`` (its thread is named periscope-agent)."""
+    names = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as handle:
+                names.append(handle.read().strip())
+        except OSError:
+            continue
+    return sum(1 for name in names if "periscope" in name)
+
+
+async def attached_screen(pilot) -> ProcessScreen:
+    app = pilot.app
+    await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen) and app.screen.frames_applied >= 2, "the process screen")
+    screen = app.screen
+    assert isinstance(screen, ProcessScreen)
+    return screen
+
+
+async def test_process_list_filters_sorts_and_keeps_the_cursor_on_its_pid(demo, spawn, target_python, history):
+    other = spawn("import time\nprint('ready', flush=True)\ntime.sleep(600)\n", script_name="periscope_other.py")
+    other.wait_for_line("ready")
+    app = PeriscopeApp(history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert isinstance(screen, ProcessListScreen)
+        table = screen.query_one(ProcessTable)
+        await wait_until(pilot, lambda: {demo.pid, other.pid} <= set(table.processes), "both targets in the list")
+
+        # Filter as you type: letters go to the filter box, the table follows at once.
+        await pilot.press(*"demo_target")
+        await wait_until(pilot, lambda: table.shown_pids == [demo.pid], "only the demo shown")
+        assert screen.query_one("#filter").value == "demo_target"
+        verdict = screen.query_one(AttachVerdict)
+        assert verdict.process is not None and verdict.process.pid == demo.pid
+        assert "can attach" in str(verdict.render())
+
+        # Clear the filter; put the cursor on the demo; rescans and sorts keep it there.
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: {demo.pid, other.pid} <= set(table.shown_pids), "filter cleared")
+        assert table.select_pid(demo.pid)
+        scans = screen.scans
+        for key in ("m", "p", "c", "r"):
+            await pilot.press(key)
+        await wait_until(pilot, lambda: screen.scans >= scans + 2, "two more scans")
+        assert table.selected_process is not None and table.selected_process.pid == demo.pid
+        assert table.shown_pids[table.cursor_row] == demo.pid
+        await pilot.press("p")
+        assert table.shown_pids == sorted(table.shown_pids)
+
+
+async def test_attach_select_thread_expand_evaluate_interrupt_detach(demo, history):
+    app = PeriscopeApp(history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        list_screen = app.screen
+        table = list_screen.query_one(ProcessTable)
+        await wait_until(pilot, lambda: demo.pid in table.processes, "the demo in the list")
+        table.select_pid(demo.pid)
+        await pilot.press("enter")
+        screen = await attached_screen(pilot)
+        assert agent_threads(demo.pid) >= 1
+
+        # Threads: the demo's three, by name; select the feeder and see its stack.
+        threads = screen.query_one(ThreadList)
+        await wait_until(pilot, lambda: {"MainThread", "feeder", "cruncher"} <= {t.name for t in threads.threads.values()}, "threads")
+        feeder = next(t for t in threads.threads.values() if t.name == "feeder")
+        assert feeder.daemon is True
+        threads.focus()
+        while threads.selected_id != feeder.native_id:
+            await pilot.press("down")
+        stack = screen.query_one(StackView)
+        await wait_until(pilot, lambda: [f.function for f in stack.frames[:2]] == ["slow_source", "feeder"], "the feeder's stack")
+        assert stack.frames[0].source == "time.sleep(delay)"
+        variables = screen.query_one(VariablesTree)
+        await wait_until(pilot, lambda: ("locals", "delay") in variables.value_paths(), "slow_source's locals")
+        assert variables.value_paths()[("locals", "delay")].preview == "0.2"
+
+        # Expand a module variable: children load on demand.
+        node = next(n for n in walk(variables.root) if n.data is not None and n.data.path == ("module", "settings"))
+        assert not any(child.data and child.data.value for child in node.children)
+        variables.focus()
+        variables.move_cursor(node)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: ("module", "settings", "'batch_size'") in variables.value_paths() or ("module", "settings", "batch_size") in variables.value_paths(), "settings expanded")
+
+        # Evaluate in the module, then in the selected frame.
+        await pilot.press("e")
+        repl = screen.query_one(ReplPane)
+        assert screen.query_one(ReplInput).has_focus
+        await pilot.press("ctrl+t")
+        assert repl.eval_in == "module"
+        await pilot.press(*"settings['batch_size'] * 2", "enter")
+        await wait_until(pilot, lambda: repl.entries and repl.entries[-1].state != "running", "the first result")
+        entry = repl.entries[-1]
+        assert entry.state == "done"
+        assert str(entry.query_one(".repl-result").render()) == "10"
+        await pilot.press("ctrl+t")
+        assert repl.eval_in == "frame"
+        await pilot.press(*"delay + 1", "enter")
+        await wait_until(pilot, lambda: len(repl.entries) == 2 and repl.entries[-1].state != "running", "the frame result")
+        assert str(repl.entries[-1].query_one(".repl-result").render()) == "1.2"
+        assert "slow_source" in repl.entries[-1].scope
+
+        # An exception shows its traceback; a running loop stops on Ctrl+C.
+        await pilot.press(*"1/0", "enter")
+        await wait_until(pilot, lambda: len(repl.entries) == 3 and repl.entries[-1].state != "running", "the traceback")
+        assert repl.entries[-1].state == "error"
+        assert "ZeroDivisionError" in str(repl.entries[-1].query_one(".repl-error").render())
+        await pilot.press("ctrl+t")
+        await pilot.press(*"while True: pass", "enter", "enter")
+        await wait_until(pilot, lambda: len(repl.entries) == 4, "the loop started")
+        looping: ReplEntry = repl.entries[-1]
+        assert looping.state == "running"
+        await pilot.press("ctrl+c")
+        await wait_until(pilot, lambda: looping.state != "running", "the interrupt")
+        assert looping.state == "interrupted"
+        assert load_history(history)[-1] == "while True: pass"
+
+        # Detach: back to the list, and the agent leaves the target.
+        await pilot.press("escape")  # out of the REPL
+        await pilot.press("d")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProcessListScreen) and not app.attached, "detached")
+        await wait_until(pilot, lambda: agent_threads(demo.pid) == 0, "the agent gone from the target")
+    assert demo.proc.poll() is None
+
+
+async def test_periscope_pid_attaches_straight_away_and_quit_detaches(demo, history):
+    app = PeriscopeApp(pid=demo.pid, history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await attached_screen(pilot)
+        assert screen.pid == demo.pid
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen")
+        assert "Detach" in app.screen.text() and "Pause/resume" in app.screen.text()
+        await pilot.press("escape")
+        await pilot.press("space")
+        assert screen.paused
+        applied = screen.frames_applied
+        latest = screen.latest
+        await wait_until(pilot, lambda: screen.latest is not latest, "a frame while paused")
+        assert screen.frames_applied == applied
+        await pilot.press("space")
+        assert not screen.paused and screen.frames_applied > applied
+        await pilot.press("ctrl+q")
+        await wait_until(pilot, lambda: agent_threads(demo.pid) == 0, "the agent gone after quit")
+
+
+async def test_two_processes_at_once_and_switching(demo, spawn, target_python, history):
+    second = spawn(argv=[target_python, str(DEMO), "--verbose"])
+    second.wait_for_line("round")
+    app = PeriscopeApp(pid=demo.pid, history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        await attached_screen(pilot)
+        app.attach(second.pid)
+        await wait_until(pilot, lambda: second.pid in app.attached and app.screen is app.attached[second.pid], "the second process")
+        await wait_until(pilot, lambda: app.attached[second.pid].frames_applied >= 1, "frames from the second")
+        await pilot.press("ctrl+o")  # wraps to the process list
+        assert isinstance(app.screen, ProcessListScreen)
+        await pilot.press("ctrl+o")
+        assert app.screen is app.attached[demo.pid]
+        await pilot.press("ctrl+o")
+        assert app.screen is app.attached[second.pid]
+        commands = [command.title for command in app.get_system_commands(app.screen)]
+        assert f"Switch to {demo.pid}" in commands and f"Detach from {second.pid}" in commands
+        assert "Detach" in commands and "Pause/resume" in commands
+        await pilot.press("d")
+        await wait_until(pilot, lambda: second.pid not in app.attached, "the second detached")
+        assert set(app.attached) == {demo.pid}
+
+
+async def test_python_311_target_shows_a_dialog_with_the_fix(spawn, history):
+    old = spawn("import time\nprint('ready', flush=True)\ntime.sleep(600)\n", python="/usr/bin/python3.11")
+    old.wait_for_line("ready")
+    app = PeriscopeApp(pid=old.pid, history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the error dialog")
+        dialog = app.screen
+        assert "3.11" in dialog.message
+        assert dialog.fix and "3.14" in dialog.fix
+        await pilot.press("enter")
+        assert isinstance(app.screen, ProcessListScreen)
+
+        # The same process from the list: the verdict says why, Enter shows the dialog.
+        table = app.screen.query_one(ProcessTable)
+        await wait_until(pilot, lambda: old.pid in table.processes, "the 3.11 process in the list")
+        table.select_pid(old.pid)
+        await wait_until(pilot, lambda: "cannot attach" in str(app.screen.query_one(AttachVerdict).render()), "the verdict")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the dialog from the list")
+        assert "3.14" in (app.screen.fix or "")
+
+
+async def test_remote_debugging_disabled_shows_a_dialog_with_the_fix(spawn, history):
+    target = spawn(
+        "import time\nprint('ready', flush=True)\ntime.sleep(600)\n", env={"PYTHON_DISABLE_REMOTE_DEBUG": "1"}
+    )
+    target.wait_for_line("ready")
+    app = PeriscopeApp(pid=target.pid, history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the error dialog")
+        dialog = app.screen
+        assert "disabled" in dialog.message
+        assert dialog.fix and "PYTHON_DISABLE_REMOTE_DEBUG" in dialog.fix
+    assert agent_threads(target.pid) == 0
+
+
+BLOCKED = """
+import threading, time
+
+def busy():
+    while True:
+        sum(range(1000))
+        time.sleep(0.01)
+
+threading.Thread(target=busy, name="busy", daemon=True).start()
+print("ready", flush=True)
+command = input()
+"""
+
+
+async def test_waiting_for_a_blocked_thread_shows_stacks_and_can_switch_thread(spawn, history):
+    """The main thread waits in input(): attaching shows every stack; 't' injects via another thread."""
+    target = spawn(BLOCKED, stdin=subprocess.PIPE)
+    target.wait_for_line("ready")
+    app = PeriscopeApp(history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        app.attach(target.pid, thread=target.pid)  # through the main thread, blocked in input()
+        await wait_until(pilot, lambda: isinstance(app.screen, AttachScreen) and app.screen.query(ThreadList), "the attach screen")
+        attach = app.screen
+        assert isinstance(attach, AttachScreen)
+        threads = attach.query_one(ThreadList)
+        await wait_until(pilot, lambda: len(threads.threads) == 2, "both threads from outside")
+        main = next(t for t in threads.threads.values() if t.is_main)
+        busy = next(t for t in threads.threads.values() if not t.is_main)
+        assert main.where == "<module>" and busy.name == "busy"
+        await wait_until(pilot, lambda: attach.step == "waiting", "the waiting state")
+        assert attach.query_one(StackView).frames[0].source == "command = input()"
+        threads.focus()
+        threads.select_thread(busy.native_id)
+        await pilot.press("t")
+        screen = await attached_screen(pilot)
+        assert screen.session.injected_via == busy.native_id
+
+
+async def test_cancel_while_waiting_returns_to_the_list(spawn, history):
+    target = spawn("import time\nprint('ready', flush=True)\nline = input()\n", stdin=subprocess.PIPE)
+    target.wait_for_line("ready")
+    app = PeriscopeApp(history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        app.attach(target.pid)
+        await wait_until(pilot, lambda: isinstance(app.screen, AttachScreen) and app.screen.step == "waiting", "waiting")
+        assert app.screen.query_one(StackView).frames[0].source == "line = input()"
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProcessListScreen), "back to the list")
+        assert not app.attached
+    assert psutil.pid_exists(target.pid)

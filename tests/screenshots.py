@@ -126,18 +126,26 @@ async def _attached(pilot: Pilot[Any]) -> None:
 
 async def _process_screen(pilot: Pilot[Any], demo_pid: int) -> None:
     from explorer.screens.process import ProcessScreen
+    from widgets.stack_view import StackView
     from widgets.variables import VariablesTree
 
     await _attached(pilot)
     screen = pilot.app.screen
     assert isinstance(screen, ProcessScreen)
+    stack = screen.query_one(StackView)
+    await wait_until(pilot, lambda: any(frame.function == "main" for frame in stack.frames), "the main thread's stack")
+    stack.focus()
+    while stack.frames[stack.selected_index].function != "main":
+        await pilot.press("down")
     tree = screen.query_one(VariablesTree)
-    tree.focus()
+    await wait_until(pilot, lambda: ("locals", "total") in tree.value_paths(), "main()'s locals")
     await wait_until(pilot, lambda: ("module", "stats") in tree.value_paths(), "module variables")
+    tree.focus()
     node = next(n for n in _walk(tree.root) if n.data is not None and n.data.path == ("module", "stats"))
     tree.move_cursor(node)
     await pilot.press("enter")
     await wait_until(pilot, lambda: ("module", "stats", "total") in tree.value_paths(), "stats expanded")
+    tree.scroll_home(animate=False)
 
 
 async def _repl(pilot: Pilot[Any], demo_pid: int) -> None:

@@ -52,7 +52,7 @@ class AttachProgress(Static):
     step: reactive[str] = reactive("reading")
     """The step in progress (a key of ``STEPS``)."""
 
-    detail: reactive[str] = reactive("")
+    detail: reactive[str] = reactive("", layout=True)
     """One line about the current step (how long it has waited, which thread was asked)."""
 
     animate_spinner: reactive[bool] = reactive(True)

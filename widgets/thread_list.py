@@ -93,14 +93,19 @@ class ThreadList(DataTable[Text]):
             """The list that sent the message."""
             return self.thread_list
 
-    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(
+        self, *, compact: bool = False, name: str | None = None, id: str | None = None, classes: str | None = None
+    ) -> None:
         super().__init__(name=name, id=id, classes=classes, cursor_type="row")
+        self.compact = compact
+        """Leave out the daemon and CPU columns (what a read from outside cannot know)."""
+        self._columns = tuple(column for column in _COLUMNS if not (compact and column[0] in ("daemon", "cpu")))
         self._threads: dict[int, ThreadRow] = {}
         self.selected_id: int | None = None
         """The native id of the thread under the cursor."""
 
     def on_mount(self) -> None:
-        for key, label, width in _COLUMNS:
+        for key, label, width in self._columns:
             self.add_column(label, key=key, width=width)
         self._sync(force=True)
 
@@ -139,14 +144,15 @@ class ThreadList(DataTable[Text]):
         else:
             native = str(row.native_id)
             cpu = "?" if row.cpu_seconds is None else human_seconds(row.cpu_seconds)
-        return [
-            state,
-            Text(name, no_wrap=True, overflow="ellipsis"),
-            Text(native, justify="right"),
-            Text(daemon),
-            Text(cpu, justify="right"),
-            Text(row.where, no_wrap=True, overflow="ellipsis"),
-        ]
+        cells = {
+            "state": state,
+            "name": Text(name, no_wrap=True, overflow="ellipsis"),
+            "native": Text(native, justify="right"),
+            "daemon": Text(daemon),
+            "cpu": Text(cpu, justify="right"),
+            "where": Text(row.where, no_wrap=True, overflow="ellipsis"),
+        }
+        return [cells[key] for key, _, _ in self._columns]
 
     def _sync(self, force: bool = False) -> None:
         if not self.columns:
@@ -155,7 +161,7 @@ class ThreadList(DataTable[Text]):
         current = {int(key.value or 0) for key in self.rows}
         for native_id in current - wanted.keys():
             self.remove_row(str(native_id))
-        keys = [key for key, _, _ in _COLUMNS]
+        keys = [key for key, _, _ in self._columns]
         for native_id, row in wanted.items():
             cells = self._cells(row)
             if native_id in current:

@@ -175,8 +175,13 @@ class AttachScreen(Screen["Attached | None"]):
             yield Label(self._describe(), id="attach-command")
             yield AttachProgress(id="progress")
             yield Label("Where each thread is now (read from outside: nothing runs in the target)", classes="section")
+            yield Label(
+                "A thread blocked in C (input(), a sleep, a lock) cannot run the agent: "
+                "select another and press t, or Esc to cancel.",
+                id="attach-hint",
+            )
             with Horizontal(id="attach-panes"):
-                thread_list = ThreadList(id="attach-threads")
+                thread_list = ThreadList(id="attach-threads", compact=True)
                 thread_list.mask_noise = self.mask_noise
                 yield thread_list
                 yield StackView(id="attach-stack")
@@ -252,7 +257,7 @@ class AttachScreen(Screen["Attached | None"]):
         rows = [
             ThreadRow(
                 native_id=stack.native_id,
-                name=stack.name or f"thread {stack.native_id}",
+                name=stack.name or ("MainThread" if stack.is_main else f"thread {stack.native_id}"),
                 daemon=None,
                 holds_gil=stack.holds_gil,
                 is_main=stack.is_main,

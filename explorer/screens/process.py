@@ -90,6 +90,14 @@ def value_views(variables: Sequence[Variable]) -> list[ValueView]:
     return [value_view(variable.name, variable.value) for variable in variables]
 
 
+_DEFINITIONS = {"module", "type", "function", "builtin_function_or_method", "abc.ABCMeta", "enum.EnumType"}
+
+
+def data_first(views: list[ValueView]) -> list[ValueView]:
+    """Module variables with the data first and imports, classes and functions after (order kept)."""
+    return sorted(views, key=lambda view: view.type_name in _DEFINITIONS)
+
+
 class FrameReceived(Message):
     """The agent's latest frame; a newer one replaces it while it waits in the queue."""
 
@@ -450,7 +458,7 @@ class ProcessScreen(Screen[None]):
         else:
             shown = len(module.variables)
             more = f", {shown} of {module.total}" if module.total > shown else ""
-            variables.show_scope("module", f"Module {module.name}{more}", value_views(module.variables))
+            variables.show_scope("module", f"Module {module.name}{more}", data_first(value_views(module.variables)))
         repl = self.query_one(ReplPane)
         repl.module_scope = self.watched_module
         repl.frame_scope = f"{stack_frame.qualname or stack_frame.function}() in {thread_name}" if stack_frame else ""

@@ -23,22 +23,24 @@ EvalScope = Literal["frame", "module"]
 
 
 def is_complete(code: str) -> bool:
-    """Whether ``code`` is a complete statement (Enter runs it) rather than the start of a block."""
+    """Whether ``code`` is a complete statement (Enter runs it) rather than the start of a block.
+
+    As in Python's own REPL, a block (``for ...:``) runs once it ends with an empty line.
+    """
     if not code.strip():
         return False
+    ends_with_empty_line = code.rstrip(" \t").endswith("\n")
+    source = code.rstrip()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            compiled = codeop.compile_command(code, "<periscope>", "single")
+            compiled = codeop.compile_command(source + ("\n" if ends_with_empty_line else ""), "<periscope>", "single")
     except (SyntaxError, ValueError, OverflowError):
         return True  # let the target report the error
     if compiled is None:
         return False
-    lines = code.rstrip("\n").split("\n")
-    # A block (first line opens one) runs on an empty line, as in Python's own REPL.
-    if len(lines) > 1 and lines[0].rstrip().endswith(":") and not code.endswith("\n"):
-        return False
-    return True
+    opens_block = "\n" in source and source.split("\n")[0].rstrip().endswith(":")
+    return ends_with_empty_line or not opens_block
 
 
 def _syntax_available() -> bool:
@@ -103,7 +105,7 @@ class ReplInput(TextArea):
         if not is_complete(code):
             self.insert("\n" + _indent_for(code))
             return
-        self.post_message(self.Submitted(self, code.rstrip("\n")))
+        self.post_message(self.Submitted(self, code.rstrip()))
         self._history_index = None
         self.load_text("")
 

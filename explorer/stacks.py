@@ -21,14 +21,15 @@ It is built to be polled while the target runs at full speed:
 
 Thread names are not in the thread state. CPython 3.14 gives each ``threading`` thread an OS
 thread name (at most 15 bytes, so longer names arrive truncated), which the reader takes from
-``/proc/PID/task/TID/comm``; the main thread's name is None.
+``/proc/PID/task/TID/comm``, re-read at most once a second per thread; the main thread's name
+is None.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from explorer.errors import ProcessGone, TargetNotReady
 from explorer.linetable import LineTable
@@ -50,6 +51,9 @@ MAX_STRING_CHARS = 1 << 20
 MAX_LINETABLE = 1 << 24
 MAX_CODE_UNITS = 1 << 24
 MAX_CACHED_CODES = 100_000
+MAX_CACHED_NAMES = 10_000
+NAME_TTL = 1.0
+"""Seconds a thread's OS name is reused before /proc is read again (a thread may rename itself)."""
 
 # _frameowner: 0 thread, 1 generator, 2 frame object, 3 interpreter entry frame, 4 C stack.
 OWNER_INTERPRETER = 3
@@ -113,40 +117,56 @@ class _Torn(Exception):
     """A value read from the target does not make sense (yet): the thread's stack is changing."""
 
 
-@dataclass
 class _Code:
-    """What the reader keeps of one code object."""
+    """What the reader keeps of one code object, and the FrameInfo of each offset seen."""
 
-    filename: str
-    qualname: str
-    start: int
-    size: int
-    lines: LineTable
-    frames: dict[int, FrameInfo] = field(default_factory=dict)
+    __slots__ = ("filename", "qualname", "start", "size", "lines", "frames")
 
-    def frame(self, offset: int, is_entry: bool) -> FrameInfo:
-        key = offset << 1 | is_entry
-        frame = self.frames.get(key)
-        if frame is None:
-            frame = FrameInfo(self.filename, self.qualname, self.lines.line_at(offset), is_entry)
-            self.frames[key] = frame
+    def __init__(self, filename: str, qualname: str, start: int, size: int, lines: LineTable) -> None:
+        self.filename = filename
+        self.qualname = qualname
+        self.start = start
+        self.size = size
+        self.lines = lines
+        self.frames: dict[int, FrameInfo] = {}
+
+    def frame(self, offset: int) -> FrameInfo:
+        frame = self.frames[offset] = FrameInfo(self.filename, self.qualname, self.lines.line_at(offset))
         return frame
 
 
-@dataclass
 class _Walk:
     """The result of one attempt at a thread's stack."""
 
-    frames: list[FrameInfo]
-    torn: bool = False
-    truncated: bool = False
-    faulted: bool = False
-    reason: str = ""
-    """Why the attempt is torn (for diagnostics)."""
+    __slots__ = ("frames", "torn", "truncated", "faulted", "reason")
+
+    def __init__(self) -> None:
+        self.frames: list[FrameInfo] = []
+        self.torn = False
+        self.truncated = False
+        self.faulted = False
+        self.reason = ""
+        """Why the attempt is torn (for diagnostics)."""
 
     def tear(self, reason: str) -> None:
         self.torn = True
         self.reason = self.reason or reason
+
+
+def _frame_struct(fields: dict[str, tuple[int, str]]) -> tuple[struct.Struct, dict[str, int]]:
+    """One Struct that unpacks the named fields of a frame, and each field's index in its result.
+
+    ``fields`` maps a name to (offset, struct code); offsets come from the target's table.
+    """
+    layout = sorted(fields.items(), key=lambda item: item[1][0])
+    fmt, position, index = "<", 0, {}
+    for number, (name, (offset, code)) in enumerate(layout):
+        if offset < position:
+            raise ValueError(f"frame field {name} at {offset:#x} overlaps the previous field")
+        fmt += f"{offset - position}x{code}" if offset > position else code
+        position = offset + struct.calcsize("<" + code)
+        index[name] = number
+    return struct.Struct(fmt), index
 
 
 class StackReader:
@@ -163,11 +183,12 @@ class StackReader:
         self._ts_chunk = ts.datastack_chunk
         self._ts_low = min(ts.interp, ts.current_frame, ts.datastack_chunk)
         self._ts_span = max(ts.interp, ts.current_frame, ts.datastack_chunk) + 8 - self._ts_low
-        self._fr_previous = fr.previous
-        self._fr_executable = fr.executable
-        self._fr_instr_ptr = fr.instr_ptr
-        self._fr_owner = fr.owner
-        self._fr_span = max(fr.previous + 8, fr.executable + 8, fr.instr_ptr + 8, fr.owner + 1)
+        # One unpack per frame: (executable, previous, instr_ptr, owner) in the table's order.
+        self._frame, index = _frame_struct(
+            {"executable": (fr.executable, "Q"), "previous": (fr.previous, "Q"), "instr_ptr": (fr.instr_ptr, "Q"), "owner": (fr.owner, "B")}
+        )
+        self._fr_index = (index["executable"], index["previous"], index["instr_ptr"], index["owner"])
+        self._fr_span = self._frame.size
         self._ob_type = o.pyobject.ob_type
         self._ob_size = o.pyobject.size  # PyVarObject.ob_size follows the PyObject header
         self._co_size = co.size
@@ -186,6 +207,7 @@ class StackReader:
         self._strings: dict[int, str] = {}
         self._type_is_code: dict[int, bool] = {}
         self._generations: dict[int, int] = {}
+        self._names: dict[tuple[int, int], tuple[float, str | None]] = {}
         self.samples = 0
         """Calls of :meth:`read` so far."""
         self.retries = 0
@@ -271,7 +293,7 @@ class StackReader:
         return ThreadStack(
             native_id=ref.native_id,
             thread_id=ref.thread_id,
-            name=None if ref.native_id == host_pid else _thread_name(host_pid, ref.native_id),
+            name=None if ref.native_id == host_pid else self._thread_name(ref),
             holds_gil=ref.holds_gil,
             is_main=is_main,
             interpreter_id=ref.interpreter_id,
@@ -281,87 +303,107 @@ class StackReader:
             truncated=best.truncated,
         )
 
+    def _thread_name(self, ref: ThreadRef) -> str | None:
+        """The OS thread name, re-read at most every NAME_TTL seconds per thread."""
+        now = time.monotonic()
+        key = (ref.native_id, ref.thread_id)
+        cached = self._names.get(key)
+        if cached is not None and now - cached[0] < NAME_TTL:
+            return cached[1]
+        name = _thread_name(self.process.pid, ref.native_id)
+        if len(self._names) > MAX_CACHED_NAMES:
+            self._names.clear()
+        self._names[key] = (now, name)
+        return name
+
     # -- one thread ------------------------------------------------------------------------
 
     def _walk(self, interp_address: int, tstate: int) -> _Walk | None:
         """One attempt at a thread's frames; None when the thread state is no longer this interpreter's."""
-        walk = _Walk([])
+        walk = _Walk()
+        low = self._ts_low
         try:
-            raw = self.memory.read(tstate + self._ts_low, self._ts_span)
+            raw = self.memory.read(tstate + low, self._ts_span)
         except MemoryFault:
             walk.tear("thread state unreadable")
             walk.faulted = True
             return walk
-        low = self._ts_low
         if _U64.unpack_from(raw, self._ts_interp - low)[0] != interp_address:
             return None
         address = _U64.unpack_from(raw, self._ts_current_frame - low)[0]
         if not address:
             return walk
-        frames = walk.frames
-        span = self._fr_span
-        read = self.memory.read
-        unpack = _U64.unpack_from
-        o_previous, o_executable, o_instr, o_owner = self._fr_previous, self._fr_executable, self._fr_instr_ptr, self._fr_owner
-        codes = self._codes
         try:
             chunks = self._read_chunks(_U64.unpack_from(raw, self._ts_chunk - low)[0])
         except (MemoryFault, _Torn) as error:
             chunks = []
             walk.tear(f"data stack: {error}")
             walk.faulted = isinstance(error, MemoryFault)
+        frames = walk.frames
+        span = self._fr_span
+        read = self.memory.read
+        unpack = self._frame.unpack_from
+        i_executable, i_previous, i_instr, i_owner = self._fr_index
+        codes = self._codes
         seen: set[int] = set()
-        steps = 0
+        last: tuple[_Code, int] | None = None  # the code and offset of frames[-1]
         try:
             while address:
                 if address in seen:
-                    walk.tear("loop")  # frames linked while we copied them
+                    walk.tear("loop")  # frames relinked while we copied them
                     break
-                if steps >= MAX_DEPTH:
+                if len(seen) >= MAX_DEPTH:
                     walk.truncated = True
                     break
-                steps += 1
                 seen.add(address)
                 for start, end, data in chunks:
                     if start <= address and address + span <= end:
-                        buffer, base = data, address - start
+                        fields = unpack(data, address - start)
                         break
                 else:  # a generator or coroutine frame, or a chunk we could not copy
-                    buffer, base = read(address, span), 0
-                executable = unpack(buffer, base + o_executable)[0]
-                previous = unpack(buffer, base + o_previous)[0]
-                owner = buffer[base + o_owner]
+                    fields = unpack(read(address, span))
+                address = fields[i_previous]
+                owner = fields[i_owner]
                 if owner >= OWNER_INTERPRETER:
                     if owner > OWNER_MAX:
                         walk.tear(f"owner {owner}")
-                    elif frames and not frames[-1].is_entry:
-                        last = frames[-1]
-                        frames[-1] = FrameInfo(last.filename, last.function, last.lineno, True)
-                    address = previous
+                    elif last is not None:
+                        frames[-1] = self._entry_frame(*last)  # C called the frame above
+                        last = None
                     continue
+                executable = fields[i_executable]
                 if executable & TAG_MASK not in POINTER_TAGS or executable < 4096:
                     # NULL executables before any live frame: those frames returned between our
                     # read of current_frame and the copy of the data stack, and the chain below
                     # them is the stack as copied. Anywhere else the chain is inconsistent.
                     if frames or walk.torn or executable & ~TAG_MASK:
                         walk.tear(f"executable {executable:#x}")
-                    address = previous
+                    last = None
                     continue
                 executable &= ~TAG_MASK
                 code = codes.get(executable)
                 if code is None:
                     code = self._load_code(executable)
-                offset = unpack(buffer, base + o_instr)[0] - code.start
+                offset = fields[i_instr] - code.start
                 if not 0 <= offset < code.size:
                     walk.tear(f"instr_ptr outside {code.qualname} ({offset} of {code.size})")
-                    address = previous
+                    last = None
                     continue
-                frames.append(code.frame(offset, False))
-                address = previous
+                frame = code.frames.get(offset)
+                frames.append(frame if frame is not None else code.frame(offset))
+                last = (code, offset)
         except (MemoryFault, _Torn, ValueError, struct.error, IndexError) as error:
             walk.tear(f"{type(error).__name__}: {error}")
             walk.faulted = isinstance(error, MemoryFault)
         return walk
+
+    @staticmethod
+    def _entry_frame(code: _Code, offset: int) -> FrameInfo:
+        """The FrameInfo of a frame that C code called (cached under the offset's complement)."""
+        frame = code.frames.get(~offset)
+        if frame is None:
+            frame = code.frames[~offset] = FrameInfo(code.filename, code.qualname, code.lines.line_at(offset), True)
+        return frame
 
     def _read_chunks(self, address: int) -> list[tuple[int, int, bytes]]:
         """Copy the thread's data-stack chunks: [(start, end, bytes)], newest first."""

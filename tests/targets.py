@@ -10,6 +10,7 @@ import atexit
 import functools
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +46,7 @@ class Target:
 
     proc: subprocess.Popen
     script: Path | None
+    owns_directory: bool = False
     lines: list[str] = field(default_factory=list)
     _buffer: bytes = b""
 
@@ -55,6 +57,13 @@ class Target:
     def wait_for_line(self, prefix: str, timeout: float = 30.0) -> str:
         """Wait until the target prints a line starting with ``prefix``; return that line."""
         for line in self.lines:
+            if line.startswith(prefix):
+                return line
+        # Complete lines that arrived with an earlier chunk but were not split off yet.
+        while b"\n" in self._buffer:
+            raw, self._buffer = self._buffer.split(b"\n", 1)
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
             if line.startswith(prefix):
                 return line
         deadline = time.monotonic() + timeout
@@ -85,8 +94,10 @@ class Target:
         )
 
     def stop(self) -> None:
-        """Stop the process (SIGTERM, then SIGKILL) and reap it."""
+        """Stop the process (SIGTERM, then SIGKILL), reap it, and remove its script directory."""
         _stop(self.proc)
+        if self.owns_directory and self.script is not None:
+            shutil.rmtree(self.script.parent, ignore_errors=True)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -145,7 +156,7 @@ def spawn(
         cwd=cwd,
     )
     _live.append(proc)
-    return Target(proc=proc, script=script)
+    return Target(proc=proc, script=script, owns_directory=directory is None and script is not None)
 
 
 def stop_all() -> None:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -203,7 +204,11 @@ class RemoteProcess:
         return self._ns_map.get(target_tid, target_tid)
 
     def threads(self, interpreter: InterpreterRef | None = None) -> list[ThreadRef]:
-        """Thread states of one interpreter (default: every interpreter), the main thread first."""
+        """Thread states of one interpreter (default: every interpreter), the main thread first.
+
+        Raises MemoryFault when the list changed under the reader (a thread state was freed
+        mid-walk): read it again.
+        """
         interpreters = [interpreter] if interpreter else self.interpreters()
         result: list[ThreadRef] = []
         for interp in interpreters:
@@ -217,12 +222,23 @@ class RemoteProcess:
         main = self.memory.read_u64(interp.address + o.interpreter_state.threads_main)
         holder = self.gil_holder(interp)
         address = self.memory.read_u64(interp.address + o.interpreter_state.threads_head)
-        span = max(ts.next, ts.current_frame, ts.thread_id, ts.native_thread_id, ts.status) + 8
+        span = max(ts.prev, ts.next, ts.interp, ts.current_frame, ts.thread_id, ts.native_thread_id, ts.status) + 8
         threads: list[ThreadRef] = []
         seen: set[int] = set()
-        while address and address not in seen and len(threads) < MAX_THREADS:
+        previous_address = 0
+        while address and len(threads) < MAX_THREADS:
+            if address in seen:
+                raise MemoryFault(errno.EAGAIN, f"the thread list of interpreter {interp.id} loops (changed while read)")
             seen.add(address)
             raw = read(address, span)
+            # A thread state freed while we walk (threads exit at any time) has a garbage next
+            # pointer: without these checks the list would end early or run into freed memory.
+            # The head's prev may name a thread created since we read the head; that is fine.
+            (owner,) = struct.unpack_from("<Q", raw, ts.interp)
+            (prev_address,) = struct.unpack_from("<Q", raw, ts.prev)
+            if owner != interp.address or (previous_address and prev_address != previous_address):
+                raise MemoryFault(errno.EAGAIN, f"the thread list of interpreter {interp.id} changed while it was read")
+            previous_address = address
             (next_address,) = struct.unpack_from("<Q", raw, ts.next)
             (frame,) = struct.unpack_from("<Q", raw, ts.current_frame)
             (thread_id,) = struct.unpack_from("<Q", raw, ts.thread_id)
@@ -242,6 +258,10 @@ class RemoteProcess:
                 )
             )
             address = next_address
+        if main and main not in seen and self.memory.read_u64(interp.address + o.interpreter_state.threads_main) == main:
+            # The list ended early: its head was freed and reused for a thread state still being
+            # set up (next still NULL) while we read it.
+            raise MemoryFault(errno.EAGAIN, f"the thread list of interpreter {interp.id} ended early (changed while read)")
         # The main thread first, then in creation order (the list is newest first).
         threads.reverse()
         threads.sort(key=lambda thread: not thread.is_main)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -17,10 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from explorer.errors import ProcessGone
 from explorer.remote import RemoteProcess
-from explorer.stacks import MAX_DEPTH, StackReader, ThreadStack, read_stacks
+from explorer.stacks import MAX_DEPTH, StackReader, ThreadStack, _frame_struct, read_stacks
 from tests.targets import Target
 
 Spawn = Callable[..., Target]
@@ -480,3 +483,66 @@ def test_target_exiting_mid_read_gives_process_gone(spawn: Spawn, how: str) -> N
     finally:
         process.close()
     assert reads > 0
+
+
+CHURN = '''
+import threading
+
+def work(n):
+    if n:
+        return work(n - 1)
+    return sum(range(100_000))
+
+def spawner():
+    while True:
+        threads = [threading.Thread(target=work, args=(20,)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+for _ in range(2):
+    threading.Thread(target=spawner, daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+'''
+def test_threads_starting_and_exiting_all_the_time(spawn: Spawn) -> None:
+    """Thread states freed while the reader follows the list or a stack: dropped or retried, never an error."""
+    target = spawn(CHURN)
+    target.wait_for_line("ready")
+    with RemoteProcess.open(target.pid) as process:
+        reader = StackReader(process)
+        seen_work = False
+        for _ in range(300):
+            stacks = reader.read()
+            assert stacks[0].is_main
+            for stack in stacks:
+                if stack.torn or not stack.frames:
+                    continue  # a thread state being created or freed
+                # a clean stack is a whole chain from a real root, in the script and threading only
+                assert stack.frames[-1].function in ("<module>", "Thread._bootstrap"), stack.frames
+                assert {Path(frame.filename).name for frame in stack.frames} <= {"target.py", "threading.py"}, stack.frames
+                names = [frame.function for frame in stack.frames]
+                if "work" in names:
+                    seen_work = True
+                    depth = names.index("Thread.run")
+                    assert names[:depth] == ["work"] * depth
+    assert seen_work
+
+
+@given(st.permutations(["executable", "previous", "instr_ptr", "owner"]), st.lists(st.integers(0, 24), min_size=4, max_size=4))
+def test_frame_struct_unpacks_fields_at_any_offsets(order: list[str], gaps: list[int]) -> None:
+    codes = {"executable": "Q", "previous": "Q", "instr_ptr": "Q", "owner": "B"}
+    fields, position, values = {}, 0, {}
+    for name, gap in zip(order, gaps):
+        offset = position + gap
+        fields[name] = (offset, codes[name])
+        position = offset + struct.calcsize(codes[name])
+        values[name] = (offset * 7919 + 1) % (256 if codes[name] == "B" else 1 << 64)
+    buffer = bytearray(position + 5)
+    for name, (offset, code) in fields.items():
+        struct.pack_into("<" + code, buffer, offset, values[name])
+    frame, index = _frame_struct(fields)
+    unpacked = frame.unpack_from(bytes(buffer))
+    assert {name: unpacked[index[name]] for name in fields} == values
+    assert frame.size == position

@@ -8,16 +8,19 @@ called back into Python: thread bootstrap, ``Context.run``, ``sorted(key=...)``)
 It is built to be polled while the target runs at full speed:
 
 * each thread's data-stack chunks (``tstate.datastack_chunk``) are copied in one read each and
-  frames are resolved from the local copy; only generator and coroutine frames, which live
-  outside the chunks, are read one by one;
+  frames are resolved from the local copy; only the frames that live elsewhere (generators and
+  coroutines in their objects, interpreter entry frames on the C stack) are read one by one;
 * code objects (file name, qualified name, decoded line table, bytecode bounds) are cached by
   address and dropped when an interpreter's ``code_object_generation`` changes (it goes up when
   a code object is destroyed, the only way an address could come to mean another code object);
 * every frame is validated (owner, executable tag and type, ``instr_ptr`` inside the bytecode,
-  no loops, depth bound). A thread whose stack changed under the reader is read again a few
-  times; if it never reads clean, its best frames come back with ``torn=True``. Reading never
-  raises for a race: only :class:`~explorer.errors.ProcessGone` (the process exited) and
-  :class:`~explorer.errors.PermissionDenied` are real errors.
+  no loops, depth bound). Frames that returned between reading ``current_frame`` and copying
+  the data stack (their executable is already NULL) are skipped: the chain below them is the
+  stack as copied. A thread whose stack is otherwise inconsistent is read again a few times; if
+  it never reads clean, its best frames come back with ``torn=True``. Reading never raises for a
+  race: the errors are :class:`~explorer.errors.ProcessGone` (the process exited),
+  :class:`~explorer.errors.PermissionDenied`, and :class:`~explorer.errors.TargetNotReady` for an
+  interpreter that is still starting or already gone while the process lives.
 
 Thread names are not in the thread state. CPython 3.14 gives each ``threading`` thread an OS
 thread name (at most 15 bytes, so longer names arrive truncated), which the reader takes from
@@ -31,7 +34,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from explorer.errors import ProcessGone, TargetNotReady
+from explorer.errors import TargetNotReady
 from explorer.linetable import LineTable
 from explorer.memory import MemoryFault
 from explorer.remote import InterpreterRef, RemoteProcess, ThreadRef

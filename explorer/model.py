@@ -111,9 +111,12 @@ class Frame:
     truncated: bool
     """Something was left out to keep the frame within its size bound."""
     build_ms: float
+    """Milliseconds the agent took to build this frame."""
     errors: int
     """Errors the agent swallowed since the previous frame (to protect the target)."""
     error_log: tuple[str, ...] = ()
+    encode_ms: float = 0.0
+    """Milliseconds the agent took to encode the previous frame."""
 
     def thread(self, native_id: int) -> ThreadInfo | None:
         """The thread with this native id, or None."""

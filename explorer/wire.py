@@ -190,6 +190,7 @@ def decode_frame(data: Any) -> Frame:
         build_ms=_get(data, "build_ms", _NUMBER, "frame", optional=True, default=0.0),
         errors=_get(data, "errors", int, "frame", optional=True, default=0),
         error_log=tuple(log),
+        encode_ms=_get(data, "encode_ms", _NUMBER, "frame", optional=True, default=0.0),
     )
 
 

@@ -904,6 +904,7 @@ class Agent:
         self.refs = RefTable(self.limits["refs"])
         self.seq = 0
         self.cpu_total = 0.0
+        self.last_encode_ms = 0.0
         self.evals = {}
         self.captures = {}
         self.outbox = []
@@ -1076,11 +1077,11 @@ class Agent:
             self._flush_outbox()
             if self.stopping:
                 break
-            timeout = 1.0
+            timeout = None  # nothing asked for: just wait for periscope
             if self.rate > 0:
-                timeout = max(0.0, min(timeout, next_frame - time.monotonic()))
-            if self.evals:
-                timeout = min(timeout, 0.02)
+                timeout = max(0.0, next_frame - time.monotonic())
+            if self.evals or self.outbox:
+                timeout = 0.02 if timeout is None else min(timeout, 0.02)
             conn.settimeout(timeout)
             try:
                 data = conn.recv(65536)
@@ -1107,6 +1108,7 @@ class Agent:
         if self.conn is None:
             return
         data = None
+        started = time.perf_counter()
         if self.codec == "msgpack":
             try:
                 data = self._msgpack_packb(message, use_bin_type=True)
@@ -1114,6 +1116,8 @@ class Agent:
                 self.note_error("msgpack", error)
         if data is None:
             data = encode(message)
+        if message.get("t") == "frame" or (message.get("t") == "resp" and type(message.get("result")) is dict and message["result"].get("t") == "frame"):
+            self.last_encode_ms = (time.perf_counter() - started) * 1000.0
         self.conn.settimeout(float(self.config.get("send_timeout", 10.0)))
         try:
             self.conn.sendall(data)
@@ -1221,6 +1225,7 @@ class Agent:
         frame["cpu"] = self.cpu_total + (time.thread_time() - self.cpu_started)
         frame["errors"] = self.errors
         frame["error_log"] = self.error_log
+        frame["encode_ms"] = self.last_encode_ms
         self.errors = 0
         self.error_log = []
         if request_id is None:

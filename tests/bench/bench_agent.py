@@ -1,0 +1,290 @@
+"""The injected agent: what it costs a busy target, how big and how fast its frames are, and how
+quickly it attaches.
+
+Figures, not assertions (``python -m tests.bench agent``):
+
+* throughput of a CPU-bound 3.14 target, in one run, in alternating phases: not attached, the
+  agent streaming at 2 (the default), 5 and 20 frames a second, and py-spy sampling it at its
+  default rate (goal: >= 99% at 5 Hz);
+* frame size, build time and encode time for 100 threads x 20 frames with locals;
+* attach-to-first-frame latency on a target with 4 busy threads (goal: under 50 ms), next to
+  ``py-spy dump`` and ``pystack remote`` one-shot times and ``periscope snapshot`` on the same target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import msgpack
+
+from explorer.session import attach
+from payloads import agent as agent_codec
+from tests import targets
+from tests.bench import describe, load_average, median_ms, time_command
+
+PHASE = 3.0
+ROUNDS = 2
+ATTACHES = 15
+COMMAND_RUNS = 10
+
+CPU_BOUND = '''
+import sys, threading, time
+SETTINGS = {"size": 200, "name": "cpu-bound"}
+count = 0
+
+def work():
+    global count
+    data = list(range(200))
+    while True:
+        total = 0
+        for value in data:
+            total += value * value
+        count += 1
+
+def report():
+    while True:
+        time.sleep(0.1)
+        sys.stdout.write(f"count {count} {time.monotonic()}\\n")
+
+threading.Thread(target=report, name="reporter", daemon=True).start()
+sys.stdout.write("ready\\n")
+work()
+'''
+
+WIDE = '''
+import sys, threading
+stop = threading.Event()
+ready = threading.Barrier(101)
+
+def level(depth, tag):
+    local_text = f"thread {tag} depth {depth}"
+    local_list = list(range(depth))
+    local_dict = {"depth": depth, "tag": tag}
+    if depth <= 1:
+        ready.wait()
+        stop.wait()
+    else:
+        level(depth - 1, tag)
+
+for i in range(100):
+    threading.Thread(target=level, args=(20, i), name=f"worker-{i}", daemon=True).start()
+ready.wait()
+sys.stdout.write("ready\\n")
+while not stop.wait(0.05):  # the main thread wakes now and then, so it can pick the agent up
+    pass
+'''
+
+BUSY4 = '''
+import sys, threading, time
+def spin(n):
+    total = 0
+    while True:
+        total += n
+for i in range(4):
+    threading.Thread(target=spin, args=(i,), name=f"busy-{i}", daemon=True).start()
+sys.stdout.write("ready\\n")
+while True:
+    time.sleep(0.5)
+'''
+
+
+def _tool(name: str) -> str | None:
+    for directory in (os.path.dirname(sys.executable), *os.environ.get("PATH", "").split(os.pathsep)):
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which(name)
+
+
+class Counter:
+    """Reads the CPU-bound target's ``count N T`` lines and turns them into iterations per second."""
+
+    def __init__(self, target: targets.Target) -> None:
+        self.target = target
+        self.samples: list[tuple[float, int]] = []
+
+    def pump(self) -> None:
+        try:
+            self.target.wait_for_line("\x00", timeout=0.05)
+        except TimeoutError:
+            pass
+        for line in self.target.lines[len(self.samples) + self._skipped :]:
+            if line.startswith("count "):
+                _, count, stamp = line.split()
+                self.samples.append((float(stamp), int(count)))
+            else:
+                self._skipped += 1
+
+    _skipped = 0
+
+    def rate_between(self, start: float, end: float) -> float:
+        inside = [(t, c) for t, c in self.samples if start <= t <= end]
+        if len(inside) < 2:
+            return float("nan")
+        (t0, c0), (t1, c1) = inside[0], inside[-1]
+        return (c1 - c0) / (t1 - t0)
+
+
+async def _phase(counter: Counter, seconds: float) -> tuple[float, float]:
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        counter.pump()
+        await asyncio.sleep(0.05)
+    counter.pump()
+    return start + 0.3, time.monotonic()  # skip the first 0.3 s (switching in or out)
+
+
+async def _throughput() -> None:
+    target = targets.spawn(CPU_BOUND)
+    target.wait_for_line("ready")
+    counter = Counter(target)
+    spy = _tool("py-spy")
+    results: dict[str, list[float]] = {}
+
+    def record(name: str, window: tuple[float, float]) -> None:
+        results.setdefault(name, []).append(counter.rate_between(*window))
+
+    for _ in range(ROUNDS):
+        record("not attached", await _phase(counter, PHASE))
+        session = await attach(target.pid, rate=2)
+        frames_before = session.latest
+        record("agent at 2 Hz (default)", await _phase(counter, PHASE))
+        await session.set_rate(5)
+        record("agent at 5 Hz", await _phase(counter, PHASE))
+        await session.set_rate(20)
+        record("agent at 20 Hz", await _phase(counter, PHASE))
+        cpu = session.latest.agent_cpu if session.latest else float("nan")
+        del frames_before
+        await session.detach()
+        record("not attached", await _phase(counter, PHASE))
+        if spy:
+            process = subprocess.Popen(
+                [spy, "record", "--pid", str(target.pid), "--duration", str(int(PHASE) + 1), "--output", os.devnull, "--format", "raw"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            await asyncio.sleep(0.5)
+            record("py-spy record (100 Hz, default)", await _phase(counter, PHASE - 0.5))
+            process.wait(timeout=30)
+    target.stop()
+    baseline = statistics.median(results["not attached"])
+    print(f"  throughput of a CPU-bound target ({ROUNDS} rounds of {PHASE:.0f} s phases, iterations/s, median):")
+    for name, rates in results.items():
+        rate = statistics.median(rates)
+        print(f"    {name:<34} {rate:12.0f}   {100 * rate / baseline:6.1f}% of not attached")
+    if not spy:
+        print("    py-spy record                      not installed (pip install '.[bench]')")
+    print(f"    agent CPU after its 20 Hz phase: {cpu:.3f} s in total")
+
+
+async def _frames() -> None:
+    target = targets.spawn(WIDE)
+    target.wait_for_line("ready", timeout=60)
+    session = await attach(target.pid, rate=0)
+    try:
+        raws = []
+        frames = []
+        for _ in range(12):
+            raw = await session.request("sample")
+            raws.append(raw)
+        for _ in range(6):
+            frames.append(await session.sample())
+        sizes = [len(msgpack.packb(raw, use_bin_type=True)) for raw in raws]
+        build = [raw["build_ms"] for raw in raws[2:]]
+        encode = [raw["encode_ms"] for raw in raws[2:]]
+        last = raws[-1]
+        stack_frames = sum(len(t["stack"]) for t in last["threads"])
+        with_locals = sum(1 for t in last["threads"] for f in t["stack"] if f["locals"] is not None)
+        print(f"  100 threads x 20 frames with locals ({len(last['threads'])} threads, {stack_frames} frames, "
+              f"{with_locals} with locals, truncated={last['truncated']}):")
+        print(f"    frame size        median {statistics.median(sizes) / 1024:8.1f} KiB (bound {session.hello.limits['frame_bytes'] / 1024:.0f} KiB)")
+        print(f"    build in target   median {statistics.median(build):8.2f} ms (max {max(build):.2f})")
+        print(f"    encode in target  median {statistics.median(encode):8.2f} ms (max {max(encode):.2f}, codec {session.hello.codec})")
+        start = time.perf_counter()
+        for raw in raws:
+            agent_codec.encode(raw)
+        ours = (time.perf_counter() - start) / len(raws) * 1000
+        start = time.perf_counter()
+        for raw in raws:
+            msgpack.packb(raw, use_bin_type=True)
+        theirs = (time.perf_counter() - start) / len(raws) * 1000
+        print(f"    same frame, in periscope's Python {sys.version.split()[0]}: agent codec {ours:.2f} ms, msgpack (C) {theirs:.2f} ms")
+        start = time.perf_counter()
+        decoded = 0
+        from explorer import wire
+
+        for raw in raws:
+            decoder = wire.Decoder()
+            decoder.feed(msgpack.packb(raw, use_bin_type=True))
+            decoded += len(list(decoder))
+        print(f"    decode into the model in periscope: {(time.perf_counter() - start) / len(raws) * 1000:.2f} ms per frame")
+    finally:
+        await session.detach()
+        target.stop()
+
+
+async def _attach_latency() -> float:
+    target = targets.spawn(BUSY4)
+    target.wait_for_line("ready")
+    timings = []
+    via = []
+    for _ in range(ATTACHES):
+        start = time.perf_counter()
+        session = await attach(target.pid, rate=2)
+        await session.next_frame(timeout=30)
+        timings.append(time.perf_counter() - start)
+        via.append(session.injected_via)
+        await session.detach()
+    main_share = sum(1 for v in via if v == target.pid) / len(via)
+    print(f"  attach to first frame, target with 4 busy threads, in-process: {describe(timings)}")
+    print(f"    (injected through a busy worker {100 * (1 - main_share):.0f}% of the time; goal: under 50 ms)")
+    print(f"\n  whole commands on the same target (pid {target.pid}), {COMMAND_RUNS} runs each:")
+    pid = str(target.pid)
+    spy = _tool("py-spy")
+    stack = _tool("pystack")
+    commands: dict[str, list[str] | None] = {
+        "python -c pass (start-up floor)": [sys.executable, "-c", "pass"],
+        "periscope snapshot": [sys.executable, "-m", "explorer", "snapshot", pid],
+        "periscope snapshot --json": [sys.executable, "-m", "explorer", "snapshot", "--json", pid],
+        "py-spy dump": [spy, "dump", "--pid", pid] if spy else None,
+        "py-spy dump --locals": [spy, "dump", "--locals", "--pid", pid] if spy else None,
+        "pystack remote": [stack, "remote", pid] if stack else None,
+        "pystack remote --locals": [stack, "remote", "--locals", pid] if stack else None,
+    }
+    for name, argv in commands.items():
+        if argv is None:
+            print(f"    {name:<32} not installed (pip install '.[bench]')")
+            continue
+        try:
+            print(f"    {name:<32} {describe(time_command(argv, COMMAND_RUNS))}")
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            print(f"    {name:<32} failed: {error}")
+    target.stop()
+    return median_ms(timings)
+
+
+async def _main() -> None:
+    print(f"load average {load_average()}, {os.cpu_count()} CPUs, target {targets.target_python()}")
+    print("\nThroughput:")
+    await _throughput()
+    print("\nFrames:")
+    await _frames()
+    print("\nAttach:")
+    await _attach_latency()
+
+
+def main() -> None:
+    try:
+        asyncio.run(_main())
+    finally:
+        targets.stop_all()
+
+
+if __name__ == "__main__":
+    main()

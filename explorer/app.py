@@ -44,7 +44,7 @@ class PeriscopeApp(App[int]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark,f1", "help", "Help"),
-        Binding("ctrl+o", "next_process", "Switch"),
+        Binding("ctrl+o", "next_process", "Switch process"),
         Binding("ctrl+l", "process_list", "Processes", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
@@ -99,7 +99,7 @@ class PeriscopeApp(App[int]):
             return
         if process is not None and not process.attachable:
             self.push_screen(
-                ErrorDialog(f"Cannot attach to {pid}", process.reason or "periscope cannot attach", process.fix)
+                ErrorDialog(f"Cannot attach to {self._shown_pid(pid)}", process.reason or "periscope cannot attach", process.fix)
             )
             return
         self.push_screen(AttachScreen(pid, self.connector, process, thread=thread, mask_noise=self.mask_noise), self._on_attach_done)
@@ -109,13 +109,16 @@ class PeriscopeApp(App[int]):
             return  # cancelled
         if isinstance(result, BaseException):
             pid = getattr(result, "pid", None)
-            self.push_screen(ErrorDialog.from_error("Cannot attach" + (f" to {pid}" if pid else ""), result))
+            self.push_screen(ErrorDialog.from_error("Cannot attach" + (f" to {self._shown_pid(pid)}" if pid else ""), result))
             return
         screen = ProcessScreen(result.session, result.process, history_path=self.history_path, mask_noise=self.mask_noise)
         self.attached[result.pid] = screen
         self.install_screen(screen, name=f"process-{result.pid}")
         self.process_list.set_attached(frozenset(self.attached))
         self.show_process(result.pid)
+
+    def _shown_pid(self, pid: int) -> str:
+        return "····" if self.mask_noise else str(pid)
 
     def show_process(self, pid: int) -> None:
         """Make ``pid``'s process screen current (the process list stays below it)."""
@@ -181,7 +184,7 @@ class PeriscopeApp(App[int]):
     async def _on_session_ended(self, message: ProcessScreen.SessionEnded) -> None:
         await self.detach(message.pid)
         if message.error is not None:
-            self.push_screen(ErrorDialog.from_error(f"Lost process {message.pid}", message.error))
+            self.push_screen(ErrorDialog.from_error(f"Lost process {self._shown_pid(message.pid)}", message.error))
 
     # --- failures ------------------------------------------------------------------------------
 

@@ -182,13 +182,13 @@ async def test_periscope_pid_attaches_straight_away_and_quit_detaches(demo, hist
         await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen")
         assert "Detach" in app.screen.text() and "Pause/resume" in app.screen.text()
         await pilot.press("escape")
-        await pilot.press("space")
+        await pilot.press("p")
         assert screen.paused
         applied = screen.frames_applied
         latest = screen.latest
         await wait_until(pilot, lambda: screen.latest is not latest, "a frame while paused")
         assert screen.frames_applied == applied
-        await pilot.press("space")
+        await pilot.press("p")
         assert not screen.paused and screen.frames_applied > applied
         await pilot.press("ctrl+q")
         await wait_until(pilot, lambda: agent_threads(demo.pid) == 0, "the agent gone after quit")

@@ -82,7 +82,7 @@ async def default_connector(pid: int, *, thread: int | None, progress: ProgressC
 
     return await session_module.attach(
         pid,
-        thread="auto" if thread is None else thread,
+        thread="any" if thread is None else thread,  # the GIL holder, main, then every other thread
         timeout=ATTACH_TIMEOUT,
         rate=STREAM_RATE,
         progress=report,

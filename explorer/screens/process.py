@@ -171,7 +171,7 @@ class ProcessScreen(Screen[None]):
     | Key | Action |
     | :- | :- |
     | tab | Next pane. |
-    | space | Pause / resume live updates. |
+    | p | Pause / resume live updates. |
     | e | Go to the REPL. |
     | w | Watch another module. |
     | d | Detach from this process. |
@@ -179,11 +179,11 @@ class ProcessScreen(Screen[None]):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("space", "toggle_pause", "Pause/resume"),
+        Binding("p", "toggle_pause", "Pause/resume"),
         Binding("e", "focus_repl", "REPL"),
         Binding("w", "watch_module", "Watch module"),
         Binding("d", "detach", "Detach"),
-        Binding("escape", "back", "Processes"),
+        Binding("escape", "back", "Process list"),
     ]
 
     paused: reactive[bool] = reactive(False)

@@ -185,7 +185,12 @@ class ProcessListScreen(Screen[None]):
 
     def action_attach(self) -> None:
         """Attach to the process under the cursor."""
-        self.query_one(ProcessTable).action_attach()
+        table = self.query_one(ProcessTable)
+        process = table.selected_process
+        if process is not None:
+            # Posted here, not through the table: a message created while this screen handles an
+            # event has the screen as sender, and bubbling stops at its sender.
+            self.post_message(ProcessTable.AttachRequested(table, process))
 
     def action_sort(self, column: str) -> None:
         """Order the list by ``column``: "cpu", "memory" or "pid"."""

@@ -1,0 +1,174 @@
+"""SVG snapshots of each screen, from the real app attached to real CPython 3.14 targets.
+
+The "scene" target (tests/screenshots.py) parks its threads at known lines with known values and
+lives in a fixed directory, so what the panes show is the same on every run. The app runs with
+``mask_noise``: pids, thread ids, CPU figures, frame rates and timings show as ``····``.
+Update after a deliberate change with ``pytest tests/test_snapshots.py --snapshot-update`` and
+look at the report.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from explorer.app import PeriscopeApp
+from explorer.screens.attach import AttachScreen
+from explorer.screens.dialogs import ErrorDialog
+from explorer.screens.help import HelpScreen
+from explorer.screens.process import ProcessScreen
+from explorer.screens.process_list import ProcessListScreen
+from tests.screenshots import SCENE_DIR, SIZE, scene_script, wait_until
+from widgets.process_table import ProcessTable
+from widgets.repl import ReplPane
+from widgets.variables import VariablesTree
+
+
+@pytest.fixture
+def scene(spawn, target_python):
+    """Start the scene target with ``args`` (a word that also tells parallel tests' scenes apart)."""
+
+    def start(*args: str, stdin: int | None = subprocess.DEVNULL):
+        script = scene_script()
+        target = spawn(argv=[target_python, str(script), *args], cwd=str(script.parent), stdin=stdin)
+        target.wait_for_line("ready")
+        return target
+
+    return start
+
+
+def app_for(pid: int | None) -> PeriscopeApp:
+    return PeriscopeApp(pid=pid, mask_noise=True, history_path=Path(tempfile.mkdtemp()) / "history")
+
+
+def walk(node: Any):
+    yield node
+    for child in node.children:
+        yield from walk(child)
+
+
+async def attached(pilot: Pilot[Any]) -> ProcessScreen:
+    app = pilot.app
+    await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen) and app.screen.frames_applied >= 2, "frames")
+    screen = app.screen
+    assert isinstance(screen, ProcessScreen)
+    tree = screen.query_one(VariablesTree)
+    await wait_until(pilot, lambda: ("locals", "largest") in tree.value_paths() and ("module", "config") in tree.value_paths(), "variables")
+    await wait_until(pilot, lambda: screen.query_one("ThreadList").row_count == 2, "both threads")
+    return screen
+
+
+def test_process_list(snap_compare, scene):
+    """The process list filtered to the scene target: one attachable CPython 3.14.10 row ("✓"),
+    its command line, and below it the verdict "can attach (CPython 3.14.10): press Enter"."""
+    scene("list")
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        screen = pilot.app.screen
+        assert isinstance(screen, ProcessListScreen)
+        table = screen.query_one(ProcessTable)
+        await pilot.press(*"periscope-scene list")
+        await wait_until(pilot, lambda: len(table.shown_pids) == 1, "the scene in the list")
+        await pilot.press("down")
+
+    assert snap_compare(app_for(None), terminal_size=SIZE, run_before=run_before)
+
+
+def test_process_screen_with_stack_and_variables(snap_compare, scene):
+    """Attached to the scene: threads MainThread and worker; MainThread's stack (compute in
+    scene_lib.py at "time.sleep(3600)", then <module>); the locals of compute() (values, label,
+    total = 29, largest = 13) and module __main__ with config expanded (name, retries, ratio, tags)."""
+    target = scene("process")
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        screen = await attached(pilot)
+        tree = screen.query_one(VariablesTree)
+        node = next(n for n in walk(tree.root) if n.data is not None and n.data.path == ("module", "config"))
+        tree.focus()
+        tree.move_cursor(node)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: len([p for p in tree.value_paths() if p[:2] == ("module", "config")]) == 5, "config's items")
+        await pilot.press("p")  # pause: nothing moves while the screenshot is taken
+
+    assert snap_compare(app_for(target.pid), terminal_size=SIZE, run_before=run_before)
+
+
+def test_repl_with_results(snap_compare, scene):
+    """The REPL after three evaluations in module __main__: In [1] sorted(config) with its list
+    result (expandable), In [2] items[1:] printed and summed, and In [3] 1/0 with its
+    ZeroDivisionError traceback."""
+    target = scene("repl")
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        screen = await attached(pilot)
+        await pilot.press("p")  # pause the panes
+        await pilot.press("e", "ctrl+t")
+        for code in ("sorted(config)", "print(items[1:]); sum(items)", "1/0"):
+            await pilot.press(*code, "enter")
+        repl = screen.query_one(ReplPane)
+        await wait_until(pilot, lambda: len(repl.entries) == 3 and not repl.running(), "three results")
+
+    assert snap_compare(app_for(target.pid), terminal_size=SIZE, run_before=run_before)
+
+
+def test_waiting_for_the_target(snap_compare, scene):
+    """Attaching through the main thread while it waits in input(): "Injecting the agent" ticked,
+    "Waiting for the target to run Python" current, and each thread's stack read from outside
+    (MainThread at "answer = input()", worker in time.sleep)."""
+    target = scene("wait-input", stdin=subprocess.PIPE)
+    app = app_for(None)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        app.attach(target.pid, thread=target.pid)
+        await wait_until(
+            pilot,
+            lambda: isinstance(app.screen, AttachScreen) and app.screen.step == "waiting" and app.screen.stack_reads >= 1,
+            "the waiting state",
+        )
+        await wait_until(pilot, lambda: app.screen.query_one("ThreadList").row_count == 2, "both threads")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_error_dialog_for_python_311(snap_compare, spawn):
+    """A Python 3.11 process picked in the list: behind, its row marked "✗"; in front, a dialog
+    "Cannot attach to ····" that says "CPython 3.11: attaching needs 3.14 or newer" and the fix
+    "restart it under CPython 3.14+"."""
+    scene_script()  # makes the fixed directory
+    old = spawn(
+        "import time\nprint('ready', flush=True)\ntime.sleep(600)\n",
+        python="/usr/bin/python3.11",
+        directory=str(SCENE_DIR),
+        script_name="old_python.py",
+    )
+    old.wait_for_line("ready")
+    app = app_for(None)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        table = app.screen.query_one(ProcessTable)
+        await pilot.press(*"old_python.py")
+        await wait_until(pilot, lambda: table.shown_pids == [old.pid], "the 3.11 process in the list")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the dialog")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_help_screen(snap_compare, scene):
+    """The help screen over an attached process: what periscope does, the keys that apply now
+    (pause, REPL, watch module, detach, ...), the keys that work everywhere and each screen's keys."""
+    target = scene("help")
+    app = app_for(target.pid)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await attached(pilot)
+        await pilot.press("p")
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Value:
     """A bounded preview of one object in the target."""
 
@@ -33,7 +33,7 @@ class Value:
         return self.ref is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Variable:
     """A name (local, module variable, attribute, key or index label) and its value."""
 

@@ -131,6 +131,7 @@ def _stage(pid: int, rate: float, modules: tuple[str, ...], limits: dict[str, An
             "modules": list(modules),
             "limits": dict(limits or {}),
             "connect_timeout": CONNECT_TIMEOUT,
+            "fast_start": True,
         }
         _, target_path = write_script(script_dir, SCRIPT_NAME, build_script(config, agent_source()))
     except BaseException:
@@ -139,19 +140,16 @@ def _stage(pid: int, rate: float, modules: tuple[str, ...], limits: dict[str, An
     return _Staged(pid, script_dir, target_path, Path(script_dir.host_path) / SOCKET_NAME, token)
 
 
-def _candidates(pid: int, choice: ThreadChoice) -> list[int | None]:
+def _candidates(process: Any, choice: ThreadChoice) -> list[int | None]:
     """Native ids (host namespace; None = the main thread) to try, best first."""
+    process.require_remote_debugging()
     if isinstance(choice, int):
         return [choice]
     if choice == "main":
         return [None]
     if choice not in ("auto", "any"):
         raise ValueError(f"thread must be 'auto', 'main', 'any' or a native thread id, not {choice!r}")
-    from explorer.remote import RemoteProcess
-
-    with RemoteProcess.open(pid) as process:
-        process.require_remote_debugging()
-        threads = [t for t in process.threads(process.main_interpreter())]
+    threads = list(process.threads(process.main_interpreter()))
     holder = [t.native_id for t in threads if t.holds_gil]
     main = [t.native_id for t in threads if t.is_main]
     if choice == "auto":
@@ -204,7 +202,7 @@ def _connect(staged: _Staged, deadline: float) -> tuple[socket.socket, wire.Deco
         if not os.path.exists(f"/proc/{staged.pid}"):
             raise ProcessGone(f"process {staged.pid} exited")
         time.sleep(pause)
-        pause = min(pause * 1.5, 0.01)
+        pause = min(pause * 1.5, 0.002)
     try:
         peer = _peer_pid(sock)
         if peer != staged.pid:
@@ -269,15 +267,21 @@ async def attach(
         if progress is not None:
             progress(AttachProgress(state, message, time.monotonic() - started, native_id, stacks))
 
-    candidates = await asyncio.to_thread(_candidates, pid, thread)
-    staged = await asyncio.to_thread(_stage, pid, rate, tuple(modules), limits)
+    from explorer.remote import RemoteProcess
+
+    process = await asyncio.to_thread(RemoteProcess.open, pid)
     try:
-        picked = await _inject(staged, candidates, deadline, report, spread=thread in ("any", "auto"))
-        report(AttachState.STARTING, f"thread {picked} took the request; the agent is starting", picked)
-        sock, decoder, hello = await asyncio.to_thread(_connect, staged, deadline)
-    except BaseException:
-        staged.script_dir.cleanup()
-        raise
+        candidates = await asyncio.to_thread(_candidates, process, thread)
+        staged = await asyncio.to_thread(_stage, pid, rate, tuple(modules), limits)
+        try:
+            picked = await _inject(staged, candidates, deadline, report, spread=thread in ("any", "auto"), process=process)
+            report(AttachState.STARTING, f"thread {picked} took the request; the agent is starting", picked)
+            sock, decoder, hello = await asyncio.to_thread(_connect, staged, deadline)
+        except BaseException:
+            staged.script_dir.cleanup()
+            raise
+    finally:
+        process.close()
     try:
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
     except BaseException:
@@ -296,6 +300,7 @@ async def _inject(
     deadline: float,
     report: Callable[..., None],
     spread: bool,
+    process: Any = None,
 ) -> int | None:
     """Ask the candidate threads in turn to run the script; the native id of the one that did."""
     from explorer.inject import MainThreadFinished, NoSuchThread, remote_exec
@@ -314,7 +319,7 @@ async def _inject(
                 )
             wait = min(remaining, slice_) if spread and len(candidates) > 1 else remaining
             job = asyncio.ensure_future(
-                asyncio.to_thread(remote_exec, staged.pid, staged.script_target_path, native_id=native_id, wait=wait)
+                asyncio.to_thread(remote_exec, process or staged.pid, staged.script_target_path, native_id=native_id, wait=wait)
             )
             report(AttachState.INJECTED, f"asked thread {native_id or 'main'} to run the agent", native_id)
             waited_since = time.monotonic()

@@ -116,22 +116,31 @@ _NUMBER = (int, float)
 
 def decode_value(data: Any, where: str = "value") -> Value:
     """A preview map (``{"type", "repr", "ref"?, "len"?, "cut"?, "fail"?}``) as a Value."""
-    data = _map(data, where)
-    return Value(
-        type_name=_get(data, "type", str, where),
-        repr=_get(data, "repr", str, where),
-        ref=_get(data, "ref", int, where, optional=True),
-        length=_get(data, "len", int, where, optional=True),
-        truncated=_get(data, "cut", bool, where, optional=True, default=False),
-        failed=_get(data, "fail", bool, where, optional=True, default=False),
-    )
+    # The hot path of frame decoding (one call per variable): plain type checks, no helpers.
+    if type(data) is not dict:
+        raise _fail(f"{where} is not a map")
+    type_name = data.get("type")
+    text = data.get("repr")
+    ref = data.get("ref")
+    length = data.get("len")
+    cut = data.get("cut", False)
+    fail = data.get("fail", False)
+    if (
+        type(type_name) is not str
+        or type(text) is not str
+        or (ref is not None and type(ref) is not int)
+        or (length is not None and type(length) is not int)
+        or type(cut) is not bool
+        or type(fail) is not bool
+    ):
+        raise _fail(f"{where} has a missing or mistyped field")
+    return Value(type_name, text, ref, length, cut, fail)
 
 
 def _variables(data: Any, where: str) -> tuple[Variable, ...]:
     result = []
     for pair in _list(data, where):
-        pair = _list(pair, where)
-        if len(pair) != 2 or type(pair[0]) is not str:
+        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str:
             raise _fail(f"{where} holds something other than [name, value] pairs")
         result.append(Variable(pair[0], decode_value(pair[1], where)))
     return tuple(result)

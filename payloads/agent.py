@@ -327,6 +327,14 @@ def _periscope_bootstrap(config, source):
             if alive is None or alive():
                 mark("busy", "another periscope agent is attached to this process")
                 return
+        if config.get("fast_start"):
+            # Start-up takes a dozen GIL handovers; on a target whose threads all compute, each
+            # waits up to a switch interval per busy thread. A short interval until the first
+            # frame is out makes attach several times faster; the agent puts it back.
+            before = sys.getswitchinterval()
+            if before > 0.0005:
+                sys.setswitchinterval(0.0005)
+                config["restore_switch_interval"] = [before, sys.getswitchinterval()]
         module = type(sys)(name)
         if existing is None:
             if sys.modules.setdefault(name, module) is not module:
@@ -980,13 +988,25 @@ class Agent:
         self.listener = listener
         listener.bind(config["socket_path"])
         listener.listen(4)
+        # Start the worker while periscope connects: on a busy target every thread start or
+        # handover waits for the GIL, and the first frame should not pay for it.
+        self.worker = Worker(self)
+        self.worker.start()
         conn = self._accept(listener, time.monotonic() + float(config.get("connect_timeout", 20.0)))
         self._close_listener()
         if conn is None:
             return
         self.conn = conn
         self.send(self._hello())
+        if self.rate <= 0:
+            self._restore_switch_interval()
         self._loop()
+
+    def _restore_switch_interval(self):
+        """Give the target back its GIL switch interval (see the bootstrap), unless it changed it since."""
+        saved = self.config.pop("restore_switch_interval", None)
+        if saved is not None and abs(sys.getswitchinterval() - saved[1]) < 1e-9:
+            sys.setswitchinterval(saved[0])
 
     def _accept(self, listener, deadline):
         """The first connection that sends the right token; others are closed."""
@@ -1232,6 +1252,7 @@ class Agent:
             self.send(frame)
         else:
             self.reply(request_id, frame)
+        self._restore_switch_interval()
 
     def _build_frame(self, worker):
         started = time.perf_counter()
@@ -1652,6 +1673,7 @@ class Agent:
     def cleanup(self):
         """Leave nothing behind: evals, workers, streams, socket, files, module entry."""
         self.stopping = True
+        self._restore_switch_interval()
         for record in list(self.evals.values()):
             self._interrupt(record)
         deadline = time.monotonic() + 1.0

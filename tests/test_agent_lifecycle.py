@@ -35,6 +35,7 @@ def state():
         "tasks": len(os.listdir("/proc/self/task")),
         "streams": (sys.stdout, sys.stderr) == ORIGINAL,
         "sockets": sockets,
+        "switch": sys.getswitchinterval(),
     }
 
 last = None
@@ -46,7 +47,7 @@ while True:
     time.sleep(0.02)
 '''
 
-BASELINE = {"agent": False, "threads": 1, "tasks": 1, "streams": True, "sockets": 0}
+BASELINE = {"agent": False, "threads": 1, "tasks": 1, "streams": True, "sockets": 0, "switch": 0.005}
 
 
 def _state_line(state: dict) -> str:
@@ -88,6 +89,7 @@ async def test_detach_leaves_no_thread_socket_file_module_or_redirection(spawn):
         assert result.output == "redirected\n"
         attached = _wait_for_state(target, lambda s: s["agent"] and not s["streams"])
         assert attached["sockets"] == 1  # the connection only: the listening socket is gone
+        assert attached["switch"] == 0.005  # the short start-up switch interval is given back
         assert sorted(os.listdir(host_dir)) == []  # the script deleted itself, the socket name is unlinked
         await session.next_frame(timeout=10)
     finally:

@@ -229,7 +229,26 @@ async def _frames() -> None:
         target.stop()
 
 
+IDLE = '''
+import sys, time
+sys.stdout.write("ready\\n")
+while True:
+    time.sleep(0.005)
+'''
+
+
 async def _attach_latency() -> float:
+    idle = targets.spawn(IDLE)
+    idle.wait_for_line("ready")
+    timings = []
+    for _ in range(ATTACHES):
+        start = time.perf_counter()
+        session = await attach(idle.pid, rate=2)
+        await session.next_frame(timeout=30)
+        timings.append(time.perf_counter() - start)
+        await session.detach()
+    idle.stop()
+    print(f"  attach to first frame, single-threaded target (main in a 5 ms sleep loop): {describe(timings)}")
     target = targets.spawn(BUSY4)
     target.wait_for_line("ready")
     timings = []

@@ -55,6 +55,7 @@ MAX_LINETABLE = 1 << 24
 MAX_CODE_UNITS = 1 << 24
 MAX_CACHED_CODES = 100_000
 MAX_CACHED_NAMES = 10_000
+MAX_PREFETCH = 32
 NAME_TTL = 1.0
 """Seconds a thread's OS name is reused before /proc is read again (a thread may rename itself)."""
 
@@ -72,6 +73,9 @@ _I64 = struct.Struct("<q")
 _I32 = struct.Struct("<i")
 _U32 = struct.Struct("<I")
 _CHUNK_HEADER = struct.Struct("<QQ")  # previous, size (then top, then the frames)
+# The root chunk skips data[0] (so that popping the last frame never frees it): a thread's first
+# frame sits after the three header words and one slot.
+ROOT_FRAME_OFFSET = 3 * 8 + 8
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,8 @@ class StackReader:
         self._type_is_code: dict[int, bool] = {}
         self._generations: dict[int, int] = {}
         self._names: dict[tuple[int, int], tuple[float, str | None]] = {}
+        # Per thread state: the frames outside the data stack that its last walk read one by one.
+        self._outside: dict[int, list[int]] = {}
         self.samples = 0
         """Calls of :meth:`read` so far."""
         self.retries = 0
@@ -342,14 +348,24 @@ class StackReader:
             chunks = []
             walk.tear(f"data stack: {error}")
             walk.faulted = isinstance(error, MemoryFault)
-        frames = walk.frames
+        # Read the frames that lived outside the data stack last time (coroutines, entry frames)
+        # right after the copy, not when the walk reaches them: a coroutine that yields in between
+        # would cut the chain short.
         span = self._fr_span
         read = self.memory.read
+        prefetched: dict[int, bytes] = {}
+        for outside_address in self._outside.get(tstate, ()):
+            try:
+                prefetched[outside_address] = read(outside_address, span)
+            except MemoryFault:
+                pass
+        # Pass 1: follow the chain as fast as possible, so that frames outside the copy are read
+        # as close as possible to the moment of the copy.
         unpack = self._frame.unpack_from
         i_executable, i_previous, i_instr, i_owner = self._fr_index
-        codes = self._codes
+        outside: list[int] = []
+        chain: list[tuple[int, tuple[int, ...]]] = []
         seen: set[int] = set()
-        last: tuple[_Code, int] | None = None  # the code and offset of frames[-1]
         try:
             while address:
                 if address in seen:
@@ -363,9 +379,22 @@ class StackReader:
                     if start <= address and address + span <= end:
                         fields = unpack(data, address - start)
                         break
-                else:  # a generator or coroutine frame, or a chunk we could not copy
-                    fields = unpack(read(address, span))
+                else:  # a generator, coroutine or entry frame, or a chunk we could not copy
+                    outside.append(address)
+                    data = prefetched.get(address)
+                    fields = unpack(data if data is not None else read(address, span))
+                chain.append((address, fields))
                 address = fields[i_previous]
+        except MemoryFault as error:
+            walk.tear(f"MemoryFault: {error}")
+            walk.faulted = True
+        # Pass 2: check each frame and resolve its code object (stable: cached or read now).
+        frames = walk.frames
+        codes = self._codes
+        last: tuple[_Code, int] | None = None  # the code and offset of frames[-1]
+        bottom = 0  # the address of the outermost Python frame
+        try:
+            for frame_address, fields in chain:
                 owner = fields[i_owner]
                 if owner >= OWNER_INTERPRETER:
                     if owner > OWNER_MAX:
@@ -395,9 +424,22 @@ class StackReader:
                 frame = code.frames.get(offset)
                 frames.append(frame if frame is not None else code.frame(offset))
                 last = (code, offset)
-        except (MemoryFault, _Torn, ValueError, struct.error, IndexError) as error:
+                bottom = frame_address
+        except (MemoryFault, _Torn, ValueError, UnicodeDecodeError) as error:
             walk.tear(f"{type(error).__name__}: {error}")
-            walk.faulted = isinstance(error, MemoryFault)
+            walk.faulted = walk.faulted or isinstance(error, MemoryFault)
+        if len(self._outside) > MAX_CACHED_NAMES:
+            self._outside.clear()
+        # Remember the last walks' outside frames (a loop's coroutines take turns on one thread).
+        remembered = self._outside.get(tstate, [])
+        self._outside[tstate] = list(dict.fromkeys(outside + remembered))[:MAX_PREFETCH]
+        if frames and chunks and not walk.torn and not walk.truncated:
+            # The thread's outermost live frame is the first one pushed on its data stack: slot 1
+            # of the root chunk. A chain that ends elsewhere went through a frame that changed
+            # after the copy (an entry frame on the C stack that was popped and reused).
+            root = chunks[-1][0]
+            if bottom != root + ROOT_FRAME_OFFSET:
+                walk.tear(f"chain ends at {bottom:#x}, not at the root of the data stack {root:#x}")
         return walk
 
     @staticmethod

@@ -549,3 +549,73 @@ def test_frame_struct_unpacks_fields_at_any_offsets(order: list[str], gaps: list
     unpacked = frame.unpack_from(bytes(buffer))
     assert {name: unpacked[index[name]] for name in fields} == values
     assert frame.size == position
+
+
+def test_coroutine_frames_of_a_running_task(spawn: Spawn, tmp_path: Path) -> None:
+    """A task that blocks inside nested coroutines: coroutine frames live outside the data stack."""
+    body = '''
+import asyncio
+
+async def inner():
+    await asyncio.sleep(0)
+    park()
+
+async def outer():
+    await inner()
+
+async def idle():
+    await asyncio.sleep(3600)
+
+async def main():
+    asyncio.create_task(idle())
+    await asyncio.gather(outer())
+
+asyncio.run(main())
+'''
+    target, report = _start(spawn, tmp_path, body, expect=1)
+    stacks = _assert_same(report, target.pid)
+    (main,) = stacks.values()
+    names = [frame.function for frame in main.frames]
+    assert names[names.index("park") + 1 : names.index("park") + 3] == ["inner", "outer"]
+    assert names[-1] == "<module>"
+
+
+ASYNC_BUSY = '''
+import asyncio
+
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+async def worker():
+    while True:
+        fib(12)
+        await asyncio.sleep(0)
+
+async def main():
+    print("ready", flush=True)
+    await asyncio.gather(*(worker() for _ in range(4)))
+
+asyncio.run(main())
+'''
+
+
+def test_busy_event_loop_switching_coroutines(spawn: Spawn) -> None:
+    """Coroutines take turns every few microseconds: clean stacks are whole, torn ones rare."""
+    target = spawn(ASYNC_BUSY)
+    target.wait_for_line("ready")
+    clean = torn = 0
+    with RemoteProcess.open(target.pid) as process:
+        reader = StackReader(process)
+        for _ in range(300):
+            (main,) = reader.read()
+            if main.torn:
+                torn += 1
+                continue
+            clean += 1
+            names = [frame.function for frame in main.frames]
+            assert names[-1] == "<module>" and "BaseEventLoop.run_forever" in names, names
+            if "worker" in names:
+                depth = names.index("worker")
+                assert names[:depth] == ["fib"] * depth
+                assert names[depth + 1] == "Handle._run"
+    assert clean > 10 * torn

@@ -9,12 +9,15 @@ It is built to be polled while the target runs at full speed:
 
 * each thread's data-stack chunks (``tstate.datastack_chunk``) are copied in one read each and
   frames are resolved from the local copy; only the frames that live elsewhere (generators and
-  coroutines in their objects, interpreter entry frames on the C stack) are read one by one;
+  coroutines in their objects, interpreter entry frames on the C stack) are read one by one,
+  right after the copy for those the thread's last walks met (an event loop's coroutines take
+  turns within microseconds);
 * code objects (file name, qualified name, decoded line table, bytecode bounds) are cached by
   address and dropped when an interpreter's ``code_object_generation`` changes (it goes up when
   a code object is destroyed, the only way an address could come to mean another code object);
 * every frame is validated (owner, executable tag and type, ``instr_ptr`` inside the bytecode,
-  no loops, depth bound). Frames that returned between reading ``current_frame`` and copying
+  no loops, depth bound, and the chain must end at the root of the thread's data stack, where
+  its first frame lives). Frames that returned between reading ``current_frame`` and copying
   the data stack (their executable is already NULL) are skipped: the chain below them is the
   stack as copied. A thread whose stack is otherwise inconsistent is read again a few times; if
   it never reads clean, its best frames come back with ``torn=True``. Reading never raises for a

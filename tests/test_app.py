@@ -87,15 +87,19 @@ async def test_process_list_filters_sorts_and_keeps_the_cursor_on_its_pid(demo, 
         # Clear the filter; put the cursor on the demo; rescans and sorts keep it there.
         await pilot.press("escape")
         await wait_until(pilot, lambda: {demo.pid, other.pid} <= set(table.shown_pids), "filter cleared")
-        assert table.select_pid(demo.pid)
+        while table.selected_process is None or table.selected_process.pid != demo.pid:
+            await pilot.press("down" if table.shown_pids.index(demo.pid) > table.cursor_row else "up")
         scans = screen.scans
-        for key in ("m", "p", "c", "r"):
-            await pilot.press(key)
+        await pilot.press("ctrl+s", "ctrl+r")  # sort by memory, scan now
+        assert screen.sort_by == "memory"
         await wait_until(pilot, lambda: screen.scans >= scans + 2, "two more scans")
         assert table.selected_process is not None and table.selected_process.pid == demo.pid
         assert table.shown_pids[table.cursor_row] == demo.pid
-        await pilot.press("p")
-        assert table.shown_pids == sorted(table.shown_pids)
+        await pilot.press("ctrl+s")
+        assert screen.sort_by == "pid" and table.shown_pids == sorted(table.shown_pids)
+        assert table.shown_pids[table.cursor_row] == demo.pid
+        await pilot.press("ctrl+s")
+        assert screen.sort_by == "cpu" and table.shown_pids[table.cursor_row] == demo.pid
 
 
 async def test_attach_select_thread_expand_evaluate_interrupt_detach(demo, history):

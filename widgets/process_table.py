@@ -163,13 +163,16 @@ class ProcessTable(DataTable[Text]):
 
     def on_mount(self) -> None:
         for key, label, width in _COLUMNS:
-            self.add_column(label, key=key, width=width)
+            self.add_column(label, key=key, width=width if width is not None else self._command_width)
         self._sync_rows()
 
     def on_resize(self) -> None:
         width = max(20, self.size.width - sum(w or 0 for _, _, w in _COLUMNS) - 2 * len(_COLUMNS) - 2)
         if width != self._command_width:
+            # The command column is as wide as the table allows, whatever the commands seen so far.
             self._command_width = width
+            self.remove_column("command")
+            self.add_column("COMMAND", key="command", width=width)
             self._sync_rows(force=True)
 
     # --- diffing -------------------------------------------------------------------------------

@@ -42,27 +42,27 @@ class ProcessesScanned(Message):
 class ProcessListScreen(Screen[None]):
     """Python processes on this machine, refreshed every two seconds; Enter attaches.
 
-    Typing any letter that is not a key below filters the list (as does ``/``).
+    Typing filters the list at once (by pid, user, Python version or command line): the filter box
+    has the focus, and the arrow keys move the list's cursor. Clicking a column header sorts by it.
 
     | Key | Action |
     | :- | :- |
     | enter | Attach to the selected process (or show it, when attached). |
-    | c, m, p | Sort by CPU, memory or pid. |
-    | / | Filter by pid, user, version or command line. |
+    | up/down, pageup/pagedown | Move the list's cursor. |
+    | ctrl+s | Sort by CPU, then memory, then pid. |
     | escape | Clear the filter. |
-    | r | Scan again now. |
+    | ctrl+r | Scan again now. |
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "attach", "Attach", show=True),
-        Binding("c", "sort('cpu')", "Sort CPU"),
-        Binding("m", "sort('memory')", "Sort mem"),
-        Binding("p", "sort('pid')", "Sort pid"),
-        Binding("slash", "filter", "Filter"),
-        Binding("escape", "clear_filter", "Clear filter", show=False),
-        Binding("r", "rescan", "Rescan", show=False),
+        Binding("ctrl+s", "cycle_sort", "Sort CPU/mem/pid"),
+        Binding("escape", "clear_filter", "Clear filter"),
+        Binding("ctrl+r", "rescan", "Rescan", show=False),
         Binding("down", "cursor_down", "Down", show=False),
         Binding("up", "cursor_up", "Up", show=False),
+        Binding("pagedown", "page_down", "Page down", show=False),
+        Binding("pageup", "page_up", "Page up", show=False),
     ]
 
     sort_by: reactive[str] = reactive("cpu")
@@ -101,7 +101,7 @@ class ProcessListScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(ProcessTable).focus()
+        self.query_one("#filter", Input).focus()
         self._update_title()
         self.scan_processes()
 
@@ -132,10 +132,16 @@ class ProcessListScreen(Screen[None]):
         with self.app.batch_update():
             table.update_processes(message.processes, self.attached_pids)
         self.scans += 1
-        shown = table.row_count
-        total = len(message.processes)
+        self._update_status()
+
+    def _update_status(self) -> None:
+        shown = self.query_one(ProcessTable).row_count
+        total = len(self._latest)
         noun = "Python process" if total == 1 else "Python processes"
-        status = f"{total} {noun}" if shown == total else f"{shown} of {total} {noun}"
+        if self.mask_noise:  # the machine's other processes come and go
+            status = f"{shown} shown"
+        else:
+            status = f"{total} {noun}" if shown == total else f"{shown} of {total} {noun}"
         self.query_one("#scan-status", Static).update(f"{status} · sorted by {SORT_NAMES[self.sort_by]}")
 
     def set_attached(self, pids: frozenset[int]) -> None:
@@ -160,6 +166,7 @@ class ProcessListScreen(Screen[None]):
     @on(Input.Changed, "#filter")
     def _on_filter_changed(self, event: Input.Changed) -> None:
         self.query_one(ProcessTable).filter_text = event.value
+        self._update_status()
 
     @on(Input.Submitted, "#filter")
     def _on_filter_submitted(self, event: Input.Submitted) -> None:
@@ -167,21 +174,14 @@ class ProcessListScreen(Screen[None]):
         self.action_attach()
 
     def on_key(self, event: Key) -> None:
-        """Letters that are not key bindings start a filter (filter as you type)."""
+        """Typing while the list has the focus goes to the filter too (filter as you type)."""
         filter_input = self.query_one("#filter", Input)
         if filter_input.has_focus or not event.is_printable or event.character is None:
-            return
-        if event.character in "cmpr/?q":
             return
         event.stop()
         event.prevent_default()
         filter_input.focus()
         filter_input.insert_text_at_cursor(event.character)
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("sort", "rescan") and self.query_one("#filter", Input).has_focus:
-            return False  # letters typed into the filter are text, not commands
-        return True
 
     def action_attach(self) -> None:
         """Attach to the process under the cursor."""
@@ -196,23 +196,32 @@ class ProcessListScreen(Screen[None]):
         """Order the list by ``column``: "cpu", "memory" or "pid"."""
         self.sort_by = column
 
+    def action_cycle_sort(self) -> None:
+        """Order the list by the next column: CPU, then memory, then pid."""
+        order = list(SORT_NAMES)
+        self.sort_by = order[(order.index(self.sort_by) + 1) % len(order)]
+
+    def on_data_table_header_selected(self, event: ProcessTable.HeaderSelected) -> None:
+        """A click on the CPU%, MEMORY or PID header sorts by that column."""
+        event.stop()
+        column = str(event.column_key.value)
+        if column in SORT_NAMES:
+            self.sort_by = column
+
     def watch_sort_by(self, column: str) -> None:
         if self.is_mounted:
             self.query_one(ProcessTable).sort_by = column  # type: ignore[assignment]
             self._update_title()
+            self._update_status()
 
     def _update_title(self) -> None:
         self.sub_title = f"sorted by {SORT_NAMES[self.sort_by]}"
 
-    def action_filter(self) -> None:
-        """Move to the filter box."""
-        self.query_one("#filter", Input).focus()
-
     def action_clear_filter(self) -> None:
-        """Empty the filter and go back to the list."""
+        """Empty the filter."""
         filter_input = self.query_one("#filter", Input)
         filter_input.value = ""
-        self.query_one(ProcessTable).focus()
+        filter_input.focus()
 
     def action_rescan(self) -> None:
         """Scan again now instead of at the next tick."""
@@ -225,3 +234,11 @@ class ProcessListScreen(Screen[None]):
     def action_cursor_up(self) -> None:
         """Move the list cursor up (also while typing a filter)."""
         self.query_one(ProcessTable).action_cursor_up()
+
+    def action_page_down(self) -> None:
+        """Move the list cursor a page down."""
+        self.query_one(ProcessTable).action_page_down()
+
+    def action_page_up(self) -> None:
+        """Move the list cursor a page up."""
+        self.query_one(ProcessTable).action_page_up()

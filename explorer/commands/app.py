@@ -52,11 +52,25 @@ def start_demo() -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # Ctrl+C in the terminal reaches periscope, not the demo
+            preexec_fn=_die_with_parent,  # even if periscope is killed outright
         )
     finally:
         log.close()
     _wait_until_python_runs(process)
     return process
+
+
+def _die_with_parent() -> None:
+    """In the demo's child process, before exec: ask the kernel for SIGTERM when periscope dies."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
+def _exit_on_hangup(signum: int, frame: object) -> None:
+    """SIGHUP / SIGTERM (terminal closed, or asked to stop): unwind so the demo is stopped too."""
+    raise SystemExit(128 + signum)
 
 
 def _wait_until_python_runs(process: subprocess.Popen[bytes]) -> None:
@@ -100,6 +114,9 @@ def run_app(pid: int | None, demo: bool) -> int:
         print("periscope: give either PID or --demo, not both", file=sys.stderr)
         return 2
     demo_process = start_demo() if demo else None
+    if demo_process is not None:
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(signum, _exit_on_hangup)
     try:
         app = PeriscopeApp(pid=demo_process.pid if demo_process else pid)
         result = app.run()

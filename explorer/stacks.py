@@ -44,10 +44,12 @@ from explorer.remote import InterpreterRef, RemoteProcess, ThreadRef
 
 MAX_DEPTH = 4096
 """Frames followed per thread before the stack is reported as truncated."""
-ATTEMPTS = 4
+ATTEMPTS = 8
 """Reads of one thread before a stack that keeps changing is returned as torn."""
 LIST_ATTEMPTS = 8
-"""Reads of the interpreter and thread lists before giving up."""
+"""Reads of the interpreter and thread lists in a row before pausing between reads."""
+LIST_PATIENCE = 0.5
+"""Seconds of thread lists that changed while being read before TargetNotReady."""
 NOT_READY_WAIT = 0.05
 """Seconds to wait for an interpreter that is starting up or shutting down before reporting it."""
 CHUNK_READ = 16 * 1024  # DATA_STACK_CHUNK_SIZE: the smallest data-stack chunk CPython allocates
@@ -63,11 +65,15 @@ NAME_TTL = 1.0
 """Seconds a thread's OS name is reused before /proc is read again (a thread may rename itself)."""
 
 # _frameowner: 0 thread, 1 generator, 2 frame object, 3 interpreter entry frame, 4 C stack.
+OWNER_GENERATOR = 1
 OWNER_INTERPRETER = 3
 OWNER_MAX = 4
 # _PyStackRef tag bits of the GIL build: 0 and 1 (deferred) carry a pointer; 2 is invalid, 3 an int.
 TAG_MASK = 3
 POINTER_TAGS = (0, 1)
+# CPython 3.14's RESUME and the forms it takes in place (specialized, instrumented): a code
+# object's _co_firsttraceable is the index of its first RESUME (Objects/codeobject.c).
+RESUME_OPCODES = frozenset({128, 196, 245})  # RESUME, RESUME_CHECK, INSTRUMENTED_RESUME
 # Compact non-ASCII strings have utf8_length and utf8 (two more words) after PyASCIIObject.
 COMPACT_UNICODE_EXTRA = 16
 
@@ -130,13 +136,17 @@ class _Torn(Exception):
 class _Code:
     """What the reader keeps of one code object, and the FrameInfo of each offset seen."""
 
-    __slots__ = ("filename", "qualname", "start", "size", "lines", "frames")
+    __slots__ = ("filename", "qualname", "start", "size", "first_traceable", "lines", "frames")
 
-    def __init__(self, filename: str, qualname: str, start: int, size: int, lines: LineTable) -> None:
+    def __init__(
+        self, filename: str, qualname: str, start: int, size: int, first_traceable: int, lines: LineTable
+    ) -> None:
         self.filename = filename
         self.qualname = qualname
         self.start = start
         self.size = size
+        self.first_traceable = first_traceable
+        """Byte offset of the first RESUME: a frame before it is incomplete (CPython hides it)."""
         self.lines = lines
         self.frames: dict[int, FrameInfo] = {}
 
@@ -248,7 +258,8 @@ class StackReader:
         return stacks
 
     def _list_threads(self) -> list[tuple[InterpreterRef, ThreadRef]]:
-        deadline = time.monotonic() + NOT_READY_WAIT
+        start = time.monotonic()
+        deadline = start + NOT_READY_WAIT
         attempt = 0
         while True:
             attempt += 1
@@ -257,12 +268,16 @@ class StackReader:
                 self._check_generations(interpreters)
                 return [(interp, ref) for interp in interpreters for ref in self.process.threads(interp)]
             except MemoryFault:
-                # A thread state or interpreter freed while we followed the list: read it again.
-                if attempt >= LIST_ATTEMPTS:
-                    self.memory.ensure_alive()
+                # A thread state or interpreter freed while we followed the list: read it again,
+                # at once a few times, then with short pauses (a loaded machine may have
+                # preempted us in the middle of every walk so far).
+                self.memory.ensure_alive()
+                if time.monotonic() - start > LIST_PATIENCE:
                     raise TargetNotReady(
                         f"process {self.process.pid}: its thread list kept changing while being read; try again"
                     ) from None
+                if attempt >= LIST_ATTEMPTS:
+                    time.sleep(0.001)
             except TargetNotReady:
                 # Starting up or finishing: an exiting process must read as gone, not as not-ready.
                 self.memory.ensure_alive()
@@ -346,7 +361,7 @@ class StackReader:
         if not address:
             return walk
         try:
-            chunks = self._read_chunks(_U64.unpack_from(raw, self._ts_chunk - low)[0])
+            chunks = self._read_chunks(_U64.unpack_from(raw, self._ts_chunk - low)[0], address)
         except (MemoryFault, _Torn) as error:
             chunks = []
             walk.tear(f"data stack: {error}")
@@ -424,6 +439,11 @@ class StackReader:
                     walk.tear(f"instr_ptr outside {code.qualname} ({offset} of {code.size})")
                     last = None
                     continue
+                if offset < code.first_traceable and owner != OWNER_GENERATOR:
+                    # Incomplete: the shim frame of a class's __init__ call (code "__init__"), or a
+                    # frame still in its prologue. sys._current_frames() skips these too.
+                    last = None
+                    continue
                 frame = code.frames.get(offset)
                 frames.append(frame if frame is not None else code.frame(offset))
                 last = (code, offset)
@@ -436,12 +456,13 @@ class StackReader:
         # Remember the last walks' outside frames (a loop's coroutines take turns on one thread).
         remembered = self._outside.get(tstate, [])
         self._outside[tstate] = list(dict.fromkeys(outside + remembered))[:MAX_PREFETCH]
-        if frames and chunks and not walk.torn and not walk.truncated:
+        if chain and not walk.torn and not walk.truncated:
             # The thread's outermost live frame is the first one pushed on its data stack: slot 1
-            # of the root chunk. A chain that ends elsewhere went through a frame that changed
-            # after the copy (an entry frame on the C stack that was popped and reused).
-            root = chunks[-1][0]
-            if bottom != root + ROOT_FRAME_OFFSET:
+            # of the root chunk. A chain that ends elsewhere (or has no live frame at all) went
+            # through a frame that changed after the copy: a coroutine that yielded, an entry
+            # frame on the C stack that was popped and reused.
+            root = chunks[-1][0] if chunks else 0
+            if not root or bottom != root + ROOT_FRAME_OFFSET:
                 walk.tear(f"chain ends at {bottom:#x}, not at the root of the data stack {root:#x}")
         return walk
 
@@ -453,20 +474,27 @@ class StackReader:
             frame = code.frames[~offset] = FrameInfo(code.filename, code.qualname, code.lines.line_at(offset), True)
         return frame
 
-    def _read_chunks(self, address: int) -> list[tuple[int, int, bytes]]:
-        """Copy the thread's data-stack chunks: [(start, end, bytes)], newest first."""
+    def _read_chunks(self, address: int, current_frame: int) -> list[tuple[int, int, bytes]]:
+        """Copy the thread's data-stack chunks: [(start, end of the copy, bytes)], newest first.
+
+        Of the newest chunk only the part up to the innermost frame is copied when that frame is
+        in it: a smaller copy is a quicker one, and a more consistent one.
+        """
         chunks: list[tuple[int, int, bytes]] = []
         read = self.memory.read
+        span = self._fr_span
         while address:
             if len(chunks) >= MAX_CHUNKS:
                 raise _Torn("too many data-stack chunks")
-            data = read(address, CHUNK_READ)
+            used = current_frame + span - address
+            partial = not chunks and _CHUNK_HEADER.size <= used <= CHUNK_READ
+            data = read(address, used if partial else CHUNK_READ)
             previous, size = _CHUNK_HEADER.unpack_from(data)
             if not CHUNK_READ <= size <= MAX_CHUNK:
                 raise _Torn(f"data-stack chunk of {size} bytes")
-            if size > CHUNK_READ:
+            if size > CHUNK_READ and not partial:
                 data += read(address + CHUNK_READ, size - CHUNK_READ)
-            chunks.append((address, address + size, data))
+            chunks.append((address, address + len(data), data))
             address = previous
         return chunks
 
@@ -481,11 +509,13 @@ class StackReader:
         if not 0 < units <= MAX_CODE_UNITS:
             raise _Torn(f"code object at {address:#x} claims {units} code units")
         firstlineno = _I32.unpack_from(raw, self._co_firstlineno)[0]
+        bytecode = self.memory.read(address + self._co_code, units * 2)
         code = _Code(
             filename=self._read_str(_U64.unpack_from(raw, self._co_filename)[0]),
             qualname=self._read_str(_U64.unpack_from(raw, self._co_qualname)[0]),
             start=address + self._co_code,
             size=units * 2,
+            first_traceable=_first_traceable(bytecode),
             lines=LineTable(self._read_bytes(_U64.unpack_from(raw, self._co_linetable)[0]), firstlineno),
         )
         self._codes[address] = code
@@ -526,6 +556,14 @@ class StackReader:
         if not 0 <= size <= MAX_LINETABLE:
             raise _Torn(f"bytes object at {address:#x} claims {size} bytes")
         return self.memory.read(address + self._bytes_data, size)
+
+
+def _first_traceable(bytecode: bytes) -> int:
+    """Byte offset of the first RESUME in a code object's bytecode (its size if there is none)."""
+    for offset in range(0, len(bytecode) - 1, 2):
+        if bytecode[offset] in RESUME_OPCODES:
+            return offset
+    return len(bytecode)
 
 
 def _thread_name(pid: int, tid: int) -> str | None:

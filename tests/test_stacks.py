@@ -169,8 +169,17 @@ def in_generator():
 def in_context():
     contextvars.copy_context().run(Worker().deep, 3)
 
-names = ["plain-worker", "sorted", "a-thread-with-a-long-name", "ctx"]
-for name, target in zip(names, [lambda: Worker().deep(5), in_sorted, in_generator, in_context]):
+class Parker:
+    def __init__(self, n):
+        if n == 49:
+            park()
+
+def in_init():
+    for n in range(50):  # warm the call site up: 3.14 then calls __init__ through a shim frame
+        Parker(n)
+
+names = ["plain-worker", "sorted", "a-thread-with-a-long-name", "ctx", "init"]
+for name, target in zip(names, [lambda: Worker().deep(5), in_sorted, in_generator, in_context, in_init]):
     threading.Thread(target=target, name=name).start()
 
 def main():
@@ -178,12 +187,15 @@ def main():
 
 main()
 '''
-    target, report = _start(spawn, tmp_path, body, expect=5)
+    target, report = _start(spawn, tmp_path, body, expect=6)
     stacks = _assert_same(report, target.pid)
     by_name = {stack.name: stack for stack in stacks.values()}
     main = next(stack for stack in stacks.values() if stack.is_main)
     assert main.name is None and main.native_id == target.pid
-    assert set(by_name) == {None, "plain-worker", "sorted", "a-thread-with-a", "ctx"}
+    assert set(by_name) == {None, "plain-worker", "sorted", "a-thread-with-a", "ctx", "init"}
+    # the __init__ shim frame (code named "__init__" in file "__init__") is hidden, as in CPython
+    init_frames = [f.function for f in by_name["init"].frames]
+    assert init_frames[init_frames.index("park") + 1 : init_frames.index("park") + 3] == ["Parker.__init__", "in_init"]
     # sorted(key=...) called back into Python from C: the frames below it are still there
     sorted_frames = [f.function for f in by_name["sorted"].frames]
     assert "key_function" in sorted_frames and "in_sorted" in sorted_frames

@@ -34,17 +34,18 @@ THREADS, DEPTH = int(sys.argv[1]), int(sys.argv[2])
 stop = threading.Event()
 started = threading.Barrier(THREADS)
 
-def level(depth):
+def level(depth, main=False):
     if depth <= 1:
         started.wait()
+        if main:
+            print("ready", flush=True)
         stop.wait()
     else:
-        level(depth - 1)
+        level(depth - 1, main)
 
 for i in range(THREADS - 1):
     threading.Thread(target=level, args=(DEPTH,), name=f"worker-{i}", daemon=True).start()
-threading.Thread(target=lambda: (started.wait(), print("ready", flush=True)), daemon=True).start()
-level(DEPTH)
+level(DEPTH, main=True)
 '''
 
 BUSY = '''

@@ -10,6 +10,7 @@ from types import ModuleType
 from explorer import __version__
 from explorer.commands import COMMANDS
 from explorer.errors import PeriscopeError
+from explorer.memory import MemoryFault
 
 
 def _command_modules() -> dict[str, ModuleType]:
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_app(pid=app_args.pid, demo=app_args.demo)
     except PeriscopeError as error:
         print(f"periscope: {error}", file=sys.stderr)
+        return 1
+    except MemoryFault as error:
+        # The target changed under a read that was not retried (threads exiting, memory freed).
+        print(f"periscope: the target changed while periscope read it ({error.strerror}): try again", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

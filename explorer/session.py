@@ -104,6 +104,296 @@ def parse_thread_choice(text: str) -> ThreadChoice:
 Progress = Callable[[AttachProgress], None]
 
 
+# -- the agent's code, compiled ahead of time ---------------------------------------------------
+#
+# Compiling the agent's ~1700 lines inside the target holds the target's GIL for about 15 ms.
+# periscope (Python 3.11+) cannot write 3.14 bytecode itself, so an interpreter of the target's
+# version compiles it in a short-lived subprocess (never the target process), once per (target
+# version, agent source); the marshal data is cached and shipped inside the agent script. The
+# target loads it only if the magic number and cache tag are its own, and compiles the source
+# otherwise (and says so with a ``code-rejected`` note, which drops the cache entry).
+
+AGENT_CODE_DIR = "agent-code"
+"""Directory under explorer.pythons.cache_dir() for compiled agent code."""
+AGENT_CODE_WAIT = 5.0
+"""Seconds attach() waits for a compiler subprocess before the target compiles the agent itself."""
+_CODE_HEADER = b"periscope-agent-code 1 "
+_COMPILE_AGENT = (
+    "import importlib.util, marshal, sys\n"
+    "source = sys.stdin.buffer.read().decode('utf-8')\n"
+    "data = marshal.dumps(compile(source, '<periscope-agent>', 'exec', dont_inherit=True))\n"
+    "head = '%s %s %d\\n' % (importlib.util.MAGIC_NUMBER.hex(), sys.implementation.cache_tag, sys.hexversion)\n"
+    "sys.stdout.buffer.write(head.encode() + data)\n"
+)
+
+
+@dataclass(frozen=True)
+class AgentCode:
+    """The agent compiled by an interpreter of the target's version (``payloads.agent.build_script``)."""
+
+    magic: bytes
+    """``importlib.util.MAGIC_NUMBER`` of the interpreter that compiled it."""
+    cache_tag: str
+    """Its ``sys.implementation.cache_tag``."""
+    hexversion: int
+    """Its ``sys.hexversion``."""
+    data: bytes
+    """``marshal.dumps`` of the agent's module code object."""
+
+    def for_script(self) -> tuple[bytes, str, bytes]:
+        """The ``code`` argument of ``build_script``."""
+        return self.magic, self.cache_tag, self.data
+
+
+_code_memo: dict[Path, tuple[tuple[int, int] | None, AgentCode]] = {}
+_code_failed: dict[Path, float] = {}
+CODE_RETRY_AFTER = 60.0
+"""Seconds before periscope tries again to compile for a target version it failed to compile for."""
+
+
+def _source_key(source: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:24]
+
+
+def agent_code_path(version_hex: int, source: str) -> Path:
+    """The cache entry for the agent ``source`` compiled for targets of CPython ``version_hex``."""
+    from explorer.pythons import cache_dir
+
+    return cache_dir() / AGENT_CODE_DIR / f"{version_hex:08x}-{_source_key(source)}.bin"
+
+
+def _parse_code(blob: bytes) -> AgentCode | None:
+    """``<header> magic tag hexversion sha256\\n<marshal data>``; None when it is not a whole entry."""
+    import hashlib
+
+    if not blob.startswith(_CODE_HEADER):
+        return None
+    line, newline, data = blob[len(_CODE_HEADER) :].partition(b"\n")
+    fields = line.decode("ascii", "replace").split()
+    if not newline or len(fields) != 4:
+        return None
+    magic_hex, tag, hexversion, digest = fields
+    try:
+        code = AgentCode(bytes.fromhex(magic_hex), tag, int(hexversion, 16), data)
+    except ValueError:
+        return None
+    if len(code.magic) != 4 or hashlib.sha256(data).hexdigest() != digest:
+        return None
+    return code
+
+
+def _read_code(path: Path, version_hex: int) -> AgentCode | None:
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    code = _parse_code(blob)
+    if code is None or code.hexversion >> 16 != version_hex >> 16:
+        return None
+    return code
+
+
+def _file_signature(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+def _write_code(path: Path, code: AgentCode) -> bool:
+    """Store ``code`` atomically (write a temporary file, rename); whether it worked."""
+    import hashlib
+
+    header = b"%s%s %s %x %s\n" % (
+        _CODE_HEADER,
+        code.magic.hex().encode(),
+        code.cache_tag.encode(),
+        code.hexversion,
+        hashlib.sha256(code.data).hexdigest().encode(),
+    )
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(header + code.data)
+        os.replace(temporary, path)
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        return False
+
+
+def _target_ids(pid: int) -> tuple[int, int] | None:
+    """The target's real uid and gid (None when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            ids = {line.split(":")[0]: int(line.split()[1]) for line in handle if line.startswith(("Uid:", "Gid:"))}
+        return ids["Uid"], ids["Gid"]
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def _same_mount_view(pid: int) -> bool:
+    try:
+        if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+            return False
+        theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _compilers(pid: int) -> list[tuple[str, tuple[int, int] | None, bool]]:
+    """Interpreters that may compile the agent for ``pid``, best first: (path, (uid, gid) to run as, exact).
+
+    First the target's own executable, when periscope sees that very file in its own mount
+    namespace (``exact``: it must report the target's exact version). A file from another mount
+    namespace (a container) is never run: its contents are not periscope's to trust. Neither is
+    a file that a third user or a group could have changed. When periscope runs as root, the
+    target's executable runs as the target's user. Then the CPython periscope starts targets with
+    (explorer.pythons), which fits when its major.minor is the target's: the target checks the
+    magic number anyway.
+    """
+    found: list[tuple[str, tuple[int, int] | None, bool]] = []
+    ids = _target_ids(pid)
+    try:
+        exe = os.stat(f"/proc/{pid}/exe")
+        link = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        exe = None
+        link = ""
+    if exe is not None and ids is not None:
+        uid, gid = ids
+        trusted = exe.st_uid in (0, uid, os.geteuid()) and not exe.st_mode & 0o022
+        run_as = (uid, gid) if os.geteuid() == 0 and uid != 0 else None
+        if trusted and run_as is not None and exe.st_uid not in (0, uid):
+            trusted = False  # root would run another user's file as the target's user: no
+        if trusted:
+            try:
+                same = link.startswith("/") and os.path.samestat(os.stat(link), exe)
+            except OSError:
+                same = False
+            if same:
+                found.append((link, run_as, True))
+            elif _same_mount_view(pid):
+                found.append((f"/proc/{pid}/exe", run_as, True))  # e.g. replaced on disk since it started
+    try:
+        from explorer.pythons import find_target_python
+
+        local = find_target_python(provision=False)
+    except PeriscopeError:
+        local = None
+    if local is not None:
+        try:
+            duplicate = exe is not None and os.path.samestat(os.stat(local), exe)
+        except OSError:
+            duplicate = True
+        if not duplicate:
+            found.append((local, None, False))
+    return found
+
+
+def _compile_with(python: str, run_as: tuple[int, int] | None, source: str, timeout: float) -> AgentCode | None:
+    """Run ``python`` (a fresh process) to compile the agent; None when it cannot."""
+    import subprocess
+
+    extra: dict[str, Any] = {}
+    if run_as is not None:
+        extra = {"user": run_as[0], "group": run_as[1], "extra_groups": []}
+    try:
+        done = subprocess.run(
+            [python, "-I", "-S", "-c", _COMPILE_AGENT],
+            input=source.encode("utf-8"),
+            capture_output=True,
+            timeout=timeout,
+            env={},
+            cwd="/",
+            check=False,
+            **extra,
+        )
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    line, newline, data = done.stdout.partition(b"\n")
+    fields = line.decode("ascii", "replace").split()
+    if done.returncode != 0 or not newline or len(fields) != 3 or not data:
+        return None
+    try:
+        return AgentCode(bytes.fromhex(fields[0]), fields[1], int(fields[2]), data)
+    except ValueError:
+        return None
+
+
+def agent_code(pid: int, version_hex: int, source: str | None = None, *, compile_now: bool = True) -> AgentCode | None:
+    """The agent compiled for a target of CPython ``version_hex``: from memory, the cache, or a compiler.
+
+    ``pid`` names the target whose interpreter may compile it (see ``_compilers``). Returns None
+    when no interpreter of that version can be run (the target then compiles the source itself),
+    or when ``compile_now`` is False and nothing is cached. A cache that cannot be written only
+    costs the next periscope process another compile.
+    """
+    if source is None:
+        from payloads.agent import agent_source
+
+        source = agent_source()
+    path = agent_code_path(version_hex, source)
+    signature = _file_signature(path)
+    remembered = _code_memo.get(path)
+    if remembered is not None and remembered[0] == signature:
+        return remembered[1]
+    code = _read_code(path, version_hex) if signature is not None else None
+    if code is not None:
+        _code_memo[path] = (signature, code)
+        return code
+    if not compile_now or time.monotonic() - _code_failed.get(path, -CODE_RETRY_AFTER) < CODE_RETRY_AFTER:
+        return None
+    for python, run_as, exact in _compilers(pid):
+        code = _compile_with(python, run_as, source, timeout=30.0)
+        if code is None:
+            continue
+        wanted = version_hex if exact else version_hex >> 16
+        if (code.hexversion if exact else code.hexversion >> 16) != wanted:
+            continue
+        _write_code(path, code)
+        _code_memo[path] = (_file_signature(path), code)
+        return code
+    _code_failed[path] = time.monotonic()
+    return None
+
+
+def forget_agent_code(version_hex: int, source: str | None = None) -> None:
+    """Drop the cached code for a target version (the target rejected it)."""
+    if source is None:
+        from payloads.agent import agent_source
+
+        source = agent_source()
+    path = agent_code_path(version_hex, source)
+    _code_memo.pop(path, None)
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def warm_agent_code(pid: int) -> bool:
+    """Compile the agent for ``pid``'s interpreter now, so that attaching to it later is quicker.
+
+    Blocking (a subprocess, tens of milliseconds, once per interpreter version): call it off the
+    UI thread, for instance when a process is selected. Whether compiled code is ready; never
+    raises for a process that is gone or not a CPython 3.14 target.
+    """
+    from explorer.remote import RemoteProcess
+
+    try:
+        with RemoteProcess.open(pid) as process:
+            version_hex = process.offsets.version_hex
+    except PeriscopeError:
+        return False
+    return agent_code(pid, version_hex) is not None
+
+
 @dataclass
 class _Staged:
     pid: int
@@ -113,8 +403,10 @@ class _Staged:
     token: str
 
 
-def _stage(pid: int, rate: float, modules: tuple[str, ...], limits: dict[str, Any] | None) -> _Staged:
-    """Write the agent script (config header + agent source) into a fresh private directory."""
+def _stage(
+    pid: int, rate: float, modules: tuple[str, ...], limits: dict[str, Any] | None, code: AgentCode | None = None
+) -> _Staged:
+    """Write the agent script (config header, agent source and compiled ``code``) into a fresh private directory."""
     from explorer.inject import prepare_script_dir, write_script
     from payloads.agent import agent_source, build_script
 
@@ -133,7 +425,8 @@ def _stage(pid: int, rate: float, modules: tuple[str, ...], limits: dict[str, An
             "connect_timeout": CONNECT_TIMEOUT,
             "fast_start": True,
         }
-        _, target_path = write_script(script_dir, SCRIPT_NAME, build_script(config, agent_source()))
+        script = build_script(config, agent_source(), None if code is None else code.for_script())
+        _, target_path = write_script(script_dir, SCRIPT_NAME, script)
     except BaseException:
         script_dir.cleanup()
         raise
@@ -271,12 +564,19 @@ async def attach(
 
     process = await asyncio.to_thread(RemoteProcess.open, pid)
     try:
+        version_hex = process.offsets.version_hex
+        compiling = asyncio.ensure_future(asyncio.to_thread(agent_code, pid, version_hex))
         candidates = await asyncio.to_thread(_candidates, process, thread)
-        staged = await asyncio.to_thread(_stage, pid, rate, tuple(modules), limits)
+        code = await _ready_code(compiling, min(AGENT_CODE_WAIT, max(0.0, deadline - time.monotonic()) / 2))
+        staged = await asyncio.to_thread(_stage, pid, rate, tuple(modules), limits, code)
         try:
             picked = await _inject(staged, candidates, deadline, report, spread=thread in ("any", "auto"), process=process)
             report(AttachState.STARTING, f"thread {picked} took the request; the agent is starting", picked)
             sock, decoder, hello = await asyncio.to_thread(_connect, staged, deadline)
+            code_used = "compiled" if code is None else "precompiled"
+            if code is not None and (staged.socket_host_path.parent / "code-rejected").exists():
+                code_used = "rejected"
+                await asyncio.to_thread(forget_agent_code, version_hex)
         except BaseException:
             staged.script_dir.cleanup()
             raise
@@ -289,9 +589,18 @@ async def attach(
         staged.script_dir.cleanup()
         raise
     session = Session(pid, hello, reader, writer, decoder, staged.script_dir, picked)
+    session.agent_code = code_used
     session._start()
     report(AttachState.CONNECTED, f"connected to the agent in process {pid}", picked)
     return session
+
+
+async def _ready_code(job: asyncio.Future[AgentCode | None], wait: float) -> AgentCode | None:
+    """The compiled agent if it is ready within ``wait`` seconds (a compile still running goes on, for next time)."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(job), wait)
+    except asyncio.TimeoutError:
+        return None
 
 
 async def _inject(
@@ -396,6 +705,10 @@ class Session:
         self.hello = hello
         self.injected_via = injected_via
         """The native id of the thread that ran the agent script."""
+        self.agent_code = "compiled"
+        """How the agent's code got into the target: ``precompiled`` (marshal data from an
+        interpreter of its version), ``compiled`` (the target compiled the source) or ``rejected``
+        (precompiled code was offered but its magic number was not the target's)."""
         self.latest: Frame | None = None
         """The newest frame received."""
         self.frames_dropped = 0

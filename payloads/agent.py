@@ -299,7 +299,7 @@ class StreamDecoder:
 # --------------------------------------------------------------------------------------------
 
 BOOTSTRAP = r'''
-def _periscope_bootstrap(config, source):
+def _periscope_bootstrap(config, source, code):
     import sys, _thread
     name = "_periscope_agent"
     directory = config["directory"]
@@ -343,10 +343,21 @@ def _periscope_bootstrap(config, source):
         else:
             sys.modules[name] = module  # the entry of an agent that died: take its place
 
+        def load():
+            # Code compiled by an interpreter of this very version (marshal data, read only when
+            # its magic number and cache tag are this interpreter's); otherwise the source.
+            if code is not None:
+                external = sys.modules.get("_frozen_importlib_external")
+                if getattr(external, "MAGIC_NUMBER", None) == code[0] and sys.implementation.cache_tag == code[1]:
+                    config["code"] = "precompiled"
+                    return __import__("marshal").loads(bytes.fromhex(code[2]))
+                mark("code-rejected", "compiled for magic %r (%s), this interpreter differs" % (code[0], code[1]))
+            config["code"] = "compiled"
+            return compile(source, "<periscope-agent>", "exec")
+
         def run():
             try:
-                code = compile(source, "<periscope-agent>", "exec")
-                exec(code, module.__dict__)
+                exec(load(), module.__dict__)
                 module.__dict__["main"](config, module)
             except BaseException as error:
                 mark("failed", "%s: %s" % (type(error).__name__, error))
@@ -358,20 +369,24 @@ def _periscope_bootstrap(config, source):
         mark("failed", "%s: %s" % (type(error).__name__, error))
 
 
-_periscope_bootstrap(_PERISCOPE_CONFIG, _PERISCOPE_SOURCE)
+_periscope_bootstrap(_PERISCOPE_CONFIG, _PERISCOPE_SOURCE, _PERISCOPE_CODE)
 '''
 
 
-def build_script(config, source):
-    """The text of the injected script: the config, the agent source as a literal, the bootstrap.
+def build_script(config, source, code=None):
+    """The text of the injected script: the config, the agent as literals, the bootstrap.
 
     ``config`` holds plain data only (str, int, float, bool, None, lists and dicts of them).
-    The target compiles only the small bootstrap in the thread that picks the script up; the
-    agent source is compiled in the agent's own thread.
+    ``code`` is ``(magic, cache_tag, marshal_data)`` from an interpreter of the target's version
+    (``marshal.dumps(compile(source, "<periscope-agent>", "exec"))``, with that interpreter's
+    ``importlib.util.MAGIC_NUMBER`` and ``sys.implementation.cache_tag``), or None. The target
+    then compiles only the small bootstrap; it loads the marshal data when magic and tag are its
+    own, and compiles the source in the agent's own thread otherwise.
     """
+    shipped = None if code is None else (bytes(code[0]), str(code[1]), bytes(code[2]).hex())
     return (
         "# periscope agent (generated; deleted as soon as the target reads it)\n"
-        "_PERISCOPE_CONFIG = %r\n_PERISCOPE_SOURCE = %r\n%s" % (config, source, BOOTSTRAP)
+        "_PERISCOPE_CONFIG = %r\n_PERISCOPE_SOURCE = %r\n_PERISCOPE_CODE = %r\n%s" % (config, source, shipped, BOOTSTRAP)
     )
 
 
@@ -1075,6 +1090,7 @@ class Agent:
             "implementation": sys.implementation.name,
             "capabilities": capabilities,
             "codec": self.codec,
+            "code": self.config.get("code", "compiled"),
             "agent_native_id": self.native_id,
             "rate": self.rate,
             "modules": list(self.modules),

@@ -1,0 +1,187 @@
+"""How the agent's code gets into a real 3.14 target: compiled ahead of time by an interpreter of
+the target's version (cached per version and agent source) when one can be run, compiled by the
+target itself otherwise; a cache entry for another magic number is rejected by the target; and
+detach still leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from explorer import session as session_module
+from explorer.remote import RemoteProcess
+from explorer.session import AgentCode, agent_code_path, attach, warm_agent_code
+from payloads.agent import agent_source
+from tests.test_agent_lifecycle import BASELINE, TARGET, _state_line, _wait_for_state
+
+IDLE = '''
+import sys, time
+sys.stdout.write("ready\\n")
+while True:
+    time.sleep(0.01)
+'''
+
+ORIGIN = "__import__('sys').modules['_periscope_agent'].agent.config['code']"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A fresh per-test cache directory (explorer.pythons.cache_dir() follows XDG_CACHE_HOME)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "periscope" / session_module.AGENT_CODE_DIR
+
+
+def _version_hex(pid: int) -> int:
+    with RemoteProcess.open(pid) as process:
+        return process.offsets.version_hex
+
+
+def _private_interpreter(target_python: str, folder: Path, mode: int) -> str:
+    """A copy of the target interpreter in ``folder``/bin, finding its standard library through a symlink."""
+    prefix = Path(os.path.realpath(target_python)).parent.parent
+    (folder / "bin").mkdir(parents=True)
+    (folder / "lib").symlink_to(prefix / "lib")
+    copy = folder / "bin" / "python3.14"
+    shutil.copyfile(os.path.realpath(target_python), copy)
+    copy.chmod(mode)
+    return str(copy)
+
+
+async def _origin(session) -> str:
+    return (await session.eval(ORIGIN)).value.repr.strip("'")
+
+
+async def test_precompiled_code_is_used_cached_and_reused(spawn, cache):
+    target = spawn(IDLE)
+    target.wait_for_line("ready")
+    version_hex = _version_hex(target.pid)
+    session = await attach(target.pid, rate=5)
+    try:
+        assert session.agent_code == "precompiled"
+        assert await _origin(session) == "precompiled"
+        frame = await session.next_frame(timeout=10)
+        assert frame.main_thread is not None
+    finally:
+        await session.detach()
+    entry = agent_code_path(version_hex, agent_source())
+    assert entry.parent == cache and entry.is_file()
+    assert oct(entry.stat().st_mode & 0o777) == oct(0o600)
+    before = entry.stat().st_mtime_ns
+    session = await attach(target.pid, rate=0)
+    try:
+        assert session.agent_code == "precompiled"
+        assert await _origin(session) == "precompiled"
+    finally:
+        await session.detach()
+    assert entry.stat().st_mtime_ns == before  # read from the cache, not compiled again
+
+
+async def test_the_target_compiles_the_source_when_no_interpreter_can_be_trusted(spawn, cache, tmp_path, monkeypatch, target_python):
+    # The target's executable is writable by other users (periscope will not run it) and the
+    # local interpreter setting points nowhere: the target has to compile the agent itself.
+    python = _private_interpreter(target_python, tmp_path / "untrusted", 0o777)
+    monkeypatch.setenv("PERISCOPE_TARGET_PYTHON", str(tmp_path / "no-such-python"))
+    target = spawn(IDLE, python=python)
+    target.wait_for_line("ready")
+    assert session_module._compilers(target.pid) == []
+    assert not warm_agent_code(target.pid)
+    session = await attach(target.pid, rate=5)
+    try:
+        assert session.agent_code == "compiled"
+        assert await _origin(session) == "compiled"
+        frame = await session.next_frame(timeout=10)
+        assert frame.main_thread is not None
+    finally:
+        await session.detach()
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+async def test_an_executable_replaced_on_disk_compiles_through_proc_exe(spawn, cache, tmp_path, monkeypatch, target_python):
+    python = _private_interpreter(target_python, tmp_path / "replaced", 0o755)
+    monkeypatch.setenv("PERISCOPE_TARGET_PYTHON", str(tmp_path / "no-such-python"))
+    target = spawn(IDLE, python=python)
+    target.wait_for_line("ready")
+    os.unlink(python)
+    assert [c[0] for c in session_module._compilers(target.pid)] == [f"/proc/{target.pid}/exe"]
+    assert warm_agent_code(target.pid)
+    session = await attach(target.pid, rate=0)
+    try:
+        assert session.agent_code == "precompiled"
+        assert await _origin(session) == "precompiled"
+    finally:
+        await session.detach()
+
+
+async def test_a_cache_entry_for_another_magic_number_is_rejected_and_replaced(spawn, cache):
+    target = spawn(IDLE)
+    target.wait_for_line("ready")
+    version_hex = _version_hex(target.pid)
+    assert warm_agent_code(target.pid)
+    entry = agent_code_path(version_hex, agent_source())
+    good = session_module._parse_code(entry.read_bytes())
+    assert good is not None
+    wrong = AgentCode(bytes([good.magic[0] ^ 0xFF, good.magic[1], 13, 10]), good.cache_tag, good.hexversion, good.data)
+    assert session_module._write_code(entry, wrong)
+    session = await attach(target.pid, rate=5)
+    try:
+        assert session.agent_code == "rejected"
+        assert await _origin(session) == "compiled"
+        frame = await session.next_frame(timeout=10)
+        assert frame.main_thread is not None
+    finally:
+        await session.detach()
+    assert not entry.exists()  # dropped: the next attach compiles it again
+    session = await attach(target.pid, rate=0)
+    try:
+        assert session.agent_code == "precompiled"
+    finally:
+        await session.detach()
+    assert session_module._parse_code(entry.read_bytes()).magic == good.magic
+
+
+def test_a_damaged_cache_entry_is_not_used(cache, target_python, spawn):
+    target = spawn(IDLE)
+    target.wait_for_line("ready")
+    version_hex = _version_hex(target.pid)
+    code = session_module.agent_code(target.pid, version_hex)
+    assert code is not None
+    entry = agent_code_path(version_hex, agent_source())
+    blob = entry.read_bytes()
+    assert session_module._parse_code(blob) == code
+    assert session_module._parse_code(blob[:-100]) is None  # cut short
+    assert session_module._parse_code(blob[:-1] + bytes([blob[-1] ^ 1])) is None  # one bit flipped
+    assert session_module._parse_code(b"not an entry\n" + code.data) is None
+    entry.write_bytes(blob[:-100])
+    assert session_module.agent_code(target.pid, version_hex, compile_now=False) is None
+    assert session_module.agent_code(target.pid, version_hex) == code  # compiled again
+    # An entry for another minor version under this key is never used either.
+    other = AgentCode(code.magic, code.cache_tag, 0x030D00F0, code.data)
+    assert session_module._write_code(entry, other)
+    assert session_module.agent_code(target.pid, version_hex, compile_now=False) is None
+
+
+async def test_detach_after_a_precompiled_start_leaves_nothing(spawn, cache):
+    target = spawn(TARGET)
+    target.wait_for_line(_state_line(BASELINE))
+    _wait_for_state(target, lambda s: s == BASELINE)
+    session = await attach(target.pid, rate=10)
+    directory = Path(session._script_dir.host_path)
+    try:
+        assert session.agent_code == "precompiled"
+        await session.next_frame(timeout=10)
+        _wait_for_state(target, lambda s: s["agent"])
+    finally:
+        await session.detach()
+    _wait_for_state(target, lambda s: s == BASELINE)
+    assert not directory.exists()
+
+
+def test_the_cache_follows_xdg_cache_home(cache):
+    path = agent_code_path(0x030E0AF0, "source")
+    assert path.parent == cache
+    assert path.name.startswith("030e0af0-")
+    assert agent_code_path(0x030E0AF0, "other source") != path
+    assert agent_code_path(0x030E0BF0, "source") != path

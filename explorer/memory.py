@@ -9,12 +9,15 @@ reuse by the process start time.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
 
 from explorer.errors import PermissionDenied, ProcessGone
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import ctypes
 
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
@@ -29,29 +32,35 @@ class MemoryFault(OSError):
     """An address of the target could not be read or written (unmapped, freed, or out of range)."""
 
 
-class _IOVec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+# ctypes, the iovec structure and libc, loaded on first use: most runs read through
+# /proc/PID/mem and never need them, and importing ctypes costs start-up time.
+_IOVec: type[ctypes.Structure] | None = None
+_libc: ctypes.CDLL | None = None
 
 
-_libc = None
+def _vm_api() -> tuple[type[ctypes.Structure], ctypes.CDLL]:
+    """The iovec structure and a libc whose process_vm_readv/writev have their prototypes set."""
+    global _IOVec, _libc
+    if _IOVec is None or _libc is None:
+        import ctypes
 
+        class IOVec(ctypes.Structure):
+            _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
-def _get_libc() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         for name in ("process_vm_readv", "process_vm_writev"):
-            function = getattr(_libc, name)
+            function = getattr(libc, name)
             function.restype = ctypes.c_ssize_t
             function.argtypes = [
                 ctypes.c_int,
-                ctypes.POINTER(_IOVec),
+                ctypes.POINTER(IOVec),
                 ctypes.c_ulong,
-                ctypes.POINTER(_IOVec),
+                ctypes.POINTER(IOVec),
                 ctypes.c_ulong,
                 ctypes.c_ulong,
             ]
-    return _libc
+        _IOVec, _libc = IOVec, libc
+    return _IOVec, _libc
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:
@@ -162,10 +171,13 @@ class ProcessMemory:
     def _check_vm_fallback(self) -> None:
         """/proc/PID/mem cannot be opened: try process_vm_readv, which has the same rules."""
         self._use_vm = True
+        import ctypes
+
+        iovec, libc = _vm_api()
         buffer = ctypes.create_string_buffer(1)
-        local = _IOVec(ctypes.cast(buffer, ctypes.c_void_p), 1)
-        remote = _IOVec(0, 1)  # address 0 is never mapped: EFAULT means we are allowed
-        result = _get_libc().process_vm_readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        local = iovec(ctypes.cast(buffer, ctypes.c_void_p), 1)
+        remote = iovec(0, 1)  # address 0 is never mapped: EFAULT means we are allowed
+        result = libc.process_vm_readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
         code = ctypes.get_errno() if result < 0 else 0
         if code == errno.EPERM:
             raise PermissionDenied(explain_permission(self.pid))
@@ -208,10 +220,13 @@ class ProcessMemory:
         return data
 
     def _vm_read(self, address: int, size: int) -> bytes:
+        import ctypes
+
+        iovec, libc = _vm_api()
         buffer = ctypes.create_string_buffer(size)
-        local = _IOVec(ctypes.cast(buffer, ctypes.c_void_p), size)
-        remote = _IOVec(address, size)
-        result = _get_libc().process_vm_readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        local = iovec(ctypes.cast(buffer, ctypes.c_void_p), size)
+        remote = iovec(address, size)
+        result = libc.process_vm_readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
         if result < 0:
             code = ctypes.get_errno()
             if code == errno.ESRCH:
@@ -236,10 +251,13 @@ class ProcessMemory:
             except PermissionError:
                 self._use_vm = True
         if self._use_vm:
+            import ctypes
+
+            iovec, libc = _vm_api()
             buffer = ctypes.create_string_buffer(data, len(data))
-            local = _IOVec(ctypes.cast(buffer, ctypes.c_void_p), len(data))
-            remote = _IOVec(address, len(data))
-            result = _get_libc().process_vm_writev(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+            local = iovec(ctypes.cast(buffer, ctypes.c_void_p), len(data))
+            remote = iovec(address, len(data))
+            result = libc.process_vm_writev(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
             if result < 0:
                 code = ctypes.get_errno()
                 if code == errno.ESRCH:

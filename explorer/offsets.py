@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 from explorer.elf import COOKIE, version_string
 from explorer.errors import UnsupportedPython

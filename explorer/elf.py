@@ -2,24 +2,26 @@
 
 Reads ``/proc/PID/maps`` and the mapped ELF files (opened as the target sees them, through
 ``/proc/PID/root``, or through ``/proc/PID/map_files`` for deleted files) with pyelftools.
-Results per file are cached by file identity, so repeated scans of many processes are cheap.
+Results per file are cached by file identity, in memory and on disk (one small file per
+identity under ``explorer.pythons.cache_dir() / "elf-cache"``), so repeated scans of many
+processes are cheap and only the first look at an interpreter binary imports pyelftools.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import re
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.constants import SH_FLAGS  # noqa: F401  (documents the flags pyelftools exposes)
-from elftools.elf.elffile import ELFFile
 
 from explorer.errors import NotAPythonProcess, PermissionDenied, ProcessGone
 from explorer.memory import process_exited, process_start_time
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+    from elftools.elf.elffile import ELFFile
 
 COOKIE = b"xdebugpy"
 RUNTIME_SECTION = ".PyRuntime"
@@ -27,7 +29,7 @@ RUNTIME_SECTION = ".PyRuntime"
 # and room for later versions' larger tables.
 STATIC_HEADER_SIZE = 1024
 
-_PYTHON_NAME = re.compile(r"python(\d+)\.(\d+)")
+_PYTHON_NAME = r"python(\d+)\.(\d+)"  # compiled where used: only the ELF parser needs re
 
 
 @dataclass(frozen=True)
@@ -163,54 +165,250 @@ def _py_version_symbol(elf: ELFFile, stream: BinaryIO) -> int | None:
 def inspect_elf(path: str) -> ElfRuntimeInfo | None:
     """Describe the CPython runtime in the ELF file at ``path``; None when it has none.
 
-    Cached by file identity (device, inode, size, mtime). Raises OSError when it cannot be opened.
+    Cached by file identity (device, inode, size, mtime): in memory, and on disk so that later
+    runs need not import pyelftools. Raises OSError when it cannot be opened.
     """
     st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = _identity(st)
     if key in _cache:
         return _cache[key]
-    info = None
     with open(path, "rb") as stream:
-        try:
-            elf = ELFFile(stream)
-            section = elf.get_section_by_name(RUNTIME_SECTION)
-            if section is not None and section["sh_type"] != "SHT_NOBITS":
-                stream.seek(section["sh_offset"])
-                header = stream.read(min(STATIC_HEADER_SIZE, section["sh_size"]))
-                version_hex: int | None = None
-                free_threaded: bool | None = None
-                has_offsets = header[:8] == COOKIE and len(header) >= 24
-                if has_offsets:
-                    version_hex, free = struct.unpack_from("<QQ", header, 8)
-                    free_threaded = bool(free)
-                if version_hex is None:
-                    version_hex = _py_version_symbol(elf, stream)
-                if version_hex is None:
-                    match = _PYTHON_NAME.search(os.path.basename(path))
-                    if match:
-                        version_hex = (int(match[1]) << 24) | (int(match[2]) << 16) | 0xFF00 | 0xF0
-                loads = tuple(
-                    (seg["p_vaddr"], seg["p_offset"], seg["p_align"])
-                    for seg in elf.iter_segments()
-                    if seg["p_type"] == "PT_LOAD"
-                )
-                info = ElfRuntimeInfo(
-                    section_vaddr=section["sh_addr"],
-                    section_size=section["sh_size"],
-                    section_offset=section["sh_offset"],
-                    is_pie_or_shared=elf["e_type"] == "ET_DYN",
-                    load_segments=loads,
-                    static_header=header,
-                    version_hex=version_hex,
-                    has_debug_offsets=has_offsets,
-                    free_threaded=free_threaded,
-                )
-        except (ELFError, struct.error, ValueError):
-            info = None
+        # The disk cache may only describe the file opened here: one replaced since the stat
+        # above has another identity, and is parsed (and not stored on disk under this one).
+        same = _identity(os.fstat(stream.fileno())) == key
+        found, info = _read_disk_entry(key, path) if same else (False, None)
+        if not found:
+            info = _parse_elf(path, stream)
+            if same:
+                _write_disk_entry(key, path, info)
     if len(_cache) > 4096:
         _cache.clear()
     _cache[key] = info
     return info
+
+
+def _parse_elf(path: str, stream: BinaryIO) -> ElfRuntimeInfo | None:
+    """What the ELF file open in ``stream`` says about a CPython runtime in it (pyelftools)."""
+    import re
+
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        elf = ELFFile(stream)
+        section = elf.get_section_by_name(RUNTIME_SECTION)
+        if section is None or section["sh_type"] == "SHT_NOBITS":
+            return None
+        stream.seek(section["sh_offset"])
+        header = stream.read(min(STATIC_HEADER_SIZE, section["sh_size"]))
+        version_hex: int | None = None
+        free_threaded: bool | None = None
+        has_offsets = header[:8] == COOKIE and len(header) >= 24
+        if has_offsets:
+            version_hex, free = struct.unpack_from("<QQ", header, 8)
+            free_threaded = bool(free)
+        if version_hex is None:
+            version_hex = _py_version_symbol(elf, stream)
+        if version_hex is None:
+            match = re.search(_PYTHON_NAME, os.path.basename(path))
+            if match:
+                version_hex = (int(match[1]) << 24) | (int(match[2]) << 16) | 0xFF00 | 0xF0
+        loads = tuple(
+            (seg["p_vaddr"], seg["p_offset"], seg["p_align"])
+            for seg in elf.iter_segments()
+            if seg["p_type"] == "PT_LOAD"
+        )
+        return ElfRuntimeInfo(
+            section_vaddr=section["sh_addr"],
+            section_size=section["sh_size"],
+            section_offset=section["sh_offset"],
+            is_pie_or_shared=elf["e_type"] == "ET_DYN",
+            load_segments=loads,
+            static_header=header,
+            version_hex=version_hex,
+            has_debug_offsets=has_offsets,
+            free_threaded=free_threaded,
+        )
+    except (ELFError, struct.error, ValueError):
+        return None
+
+
+# -- the on-disk cache ---------------------------------------------------------------------
+#
+# One file per (file identity, path as the target names it): a header that repeats the key, the
+# ElfRuntimeInfo (or "no runtime"), and a checksum of all of it. An entry that does not read back
+# whole and matching is ignored and rewritten; entries are written to a temporary name and
+# renamed into place, so readers never see half of one.
+
+DISK_CACHE_ENTRIES = 256
+"""Entries kept on disk; writing one more prunes the oldest down to three quarters of this."""
+_DISK_MAGIC = b"PSCELF\x00\x01"  # the last byte is the format version
+_DISK_HEAD = struct.Struct("<8sQQqqIB")  # magic, st_dev, st_ino, st_size, st_mtime_ns, path bytes, flags
+_DISK_INFO = struct.Struct("<QQQQHH")  # section vaddr, size, offset, version_hex, PT_LOADs, header bytes
+_DISK_LOAD = struct.Struct("<QQQ")  # p_vaddr, p_offset, p_align
+_DISK_CHECK = struct.Struct("<Q")
+# The checksum: the bytes as one integer modulo the Mersenne prime 2**61 - 1. Any corruption that
+# is not a multiple of it is caught (random damage slips through with odds of 2**-61), and it
+# needs no import: zlib or hashlib would cost start-up time, the only thing this cache saves.
+_CHECK_MODULUS = (1 << 61) - 1
+_HAS_INFO, _PIE_OR_SHARED, _HAS_OFFSETS, _HAS_VERSION, _HAS_FREE, _FREE = (1 << bit for bit in range(6))
+_written = 0  # entries this process wrote (names its temporary files)
+
+
+def disk_cache_dir() -> str:
+    """Where inspect_elf keeps its results: ``explorer.pythons.cache_dir() / "elf-cache"``.
+
+    The same rule as explorer.pythons.cache_dir(), spelt out here because importing that module
+    (subprocess, pathlib, ...) would cost more start-up time than the cache saves.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "periscope", "elf-cache")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _cache_key_path(path: str) -> bytes:
+    """The path as the target names it: ``/proc/PID/root/usr/bin/x`` -> ``/usr/bin/x``.
+
+    The file identity tells files apart, so the same binary seen through two processes' roots
+    is one entry; the path stays in the key because the file name can give the version.
+    """
+    if path.startswith("/proc/"):
+        pid, _, rest = path[len("/proc/") :].partition("/")
+        if pid.isdigit() and rest.startswith("root/"):
+            path = rest[len("root") :]
+    return os.fsencode(path)
+
+
+def _checksum(data: bytes) -> int:
+    return int.from_bytes(data, "little") % _CHECK_MODULUS
+
+
+def _disk_name(key: tuple[int, int, int, int], path: str) -> str:
+    """The entry's file: the key's numbers and a checksum of the path (the entry holds the path itself)."""
+    dev, ino, size, mtime_ns = key
+    path_sum = _checksum(_cache_key_path(path))
+    return os.path.join(disk_cache_dir(), f"{dev:x}-{ino:x}-{size:x}-{mtime_ns & (1 << 64) - 1:x}-{path_sum:x}")
+
+
+def _encode(key: tuple[int, int, int, int], path: str, info: ElfRuntimeInfo | None) -> bytes:
+    """One disk entry: header (key, path, flags), the info if there is one, then the checksum."""
+    name = _cache_key_path(path)
+    flags = 0
+    body = b""
+    if info is not None:
+        flags |= _HAS_INFO
+        flags |= _PIE_OR_SHARED if info.is_pie_or_shared else 0
+        flags |= _HAS_OFFSETS if info.has_debug_offsets else 0
+        flags |= _HAS_VERSION if info.version_hex is not None else 0
+        if info.free_threaded is not None:
+            flags |= _HAS_FREE | (_FREE if info.free_threaded else 0)
+        body = _DISK_INFO.pack(
+            info.section_vaddr,
+            info.section_size,
+            info.section_offset,
+            info.version_hex or 0,
+            len(info.load_segments),
+            len(info.static_header),
+        )
+        body += b"".join(_DISK_LOAD.pack(*segment) for segment in info.load_segments) + info.static_header
+    data = _DISK_HEAD.pack(_DISK_MAGIC, *key, len(name), flags) + name + body
+    return data + _DISK_CHECK.pack(_checksum(data))
+
+
+def _decode(data: bytes, key: tuple[int, int, int, int], path: str) -> tuple[bool, ElfRuntimeInfo | None]:
+    """(True, info) for a whole entry about this file and path; (False, None) for anything else."""
+    miss = (False, None)
+    if len(data) < _DISK_HEAD.size + _DISK_CHECK.size:
+        return miss
+    body, (check,) = data[: -_DISK_CHECK.size], _DISK_CHECK.unpack_from(data, len(data) - _DISK_CHECK.size)
+    if _checksum(body) != check:
+        return miss
+    magic, dev, ino, size, mtime_ns, name_size, flags = _DISK_HEAD.unpack_from(body)
+    position = _DISK_HEAD.size + name_size
+    if magic != _DISK_MAGIC or (dev, ino, size, mtime_ns) != key:
+        return miss
+    if body[_DISK_HEAD.size : position] != _cache_key_path(path):
+        return miss
+    if not flags & _HAS_INFO:
+        return (True, None) if position == len(body) else miss
+    if len(body) < position + _DISK_INFO.size:
+        return miss
+    vaddr, section_size, offset, version_hex, loads, header_size = _DISK_INFO.unpack_from(body, position)
+    position += _DISK_INFO.size
+    if len(body) != position + loads * _DISK_LOAD.size + header_size:
+        return miss
+    segments = tuple(_DISK_LOAD.unpack_from(body, position + i * _DISK_LOAD.size) for i in range(loads))
+    position += loads * _DISK_LOAD.size
+    return True, ElfRuntimeInfo(
+        section_vaddr=vaddr,
+        section_size=section_size,
+        section_offset=offset,
+        is_pie_or_shared=bool(flags & _PIE_OR_SHARED),
+        load_segments=segments,
+        static_header=body[position:],
+        version_hex=version_hex if flags & _HAS_VERSION else None,
+        has_debug_offsets=bool(flags & _HAS_OFFSETS),
+        free_threaded=bool(flags & _FREE) if flags & _HAS_FREE else None,
+    )
+
+
+def _read_disk_entry(key: tuple[int, int, int, int], path: str) -> tuple[bool, ElfRuntimeInfo | None]:
+    """The cached result for this file, as (found, info); a missing or unusable entry is not found."""
+    try:
+        with open(_disk_name(key, path), "rb") as handle:
+            data = handle.read(1 << 16)
+    except OSError:  # no entry yet, or an unreadable cache: parse the file instead
+        return False, None
+    return _decode(data, key, path)
+
+
+def _write_disk_entry(key: tuple[int, int, int, int], path: str, info: ElfRuntimeInfo | None) -> None:
+    """Store one result, atomically; a cache that cannot be written only costs the next run time."""
+    global _written
+    cache_path = _disk_name(key, path)
+    directory = os.path.dirname(cache_path)
+    _written += 1
+    temporary = os.path.join(directory, f".{os.path.basename(cache_path)}.{os.getpid()}.{_written}.tmp")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(_encode(key, path, info))
+            os.replace(temporary, cache_path)
+        except BaseException:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass  # already gone: nothing to clean up
+            raise
+        _prune(directory, keep=cache_path)
+    except OSError:
+        return  # read-only or full home, another user's directory: work without the disk cache
+
+
+def _prune(directory: str, keep: str) -> None:
+    """Keep at most DISK_CACHE_ENTRIES files in the directory, dropping the oldest written (never ``keep``)."""
+    entries = []
+    with os.scandir(directory) as listing:
+        for entry in listing:
+            if entry.path == keep:
+                continue
+            try:
+                entries.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.path))
+            except OSError:
+                continue  # removed by another periscope meanwhile
+    if len(entries) < DISK_CACHE_ENTRIES:
+        return
+    entries.sort()
+    for _, stale in entries[: len(entries) + 1 - DISK_CACHE_ENTRIES * 3 // 4]:
+        try:
+            os.unlink(stale)
+        except OSError:
+            continue  # removed by another periscope meanwhile
 
 
 def _load_bias(info: ElfRuntimeInfo, mappings: list[Mapping]) -> int | None:

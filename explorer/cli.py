@@ -1,28 +1,58 @@
-"""The ``periscope`` command: the TUI by default, and one subcommand per scriptable action."""
+"""The ``periscope`` command: the TUI by default, and one subcommand per scriptable action.
+
+Start-up time matters (``periscope stack PID`` is meant to be quicker than ``py-spy dump``): the
+command list comes from the static table in :mod:`explorer.commands`, only the module of the
+command that runs (or whose ``--help`` is asked) is imported, and a command may parse its
+plainest forms itself (``parse_quick(argv)``) so that argparse is not even imported for them.
+"""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-from types import ModuleType
 
 from explorer import __version__
-from explorer.commands import COMMANDS
+from explorer.commands import COMMANDS, SUMMARIES
 from explorer.errors import PeriscopeError
 from explorer.memory import MemoryFault
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Collection
+    from types import ModuleType
 
-def _command_modules() -> dict[str, ModuleType]:
-    modules = {}
+
+def _import_command(module_name: str) -> ModuleType:
+    name = f"explorer.commands.{module_name}"
+    __import__(name)  # importlib.import_module without importing importlib (start-up time)
+    return sys.modules[name]
+
+
+def command_summaries() -> dict[str, tuple[str, str]]:
+    """Command name -> (module name, one-line help), in ``periscope --help`` order.
+
+    Imports only the command modules that the static table does not describe.
+    """
+    summaries = {}
     for module_name in COMMANDS:
-        module = importlib.import_module(f"explorer.commands.{module_name}")
-        modules[module.NAME] = module
-    return modules
+        known = SUMMARIES.get(module_name)
+        if known is None:
+            module = _import_command(module_name)
+            known = (module.NAME, module.HELP)
+        summaries[known[0]] = (module_name, known[1])
+    return summaries
 
 
-def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
-    """The full argument parser: top-level options plus every subcommand."""
+def build_parser(
+    commands: dict[str, tuple[str, str]], with_options: Collection[str] | None = None
+) -> argparse.ArgumentParser:
+    """The argument parser: top-level options plus every subcommand.
+
+    Each subcommand gets its options (and its module is imported) only when it is named in
+    ``with_options``; None means every one. The others are listed with their help all the same.
+    """
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="periscope",
         description=(
@@ -33,15 +63,19 @@ def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"periscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in modules.items():
-        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(command)
-        command.set_defaults(run=module.run)
+    for name, (module_name, help_text) in commands.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if with_options is None or name in with_options:
+            module = _import_command(module_name)
+            module.add_arguments(command)
+            command.set_defaults(run=module.run)
     return parser
 
 
 def build_app_parser() -> argparse.ArgumentParser:
     """The parser for ``periscope [PID] [--demo]`` (the TUI)."""
+    import argparse
+
     parser = argparse.ArgumentParser(prog="periscope", add_help=False)
     parser.add_argument("pid", nargs="?", type=int)
     parser.add_argument("--demo", action="store_true")
@@ -51,14 +85,22 @@ def build_app_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``periscope`` and ``python -m explorer``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    modules = _command_modules()
+    commands = command_summaries()
     try:
-        if argv and argv[0] in modules or any(a in ("-h", "--help", "--version") for a in argv[:1]):
-            args = build_parser(modules).parse_args(argv)
+        if argv and argv[0] in commands:
+            module = _import_command(commands[argv[0]][0])
+            parse_quick = getattr(module, "parse_quick", None)
+            args = parse_quick(argv[1:]) if parse_quick is not None else None
+            if args is None:
+                args = build_parser(commands, with_options=argv[:1]).parse_args(argv)
+            return int(args.run(args) or 0)
+        if any(a in ("-h", "--help", "--version") for a in argv[:1]):
+            # Options that print and exit before any command is looked at.
+            args = build_parser(commands, with_options=()).parse_args(argv)
             return int(args.run(args) or 0)
         app_args, unknown = build_app_parser().parse_known_args(argv)
         if unknown:
-            build_parser(modules).parse_args(argv)  # prints the usage error and exits 2
+            build_parser(commands).parse_args(argv)  # prints the usage error and exits 2
         from explorer.commands.app import run_app
 
         return run_app(pid=app_args.pid, demo=app_args.demo)

@@ -14,3 +14,25 @@ COMMANDS = (
     "watch",
     "eval",
 )
+
+# Module name -> (NAME, HELP), copied from each module, so that ``periscope --help`` and the choice
+# of the command to run import no command module (a test checks that the copies match). A module
+# in COMMANDS without an entry here still works: the CLI imports it to learn its NAME and HELP.
+SUMMARIES = {
+    "ps": ("ps", "list the Python processes on this machine and whether periscope can attach to each"),
+    "stack": (
+        "stack",
+        "print every thread's Python stack of a running CPython 3.14 process (read-only, like py-spy dump)",
+    ),
+    "target_python": (
+        "target-python",
+        "print the path of a CPython 3.14 interpreter to start targets with (provisions one if needed)",
+    ),
+    "exec": ("exec", "run a Python file inside a running CPython 3.14 process (remote exec, PEP 768)"),
+    "snapshot": (
+        "snapshot",
+        "attach to a CPython 3.14 process, print one full frame (threads, stacks, locals, module variables), detach",
+    ),
+    "watch": ("watch", "attach to a CPython 3.14 process and print one JSON line per frame until Ctrl+C (or --count)"),
+    "eval": ("eval", "evaluate an expression or statements inside a CPython 3.14 process and print the result's repr"),
+}

@@ -8,13 +8,15 @@ to 15 bytes.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import sys
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
     from explorer.stacks import ThreadStack
 
 NAME = "stack"
@@ -30,7 +32,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+MAX_QUICK_PID_DIGITS = 18
+
+
+def parse_quick(argv: list[str]) -> SimpleNamespace | None:
+    """The arguments after ``stack`` in their plain forms, ``PID``, ``--json PID`` and ``PID --json``,
+    parsed without argparse, whose import and set-up take longer than the rest of the command.
+
+    The result has the attributes and values argparse would give; anything else (other
+    spellings, help, mistakes) returns None, and argparse parses it with its usual messages.
+    """
+    rest = [arg for arg in argv if arg != "--json"]
+    if len(rest) != 1 or len(argv) > 2:
+        return None
+    pid = rest[0]
+    if not (pid.isascii() and pid.isdigit() and len(pid) <= MAX_QUICK_PID_DIGITS):
+        return None
+    return SimpleNamespace(command=NAME, pid=int(pid), json=len(argv) == 2, run=run)
+
+
+def run(args: argparse.Namespace | SimpleNamespace) -> int:
     from explorer.remote import RemoteProcess
     from explorer.stacks import StackReader
 
@@ -45,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")
     if args.json:
+        import json
+
         json.dump(stacks_to_json(args.pid, version, stacks), sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
     else:

@@ -9,6 +9,14 @@ Figures, not assertions (``python -m tests.bench stack``):
 * whole commands on the 50-thread target, same run: ``periscope stack``, ``py-spy dump`` (which
   pauses the target by default; also ``--nonblocking``), ``pystack remote`` (pauses it too) and a
   3.14 one-liner driving RemoteUnwinder, printed with ratios to periscope.
+
+``periscope stack`` is timed as a user runs it: from a wheel of this checkout installed (not
+editable, bytecode compiled at install as pip does) into a virtual environment the benchmark
+creates in its temporary directory, whose dependencies are those of this environment (a ``.pth``
+file names its site-packages). The editable install of this environment is timed too, for
+reference: its import finder adds start-up time that a normal install does not have. Both use a
+private ELF cache (``XDG_CACHE_HOME`` in the temporary directory), which the warm-up runs fill;
+the first run of a fresh cache (parses the interpreter with pyelftools) is timed on its own.
 """
 
 from __future__ import annotations
@@ -18,15 +26,21 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 
 from explorer.remote import RemoteProcess
 from explorer.stacks import StackReader
 from tests import targets
-from tests.bench import describe, load_average, median_ms, time_calls, time_command
+from tests.bench import command_environment, describe, load_average, median_ms, time_calls, time_command
 
 SNAPSHOTS = 200
-COMMAND_RUNS = 15
+COMMAND_RUNS = 21
+COLD_RUNS = 5
+REPOSITORY = Path(__file__).resolve().parents[2]
+# What a wheel is built from (pyproject.toml's packages and readme).
+SOURCES = ("pyproject.toml", "README.md", "explorer", "widgets", "payloads")
 
 PARKED = '''
 import sys, threading
@@ -106,6 +120,144 @@ def _periscope_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "explorer"]
 
 
+def _installed_periscope(workdir: Path) -> list[str]:
+    """``periscope`` from a wheel of this checkout, installed as a user installs it.
+
+    Builds the wheel from a copy of the sources (nothing is written into the checkout), creates
+    a virtual environment without pip, installs the wheel there with this environment's pip
+    (which compiles its bytecode), and lends it this environment's dependencies through a
+    ``.pth`` file. Raises subprocess.CalledProcessError when a step fails (building needs
+    setuptools from the package index, as pip's build isolation does).
+    """
+    source = workdir / "source"
+    source.mkdir()
+    for name in SOURCES:
+        origin = REPOSITORY / name
+        if origin.is_dir():
+            shutil.copytree(origin, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(origin, source / name)
+    wheels = workdir / "wheels"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "check": True, "timeout": 600}
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(source)], **quiet
+    )
+    (wheel,) = wheels.glob("pyperiscope-*.whl")
+    venv = workdir / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], **quiet)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+        **quiet,
+    )
+    site_packages = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()
+    # The dependencies (textual, psutil, pyelftools, msgpack) from this environment; only the
+    # site-packages directory itself, whose own .pth files (the editable finder) are not run.
+    Path(site_packages, "periscope-bench-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return [str(venv / "bin" / "periscope")]
+
+
+def _installed_environment(cache_home: Path) -> dict[str, str]:
+    """A user's environment: bytecode from the install's __pycache__, a private ELF cache."""
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    env["XDG_CACHE_HOME"] = str(cache_home)
+    return env
+
+
+def _time_cold(argv: list[str], env: dict[str, str], cache_home: Path, repeat: int) -> list[float]:
+    """Runs of ``argv`` that each start from an empty ELF cache (the first look at an interpreter)."""
+    timings = []
+    for _ in range(repeat):
+        shutil.rmtree(cache_home, ignore_errors=True)
+        timings += time_command(argv, 1, warmup=0, env=env)
+    shutil.rmtree(cache_home, ignore_errors=True)
+    return timings
+
+
+def _interleaved(commands: dict[str, tuple[list[str], dict[str, str]]], runs: int) -> dict[str, list[float] | str]:
+    """Time every command ``runs`` times, one run of each in turn, so that the shared machine's
+    load falls on all of them alike; a command that fails gets its error message instead."""
+    results: dict[str, list[float] | str] = {}
+    for name, (argv, env) in commands.items():
+        try:
+            time_command(argv, 0, warmup=2, env=env)
+            results[name] = []
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            results[name] = f"failed: {error}"
+    for _ in range(runs):
+        for name, (argv, env) in commands.items():
+            timings = results[name]
+            if isinstance(timings, str):
+                continue
+            try:
+                timings += time_command(argv, 1, warmup=0, env=env)
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                results[name] = f"failed: {error}"
+    return results
+
+
+def _whole_commands(target_pid: int) -> None:
+    """Whole commands on one target, interleaved: periscope installed and editable, the others."""
+    print(f"\nWhole command on the 50-thread target (pid {target_pid}), {COMMAND_RUNS} runs each, interleaved:")
+    pid = str(target_pid)
+    with tempfile.TemporaryDirectory(prefix="periscope-bench-") as workdir:
+        cache_home = Path(workdir, "cache")
+        installed_env = _installed_environment(cache_home)
+        plain_env = command_environment()
+        editable_env = {**plain_env, "XDG_CACHE_HOME": str(cache_home)}
+        commands: dict[str, tuple[list[str], dict[str, str]]] = {}
+        commands["python -c pass (this venv)"] = ([sys.executable, "-c", "pass"], plain_env)
+        installed: list[str] | None
+        try:
+            installed = _installed_periscope(Path(workdir))
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+            detail = (error.stderr or b"").decode(errors="replace")[-300:] if isinstance(error.stderr, bytes) else ""
+            print(f"  installed periscope: not measured, the wheel could not be built or installed: {error} {detail}")
+            installed = None
+        if installed:
+            commands["python -c pass (installed venv)"] = ([str(Path(installed[0]).with_name("python")), "-c", "pass"], installed_env)
+            commands["periscope stack (installed)"] = ([*installed, "stack", pid], installed_env)
+            commands["periscope stack --json (installed)"] = ([*installed, "stack", "--json", pid], installed_env)
+        commands["periscope stack (editable)"] = ([*_periscope_command(), "stack", pid], editable_env)
+        commands["periscope stack --json (editable)"] = ([*_periscope_command(), "stack", "--json", pid], editable_env)
+        missing = []
+        for name, tool, argv in (
+            ("py-spy dump", "py-spy", ["dump", "--pid", pid]),
+            ("py-spy dump --nonblocking", "py-spy", ["dump", "--nonblocking", "--pid", pid]),
+            ("pystack remote", "pystack", ["remote", pid]),
+        ):
+            path = _tool(tool)
+            if path:
+                commands[name] = ([path, *argv], plain_env)
+            else:
+                missing.append(name)
+        commands["python3.14 RemoteUnwinder"] = ([targets.target_python(), "-c", UNWINDER_COMMAND, pid], plain_env)
+        results = _interleaved(commands, COMMAND_RUNS)
+        for name in missing:
+            print(f"  {name:<46} not installed (pip install '.[bench]')")
+        for name, timings in results.items():
+            print(f"  {name:<46} {timings if isinstance(timings, str) else describe(timings)}")
+        cold = [("periscope stack (installed)", installed, installed_env)] if installed else []
+        cold.append(("periscope stack (editable)", _periscope_command(), editable_env))
+        for label, prefix, env in cold:
+            name = f"{label}, empty ELF cache"
+            try:
+                print(f"  {name:<46} {describe(_time_cold([*prefix, 'stack', pid], env, cache_home, COLD_RUNS))}")
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                print(f"  {name:<46} failed: {error}")
+    medians = {name: median_ms(timings) for name, timings in results.items() if not isinstance(timings, str)}
+    for ours_name in ("periscope stack (installed)", "periscope stack (editable)"):
+        ours = medians.get(ours_name)
+        if ours is None:
+            continue
+        print(f"  {ours_name}:")
+        for name in ("py-spy dump", "py-spy dump --nonblocking", "pystack remote", "python3.14 RemoteUnwinder"):
+            print(_ratio(ours, medians.get(name), name))
+
+
 def _start(source: str, threads: int, depth: int) -> targets.Target:
     target = targets.spawn(source, args=[str(threads), str(depth)])
     target.wait_for_line("ready", timeout=60)
@@ -168,37 +320,7 @@ def main() -> None:
         print(_ratio(ours_big, theirs_big, "RemoteUnwinder, 50 threads"))
         print(f"  goal: 8 threads x 30 frames under 5 ms -> {ours_small:.2f} ms")
 
-        print(f"\nWhole command on the 50-thread target (pid {big.pid}), {COMMAND_RUNS} runs each:")
-        pid = str(big.pid)
-        commands: dict[str, list[str] | None] = {
-            "python -c pass (start-up floor)": [sys.executable, "-c", "pass"],
-            "periscope stack": [*_periscope_command(), "stack", pid],
-            "periscope stack --json": [*_periscope_command(), "stack", "--json", pid],
-            "py-spy dump": [_tool("py-spy") or "", "dump", "--pid", pid] if _tool("py-spy") else None,
-            "py-spy dump --nonblocking": [_tool("py-spy") or "", "dump", "--nonblocking", "--pid", pid]
-            if _tool("py-spy")
-            else None,
-            "pystack remote": [_tool("pystack") or "", "remote", pid] if _tool("pystack") else None,
-            "python3.14 RemoteUnwinder": [targets.target_python(), "-c", UNWINDER_COMMAND, pid],
-        }
-        medians: dict[str, float | None] = {}
-        for name, argv in commands.items():
-            if argv is None:
-                print(f"  {name:<32} not installed (pip install '.[bench]')")
-                medians[name] = None
-                continue
-            try:
-                timings = time_command(argv, COMMAND_RUNS)
-            except (RuntimeError, subprocess.TimeoutExpired) as error:
-                print(f"  {name:<32} failed: {error}")
-                medians[name] = None
-                continue
-            medians[name] = median_ms(timings)
-            print(f"  {name:<32} {describe(timings)}")
-        ours = medians["periscope stack"]
-        assert ours is not None
-        for name in ("py-spy dump", "py-spy dump --nonblocking", "pystack remote", "python3.14 RemoteUnwinder"):
-            print(_ratio(ours, medians[name], name))
+        _whole_commands(big.pid)
         big.stop()
     finally:
         targets.stop_all()

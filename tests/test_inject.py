@@ -358,19 +358,21 @@ def test_script_for_another_users_target(spawn: Spawn, script_dirs: list[ScriptD
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private mount namespace")
 def test_target_in_its_own_mount_namespace(spawn: Spawn, script_dirs: list[ScriptDir], target_python: str) -> None:
-    """A container-like target with its own /tmp, whose TMPDIR is an absolute symlink in that /tmp:
-    the script is written through /proc/PID/root, and the symlink is resolved in the target's view."""
-    setup = "mount -t tmpfs tmpfs /tmp && mkdir /tmp/real && ln -s /tmp/real /tmp/link && exec \"$0\" -c \"$1\""
+    """A container-like target with a private temporary directory (a tmpfs only its mount namespace
+    sees; /mnt, so that the interpreter itself, wherever it lives, stays visible), whose TMPDIR is
+    an absolute symlink in it: the script is written through /proc/PID/root, and the symlink is
+    resolved in the target's view."""
+    setup = "mount -t tmpfs tmpfs /mnt && mkdir /mnt/real && ln -s /mnt/real /mnt/link && exec \"$0\" -c \"$1\""
     target = spawn(
         argv=["unshare", "--mount", "--propagation", "private", "sh", "-c", setup, target_python, BUSY_MAIN],
-        env={"TMPDIR": "/tmp/link"},
+        env={"TMPDIR": "/mnt/link"},
     )
     target.wait_for_line("ready")
     script_dir = prepare_script_dir(target.pid)
     script_dirs.append(script_dir)
-    assert script_dir.target_path.startswith("/tmp/real/periscope-")
+    assert script_dir.target_path.startswith("/mnt/real/periscope-")
     assert str(script_dir.host_path) == f"/proc/{target.pid}/root{script_dir.target_path}"
-    assert not os.path.exists(script_dir.target_path)  # not in periscope's own /tmp
+    assert not os.path.exists(script_dir.target_path)  # not in periscope's own /mnt
     path = write_script(script_dir, "report.py", REPORT)[1]
     assert remote_exec(target.pid, path).picked_up
     target.wait_for_line("ran MainThread")

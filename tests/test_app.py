@@ -60,7 +60,7 @@ def agent_threads(pid: int) -> int:
 
 async def attached_screen(pilot) -> ProcessScreen:
     app = pilot.app
-    await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen) and app.screen.frames_applied >= 2, "the process screen")
+    await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen) and app.screen.frames_applied >= 1, "the process screen")
     screen = app.screen
     assert isinstance(screen, ProcessScreen)
     return screen

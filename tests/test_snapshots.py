@@ -54,7 +54,7 @@ def walk(node: Any):
 
 async def attached(pilot: Pilot[Any]) -> ProcessScreen:
     app = pilot.app
-    await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen) and app.screen.frames_applied >= 2, "frames")
+    await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen) and app.screen.frames_applied >= 1, "frames")
     screen = app.screen
     assert isinstance(screen, ProcessScreen)
     tree = screen.query_one(VariablesTree)
@@ -112,6 +112,8 @@ def test_repl_with_results(snap_compare, scene):
             await pilot.press(*code, "enter")
         repl = screen.query_one(ReplPane)
         await wait_until(pilot, lambda: len(repl.entries) == 3 and not repl.running(), "three results")
+        await pilot.pause()
+        await wait_until(pilot, lambda: repl.at_end, "the newest output in view")
 
     assert snap_compare(app_for(target.pid), terminal_size=SIZE, run_before=run_before)
 

@@ -377,7 +377,7 @@ class ReplPane(Vertical):
         entry = ReplEntry(self._count, message.code, self.scope_description())
         transcript = self.query_one("#repl-transcript", VerticalScroll)
         await transcript.mount(entry)
-        transcript.scroll_end(animate=False)
+        self.scroll_to_end()
         self.post_message(self.EvalRequested(self, entry, message.code, eval_in))
 
     @on(ReplInput.Interrupted)
@@ -389,8 +389,15 @@ class ReplPane(Vertical):
             self.query_one(ReplInput).load_text("")
 
     def scroll_to_end(self) -> None:
-        """Keep the newest output in view."""
-        self.query_one("#repl-transcript", VerticalScroll).scroll_end(animate=False)
+        """Keep the newest output in view (once the layout includes it)."""
+        transcript = self.query_one("#repl-transcript", VerticalScroll)
+        self.call_after_refresh(transcript.scroll_end, animate=False, immediate=True)
+
+    @property
+    def at_end(self) -> bool:
+        """Whether the transcript shows its newest output."""
+        transcript = self.query_one("#repl-transcript", VerticalScroll)
+        return transcript.scroll_y >= transcript.max_scroll_y
 
     def action_toggle_scope(self) -> None:
         """Switch between running code in the selected frame and in the module."""

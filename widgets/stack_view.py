@@ -103,13 +103,16 @@ class StackView(DataTable[Text]):
 
     def on_mount(self) -> None:
         for key, label, width in _COLUMNS:
-            self.add_column(label, key=key, width=width)
+            self.add_column(label, key=key, width=width if width is not None else self._source_width)
         self._sync()
 
     def on_resize(self) -> None:
         width = max(10, self.size.width - 22 - 20 - 2 * len(_COLUMNS) - 1)
         if width != self._source_width:
+            # The source column takes the rest of the width, whatever the lines seen so far.
             self._source_width = width
+            self.remove_column("source")
+            self.add_column("SOURCE", key="source", width=width)
             self._sync(force=True)
 
     def update_frames(self, frames: Sequence[StackEntry]) -> None:

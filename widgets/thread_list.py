@@ -76,7 +76,7 @@ class ThreadList(DataTable[Text]):
     """
 
     mask_noise: reactive[bool] = reactive(False)
-    """Show placeholders for native ids and CPU times (reproducible screenshots)."""
+    """Show placeholders for native ids, CPU times and GIL states (reproducible screenshots)."""
 
     class ThreadSelected(Message):
         """The cursor moved to another thread."""
@@ -101,13 +101,25 @@ class ThreadList(DataTable[Text]):
         """Leave out the daemon and CPU columns (what a read from outside cannot know)."""
         self._columns = tuple(column for column in _COLUMNS if not (compact and column[0] in ("daemon", "cpu")))
         self._threads: dict[int, ThreadRow] = {}
+        self._shown: dict[int, ThreadRow] = {}
+        self._where_width = 16
         self.selected_id: int | None = None
         """The native id of the thread under the cursor."""
 
     def on_mount(self) -> None:
         for key, label, width in self._columns:
-            self.add_column(label, key=key, width=width)
+            self.add_column(label, key=key, width=width if width is not None else self._where_width)
         self._sync(force=True)
+
+    def on_resize(self) -> None:
+        fixed = sum(width or 0 for _, _, width in self._columns) + 2 * len(self._columns) + 1
+        width = max(8, self.size.width - fixed)
+        if width != self._where_width:
+            # The last column takes the rest of the width, whatever the functions seen so far.
+            self._where_width = width
+            self.remove_column("where")
+            self.add_column("IN", key="where", width=width)
+            self._sync(force=True)
 
     def watch_mask_noise(self) -> None:
         self._sync(force=True)
@@ -131,7 +143,9 @@ class ThreadList(DataTable[Text]):
         return True
 
     def _cells(self, row: ThreadRow) -> list[Text]:
-        if row.holds_gil:
+        if self.mask_noise:  # who holds the GIL at the sampled instant is timing, not state
+            state = Text("·", style=self.get_component_rich_style("thread-list--waiting", partial=True))
+        elif row.holds_gil:
             state = Text("●", style=self.get_component_rich_style("thread-list--gil", partial=True))
         elif not row.running_python:
             state = Text("·", style=self.get_component_rich_style("thread-list--waiting", partial=True))
@@ -162,19 +176,29 @@ class ThreadList(DataTable[Text]):
         for native_id in current - wanted.keys():
             self.remove_row(str(native_id))
         keys = [key for key, _, _ in self._columns]
+        reorder = force or current != wanted.keys()
         for native_id, row in wanted.items():
+            previous = self._shown.get(native_id)
+            if previous == row and not force:
+                continue  # nothing about this thread changed: leave its row alone
+            self._shown[native_id] = row
             cells = self._cells(row)
             if native_id in current:
                 old = self.get_row(str(native_id))
                 for column, before, after in zip(keys, old, cells):
                     if force or before.plain != after.plain or before.style != after.style:
                         self.update_cell(str(native_id), column, after)
+                if previous is None or previous.name != row.name:
+                    reorder = True
             else:
                 self.add_row(*cells, key=str(native_id))
+        for native_id in list(self._shown):
+            if native_id not in wanted:
+                del self._shown[native_id]
         order = {
             native_id: (not row.is_main, row.name.lower(), native_id) for native_id, row in wanted.items()
         }
-        if self.row_count:
+        if self.row_count and reorder:
             by_cell = {id(self.get_row(str(nid))[0]): nid for nid in wanted}
             self.sort(key=lambda cells: order[by_cell[id(cells[0])]])
             selected = self.selected_id

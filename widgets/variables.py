@@ -37,6 +37,7 @@ class _NodeData:
     value: ValueView | None
     loaded: bool = False
     page: int = 0
+    marked: bool = False
 
 
 class VariablesTree(Tree[_NodeData]):
@@ -124,7 +125,7 @@ class VariablesTree(Tree[_NodeData]):
         if scope is None:
             scope = self.root.add(self._scope_label(title), data=_NodeData((key,), None, loaded=True), expand=True)
             self._scopes[key] = scope
-        else:
+        elif scope.data is not None and scope.data.value is None and str(scope.label) != title:
             scope.set_label(self._scope_label(title))
         changed = self._sync_children(scope, (key,), values, track_changes)
         self.changed_paths = {path for path in self.changed_paths if path[0] != key} | changed
@@ -215,9 +216,11 @@ class VariablesTree(Tree[_NodeData]):
             if node is None:
                 node = self._add_value(parent, child_path, value, is_changed)
             else:
-                node.set_label(self._label(value, is_changed))
                 data = node.data
                 assert data is not None
+                if data.value != value or data.marked != is_changed:
+                    node.set_label(self._label(value, is_changed))
+                    data.marked = is_changed
                 old = data.value
                 data.value = value
                 node.allow_expand = value.ref is not None
@@ -230,7 +233,7 @@ class VariablesTree(Tree[_NodeData]):
         return changed
 
     def _add_value(self, parent: TreeNode[_NodeData], path: tuple[str, ...], value: ValueView, changed: bool) -> TreeNode[_NodeData]:
-        data = _NodeData(path, value)
+        data = _NodeData(path, value, marked=changed)
         if value.ref is None:
             return parent.add_leaf(self._label(value, changed), data=data)
         return parent.add(self._label(value, changed), data=data, allow_expand=True)

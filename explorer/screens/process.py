@@ -49,6 +49,9 @@ CPU_INTERVAL = 1.0
 PAGE = 100
 """Children per page when expanding an object."""
 
+STATUS_INTERVAL = 0.5
+"""Seconds between two redraws of the status bar's figures."""
+
 DETACH_TIMEOUT = 6.0
 """Seconds detaching may take before the connection is simply dropped (the agent then leaves on its own)."""
 
@@ -247,6 +250,8 @@ class ProcessScreen(Screen[None]):
         self._detached = False
         self._evals: list[Any] = []
         self._shown_key: tuple[int | None, int, str] | None = None
+        self._status_shown = 0.0
+        self._stack_title = ""
 
     # --- layout ----------------------------------------------------------------------------------
 
@@ -372,20 +377,31 @@ class ProcessScreen(Screen[None]):
             self._show_threads(self.frame)
 
     def on_frame_received(self, message: FrameReceived) -> None:
-        now = time.time()
         self._arrivals.append((message.received, message.size))
         self.latest = message.frame
+        self._update_status(message.frame)
+        if self.paused:
+            return
+        shown = self.frame
+        if shown is not None and message.frame.threads == shown.threads and message.frame.modules == shown.modules:
+            self.frame = message.frame  # the same picture: nothing to redraw
+            return
+        with self.app.batch_update():
+            self.apply_frame(message.frame)
+
+    def _update_status(self, frame: Frame) -> None:
+        """Frame rate, latency and data rate, redrawn at most twice a second."""
+        now = time.time()
+        if now - self._status_shown < STATUS_INTERVAL:
+            return
+        self._status_shown = now
         status = self.query_one(StatusBar)
-        status.latency_ms = max(0.0, (now - message.frame.time) * 1000)
+        status.latency_ms = max(0.0, (now - frame.time) * 1000)
         if len(self._arrivals) >= 2:
             span = self._arrivals[-1][0] - self._arrivals[0][0]
             if span > 0:
                 status.frame_rate = (len(self._arrivals) - 1) / span
                 status.bytes_per_second = sum(size for _, size in list(self._arrivals)[1:]) / span
-        if self.paused:
-            return
-        with self.app.batch_update():
-            self.apply_frame(message.frame)
 
     def apply_frame(self, frame: Frame) -> None:
         """Show ``frame`` in every pane."""
@@ -440,7 +456,10 @@ class ProcessScreen(Screen[None]):
             ]
         )
         thread_name = (thread.name or str(thread.native_id)) if thread is not None else "no thread"
-        self.query_one("#stack-title", Label).update(f"Stack of {thread_name}")
+        title = f"Stack of {thread_name}"
+        if title != self._stack_title:  # a label update re-lays out the screen: only when it changes
+            self._stack_title = title
+            self.query_one("#stack-title", Label).update(title)
         variables = self.query_one(VariablesTree)
         key = (self.selected_thread, self.selected_frame, stack_frame.qualname if stack_frame else "")
         track = not moved and key == self._shown_key

@@ -9,7 +9,8 @@ on one asyncio task reads the stream and turns it into explorer.model objects.
 Which thread runs the script matters: a thread only picks the request up at its next
 eval-breaker check, so a thread blocked in ``input()`` or a long sleep never does.
 ``thread="auto"`` (the default) uses the thread holding the GIL when one is running Python
-(pickup in well under a millisecond) and the main thread otherwise; ``"any"`` tries the threads
+(pickup in well under a millisecond; on a target whose threads compete for the GIL, the one that
+has just taken it, see ``_fresh_holder``) and the main thread otherwise; ``"any"`` tries the threads
 in turn until one picks the request up; ``"main"`` or a native thread id picks one.
 
 No Textual here: the CLI commands and the tests use this module directly.
@@ -48,6 +49,8 @@ SOCKET_NAME = "agent.sock"
 SCRIPT_NAME = "agent.py"
 CONNECT_TIMEOUT = 20.0
 """Seconds the agent waits for periscope to connect before it removes itself."""
+FAST_START = True
+"""Whether the agent shortens the target's GIL switch interval until its first frame (PROTOCOL.md)."""
 
 
 class RequestFailed(PeriscopeError):
@@ -117,14 +120,7 @@ AGENT_CODE_DIR = "agent-code"
 """Directory under explorer.pythons.cache_dir() for compiled agent code."""
 AGENT_CODE_WAIT = 5.0
 """Seconds attach() waits for a compiler subprocess before the target compiles the agent itself."""
-_CODE_HEADER = b"periscope-agent-code 1 "
-_COMPILE_AGENT = (
-    "import importlib.util, marshal, sys\n"
-    "source = sys.stdin.buffer.read().decode('utf-8')\n"
-    "data = marshal.dumps(compile(source, '<periscope-agent>', 'exec', dont_inherit=True))\n"
-    "head = '%s %s %d\\n' % (importlib.util.MAGIC_NUMBER.hex(), sys.implementation.cache_tag, sys.hexversion)\n"
-    "sys.stdout.buffer.write(head.encode() + data)\n"
-)
+_CODE_HEADER = b"periscope-agent-code 2 "
 
 
 @dataclass(frozen=True)
@@ -138,7 +134,7 @@ class AgentCode:
     hexversion: int
     """Its ``sys.hexversion``."""
     data: bytes
-    """``marshal.dumps`` of the agent's module code object."""
+    """``marshal.dumps`` of the code objects of the bootstrap and of the agent module."""
 
     def for_script(self) -> tuple[bytes, str, bytes]:
         """The ``code`` argument of ``build_script``."""
@@ -154,7 +150,9 @@ CODE_RETRY_AFTER = 60.0
 def _source_key(source: str) -> str:
     import hashlib
 
-    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:24]
+    from payloads.agent import compile_input
+
+    return hashlib.sha256(compile_input(source)).hexdigest()[:24]
 
 
 def agent_code_path(version_hex: int, source: str) -> Path:
@@ -302,13 +300,15 @@ def _compile_with(python: str, run_as: tuple[int, int] | None, source: str, time
     """Run ``python`` (a fresh process) to compile the agent; None when it cannot."""
     import subprocess
 
+    from payloads.agent import COMPILE_PROGRAM, compile_input
+
     extra: dict[str, Any] = {}
     if run_as is not None:
         extra = {"user": run_as[0], "group": run_as[1], "extra_groups": []}
     try:
         done = subprocess.run(
-            [python, "-I", "-S", "-c", _COMPILE_AGENT],
-            input=source.encode("utf-8"),
+            [python, "-I", "-S", "-c", COMPILE_PROGRAM],
+            input=compile_input(source),
             capture_output=True,
             timeout=timeout,
             env={},
@@ -423,7 +423,7 @@ def _stage(
             "modules": list(modules),
             "limits": dict(limits or {}),
             "connect_timeout": CONNECT_TIMEOUT,
-            "fast_start": True,
+            "fast_start": FAST_START,
         }
         script = build_script(config, agent_source(), None if code is None else code.for_script())
         _, target_path = write_script(script_dir, SCRIPT_NAME, script)
@@ -570,7 +570,8 @@ async def attach(
         code = await _ready_code(compiling, min(AGENT_CODE_WAIT, max(0.0, deadline - time.monotonic()) / 2))
         staged = await asyncio.to_thread(_stage, pid, rate, tuple(modules), limits, code)
         try:
-            picked = await _inject(staged, candidates, deadline, report, spread=thread in ("any", "auto"), process=process)
+            spread = thread in ("any", "auto")
+            picked = await _inject(staged, candidates, deadline, report, spread=spread, process=process, holder_first=spread)
             report(AttachState.STARTING, f"thread {picked} took the request; the agent is starting", picked)
             sock, decoder, hello = await asyncio.to_thread(_connect, staged, deadline)
             code_used = "compiled" if code is None else "precompiled"
@@ -603,6 +604,52 @@ async def _ready_code(job: asyncio.Future[AgentCode | None], wait: float) -> Age
         return None
 
 
+FRESH_HOLDER_WINDOW = 0.006
+"""Seconds attach() watches the GIL change hands, to ask the thread that has just taken it."""
+
+
+def _fresh_holder(process: Any, fallback: int | None) -> int | None:
+    """The native id of the thread that has just taken the GIL (else the one holding it, else ``fallback``).
+
+    A thread picks a remote-exec request up at its next eval-breaker check, where CPython
+    suspends it once. On a target whose threads compete for the GIL, a thread that has held the
+    GIL for a switch interval is asked to give it up, so that suspension, and every system call
+    the start-up makes, sends it to the back of the queue: tens of milliseconds on a busy target.
+    A thread that has just taken the GIL has a whole interval ahead of it.
+    """
+    from explorer.memory import MemoryFault
+
+    try:
+        interp = process.main_interpreter()
+        first = process.gil_holder(interp)
+        if not first:
+            return fallback
+        threads = {t.address: t.native_id for t in process.threads(interp)}
+        holder = first
+        if len(threads) > 1:
+            deadline = time.perf_counter() + FRESH_HOLDER_WINDOW
+            while time.perf_counter() < deadline:
+                time.sleep(0.00005)
+                now = process.gil_holder(interp)
+                if now and now != first:
+                    holder = now
+                    break
+        if holder not in threads:
+            threads = {t.address: t.native_id for t in process.threads(interp)}
+        return threads.get(holder, fallback)
+    except MemoryFault:
+        process.memory.ensure_alive()
+        return fallback
+
+
+def _exec_on(process: Any, pid: int, path: str, native_id: int | None, wait: float, fresh: bool) -> Any:
+    from explorer.inject import remote_exec
+
+    if fresh and process is not None:
+        native_id = _fresh_holder(process, native_id)
+    return remote_exec(process or pid, path, native_id=native_id, wait=wait)
+
+
 async def _inject(
     staged: _Staged,
     candidates: list[int | None],
@@ -610,15 +657,20 @@ async def _inject(
     report: Callable[..., None],
     spread: bool,
     process: Any = None,
+    holder_first: bool = False,
 ) -> int | None:
-    """Ask the candidate threads in turn to run the script; the native id of the one that did."""
-    from explorer.inject import MainThreadFinished, NoSuchThread, remote_exec
+    """Ask the candidate threads in turn to run the script; the native id of the one that did.
+
+    With ``holder_first``, the first candidate (the GIL holder when the candidates were chosen)
+    is replaced, at the time of writing, by the thread that has just taken the GIL.
+    """
+    from explorer.inject import MainThreadFinished, NoSuchThread
 
     slice_ = 0.25
-    rounds = itertools.count()
+    first_round = True
     last_stacks = 0.0
     while True:
-        for native_id in candidates:
+        for index, native_id in enumerate(candidates):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise InjectionTimeout(
@@ -627,8 +679,9 @@ async def _inject(
                     "blocked (input(), sleep, a long C call). Use --via any, or --via NATIVE_ID of a thread that runs Python"
                 )
             wait = min(remaining, slice_) if spread and len(candidates) > 1 else remaining
+            fresh = holder_first and index == 0 and first_round
             job = asyncio.ensure_future(
-                asyncio.to_thread(remote_exec, process or staged.pid, staged.script_target_path, native_id=native_id, wait=wait)
+                asyncio.to_thread(_exec_on, process, staged.pid, staged.script_target_path, native_id, wait, fresh)
             )
             report(AttachState.INJECTED, f"asked thread {native_id or 'main'} to run the agent", native_id)
             waited_since = time.monotonic()
@@ -653,7 +706,7 @@ async def _inject(
                 continue  # that thread exited (or finished its script): try the next one
             if result.picked_up:
                 return result.native_id
-        next(rounds)
+        first_round = False
         slice_ = min(slice_ * 2, 2.0)
 
 

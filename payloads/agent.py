@@ -299,7 +299,9 @@ class StreamDecoder:
 # --------------------------------------------------------------------------------------------
 
 BOOTSTRAP = r'''
-def _periscope_bootstrap(config, source, code):
+def _periscope_bootstrap(config, source, code, offered):
+    # code: the agent module's code object, or None to compile ``source`` (and offered: whether
+    # precompiled code came with the script and was turned down).
     import sys, _thread
     name = "_periscope_agent"
     directory = config["directory"]
@@ -317,24 +319,27 @@ def _periscope_bootstrap(config, source, code):
             pass
 
     try:
+        existing = sys.modules.get(name)
+        if config.get("fast_start") and existing is None:
+            # Start-up takes a dozen GIL handovers; on a target whose threads all compute, each
+            # waits up to a switch interval per busy thread. A short interval until the first
+            # frame is out makes attach several times faster; the agent puts it back. (First
+            # thing: the unlink below already hands the GIL over.)
+            before = sys.getswitchinterval()
+            if before > 0.0005:
+                sys.setswitchinterval(0.0005)
+                config["restore_switch_interval"] = [before, sys.getswitchinterval()]
         try:
             __import__("os").unlink(config["script_path"])
         except OSError:
             pass
-        existing = sys.modules.get(name)
+        if offered and code is None:
+            mark("code-rejected", "the precompiled agent is for another interpreter build")
         if existing is not None:
             alive = getattr(existing, "agent_alive", None)
             if alive is None or alive():
                 mark("busy", "another periscope agent is attached to this process")
                 return
-        if config.get("fast_start"):
-            # Start-up takes a dozen GIL handovers; on a target whose threads all compute, each
-            # waits up to a switch interval per busy thread. A short interval until the first
-            # frame is out makes attach several times faster; the agent puts it back.
-            before = sys.getswitchinterval()
-            if before > 0.0005:
-                sys.setswitchinterval(0.0005)
-                config["restore_switch_interval"] = [before, sys.getswitchinterval()]
         module = type(sys)(name)
         if existing is None:
             if sys.modules.setdefault(name, module) is not module:
@@ -343,50 +348,104 @@ def _periscope_bootstrap(config, source, code):
         else:
             sys.modules[name] = module  # the entry of an agent that died: take its place
 
-        def load():
-            # Code compiled by an interpreter of this very version (marshal data, read only when
-            # its magic number and cache tag are this interpreter's); otherwise the source.
-            if code is not None:
-                external = sys.modules.get("_frozen_importlib_external")
-                if getattr(external, "MAGIC_NUMBER", None) == code[0] and sys.implementation.cache_tag == code[1]:
-                    config["code"] = "precompiled"
-                    return __import__("marshal").loads(bytes.fromhex(code[2]))
-                mark("code-rejected", "compiled for magic %r (%s), this interpreter differs" % (code[0], code[1]))
-            config["code"] = "compiled"
-            return compile(source, "<periscope-agent>", "exec")
+        def give_up(error):
+            mark("failed", "%s: %s" % (type(error).__name__, error))
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+            saved = config.pop("restore_switch_interval", None)
+            if saved is not None and sys.getswitchinterval() == saved[1]:
+                sys.setswitchinterval(saved[0])
+
+        if code is not None:
+            # About a millisecond in this thread: the agent is listening when it returns, and its
+            # worker and its own thread are started (start() in the agent).
+            config["code"] = "precompiled"
+            try:
+                exec(code, module.__dict__)
+                module.__dict__["start"](config, module)
+            except BaseException as error:
+                give_up(error)
+            return
 
         def run():
+            # Compiling takes about 15 ms: in the agent's own thread, so this one goes on at once.
             try:
-                exec(load(), module.__dict__)
-                module.__dict__["main"](config, module)
+                config["code"] = "compiled"
+                exec(compile(source, "<periscope-agent>", "exec"), module.__dict__)
+                module.__dict__["start"](config, module, False)
             except BaseException as error:
-                mark("failed", "%s: %s" % (type(error).__name__, error))
-                if sys.modules.get(name) is module:
-                    del sys.modules[name]
+                give_up(error)
 
         _thread.start_new_thread(run, ())
     except BaseException as error:
         mark("failed", "%s: %s" % (type(error).__name__, error))
+'''
+
+# The only code the target compiles (with PyRun_String) in the thread that picks the script up:
+# it loads the precompiled bootstrap and agent when the magic number and cache tag are the
+# target's own (marshal data is valid for those only), and compiles the bootstrap otherwise.
+LAUNCHER = r'''
+def _periscope_launch(config, source, bootstrap, shipped):
+    import sys
+    try:
+        code = None
+        if shipped is not None:
+            external = sys.modules.get("_frozen_importlib_external")
+            if getattr(external, "MAGIC_NUMBER", None) == shipped[0] and sys.implementation.cache_tag == shipped[1]:
+                code = __import__("marshal").loads(bytes.fromhex(shipped[2]))
+        namespace = {}
+        exec(code[0] if code else compile(bootstrap, "<periscope-bootstrap>", "exec"), namespace)
+    except BaseException as error:
+        try:
+            import os
+            fd = os.open(config["directory"] + "/failed", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, ("%s: %s" % (type(error).__name__, error)).encode("utf-8", "backslashreplace"))
+            os.close(fd)
+        except OSError:
+            pass
+        return
+    namespace["_periscope_bootstrap"](config, source, code[1] if code else None, shipped is not None)
 
 
-_periscope_bootstrap(_PERISCOPE_CONFIG, _PERISCOPE_SOURCE, _PERISCOPE_CODE)
+_periscope_launch(_PERISCOPE_CONFIG, _PERISCOPE_SOURCE, _PERISCOPE_BOOTSTRAP, _PERISCOPE_CODE)
+'''
+
+# Run by periscope with an interpreter of the target's version (``python -I -S -c``, stdin from
+# compile_input) to compile the bootstrap and the agent ahead of time, for build_script's ``code``.
+COMPILE_PROGRAM = r'''
+import importlib.util, marshal, sys
+data = sys.stdin.buffer.read()
+size, _, rest = data.partition(b"\n")
+bootstrap, source = rest[: int(size)].decode("utf-8"), rest[int(size) :].decode("utf-8")
+code = (
+    compile(bootstrap, "<periscope-bootstrap>", "exec", dont_inherit=True),
+    compile(source, "<periscope-agent>", "exec", dont_inherit=True),
+)
+head = "%s %s %d\n" % (importlib.util.MAGIC_NUMBER.hex(), sys.implementation.cache_tag, sys.hexversion)
+sys.stdout.buffer.write(head.encode() + marshal.dumps(code))
 '''
 
 
+def compile_input(source):
+    """stdin for COMPILE_PROGRAM: the bootstrap and the agent ``source``."""
+    bootstrap = BOOTSTRAP.encode("utf-8")
+    return b"%d\n" % len(bootstrap) + bootstrap + source.encode("utf-8")
+
+
 def build_script(config, source, code=None):
-    """The text of the injected script: the config, the agent as literals, the bootstrap.
+    """The text of the injected script: the config, the agent and the bootstrap as literals, LAUNCHER.
 
     ``config`` holds plain data only (str, int, float, bool, None, lists and dicts of them).
-    ``code`` is ``(magic, cache_tag, marshal_data)`` from an interpreter of the target's version
-    (``marshal.dumps(compile(source, "<periscope-agent>", "exec"))``, with that interpreter's
-    ``importlib.util.MAGIC_NUMBER`` and ``sys.implementation.cache_tag``), or None. The target
-    then compiles only the small bootstrap; it loads the marshal data when magic and tag are its
-    own, and compiles the source in the agent's own thread otherwise.
+    ``code`` is ``(magic, cache_tag, marshal_data)``, COMPILE_PROGRAM's output from an
+    interpreter of the target's version, or None. The target compiles only LAUNCHER: it loads the
+    marshal data when magic and tag are its own; otherwise it compiles the bootstrap, which
+    compiles ``source`` in the agent's own thread.
     """
     shipped = None if code is None else (bytes(code[0]), str(code[1]), bytes(code[2]).hex())
     return (
         "# periscope agent (generated; deleted as soon as the target reads it)\n"
-        "_PERISCOPE_CONFIG = %r\n_PERISCOPE_SOURCE = %r\n_PERISCOPE_CODE = %r\n%s" % (config, source, shipped, BOOTSTRAP)
+        "_PERISCOPE_CONFIG = %r\n_PERISCOPE_SOURCE = %r\n_PERISCOPE_BOOTSTRAP = %r\n_PERISCOPE_CODE = %r\n%s"
+        % (config, source, BOOTSTRAP, shipped, LAUNCHER)
     )
 
 
@@ -933,10 +992,11 @@ class Agent:
         self.outbox = []
         self.outbox_lock = _thread.allocate_lock()
         self.routers = None
-        self.ident = _thread.get_ident()
-        self.service_idents.add(self.ident)
-        self.native_id = _thread.get_native_id()
-        self.cpu_started = time.thread_time()
+        self.ident = None  # the agent's own thread (set by start() or run())
+        self.native_id = None
+        self.running = False
+        self.cpu_started = 0.0
+        self.early_job = None  # (worker, job) started before periscope connected
         self.codec = "builtin"
         self._encode = encode
         packer = sys.modules.get("msgpack")
@@ -969,14 +1029,27 @@ class Agent:
         if threading is not None and not service:
             thread = threading.Thread(target=body, name=name, daemon=True)
             thread.start()
-        else:
-            _thread.start_new_thread(body, ())
-        started.acquire()
-        return box[0]
+            started.acquire()
+            return box[0]
+        # Not waited for: on a busy target the new thread may wait a while for the GIL, and the
+        # caller (possibly the target's own thread, see start()) should not.
+        ident = _thread.start_new_thread(body, ())
+        if service:
+            self.service_idents.add(ident)
+        return ident
 
     # ---- main loop -----------------------------------------------------------------------
 
     def run(self):
+        self.ident = _thread.get_ident()
+        self.service_idents.add(self.ident)
+        self.native_id = _thread.get_native_id()
+        self.cpu_started = time.thread_time()
+        self.running = True
+        try:
+            _thread.set_name("periscope-agent")
+        except (AttributeError, OSError):
+            pass
         try:
             self._run()
         except BaseException as error:
@@ -997,22 +1070,46 @@ class Agent:
         except OSError as error:
             self.note_error("writing a note", error)
 
-    def _run(self):
+    def prepare(self):
+        """Listen, and start the worker with the first frame already being built (when frames are due).
+
+        This is the part of start-up that start() runs in the target's thread that ran the
+        injected script, before the agent's own thread exists: periscope can connect while that
+        thread waits for the GIL, and on a busy target the worker's wait for the GIL overlaps
+        the agent's instead of following it.
+        """
         config = self.config
-        listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        # Non-blocking from the socket() call on: each system call hands the GIL over, and a
+        # settimeout() would be one more.
+        listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | getattr(_socket, "SOCK_NONBLOCK", 0))
         self.listener = listener
         listener.bind(config["socket_path"])
         listener.listen(4)
-        # Start the worker while periscope connects: on a busy target every thread start or
-        # handover waits for the GIL, and the first frame should not pay for it.
-        self.worker = Worker(self)
-        self.worker.start()
-        conn = self._accept(listener, time.monotonic() + float(config.get("connect_timeout", 20.0)))
+        worker = Worker(self)
+        if self.rate > 0:
+            worker.job = self._build_frame
+            worker.wake.release()
+        worker.start()
+        self.worker = worker
+        if self.rate > 0:
+            self.early_job = (worker, self._build_frame, repr((self.modules, sorted(self.limits.items()))))
+
+    def _run(self):
+        config = self.config
+        if self.listener is None:
+            self.prepare()
+        conn = self._accept(self.listener, time.monotonic() + float(config.get("connect_timeout", 20.0)))
         self._close_listener()
         if conn is None:
             return
         self.conn = conn
         self.send(self._hello())
+        early = self.early_job
+        if early is not None and (self.rate <= 0 or early[2] != repr((self.modules, sorted(self.limits.items())))):
+            try:
+                self.run_job(self._build_frame)  # the early frame no longer fits: finish it, drop it
+            except Exception as error:
+                self.note_error("first frame", error)
         if self.rate <= 0:
             self._restore_switch_interval()
         self._loop()
@@ -1032,21 +1129,38 @@ class Agent:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            listener.settimeout(min(remaining, 1.0))
-            try:
-                fd, _ = listener._accept()
-            except TimeoutError:
-                continue
+            # First without waiting (periscope has usually connected and sent its auth while
+            # this thread waited for the GIL): every poll and settimeout hands the GIL over.
+            fd = None
+            if listener.gettimeout() == 0.0:
+                try:
+                    fd, _ = listener._accept()
+                except BlockingIOError:
+                    pass
+            if fd is None:
+                listener.settimeout(min(remaining, 1.0))
+                try:
+                    fd, _ = listener._accept()
+                except TimeoutError:
+                    continue
+                finally:
+                    listener.settimeout(0.0)
             conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
-            conn.settimeout(2.0)
             decoder = StreamDecoder(max_message=4096)
             message = None
             try:
+                try:
+                    data = conn.recv(4096, getattr(_socket, "MSG_DONTWAIT", 0))
+                except BlockingIOError:
+                    data = None
                 while message is None:
-                    data = conn.recv(4096)
+                    if data is None:
+                        conn.settimeout(2.0)
+                        data = conn.recv(4096)
                     if not data:
                         break
                     decoder.feed(data)
+                    data = None
                     for message in decoder:
                         break
             except (OSError, DecodeError) as error:
@@ -1437,8 +1551,20 @@ class Agent:
             if worker is None:
                 worker = self.worker = Worker(self)
                 worker.start()
-            worker.job = job
-            worker.wake.release()
+            early, self.early_job = self.early_job, None
+            if early is not None and early[0] is worker:
+                # A job started before periscope connected (the first frame): wait for it, and
+                # if another job is asked for, finish that one first and drop its result.
+                if early[1] != job:
+                    self.early_job = early
+                    try:
+                        self.run_job(early[1])
+                    except Exception as error:
+                        self.note_error("first frame", error)
+                    return self.run_job(job, attempts)
+            else:
+                worker.job = job
+                worker.wake.release()
             give_up = time.monotonic() + self.limits["frame_budget"] + 5.0
             while True:
                 if worker.done.acquire(timeout=0.02):
@@ -1732,13 +1858,29 @@ class Agent:
             conn.close()
 
 
-def main(config, module):
-    """Entry point, in the agent's own thread (called by the bootstrap)."""
+def start(config, module, in_thread=True):
+    """Entry point (called by the bootstrap): set the agent up, then run it in a thread of its own.
+
+    With ``in_thread`` (precompiled code, called in the target's thread that ran the script)
+    this listens, starts the worker and the agent's thread, and returns at once; otherwise the
+    caller is already the agent's own thread and this runs the agent until it is removed.
+    """
     agent = Agent(config, module)
     module.agent = agent
-    module.agent_alive = lambda: agent.alive and agent.ident in sys._current_frames()
+    module.agent_alive = lambda: agent.alive and (not agent.running or agent.ident in sys._current_frames())
+    if not in_thread:
+        agent.run()
+        return
     try:
-        _thread.set_name("periscope-agent")
-    except (AttributeError, OSError):
-        pass
-    agent.run()
+        agent.prepare()
+        agent.ident = _thread.start_new_thread(agent.run, ())
+        agent.service_idents.add(agent.ident)
+    except BaseException as error:
+        agent.note_error("start", error)
+        agent._mark("failed", _error_text(error))
+        agent.cleanup()
+
+
+def main(config, module):
+    """Run the agent in this thread (its own) until it is removed."""
+    start(config, module, in_thread=False)

@@ -8,8 +8,15 @@ Figures, not assertions (``python -m tests.bench agent``):
   default rate (goal: >= 99% at 5 Hz); on a shared 2-core machine these swing by +-10-20%
   between phases, so the agent's own CPU time per phase is printed too (a steadier figure);
 * frame size, build time and encode time for 100 threads x 20 frames with locals;
-* attach-to-first-frame latency on a target with 4 busy threads (goal: under 50 ms), next to
-  ``py-spy dump`` and ``pystack remote`` one-shot times and ``periscope snapshot`` on the same target.
+* attach-to-first-frame latency on a target with 4 busy threads (goal: under 50 ms), with and
+  without the agent's short GIL switch interval during start-up (``session.FAST_START``, taken in
+  turns so that both see the same machine load), next to ``py-spy dump`` and ``pystack remote``
+  one-shot times and ``periscope snapshot`` on the same target;
+* the target's pause: a single-threaded target that spins and reports every stretch of more than
+  0.5 ms in which its loop did not run, during attach-to-first-frame and, for comparison, during
+  as long a stretch without attaching;
+* the agent's code: compiling it with the target's interpreter into a cold cache, and a cached
+  lookup.
 """
 
 from __future__ import annotations
@@ -20,14 +27,16 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import msgpack
 
+from explorer import session as session_module
 from explorer.session import attach
 from payloads import agent as agent_codec
 from tests import targets
-from tests.bench import describe, load_average, median_ms, time_command
+from tests.bench import describe, load_average, median_ms, time_calls, time_command
 
 PHASE = 3.0
 ROUNDS = 3
@@ -239,32 +248,53 @@ while True:
 '''
 
 
+def _spread(timings: list[float]) -> str:
+    """``describe`` plus the maximum."""
+    return f"{describe(timings)}, max {max(timings) * 1000:.2f}"
+
+
+async def _attach_once(pid: int, fast_start: bool) -> tuple[float, int | None, str]:
+    session_module.FAST_START = fast_start
+    try:
+        start = time.perf_counter()
+        session = await attach(pid, rate=2)
+        await session.next_frame(timeout=30)
+        elapsed = time.perf_counter() - start
+    finally:
+        session_module.FAST_START = True
+    await session.detach()
+    return elapsed, session.injected_via, session.agent_code
+
+
 async def _attach_latency() -> float:
     idle = targets.spawn(IDLE)
     idle.wait_for_line("ready")
-    timings = []
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    codes = set()
     for _ in range(ATTACHES):
-        start = time.perf_counter()
-        session = await attach(idle.pid, rate=2)
-        await session.next_frame(timeout=30)
-        timings.append(time.perf_counter() - start)
-        await session.detach()
+        for fast in (True, False):
+            elapsed, _, code = await _attach_once(idle.pid, fast)
+            timings[fast].append(elapsed)
+            codes.add(code)
     idle.stop()
-    print(f"  attach to first frame, single-threaded target (main in a 5 ms sleep loop): {describe(timings)}")
+    print(f"  agent code: {', '.join(sorted(codes))}")
+    print(f"  attach to first frame, single-threaded target (main in a 5 ms sleep loop):")
+    print(f"    short switch interval at start-up (default) {_spread(timings[True])}")
+    print(f"    target's switch interval left alone        {_spread(timings[False])}")
     target = targets.spawn(BUSY4)
     target.wait_for_line("ready")
-    timings = []
+    timings = {True: [], False: []}
     via = []
     for _ in range(ATTACHES):
-        start = time.perf_counter()
-        session = await attach(target.pid, rate=2)
-        await session.next_frame(timeout=30)
-        timings.append(time.perf_counter() - start)
-        via.append(session.injected_via)
-        await session.detach()
+        for fast in (True, False):
+            elapsed, injected_via, _ = await _attach_once(target.pid, fast)
+            timings[fast].append(elapsed)
+            via.append(injected_via)
     main_share = sum(1 for v in via if v == target.pid) / len(via)
-    print(f"  attach to first frame, target with 4 busy threads, in-process: {describe(timings)}")
-    print(f"    (injected through a busy worker {100 * (1 - main_share):.0f}% of the time; goal: under 50 ms)")
+    print(f"  attach to first frame, target with 4 busy threads, in-process (goal: under 50 ms):")
+    print(f"    short switch interval at start-up (default) {_spread(timings[True])}")
+    print(f"    target's switch interval left alone        {_spread(timings[False])}")
+    print(f"    (injected through a busy worker {100 * (1 - main_share):.0f}% of the time)")
     print(f"\n  whole commands on the same target (pid {target.pid}), {COMMAND_RUNS} runs each:")
     pid = str(target.pid)
     spy = _tool("py-spy")
@@ -287,7 +317,125 @@ async def _attach_latency() -> float:
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             print(f"    {name:<32} failed: {error}")
     target.stop()
-    return median_ms(timings)
+    return median_ms(timings[True])
+
+
+SPIN = '''
+import resource, sys, time
+clock, cpu = time.perf_counter, time.thread_time
+
+def blocked():
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+sys.stdout.write("ready\\n")
+last, last_cpu, waits = clock(), cpu(), blocked()
+while True:
+    now, now_cpu = clock(), cpu()
+    if now - last > 0.0002:
+        # wall time, CPU time of this thread, and whether it blocked (waited for the GIL)
+        sys.stdout.write("gap %.6f %.6f %.6f %d\\n" % (last, now, now_cpu - last_cpu, blocked() - waits))
+        waits = blocked()
+        now, now_cpu = clock(), cpu()
+    last, last_cpu = now, now_cpu
+'''
+
+
+def _pauses(target: targets.Target, start: float, end: float) -> list[float]:
+    """Seconds the spinning target's loop was held up inside [start, end], one entry per stretch.
+
+    A stretch counts with the CPU time its thread spent outside the loop (running the agent's
+    bootstrap, for instance) plus, when the thread blocked, the rest of it (waiting for the GIL).
+    A stretch in which the thread neither ran nor blocked is the machine's scheduler, not the
+    agent, and does not count.
+    """
+    try:
+        target.wait_for_line("\x00", timeout=0.2)  # collects the lines printed so far
+    except TimeoutError:
+        pass
+    pauses = []
+    for line in target.lines:
+        if line.startswith("gap "):
+            _, begin, stop, busy, waited = line.split()
+            if float(stop) >= start and float(begin) <= end:
+                wall, ran = float(stop) - float(begin), float(busy)
+                pauses.append(wall if int(waited) else ran)
+    return [p for p in pauses if p > 0.0002]
+
+
+async def _pause() -> None:
+    target = targets.spawn(SPIN)
+    target.wait_for_line("ready")
+    try:
+        # Less noise from the rest of the machine: the gaps should be the agent's, not the scheduler's.
+        os.setpriority(os.PRIO_PROCESS, target.pid, -10)
+        priority = "nice -10"
+    except OSError:
+        priority = "default priority"
+    longest: dict[str, list[float]] = {"attach": [], "attach, interval left alone": [], "no attach": []}
+    total: dict[str, list[float]] = {key: [] for key in longest}
+    window = 0.03
+    for _ in range(ATTACHES):
+        for name in longest:
+            start = time.perf_counter()
+            if name == "no attach":
+                await asyncio.sleep(window)
+            else:
+                session_module.FAST_START = name == "attach"
+                try:
+                    session = await attach(target.pid, rate=2)
+                    await session.next_frame(timeout=30)
+                finally:
+                    session_module.FAST_START = True
+            end = time.perf_counter()
+            if name != "no attach":
+                window = end - start
+                await session.detach()
+            pauses = _pauses(target, start, end)
+            longest[name].append(max(pauses, default=0.0))
+            total[name].append(sum(pauses))
+    target.stop()
+    print(f"  single-threaded spinning target ({priority}): its loop held up by the agent (see _pauses), {ATTACHES} each:")
+    for name in longest:
+        print(
+            f"    {name:<28} longest median {median_ms(longest[name]):6.2f} ms (max {max(longest[name]) * 1000:.2f}),"
+            f" all together median {median_ms(total[name]):6.2f} ms"
+        )
+
+
+async def _code_cache() -> None:
+    from explorer.remote import RemoteProcess
+
+    target = targets.spawn(IDLE)
+    target.wait_for_line("ready")
+    with RemoteProcess.open(target.pid) as process:
+        version_hex = process.offsets.version_hex
+    saved = os.environ.get("XDG_CACHE_HOME")
+    cold = []
+    with tempfile.TemporaryDirectory(prefix="periscope-bench-cache-") as folder:
+        os.environ["XDG_CACHE_HOME"] = folder
+        try:
+            for index in range(3):
+                shutil.rmtree(os.path.join(folder, "periscope"), ignore_errors=True)
+                session_module._code_memo.clear()
+                start = time.perf_counter()
+                code = session_module.agent_code(target.pid, version_hex)
+                cold.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            session = await attach(target.pid, rate=2)
+            await session.next_frame(timeout=30)
+            first = time.perf_counter() - start
+            await session.detach()
+            session_module._code_memo.clear()
+            cached = time_calls(lambda: session_module.agent_code(target.pid, version_hex), 20)
+        finally:
+            if saved is None:
+                os.environ.pop("XDG_CACHE_HOME", None)
+            else:
+                os.environ["XDG_CACHE_HOME"] = saved
+    target.stop()
+    print(f"  compile the agent with the target's interpreter (cold cache, {len(code.data) // 1024} KiB of marshal data): {_spread(cold)}")
+    print(f"  attach to first frame with that fresh cache entry: {first * 1000:.2f} ms")
+    print(f"  cached lookup: {describe(cached)}")
 
 
 async def _main() -> None:
@@ -298,6 +446,10 @@ async def _main() -> None:
     await _frames()
     print("\nAttach:")
     await _attach_latency()
+    print("\nTarget pause:")
+    await _pause()
+    print("\nAgent code:")
+    await _code_cache()
 
 
 def main() -> None:

@@ -997,6 +997,8 @@ class Agent:
         self.running = False
         self.cpu_started = 0.0
         self.early_job = None  # (worker, job) started before periscope connected
+        self.hello_first = None  # hello, when it goes out together with the first frame
+        self.next_frame_at = None
         self.codec = "builtin"
         self._encode = encode
         packer = sys.modules.get("msgpack")
@@ -1103,13 +1105,24 @@ class Agent:
         if conn is None:
             return
         self.conn = conn
-        self.send(self._hello())
+        hello = self._hello()
         early = self.early_job
-        if early is not None and (self.rate <= 0 or early[2] != repr((self.modules, sorted(self.limits.items())))):
-            try:
-                self.run_job(self._build_frame)  # the early frame no longer fits: finish it, drop it
-            except Exception as error:
-                self.note_error("first frame", error)
+        if early is not None and self.rate > 0 and early[2] == repr((self.modules, sorted(self.limits.items()))):
+            # Hello and the first frame leave in one write: on a busy target each system call
+            # hands the GIL over, and getting it back means waiting behind every busy thread.
+            self.hello_first = hello
+            self.send_frame(None)
+            if self.hello_first is not None:  # no frame after all: hello on its own
+                self.hello_first = None
+                self.send(hello)
+            self.next_frame_at = time.monotonic() + 1.0 / self.rate
+        else:
+            self.send(hello)
+            if early is not None:
+                try:
+                    self.run_job(self._build_frame)  # the early frame no longer fits: finish it, drop it
+                except Exception as error:
+                    self.note_error("first frame", error)
         if self.rate <= 0:
             self._restore_switch_interval()
         self._loop()
@@ -1214,7 +1227,7 @@ class Agent:
     def _loop(self):
         conn = self.conn
         period = 1.0 / self.rate if self.rate > 0 else None
-        next_frame = time.monotonic()
+        next_frame = self.next_frame_at or time.monotonic()
         while not self.stopping:
             now = time.monotonic()
             if self.rate > 0 and now >= next_frame:
@@ -1268,9 +1281,21 @@ class Agent:
             data = encode(message)
         if message.get("t") == "frame" or (message.get("t") == "resp" and type(message.get("result")) is dict and message["result"].get("t") == "frame"):
             self.last_encode_ms = (time.perf_counter() - started) * 1000.0
-        self.conn.settimeout(float(self.config.get("send_timeout", 10.0)))
+        if self.hello_first is not None:
+            data = encode(self.hello_first) + data
+            self.hello_first = None
+        sent = 0
         try:
-            self.conn.sendall(data)
+            if self.conn.gettimeout() is None:
+                # A blocking socket (as after the handshake): one system call while the socket
+                # buffer has room, instead of settimeout, poll and send.
+                try:
+                    sent = self.conn.send(data, getattr(_socket, "MSG_DONTWAIT", 0))
+                except BlockingIOError:
+                    sent = 0
+            if sent < len(data):
+                self.conn.settimeout(float(self.config.get("send_timeout", 10.0)))
+                self.conn.sendall(memoryview(data)[sent:])
         except OSError:
             self.stopping = True
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from dataclasses import dataclass
+from collections import namedtuple
 
 from explorer.errors import NotAPythonProcess, PermissionDenied, ProcessGone
 from explorer.memory import process_exited, process_start_time
@@ -32,10 +32,20 @@ STATIC_HEADER_SIZE = 1024
 _PYTHON_NAME = r"python(\d+)\.(\d+)"  # compiled where used: only the ELF parser needs re
 
 
-@dataclass(frozen=True)
-class Mapping:
+# The records below are namedtuple subclasses rather than frozen dataclasses: they lie on the
+# path of ``periscope stack``, whose start-up time counts, and the dataclasses module (with the
+# inspect, re, ast and dis it imports) and each dataclass's generated code cost more there than
+# reading the stack does. They are immutable, compare and hash by value like frozen dataclasses,
+# are cheap to create, and need no import. Being tuples, they also equal a plain tuple of the
+# same values and serialise (json, msgpack) as arrays: convert them field by field. Defaults go
+# in ``namedtuple(..., defaults=...)``, as a value assigned in the class body would replace the
+# field; the annotations only document the field types.
+
+
+class Mapping(namedtuple("Mapping", "start end perms offset inode path deleted")):
     """One line of /proc/PID/maps."""
 
+    __slots__ = ()
     start: int
     end: int
     perms: str
@@ -45,10 +55,16 @@ class Mapping:
     deleted: bool
 
 
-@dataclass(frozen=True)
-class ElfRuntimeInfo:
+class ElfRuntimeInfo(
+    namedtuple(
+        "ElfRuntimeInfo",
+        "section_vaddr section_size section_offset is_pie_or_shared load_segments static_header"
+        " version_hex has_debug_offsets free_threaded",
+    )
+):
     """What an ELF file says about the CPython runtime in it (independent of any process)."""
 
+    __slots__ = ()
     section_vaddr: int
     section_size: int
     section_offset: int
@@ -60,10 +76,15 @@ class ElfRuntimeInfo:
     free_threaded: bool | None
 
 
-@dataclass(frozen=True)
-class RuntimeImage:
+class RuntimeImage(
+    namedtuple(
+        "RuntimeImage",
+        "pid path opened_path section_address section_size version_hex has_debug_offsets free_threaded static_header",
+    )
+):
     """Where a process's CPython runtime lives, found from its maps and ELF file (no memory read)."""
 
+    __slots__ = ()
     pid: int
     path: str
     opened_path: str

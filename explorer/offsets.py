@@ -8,7 +8,7 @@ anything it does not know, with a typed error that names the version.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections import namedtuple
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -77,10 +77,13 @@ def table_size(layout: tuple[tuple[str, tuple[str, ...]], ...]) -> int:
 LAYOUTS = {(3, 14, False): LAYOUT_3_14}
 
 
-@dataclass(frozen=True)
-class DebugOffsets:
-    """A validated debug-offsets table: ``offsets.group("thread_state")["next"]`` or ``offsets.thread_state.next``."""
+class DebugOffsets(namedtuple("DebugOffsets", "version_hex free_threaded groups")):
+    """A validated debug-offsets table: ``offsets.groups["thread_state"]["next"]`` or ``offsets.thread_state.next``.
 
+    An immutable namedtuple record rather than a dataclass: see explorer.elf (start-up time).
+    """
+
+    __slots__ = ()
     version_hex: int
     free_threaded: bool
     groups: Mapping[str, Mapping[str, int]]

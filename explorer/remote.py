@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from dataclasses import dataclass
+from collections import namedtuple
 
 from explorer import elf, offsets as offsets_module
 from explorer.errors import (
@@ -28,10 +28,13 @@ MAX_THREADS = 10_000
 STATUS_ACTIVE = 1 << 4  # _status.active: attached to the interpreter (running Python or holding the GIL)
 
 
-@dataclass(frozen=True)
-class InterpreterRef:
+# Immutable records as namedtuple subclasses, not dataclasses: see explorer.elf (start-up time).
+
+
+class InterpreterRef(namedtuple("InterpreterRef", "address id")):
     """One interpreter of the target (the main one has id 0)."""
 
+    __slots__ = ()
     address: int
     id: int
 
@@ -41,10 +44,15 @@ class InterpreterRef:
         return self.id == 0
 
 
-@dataclass(frozen=True)
-class ThreadRef:
+class ThreadRef(
+    namedtuple(
+        "ThreadRef",
+        "address interpreter_id native_id target_native_id thread_id status current_frame is_main holds_gil",
+    )
+):
     """One thread state of the target, as read at one moment."""
 
+    __slots__ = ()
     address: int
     interpreter_id: int
     native_id: int

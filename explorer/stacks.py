@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import struct
 import time
-from dataclasses import dataclass
+from collections import namedtuple
 
 from explorer.errors import TargetNotReady
 from explorer.linetable import LineTable
@@ -87,23 +87,33 @@ _CHUNK_HEADER = struct.Struct("<QQ")  # previous, size (then top, then the frame
 ROOT_FRAME_OFFSET = 3 * 8 + 8
 
 
-@dataclass(frozen=True)
-class FrameInfo:
+# Immutable records as namedtuple subclasses, not dataclasses: see explorer.elf (start-up time).
+# Defaults are given to namedtuple(); the class body only documents the fields.
+
+
+class FrameInfo(namedtuple("FrameInfo", "filename function lineno is_entry", defaults=(False,))):
     """One Python frame: where the thread is in one function."""
 
+    __slots__ = ()
     filename: str
     function: str
     """The qualified name (``Class.method``, ``outer.<locals>.inner``)."""
     lineno: int | None
     """The line of the instruction running (for callers: the call); None for code without a location."""
-    is_entry: bool = False
+    is_entry: bool  # default False
     """C code called this frame (an interpreter entry frame sits directly below it)."""
 
 
-@dataclass(frozen=True)
-class ThreadStack:
+class ThreadStack(
+    namedtuple(
+        "ThreadStack",
+        "native_id thread_id name holds_gil is_main interpreter_id frames attached torn truncated",
+        defaults=(False, False),
+    )
+):
     """One thread state of the target and its Python frames, innermost first."""
 
+    __slots__ = ()
     native_id: int
     """The kernel thread id in this (the reader's) pid namespace."""
     thread_id: int
@@ -118,9 +128,9 @@ class ThreadStack:
     frames: tuple[FrameInfo, ...]
     attached: bool
     """The thread is attached to its interpreter (running Python, or about to)."""
-    torn: bool = False
+    torn: bool  # default False
     """The stack kept changing while it was read: frames may be incomplete."""
-    truncated: bool = False
+    truncated: bool  # default False
     """The stack is deeper than MAX_DEPTH frames; the outermost ones are missing."""
 
     @property

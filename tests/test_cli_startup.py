@@ -1,6 +1,7 @@
 """What ``periscope`` imports to start: the command list needs no command module, a command
 imports only its own module, and ``periscope stack PID`` with a warm ELF cache imports neither
-Textual, psutil nor pyelftools (nor argparse, for its plain forms).
+Textual, psutil nor pyelftools (nor argparse, for its plain forms), nor dataclasses or typing
+(its records are namedtuples).
 
 Each probe runs ``explorer.cli.main`` in a fresh interpreter, as the ``periscope`` script does,
 and reports ``sys.modules`` afterwards; nothing here measures time.
@@ -44,6 +45,9 @@ sys.exit(status)
 """
 
 HEAVY = ("textual", "psutil", "elftools")
+# Modules the records on the stack path do without: dataclasses alone pulls in inspect, re, ast,
+# dis and tokenize, and creating each dataclass costs more start-up time than reading the stack.
+RECORD_MODULES = ("dataclasses", "typing")
 
 
 def run_periscope(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
@@ -107,11 +111,13 @@ def test_stack_with_a_warm_elf_cache_imports_nothing_heavy(spawn: Spawn, tmp_pat
     assert warm.returncode == 0, warm.stderr
     assert warm.stdout == cold.stdout  # the target sleeps: the same stacks, read from the cache's answer
     assert [package for package in (*HEAVY, "argparse", "ctypes", "json") if imported(modules, package)] == []
+    assert [name for name in RECORD_MODULES if name in modules] == []
     assert command_modules(modules) == {"explorer.commands.stack"}
     warm_json, modules = run_periscope(tmp_path, "stack", "--json", pid)
     assert warm_json.returncode == 0, warm_json.stderr
     assert f'"pid": {pid}' in warm_json.stdout
     assert [package for package in (*HEAVY, "argparse", "ctypes") if imported(modules, package)] == []
+    assert [name for name in RECORD_MODULES if name in modules] == []
 
 
 # -- the quick parser agrees with argparse -------------------------------------------------

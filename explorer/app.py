@@ -19,8 +19,8 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from explorer.discovery import ProcessInfo, ProcessScanner
-from explorer.errors import PeriscopeError
-from explorer.screens.attach import AttachScreen, Attached, Connector, default_connector
+from explorer.errors import InjectionTimeout, PeriscopeError
+from explorer.screens.attach import AttachFailed, AttachScreen, Attached, Connector, default_connector
 from explorer.screens.dialogs import ErrorDialog, WorkerFailed
 from explorer.screens.help import HelpScreen, KeySection, key_rows
 from explorer.screens.process import ProcessScreen, history_file
@@ -104,12 +104,23 @@ class PeriscopeApp(App[int]):
             return
         self.push_screen(AttachScreen(pid, self.connector, process, thread=thread, mask_noise=self.mask_noise), self._on_attach_done)
 
-    def _on_attach_done(self, result: Attached | BaseException | None) -> None:
+    def _on_attach_done(self, result: Attached | AttachFailed | None) -> None:
         if result is None:
             return  # cancelled
-        if isinstance(result, BaseException):
-            pid = getattr(result, "pid", None)
-            self.push_screen(ErrorDialog.from_error("Cannot attach" + (f" to {self._shown_pid(pid)}" if pid else ""), result))
+        if isinstance(result, AttachFailed):
+            title = f"Cannot attach to {self._shown_pid(result.pid)}"
+            if isinstance(result.error, InjectionTimeout):
+                self.push_screen(
+                    ErrorDialog(
+                        title,
+                        "No thread of the process ran Python code in time: they are all blocked "
+                        "(input(), a sleep, a lock, a long C call).",
+                        "attach again and, while periscope waits, select a thread that runs Python and "
+                        "press t; or make the program do some work",
+                    )
+                )
+            else:
+                self.push_screen(ErrorDialog.from_error(title, result.error))
             return
         screen = ProcessScreen(result.session, result.process, history_path=self.history_path, mask_noise=self.mask_noise)
         self.attached[result.pid] = screen
@@ -201,7 +212,7 @@ class PeriscopeApp(App[int]):
         node = event.worker.node
         if isinstance(node, AttachScreen):
             if node.is_current:
-                node.dismiss(error)  # _on_attach_done shows the dialog
+                node.dismiss(AttachFailed(node.pid, error))  # _on_attach_done shows the dialog
             return
         if isinstance(node, ProcessScreen) and event.worker.group == "reader":
             self.post_message(ProcessScreen.SessionEnded(node.pid, error))

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import psutil
 import pytest
 
 from explorer.app import PeriscopeApp
-from explorer.screens.attach import AttachScreen
+from explorer.screens.attach import AttachScreen, default_connector
 from explorer.screens.dialogs import ErrorDialog
 from explorer.screens.help import HelpScreen
 from explorer.screens.process import ProcessScreen, load_history
@@ -307,3 +308,16 @@ async def test_cancel_while_waiting_returns_to_the_list(spawn, history):
         await wait_until(pilot, lambda: isinstance(app.screen, ProcessListScreen), "back to the list")
         assert not app.attached
     assert psutil.pid_exists(target.pid)
+
+
+async def test_a_target_that_never_runs_python_ends_in_a_dialog_not_a_hang(spawn, history):
+    target = spawn("print('ready', flush=True)\nline = input()\n", stdin=subprocess.PIPE)
+    target.wait_for_line("ready")
+    app = PeriscopeApp(pid=target.pid, connector=partial(default_connector, timeout=2.0), history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the timeout dialog")
+        dialog = app.screen
+        assert dialog.title_text == f"Cannot attach to {target.pid}"
+        assert "blocked" in dialog.message and "press t" in (dialog.fix or "")
+        await pilot.press("enter")
+        assert isinstance(app.screen, ProcessListScreen)

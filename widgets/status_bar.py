@@ -53,8 +53,8 @@ class StatusBar(Static):
     latency_ms: reactive[float | None] = reactive(None)
     """From a frame's capture in the target to its display, in milliseconds."""
 
-    bytes_per_second: reactive[float] = reactive(0.0)
-    """Stream data rate."""
+    bytes_per_second: reactive[float | None] = reactive(None)
+    """Stream data rate; None when unknown."""
 
     watched: reactive[str] = reactive("__main__")
     """The watched module."""
@@ -73,8 +73,9 @@ class StatusBar(Static):
         text.append(f"  pid {pid}")
         text.append(f"  watching {self.watched}")
         if self.mask_noise:
-            text.append(f"  {MASK} frames/s  latency {MASK}  {MASK}/s")
+            text.append(f"  {MASK} frames/s  latency {MASK}  {MASK}")
         else:
             latency = "–" if self.latency_ms is None else f"{self.latency_ms:.0f} ms"
-            text.append(f"  {self.frame_rate:.1f} frames/s  latency {latency}  {human_bytes(self.bytes_per_second)}/s")
+            rate = "–" if self.bytes_per_second is None else f"{human_bytes(self.bytes_per_second)}/s"
+            text.append(f"  {self.frame_rate:.1f} frames/s  latency {latency}  {rate}")
         return text

@@ -47,8 +47,10 @@ _COLUMNS: tuple[tuple[str, str, int | None], ...] = (
 class ThreadList(DataTable[Text]):
     """The threads of a process: name, native id, daemon, CPU time, and whether it holds the GIL.
 
-    Give it rows with ``update_threads()``; rows are updated in place by native id and the cursor
-    stays on the same thread.
+    The first column is the thread's state: ``●`` holds the GIL, ``○`` runs Python but waits for
+    the GIL, ``·`` has released it (blocked in C: a sleep, I/O, a lock). Give it rows with
+    ``update_threads()``; rows are updated in place by native id and the cursor stays on the same
+    thread.
 
     | Key | Action |
     | :- | :- |

@@ -73,7 +73,17 @@ class Attached:
 _STATE_STEPS = {"injected": "injecting", "waiting": "waiting", "starting": "starting", "connected": "connected"}
 
 
-async def default_connector(pid: int, *, thread: int | None, progress: ProgressCallback) -> Any:
+@dataclass(frozen=True)
+class AttachFailed:
+    """A failed attach: which process, and why."""
+
+    pid: int
+    error: BaseException
+
+
+async def default_connector(
+    pid: int, *, thread: int | None, progress: ProgressCallback, timeout: float = ATTACH_TIMEOUT
+) -> Any:
     """Attach with periscope's session client (explorer.session), reporting each step."""
     from explorer import session as session_module
 
@@ -83,7 +93,7 @@ async def default_connector(pid: int, *, thread: int | None, progress: ProgressC
     return await session_module.attach(
         pid,
         thread="any" if thread is None else thread,  # the GIL holder, main, then every other thread
-        timeout=ATTACH_TIMEOUT,
+        timeout=timeout,
         rate=STREAM_RATE,
         progress=report,
     )
@@ -123,11 +133,11 @@ def _mask_numbers(text: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "··", text)
 
 
-class AttachScreen(Screen["Attached | None"]):
+class AttachScreen(Screen["Attached | AttachFailed | None"]):
     """Attaching to one process: the steps so far, and every thread's stack while it waits.
 
     Dismissed with an ``Attached`` when connected, with None when cancelled. A failure is the
-    attach worker's error (the app turns it into a dialog).
+    attach worker's error: the app dismisses the screen with an ``AttachFailed`` and shows it.
 
     | Key | Action |
     | :- | :- |

@@ -85,6 +85,9 @@ class ErrorDialog(ModalScreen[None]):
     @classmethod
     def from_error(cls, title: str, error: BaseException) -> ErrorDialog:
         """A dialog for ``error``: a PeriscopeError's message carries its fix; anything else is a bug."""
+        reason, fix = getattr(error, "reason", None), getattr(error, "fix", None)
+        if isinstance(error, PeriscopeError) and isinstance(reason, str):
+            return cls(title, reason, fix if isinstance(fix, str) else None)
         if isinstance(error, PeriscopeError):
             message, fix = split_fix(str(error))
             return cls(title, message, fix)

@@ -104,13 +104,13 @@ def data_first(views: list[ValueView]) -> list[ValueView]:
 class FrameReceived(Message):
     """The agent's latest frame; a newer one replaces it while it waits in the queue."""
 
-    def __init__(self, frame: Frame, received: float, size: int) -> None:
+    def __init__(self, frame: Frame, received: float, total_bytes: int | None) -> None:
         self.frame = frame
         """The whole state of the target at one moment."""
         self.received = received
         """``time.time()`` when it was decoded."""
-        self.size = size
-        """Bytes on the wire since the previous frame (0 when unknown)."""
+        self.total_bytes = total_bytes
+        """Bytes read from the agent so far (None when the session does not count them)."""
         super().__init__()
 
     def can_replace(self, message: Message) -> bool:
@@ -244,7 +244,7 @@ class ProcessScreen(Screen[None]):
         """The selected frame of that thread (0 = innermost)."""
         self._cpu_times: dict[int, float] = {}
         self._gil_states: dict[int, tuple[bool, bool]] = {}
-        self._arrivals: deque[tuple[float, int]] = deque(maxlen=50)
+        self._arrivals: deque[tuple[float, int | None]] = deque(maxlen=50)
         self._stop = threading.Event()
         self._sources = SourceLines(self.pid)
         self._detached = False
@@ -290,6 +290,11 @@ class ProcessScreen(Screen[None]):
         return [
             ("REPL", list(ReplPane.BINDINGS) + list(ReplInput.BINDINGS)),
             ("Variables", [Binding("enter", "", "Expand or collapse the value"), Binding("space", "", "Expand or collapse")]),
+            ("Thread states (first column)", [
+                Binding("●", "", "holds the GIL (running Python)"),
+                Binding("○", "", "runs Python, waiting for the GIL"),
+                Binding("·", "", "released the GIL (blocked in C: sleep, I/O, a lock)"),
+            ]),
         ]
 
     # --- start and stop --------------------------------------------------------------------------
@@ -335,7 +340,8 @@ class ProcessScreen(Screen[None]):
         async for frame in self.session.frames():
             if self._stop.is_set():
                 return
-            self.post_message(FrameReceived(frame, time.time(), 0))
+            received = getattr(self.session, "bytes_received", None)  # total bytes read, when the session counts them
+            self.post_message(FrameReceived(frame, time.time(), received))
         if not self._detached:
             self.post_message(self.SessionEnded(self.pid, self.session.error))
 
@@ -377,7 +383,7 @@ class ProcessScreen(Screen[None]):
             self._show_threads(self.frame)
 
     def on_frame_received(self, message: FrameReceived) -> None:
-        self._arrivals.append((message.received, message.size))
+        self._arrivals.append((message.received, message.total_bytes))
         self.latest = message.frame
         self._update_status(message.frame)
         if self.paused:
@@ -398,10 +404,11 @@ class ProcessScreen(Screen[None]):
         status = self.query_one(StatusBar)
         status.latency_ms = max(0.0, (now - frame.time) * 1000)
         if len(self._arrivals) >= 2:
-            span = self._arrivals[-1][0] - self._arrivals[0][0]
-            if span > 0:
-                status.frame_rate = (len(self._arrivals) - 1) / span
-                status.bytes_per_second = sum(size for _, size in list(self._arrivals)[1:]) / span
+            (first, first_bytes), (last, last_bytes) = self._arrivals[0], self._arrivals[-1]
+            if last > first:
+                status.frame_rate = (len(self._arrivals) - 1) / (last - first)
+                if first_bytes is not None and last_bytes is not None:
+                    status.bytes_per_second = (last_bytes - first_bytes) / (last - first)
 
     def apply_frame(self, frame: Frame) -> None:
         """Show ``frame`` in every pane."""

@@ -45,7 +45,7 @@ class PeriscopeApp(App[int]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark,f1", "help", "Help"),
         Binding("ctrl+o", "next_process", "Switch process"),
-        Binding("ctrl+l", "process_list", "Processes", show=False),
+        Binding("ctrl+l", "process_list", "Process list", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 

@@ -138,9 +138,9 @@ def test_waiting_for_the_target(snap_compare, scene):
 
 
 def test_error_dialog_for_python_311(snap_compare, spawn):
-    """A Python 3.11 process picked in the list: behind, its row marked "✗"; in front, a dialog
-    "Cannot attach to ····" that says "CPython 3.11: attaching needs 3.14 or newer" and the fix
-    "restart it under CPython 3.14+"."""
+    """A Python 3.11 process picked in the list and Enter pressed: a dialog "Cannot attach to ····"
+    (title in red) that says "CPython 3.11: attaching needs 3.14 or newer" and, in green, the fix
+    "restart it under CPython 3.14+", with an OK button."""
     scene_script()  # makes the fixed directory
     old = spawn(
         "import time\nprint('ready', flush=True)\ntime.sleep(600)\n",

@@ -57,7 +57,7 @@ class ErrorDialog(ModalScreen[None]):
         background: $surface;
         padding: 1 2;
     }
-    ErrorDialog #title {
+    ErrorDialog #dialog-title {
         text-style: bold;
         color: $error;
         margin-bottom: 1;
@@ -99,7 +99,7 @@ class ErrorDialog(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.title_text, id="title")
+            yield Label(self.title_text, id="dialog-title")
             yield Static(self.message, id="message", markup=False)
             if self.fix:
                 yield Static(f"fix: {self.fix}", id="fix", markup=False)

@@ -59,10 +59,10 @@ class ProcessListScreen(Screen[None]):
         Binding("ctrl+s", "cycle_sort", "Sort CPU/mem/pid"),
         Binding("escape", "clear_filter", "Clear filter"),
         Binding("ctrl+r", "rescan", "Rescan", show=False),
-        Binding("down", "cursor_down", "Down", show=False),
-        Binding("up", "cursor_up", "Up", show=False),
-        Binding("pagedown", "page_down", "Page down", show=False),
-        Binding("pageup", "page_up", "Page up", show=False),
+        Binding("down", "cursor_down", show=False),
+        Binding("up", "cursor_up", show=False),
+        Binding("pagedown", "page_down", show=False),
+        Binding("pageup", "page_up", show=False),
     ]
 
     sort_by: reactive[str] = reactive("cpu")

@@ -404,13 +404,20 @@ class _Staged:
 
 
 def _stage(
-    pid: int, rate: float, modules: tuple[str, ...], limits: dict[str, Any] | None, code: AgentCode | None = None
+    pid: int,
+    rate: float,
+    modules: tuple[str, ...],
+    limits: dict[str, Any] | None,
+    code: AgentCode | None = None,
+    script_dir: Any = None,
 ) -> _Staged:
-    """Write the agent script (config header, agent source and compiled ``code``) into a fresh private directory."""
+    """Write the agent script (config header, agent source and compiled ``code``) into a fresh private
+    directory (``script_dir`` from explorer.inject.prepare_script_dir, or a new one)."""
     from explorer.inject import prepare_script_dir, write_script
     from payloads.agent import agent_source, build_script
 
-    script_dir = prepare_script_dir(pid)
+    if script_dir is None:
+        script_dir = prepare_script_dir(pid)
     try:
         token = secrets.token_hex(32)
         target_dir = script_dir.target_path
@@ -560,15 +567,23 @@ async def attach(
         if progress is not None:
             progress(AttachProgress(state, message, time.monotonic() - started, native_id, stacks))
 
+    from explorer.inject import prepare_script_dir
     from explorer.remote import RemoteProcess
 
     process = await asyncio.to_thread(RemoteProcess.open, pid)
     try:
-        version_hex = process.offsets.version_hex
-        compiling = asyncio.ensure_future(asyncio.to_thread(agent_code, pid, version_hex))
-        candidates = await asyncio.to_thread(_candidates, process, thread)
-        code = await _ready_code(compiling, min(AGENT_CODE_WAIT, max(0.0, deadline - time.monotonic()) / 2))
-        staged = await asyncio.to_thread(_stage, pid, rate, tuple(modules), limits, code)
+        # A valid target: make its directory while choosing the thread and finding the code.
+        preparing = asyncio.ensure_future(asyncio.to_thread(prepare_script_dir, pid))
+        try:
+            version_hex = process.offsets.version_hex
+            compiling = asyncio.ensure_future(asyncio.to_thread(agent_code, pid, version_hex))
+            candidates = await asyncio.to_thread(_candidates, process, thread)
+            code = await _ready_code(compiling, min(AGENT_CODE_WAIT, max(0.0, deadline - time.monotonic()) / 2))
+            script_dir = await preparing
+        except BaseException:
+            await _discard_directory(preparing)
+            raise
+        staged = await asyncio.to_thread(_stage, pid, rate, tuple(modules), limits, code, script_dir)
         try:
             spread = thread in ("any", "auto")
             picked = await _inject(staged, candidates, deadline, report, spread=spread, process=process, holder_first=spread)
@@ -594,6 +609,15 @@ async def attach(
     session._start()
     report(AttachState.CONNECTED, f"connected to the agent in process {pid}", picked)
     return session
+
+
+async def _discard_directory(job: asyncio.Future[Any]) -> None:
+    """Remove the directory ``job`` (prepare_script_dir in a thread) made, once it has made it."""
+    try:
+        script_dir = await asyncio.shield(job)
+    except (PeriscopeError, OSError):
+        return  # it made none
+    await asyncio.to_thread(script_dir.cleanup)
 
 
 async def _ready_code(job: asyncio.Future[AgentCode | None], wait: float) -> AgentCode | None:

@@ -441,12 +441,26 @@ def build_script(config, source, code=None):
     marshal data when magic and tag are its own; otherwise it compiles the bootstrap, which
     compiles ``source`` in the agent's own thread.
     """
-    shipped = None if code is None else (bytes(code[0]), str(code[1]), bytes(code[2]).hex())
-    return (
-        "# periscope agent (generated; deleted as soon as the target reads it)\n"
-        "_PERISCOPE_CONFIG = %r\n_PERISCOPE_SOURCE = %r\n_PERISCOPE_BOOTSTRAP = %r\n_PERISCOPE_CODE = %r\n%s"
-        % (config, source, BOOTSTRAP, shipped, LAUNCHER)
+    shipped = None if code is None else (bytes(code[0]), str(code[1]), bytes(code[2]))
+    return "# periscope agent (generated; deleted as soon as the target reads it)\n_PERISCOPE_CONFIG = %r\n%s" % (
+        config,
+        _script_body(source, shipped),
     )
+
+
+_bodies = {}
+
+
+def _script_body(source, shipped):
+    """Everything in the script after the config (the same for every attach: kept for the next one)."""
+    key = (source, shipped)
+    body = _bodies.get(key)
+    if body is None:
+        code = None if shipped is None else (shipped[0], shipped[1], shipped[2].hex())
+        body = "_PERISCOPE_SOURCE = %r\n_PERISCOPE_BOOTSTRAP = %r\n_PERISCOPE_CODE = %r\n%s" % (source, BOOTSTRAP, code, LAUNCHER)
+        _bodies.clear()
+        _bodies[key] = body
+    return body
 
 
 def agent_source():

@@ -73,9 +73,9 @@ class StatusBar(Static):
         text.append(f"  pid {pid}")
         text.append(f"  watching {self.watched}")
         if self.mask_noise:
-            text.append(f"  {MASK} frames/s  latency {MASK}  {MASK}")
+            text.append(f"  {MASK} frames/s  latency {MASK}  data {MASK}")
         else:
             latency = "–" if self.latency_ms is None else f"{self.latency_ms:.0f} ms"
             rate = "–" if self.bytes_per_second is None else f"{human_bytes(self.bytes_per_second)}/s"
-            text.append(f"  {self.frame_rate:.1f} frames/s  latency {latency}  {rate}")
+            text.append(f"  {self.frame_rate:.1f} frames/s  latency {latency}  data {rate}")
         return text

@@ -1199,6 +1199,7 @@ class Agent:
                 and _compare_digest(message["token"], token)
             ):
                 self._apply_auth(message)
+                decoder.max_message = 1 << 20  # requests: up to 1 MiB (the 4 KiB bound was the handshake's)
                 self.decoder = decoder
                 return conn
             conn.close()

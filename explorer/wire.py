@@ -34,6 +34,12 @@ from explorer.model import (
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 64 * 1024 * 1024
 """Largest message accepted from an agent (a frame is bounded at a few MiB by the agent)."""
+MAX_OBJECTS = 2_000_000
+"""Most objects (container elements) one message may decode into. A byte can become a 64-byte
+empty list, so without this bound a 64 MiB message could take gigabytes; with it, decoding one
+message stays within a few hundred MiB. A default-size frame holds well under 500,000."""
+MAX_CONTAINER = 1_000_000
+"""Most elements in one array (the agent's largest are bounded by its limits, 1000 by default)."""
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -42,18 +48,40 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 class Decoder:
-    """Incremental decoder of the agent's stream: ``feed(bytes)``, then iterate for messages."""
+    """Incremental decoder of the agent's stream: ``feed(bytes)``, then iterate for messages.
 
-    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+    Bounded three ways: bytes per message (``max_message``), elements per array or map, and
+    objects per message (``max_objects``, counted as each array or map is completed), so that a
+    hostile stream cannot make periscope's memory grow without bound.
+    """
+
+    def __init__(self, max_message: int = MAX_MESSAGE, max_objects: int = MAX_OBJECTS) -> None:
+        self._max_objects = max_objects
+        self._budget = [max_objects]  # objects left for the message being decoded
+
+        def count_list(items: list[Any]) -> list[Any]:
+            self._budget[0] -= len(items) + 1
+            if self._budget[0] < 0:
+                raise ProtocolError(f"the agent sent a message of more than {max_objects} objects; detached")
+            return items
+
+        def count_map(items: dict[str, Any]) -> dict[str, Any]:
+            self._budget[0] -= 2 * len(items) + 1
+            if self._budget[0] < 0:
+                raise ProtocolError(f"the agent sent a message of more than {max_objects} objects; detached")
+            return items
+
         self._unpacker = msgpack.Unpacker(
             raw=False,
             strict_map_key=True,
             use_list=True,
+            list_hook=count_list,
+            object_hook=count_map,
             max_buffer_size=max_message,
             max_str_len=max_message,
             max_bin_len=max_message,
-            max_array_len=1_000_000,
-            max_map_len=1_000_000,
+            max_array_len=MAX_CONTAINER,
+            max_map_len=10_000,  # the agent's maps are previews, limits and headers: a few keys
             max_ext_len=0,
         )
 
@@ -69,9 +97,10 @@ class Decoder:
             try:
                 raw = next(self._unpacker)
             except StopIteration:
-                return
+                return  # the budget carries over: the unpacker keeps what it built of this message
             except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
                 raise ProtocolError(f"the agent's stream is malformed ({error}); detached") from None
+            self._budget[0] = self._max_objects
             yield decode_message(raw)
 
 

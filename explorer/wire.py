@@ -273,6 +273,14 @@ def decode_children(data: Any) -> Children:
     )
 
 
+def decode_limits(data: Any) -> dict[str, int | float]:
+    """The result of a ``configure`` request: the limits now in force."""
+    limits = _map(_map(data, "configure result").get("limits", {}), "configure result.limits")
+    if not all(type(value) in (int, float) for value in limits.values()):
+        raise _fail("configure result.limits holds something other than numbers")
+    return dict(limits)
+
+
 def decode_eval_result(data: Any, output: str = "") -> EvalResult:
     """The result of an ``eval`` request, with the output collected while it ran."""
     data = _map(data, "eval result")

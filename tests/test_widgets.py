@@ -184,3 +184,19 @@ async def test_repl_input_runs_complete_code_and_walks_the_history() -> None:
         await wait_until(pilot, lambda: len(app.messages) == 2, "the second eval request")
         assert app.messages[-1].eval_in == "frame"
         assert pane.entries[-1].scope == "frame f() in MainThread"
+
+
+def test_widgets_load_no_process_or_socket_code() -> None:
+    """widgets/ take model objects and post messages: importing them loads none of explorer's
+    process, memory, injection or session code (checked in a fresh interpreter)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, json, pkgutil, sys, widgets\n"
+        "for info in pkgutil.iter_modules(widgets.__path__, 'widgets.'): importlib.import_module(info.name)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('explorer') or m in ('psutil', 'msgpack'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

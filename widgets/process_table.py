@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from rich.text import Text
 from textual.binding import Binding, BindingType
@@ -12,8 +12,10 @@ from textual.reactive import reactive
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowKey
 
-from explorer.discovery import ProcessInfo
 from widgets._format import MASK, display_command, human_bytes
+
+if TYPE_CHECKING:  # widgets take the model as data; they do not load discovery
+    from explorer.discovery import ProcessInfo
 
 SortKey = Literal["cpu", "memory", "pid"]
 

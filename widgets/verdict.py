@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from explorer.discovery import ProcessInfo
 from widgets._format import display_command
+
+if TYPE_CHECKING:  # widgets take the model as data; they do not load discovery
+    from explorer.discovery import ProcessInfo
 
 
 class AttachVerdict(Static):

@@ -940,8 +940,7 @@ class Session:
 
     async def configure(self, **limits: Any) -> dict[str, Any]:
         """Change preview limits (see PROTOCOL.md); returns the limits now in force."""
-        result = await self.request("configure", limits=limits)
-        return dict(result.get("limits", {})) if isinstance(result, dict) else {}
+        return wire.decode_limits(await self.request("configure", limits=limits))
 
     def start_eval(
         self,

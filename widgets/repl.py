@@ -12,6 +12,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
+from textual.events import Key
 from textual.highlight import highlight
 from textual.message import Message
 from textual.reactive import reactive
@@ -63,7 +64,7 @@ class ReplInput(TextArea):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "submit", "Run", show=True, priority=True),
+        Binding("enter", "submit", "Run", show=True),
         Binding("ctrl+j", "newline", "New line", show=False),
         Binding("up", "history_previous", "History", show=False),
         Binding("down", "history_next", "History", show=False),
@@ -98,6 +99,14 @@ class ReplInput(TextArea):
         """Earlier inputs, oldest first."""
         self._history_index: int | None = None
         self._draft = ""
+
+    async def on_key(self, event: Key) -> None:
+        """Enter runs or breaks the line here, in the widget's own queue: a priority binding would
+        run it ahead of characters typed just before it that are still queued."""
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.action_submit()
 
     def action_submit(self) -> None:
         """Run the code if it is complete, else start a new line."""

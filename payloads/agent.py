@@ -1175,6 +1175,9 @@ class Agent:
             conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
             decoder = StreamDecoder(max_message=4096)
             message = None
+            # One bound for the whole handshake, not per read: a client that trickles bytes
+            # must not keep periscope waiting behind it.
+            handshake_ends = time.monotonic() + 2.0
             try:
                 try:
                     data = conn.recv(4096, getattr(_socket, "MSG_DONTWAIT", 0))
@@ -1182,7 +1185,10 @@ class Agent:
                     data = None
                 while message is None:
                     if data is None:
-                        conn.settimeout(2.0)
+                        left = handshake_ends - time.monotonic()
+                        if left <= 0:
+                            raise TimeoutError("no complete auth message within 2 s")
+                        conn.settimeout(left)
                         data = conn.recv(4096)
                     if not data:
                         break

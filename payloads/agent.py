@@ -1205,6 +1205,7 @@ class Agent:
                 and _compare_digest(message["token"], token)
             ):
                 self._apply_auth(message)
+                self.config.pop("token", None)  # its work is done: no copy of it stays in the target
                 decoder.max_message = 1 << 20  # requests: up to 1 MiB (the 4 KiB bound was the handshake's)
                 self.decoder = decoder
                 return conn

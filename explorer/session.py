@@ -65,6 +65,15 @@ class AgentBusy(PeriscopeError):
     """Another periscope session's agent is already attached to the target."""
 
 
+class AgentRefused(PeriscopeError):
+    """The target took the request but did not run the agent script (an audit or open-code hook)."""
+
+
+START_WAIT = 3.0
+"""Seconds a thread that took the request may take to start the agent script (it deletes the
+script first thing) before periscope concludes that the target refused to run it."""
+
+
 class AttachState(enum.Enum):
     """Where ``attach()`` is."""
 
@@ -474,8 +483,11 @@ def _peer_pid(sock: socket.socket) -> int:
 
 def _connect(staged: _Staged, deadline: float) -> tuple[socket.socket, wire.Decoder, Hello]:
     """Wait for the agent's socket, check the peer, authenticate, read ``hello`` (blocking)."""
+    from explorer.memory import process_exited, process_start_time
+
     host_dir = staged.socket_host_path.parent
     pause = 0.0005
+    started, start_time = time.monotonic(), process_start_time(staged.pid)
     while True:
         for note, error in (("busy", AgentBusy), ("failed", PeriscopeError)):
             path = host_dir / note
@@ -499,8 +511,14 @@ def _connect(staged: _Staged, deadline: float) -> tuple[socket.socket, wire.Deco
                 f"process {staged.pid} took the request but its agent did not open its socket in time; "
                 "the target may be too busy in C code: try again"
             )
-        if not os.path.exists(f"/proc/{staged.pid}"):
+        if process_exited(staged.pid, start_time):  # also a zombie its parent has not reaped yet
             raise ProcessGone(f"process {staged.pid} exited")
+        if time.monotonic() - started > START_WAIT and staged.script_dir.contains(SCRIPT_NAME):
+            raise AgentRefused(
+                f"process {staged.pid} took the request but did not run the agent script within {START_WAIT:g} s: "
+                "an audit hook (cpython.remote_debugger_script) or an open-code hook refused it (see the target's "
+                f"stderr); without the agent, 'periscope stack {staged.pid}' still reads its stacks from outside"
+            )
         time.sleep(pause)
         pause = min(pause * 1.5, 0.002)
     try:

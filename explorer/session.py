@@ -842,7 +842,7 @@ class Session:
                 data = await self._reader.read(1 << 20)
                 if not data:
                     if self.error is None and not self._closing:
-                        self.error = SessionClosed(f"the agent in process {self.pid} closed the connection (did the target exit?)")
+                        self.error = SessionClosed(self._why_closed("the agent closed the connection"))
                     break
                 self._decoder.feed(data)
                 for message in self._decoder:
@@ -850,9 +850,17 @@ class Session:
         except ProtocolError as error:
             self.error = error
         except (ConnectionError, OSError) as error:
-            self.error = SessionClosed(f"lost the connection to the agent in process {self.pid}: {error}")
+            self.error = SessionClosed(self._why_closed(f"lost the connection to the agent ({error})"))
         finally:
             self._shut()
+
+    def _why_closed(self, what: str) -> str:
+        """Why the stream ended, in one line: the target exited, or what happened to the connection."""
+        from explorer.memory import process_exited, process_start_time
+
+        if process_exited(self.pid, process_start_time(self.pid)):
+            return f"process {self.pid} exited; the session is over"
+        return f"{what} in process {self.pid}; attach again"
 
     _closing = False
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from explorer import session as session_module
@@ -185,3 +188,67 @@ def test_the_cache_follows_xdg_cache_home(cache):
     assert path.name.startswith("030e0af0-")
     assert agent_code_path(0x030E0AF0, "other source") != path
     assert agent_code_path(0x030E0BF0, "source") != path
+
+
+SPINNERS = '''
+import sys, threading, time
+def spin():
+    n = 0
+    while True:
+        n += 1
+threads = [threading.Thread(target=spin, name=f"spinner-{i}", daemon=True) for i in range(2)]
+for t in threads:
+    t.start()
+sys.stdout.write("spinners %s\\n" % " ".join(str(t.native_id) for t in threads))
+while True:
+    time.sleep(0.5)
+'''
+
+
+def test_the_request_goes_to_a_thread_that_runs_python(spawn):
+    busy = spawn(SPINNERS)
+    spinners = {int(n) for n in busy.wait_for_line("spinners ").split()[1:]}
+    idle = spawn(IDLE)
+    idle.wait_for_line("ready")
+    with RemoteProcess.open(busy.pid) as process:
+        picked = {session_module._fresh_holder(process, None) for _ in range(5)}
+    assert picked <= spinners and picked
+    with RemoteProcess.open(idle.pid) as process:
+        assert session_module._fresh_holder(process, 12345) in (12345, idle.pid)  # nobody computes
+
+
+async def test_auth_that_changes_the_modules_gets_a_first_frame_of_those_modules(spawn, cache):
+    # The worker starts the first frame before periscope connects, for the configured modules;
+    # an auth message that asks for others must not get that early frame.
+    target = spawn(IDLE)
+    target.wait_for_line("ready")
+    code = session_module.agent_code(target.pid, _version_hex(target.pid))
+    assert code is not None
+    staged = session_module._stage(target.pid, 20.0, ("__main__",), None, code)
+    try:
+        await session_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
+        deadline = time.monotonic() + 10
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        while True:
+            try:
+                sock.connect(str(staged.socket_host_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+        sock.settimeout(10)
+        sock.sendall(msgpack.packb({"t": "auth", "token": staged.token, "modules": ["sys"]}))
+        unpacker = msgpack.Unpacker(raw=False)
+        messages = []
+        while len(messages) < 3:
+            unpacker.feed(sock.recv(1 << 20))
+            messages.extend(unpacker)
+        assert messages[0]["t"] == "hello" and messages[0]["code"] == "precompiled"
+        frames = [m for m in messages if m["t"] == "frame"]
+        assert frames and all([m["name"] for m in f["modules"]] == ["sys"] for f in frames)
+        sock.sendall(msgpack.packb({"t": "req", "id": 1, "op": "detach"}))
+        while sock.recv(65536):
+            pass
+        sock.close()
+    finally:
+        staged.script_dir.cleanup()

@@ -152,6 +152,8 @@ class AgentCode:
 
 _code_memo: dict[Path, tuple[tuple[int, int] | None, AgentCode]] = {}
 _code_failed: dict[Path, float] = {}
+COMPILE_TIMEOUT = 10.0
+"""Seconds a compiler subprocess may take."""
 CODE_RETRY_AFTER = 60.0
 """Seconds before periscope tries again to compile for a target version it failed to compile for."""
 
@@ -261,8 +263,9 @@ def _compilers(pid: int) -> list[tuple[str, tuple[int, int] | None, bool]]:
     First the target's own executable, when periscope sees that very file in its own mount
     namespace (``exact``: it must report the target's exact version). A file from another mount
     namespace (a container) is never run: its contents are not periscope's to trust. Neither is
-    a file that a third user or a group could have changed. When periscope runs as root, the
-    target's executable runs as the target's user. Then the CPython periscope starts targets with
+    a file that a group or other users can write, or one owned by anyone but root or the user it
+    would run as: when periscope runs as root, that is the target's user; otherwise periscope's
+    own. Then the CPython periscope starts targets with
     (explorer.pythons), which fits when its major.minor is the target's: the target checks the
     magic number anyway.
     """
@@ -276,11 +279,12 @@ def _compilers(pid: int) -> list[tuple[str, tuple[int, int] | None, bool]]:
         link = ""
     if exe is not None and ids is not None:
         uid, gid = ids
-        trusted = exe.st_uid in (0, uid, os.geteuid()) and not exe.st_mode & 0o022
-        run_as = (uid, gid) if os.geteuid() == 0 and uid != 0 else None
-        if trusted and run_as is not None and exe.st_uid not in (0, uid):
-            trusted = False  # root would run another user's file as the target's user: no
-        if trusted:
+        # Whoever could have written the file must not gain anything by periscope running it:
+        # root runs it as the target's user, anyone else only runs root's or their own files.
+        root = os.geteuid() == 0
+        run_as = (uid, gid) if root and uid != 0 else None
+        owners = (0, uid) if root else (0, os.geteuid())
+        if exe.st_uid in owners and not exe.st_mode & 0o022:
             try:
                 same = link.startswith("/") and os.path.samestat(os.stat(link), exe)
             except OSError:
@@ -361,7 +365,7 @@ def agent_code(pid: int, version_hex: int, source: str | None = None, *, compile
     if not compile_now or time.monotonic() - _code_failed.get(path, -CODE_RETRY_AFTER) < CODE_RETRY_AFTER:
         return None
     for python, run_as, exact in _compilers(pid):
-        code = _compile_with(python, run_as, source, timeout=30.0)
+        code = _compile_with(python, run_as, source, timeout=COMPILE_TIMEOUT)
         if code is None:
             continue
         wanted = version_hex if exact else version_hex >> 16

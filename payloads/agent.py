@@ -520,18 +520,15 @@ class Abandoned(BaseException):
 
 
 def _islice(iterable, start, stop):
-    """First elements of an iterable, without itertools (one C loop per element, no user code)."""
-    out = []
+    """Elements ``start`` to ``stop`` of a container's iterator, taken in one C-level loop.
+
+    No bytecode runs between two elements, so no other thread can take the GIL midway and
+    resize the container under the iterator (a Python-level loop here could raise "changed
+    size during iteration" on any busy target). ``zip`` stops after ``stop`` elements.
+    """
     if stop <= start:
-        return out
-    index = 0
-    for item in iterable:
-        if index >= start:
-            out.append(item)
-            if len(out) >= stop - start:
-                break
-        index += 1
-    return out
+        return []
+    return [item for _, item in list(zip(range(stop), iterable))[start:]]
 
 
 def type_name(cls):
@@ -1535,7 +1532,8 @@ class Agent:
                 namespace = {}
             if type(namespace) is not dict:
                 namespace = {}
-            entries = [(k, v) for k, v in _dict_items(namespace) if not (type(k) is str and k[:2] == "__" and k[-2:] == "__")]
+            # One C-level copy first (see _islice): another thread may be adding globals.
+            entries = [(k, v) for k, v in list(_dict_items(namespace)) if not (type(k) is str and k[:2] == "__" and k[-2:] == "__")]
             variables = []
             for key, value in entries[: limits["module_vars"]]:
                 if previews.bytes > budget:

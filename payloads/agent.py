@@ -902,16 +902,18 @@ class StreamRouter:
     def write(self, text):
         agent = self._agent
         capture = agent.captures.get(_thread.get_ident()) if agent is not None else None
-        if capture is None:
-            return self._original.write(text)
-        return capture.write(self._name, text)
+        if capture is not None:
+            return capture.write(self._name, text)
+        if self._original is None:
+            return len(text)  # the target had no stream here: its print() wrote nothing, and still does
+        return self._original.write(text)
 
     def writelines(self, lines):
         for line in lines:
             self.write(line)
 
     def flush(self):
-        if self._agent is None or self._agent.captures.get(_thread.get_ident()) is None:
+        if self._original is not None and (self._agent is None or self._agent.captures.get(_thread.get_ident()) is None):
             return self._original.flush()
         return None
 

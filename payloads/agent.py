@@ -1042,9 +1042,24 @@ class Agent:
             function()
 
         if threading is not None and not service:
-            thread = threading.Thread(target=body, name=name, daemon=True)
-            thread.start()
-            started.acquire()
+            # The target's own threading, so that threading.current_thread() works in an eval.
+            # A target may have replaced it with something that fails or starts nothing: then a
+            # plain thread does the work (whichever thread claims it first runs it, once).
+            claim = _thread.allocate_lock()
+
+            def claimed():
+                if claim.acquire(False):
+                    body()
+
+            try:
+                threading.Thread(target=claimed, name=name, daemon=True).start()
+                running = started.acquire(timeout=2.0)
+            except BaseException as error:
+                self.note_error("threading.Thread", error)
+                running = False
+            if not running:
+                _thread.start_new_thread(claimed, ())
+                started.acquire()
             return box[0]
         # Not waited for: on a busy target the new thread may wait a while for the GIL, and the
         # caller (possibly the target's own thread, see start()) should not.

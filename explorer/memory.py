@@ -228,15 +228,18 @@ class ProcessMemory:
         remote = iovec(address, size)
         result = libc.process_vm_readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
         if result < 0:
-            code = ctypes.get_errno()
-            if code == errno.ESRCH:
-                raise ProcessGone(f"process {self.pid} exited")
-            if code == errno.EPERM:
-                raise PermissionDenied(explain_permission(self.pid))
-            raise MemoryFault(code, f"cannot read {size} bytes at {address:#x}")
+            self._raise_vm_error(ctypes.get_errno(), f"cannot read {size} bytes at {address:#x}")
         if result != size:
             raise MemoryFault(errno.EFAULT, f"short read at {address:#x}: {result} of {size} bytes")
         return buffer.raw
+
+    def _raise_vm_error(self, code: int, what: str) -> None:
+        """Turn a process_vm_readv/writev errno into the matching typed error."""
+        if code == errno.ESRCH:
+            raise ProcessGone(f"process {self.pid} exited")
+        if code == errno.EPERM:
+            raise PermissionDenied(explain_permission(self.pid))
+        raise MemoryFault(code, what)
 
     def write(self, address: int, data: bytes) -> None:
         """Write ``data`` at ``address`` (all of it, or raise)."""
@@ -259,12 +262,7 @@ class ProcessMemory:
             remote = iovec(address, len(data))
             result = libc.process_vm_writev(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
             if result < 0:
-                code = ctypes.get_errno()
-                if code == errno.ESRCH:
-                    raise ProcessGone(f"process {self.pid} exited")
-                if code == errno.EPERM:
-                    raise PermissionDenied(explain_permission(self.pid))
-                raise MemoryFault(code, f"cannot write {len(data)} bytes at {address:#x}")
+                self._raise_vm_error(ctypes.get_errno(), f"cannot write {len(data)} bytes at {address:#x}")
             written = result
         else:
             assert self._write_fd is not None

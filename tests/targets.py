@@ -60,12 +60,9 @@ class Target:
             if line.startswith(prefix):
                 return line
         # Complete lines that arrived with an earlier chunk but were not split off yet.
-        while b"\n" in self._buffer:
-            raw, self._buffer = self._buffer.split(b"\n", 1)
-            line = raw.decode(errors="replace")
-            self.lines.append(line)
-            if line.startswith(prefix):
-                return line
+        found = self._split_lines(prefix)
+        if found is not None:
+            return found
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
@@ -79,12 +76,9 @@ class Target:
             if not chunk:
                 break
             self._buffer += chunk
-            while b"\n" in self._buffer:
-                raw, self._buffer = self._buffer.split(b"\n", 1)
-                line = raw.decode(errors="replace")
-                self.lines.append(line)
-                if line.startswith(prefix):
-                    return line
+            found = self._split_lines(prefix)
+            if found is not None:
+                return found
         stderr = ""
         if self.proc.poll() is not None and self.proc.stderr is not None:
             stderr = self.proc.stderr.read().decode(errors="replace")
@@ -92,6 +86,16 @@ class Target:
             f"target {self.pid} did not print {prefix!r} within {timeout}s "
             f"(exit={self.proc.poll()}, stdout={self.lines[-5:]}, stderr={stderr[-2000:]})"
         )
+
+    def _split_lines(self, prefix: str) -> str | None:
+        """Move complete lines from the buffer to ``lines``; return the first that starts with ``prefix``."""
+        while b"\n" in self._buffer:
+            raw, self._buffer = self._buffer.split(b"\n", 1)
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
+        return None
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL), reap it, and remove its script directory."""

@@ -668,6 +668,11 @@ def _fresh_holder(process: Any, fallback: int | None) -> int | None:
     try:
         interp = process.main_interpreter()
         first = process.gil_holder(interp)
+        for _ in range(3):  # free for a moment (a hand-over), or nobody runs Python?
+            if first:
+                break
+            time.sleep(0.00005)
+            first = process.gil_holder(interp)
         if not first:
             return fallback
         threads = {t.address: t.native_id for t in process.threads(interp)}

@@ -211,8 +211,10 @@ def test_the_request_goes_to_a_thread_that_runs_python(spawn):
     idle = spawn(IDLE)
     idle.wait_for_line("ready")
     with RemoteProcess.open(busy.pid) as process:
-        picked = {session_module._fresh_holder(process, None) for _ in range(5)}
-    assert picked <= spinners and picked
+        picked = [session_module._fresh_holder(process, None) for _ in range(10)]
+    # The spinners hold the GIL nearly all the time (the main thread wakes every 0.5 s).
+    assert set(picked) <= spinners | {busy.pid, None}
+    assert sum(p in spinners for p in picked) >= 8, picked
     with RemoteProcess.open(idle.pid) as process:
         assert session_module._fresh_holder(process, 12345) in (12345, idle.pid)  # nobody computes
 

@@ -85,6 +85,15 @@ class ScriptDir:
     _parent_fd: int | None = field(default=None, repr=False, compare=False)
     _inode: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
+    def address(self, name: str) -> str:
+        """A path to ``name`` in the directory short enough for a Unix socket address (107 bytes):
+        the host path, or one through this process's descriptor of the directory."""
+        _check_name(name)
+        path = f"{self.host_path}/{name}"
+        if len(os.fsencode(path)) <= 107 or self._dir_fd is None:
+            return path
+        return f"/proc/self/fd/{self._dir_fd}/{name}"
+
     def contains(self, name: str) -> bool:
         """Whether the file ``name`` is still in the directory (a staged script removes itself when it starts)."""
         _check_name(name)
@@ -263,12 +272,14 @@ def _hand_over(fd: int, uid: int, gid: int, mode: int, pid: int) -> None:
     os.fchmod(fd, mode)
 
 
-def prepare_script_dir(pid: int) -> ScriptDir:
+def prepare_script_dir(pid: int, *, limit: int = 511, room: int = 64) -> ScriptDir:
     """Create a fresh private directory (0700, owned by the target's uid/gid) in the target's temp dir.
 
     Tries the target's ``$TMPDIR`` (from its initial environment, when readable), then ``/tmp``,
-    ``/var/tmp`` and ``/dev/shm``, skipping any that a third user could tamper with. Raises
-    ProcessGone, PermissionDenied, or PeriscopeError when no candidate is usable.
+    ``/var/tmp`` and ``/dev/shm``, skipping any that a third user could tamper with, and any so
+    deep that its path and ``room`` more bytes (a slash and a file name) exceed ``limit``: the
+    remote-exec buffer takes 511 bytes, a Unix socket address 107.
+    Raises ProcessGone, PermissionDenied, or PeriscopeError when no candidate is usable.
     """
     uid, gid = _target_credentials(pid)
     root_fd = _open_root(pid)
@@ -283,6 +294,10 @@ def prepare_script_dir(pid: int) -> ScriptDir:
                 if error.errno == errno.ESRCH:
                     raise ProcessGone(f"process {pid} exited") from None
                 tried.append(f"{candidate}: {error.strerror}")
+                continue
+            if len(os.fsencode(f"{parent_path.rstrip('/')}/{DIR_PREFIX}{'0' * 12}")) + room > limit:
+                tried.append(f"{candidate}: too long a path")
+                os.close(parent_fd)
                 continue
             try:
                 if not _safe_parent(os.fstat(parent_fd), uid):

@@ -47,6 +47,9 @@ from explorer.model import (
 
 SOCKET_NAME = "agent.sock"
 SCRIPT_NAME = "agent.py"
+SCRIPT_DIR_FIT = {"limit": 107, "room": 1 + len(SOCKET_NAME)}
+"""For prepare_script_dir: the agent binds agent.sock in the directory, and the target's path to
+it must fit a Unix socket address (107 bytes); a deeper TMPDIR is passed over."""
 CONNECT_TIMEOUT = 20.0
 """Seconds the agent waits for periscope to connect before it removes itself."""
 FAST_START = True
@@ -430,7 +433,7 @@ def _stage(
     from payloads.agent import agent_source, build_script
 
     if script_dir is None:
-        script_dir = prepare_script_dir(pid)
+        script_dir = prepare_script_dir(pid, **SCRIPT_DIR_FIT)
     try:
         token = secrets.token_hex(32)
         target_dir = script_dir.target_path
@@ -503,7 +506,7 @@ def _connect(staged: _Staged, deadline: float) -> tuple[socket.socket, wire.Deco
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(max(0.1, deadline - time.monotonic()))
-            sock.connect(str(staged.socket_host_path))
+            sock.connect(staged.script_dir.address(SOCKET_NAME))
             break
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
@@ -595,7 +598,7 @@ async def attach(
     process = await asyncio.to_thread(RemoteProcess.open, pid)
     try:
         # A valid target: make its directory while choosing the thread and finding the code.
-        preparing = asyncio.ensure_future(asyncio.to_thread(prepare_script_dir, pid))
+        preparing = asyncio.ensure_future(asyncio.to_thread(prepare_script_dir, pid, **SCRIPT_DIR_FIT))
         try:
             version_hex = process.offsets.version_hex
             compiling = asyncio.ensure_future(asyncio.to_thread(agent_code, pid, version_hex))

@@ -118,10 +118,22 @@ class WatchedTarget:
         """The state without the agent: the fields to compare before and after a session."""
         return _settled(self.wait_for(lambda s: not s["agent"]))
 
-    def wait_until_back_to(self, quiet: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    def wait_until_back_to(self, quiet: dict[str, Any], timeout: float = 10.0, *, extra_fds: int = 0) -> dict[str, Any]:
         """Wait until the target is back to ``quiet`` (no thread, descriptor, socket, stream,
-        switch interval, file or module of the agent left); the full state then."""
-        return self.wait_for(lambda state: _settled(state) == quiet, timeout)
+        switch interval, file or module of the agent left; ``extra_fds`` more descriptors); the
+        full state then."""
+        expected = {**quiet, "fds": quiet["fds"] + extra_fds}
+        return self.wait_for(lambda state: _settled(state) == expected, timeout)
+
+    def descriptors(self) -> set[str]:
+        """What the target's descriptors point at (without the state file it rewrites)."""
+        found = set()
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                found.add(os.readlink(f"/proc/{self.pid}/fd/{fd}"))
+            except FileNotFoundError:
+                pass
+        return {path for path in found if not path.startswith(str(self.state_file))}
 
 
 SETTLED = ("agent", "threads", "tasks", "fds", "sockets", "streams", "switch", "files")

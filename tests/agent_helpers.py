@@ -16,11 +16,8 @@ from typing import Any
 
 from tests.targets import Target
 
-WATCHED = '''
-import gc, json, os, sys, threading, time
-
-STATE, TMP = sys.argv[1], os.environ["TMPDIR"]
-STREAMS = (sys.stdout, sys.stderr)
+COUNTER = '''
+import threading, time
 counter = 0
 
 def count():
@@ -29,6 +26,16 @@ def count():
     while True:
         counter += 1
         time.sleep(0.001)
+
+threading.Thread(target=count, name="counter", daemon=True).start()
+'''
+"""Target source that starts a thread counting ``counter`` up every millisecond."""
+
+WATCHED = COUNTER + '''
+import gc, json, os, sys
+
+STATE, TMP = sys.argv[1], os.environ["TMPDIR"]
+STREAMS = (sys.stdout, sys.stderr)
 
 def descriptors():
     sockets = total = 0
@@ -53,7 +60,6 @@ def observe():
         "files": sorted(os.listdir(TMP)),
     }
 
-threading.Thread(target=count, name="counter", daemon=True).start()
 last, since, blocks, blocks_at = None, time.monotonic(), 0, 0.0
 for turn in range(sys.maxsize):
     now = observe()
@@ -180,6 +186,17 @@ def usage(pid: int | str = "self") -> Usage:
         fds=len(os.listdir(f"/proc/{pid}/fd")),
         rss=int(fields["VmRSS"][0]) * 1024,
     )
+
+
+def kill(process: subprocess.Popen[str]) -> None:
+    """SIGKILL a process this test started, reap it and close its pipes."""
+    try:
+        process.kill()
+        process.wait(timeout=10)
+    finally:
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def periscope_process(*args: str, **kwargs: Any) -> subprocess.Popen[str]:

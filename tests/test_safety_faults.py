@@ -12,7 +12,7 @@ import pytest
 
 from explorer.errors import ProcessGone
 from explorer.session import AttachState, SessionClosed, attach
-from tests.agent_helpers import WatchedTarget, periscope_process, start_watched, usage
+from tests.agent_helpers import WatchedTarget, kill, periscope_process, start_watched, usage
 
 REMOVAL_BOUND = 2.0
 """Seconds from periscope's death until the agent has removed itself, in the target's clock."""
@@ -35,14 +35,8 @@ def test_periscope_killed_the_target_counts_on_and_the_agent_leaves(spawn, tmp_p
     try:
         counted = watched.wait_for_counter_beyond(attached["counter"])["counter"]  # counting while attached
         killed_at = time.monotonic()  # the clock the target stamps its states with
-        periscope.send_signal(signal.SIGKILL)
-        periscope.wait(timeout=10)
     finally:
-        if periscope.poll() is None:
-            periscope.kill()
-            periscope.wait()
-        periscope.stdout.close()
-        periscope.stderr.close()
+        kill(periscope)
     # Stopping the eval takes ctypes, and loading it makes libffi hold its own library open for
     # good (unless the target had loaded ctypes): the one thing the agent cannot take back.
     libffi = 1 if doing == "evaluating" and not any("libffi" in path for path in descriptors) else 0

@@ -14,7 +14,7 @@ import pytest
 from explorer.errors import InjectionTimeout, PeriscopeError
 from explorer.session import AgentRefused, AttachState, attach
 from explorer.stacks import read_stacks
-from tests.agent_helpers import start_watched
+from tests.agent_helpers import COUNTER, start_watched
 from tests.test_inject import request_state
 
 CHURN = '''
@@ -210,15 +210,8 @@ async def test_an_audit_hook_that_refuses_the_agent_is_reported(spawn):
     assert target.proc.poll() is None
 
 
-BLOCKED_IN_C = '''
-import ctypes, sys, threading, time
-counter = 0
-def count():
-    global counter
-    while True:
-        counter += 1
-        time.sleep(0.001)
-threading.Thread(target=count, name="counter", daemon=True).start()
+BLOCKED_IN_C = COUNTER + '''
+import ctypes
 print("blocking", flush=True)
 ctypes.PyDLL(None).sleep(30)  # in C for 30 s, holding the GIL: no thread runs Python meanwhile
 print("unblocked", flush=True)

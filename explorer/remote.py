@@ -76,7 +76,7 @@ class ThreadRef(
 
 def _uncached_open_check(pid: int) -> None:
     if not os.path.exists(f"/proc/{pid}"):
-        raise ProcessGone(f"no process with pid {pid}")
+        raise ProcessGone(f"no process with pid {pid}: check the pid (periscope ps lists the Python processes)")
 
 
 class RemoteProcess:
@@ -98,7 +98,7 @@ class RemoteProcess:
         Raises ProcessGone, NotAPythonProcess, UnsupportedPython or PermissionDenied.
         """
         if pid <= 0:
-            raise ProcessGone(f"no process with pid {pid}")
+            raise ProcessGone(f"no process with pid {pid}: check the pid (periscope ps lists the Python processes)")
         _uncached_open_check(pid)
         image = elf.find_runtime(pid)
         if not image.has_debug_offsets:

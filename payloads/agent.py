@@ -506,6 +506,8 @@ _C_REPR_SAFE = frozenset(
     ]
 )
 _CONTAINERS = frozenset([list, tuple, dict, set, frozenset])
+_OWN_FILES = frozenset(["<periscope-agent>", "<periscope-bootstrap>"])
+_LAUNCHER_NAMES = frozenset(["<module>", "_periscope_launch"])  # the injected script (PyRun_String: "<string>")
 _NOT_EXPANDABLE = frozenset([int, float, complex, bool, _NoneType, str, bytes, bytearray, range])
 _type_qualname = type.__dict__["__qualname__"].__get__
 _type_module = type.__dict__["__module__"].__get__
@@ -1504,8 +1506,12 @@ class Agent:
             depth = 0
             while frame is not None:
                 code = frame.f_code
-                if code.co_filename == "<periscope-agent>":
-                    frame = frame.f_back  # the agent's own frames under an eval
+                if code.co_filename in _OWN_FILES or (
+                    code.co_filename == "<string>" and code.co_name in _LAUNCHER_NAMES and "_PERISCOPE_CONFIG" in frame.f_globals
+                ):
+                    # The agent's own frames under an eval, and the start-up in the thread that
+                    # ran the script (the first frame is built while it may still be there).
+                    frame = frame.f_back
                     continue
                 depth += 1
                 if len(stack) < limits["stack_depth"]:

@@ -254,3 +254,39 @@ async def test_auth_that_changes_the_modules_gets_a_first_frame_of_those_modules
         sock.close()
     finally:
         staged.script_dir.cleanup()
+
+
+LOOKALIKE = '''
+import sys, threading, time
+hold = threading.Event()
+
+def run(globals_):
+    source = "def _periscope_launch():\\n    hold.wait()\\n_periscope_launch()\\n"
+    exec(compile(source, "<string>", "exec"), globals_)
+
+threading.Thread(target=run, args=({"hold": hold, "_PERISCOPE_CONFIG": {}},), name="launching", daemon=True).start()
+threading.Thread(target=run, args=({"hold": hold},), name="exec-string", daemon=True).start()
+sys.stdout.write("ready\\n")
+while True:
+    time.sleep(0.05)
+'''
+
+
+async def test_frames_leave_out_the_start_up_in_the_thread_that_ran_the_script(spawn):
+    # The first frame is built while the thread that ran the script may still be in the launcher
+    # and the bootstrap; those frames are periscope's, not the target's. Code the target itself
+    # runs from a string keeps its frames.
+    target = spawn(LOOKALIKE)
+    target.wait_for_line("ready")
+    session = await attach(target.pid, rate=0)
+    try:
+        frame = await session.sample()
+        by_name = {t.name: t for t in frame.threads}
+        launching = [(f.filename, f.function) for f in by_name["launching"].frames]
+        own = [(f.filename, f.function) for f in by_name["exec-string"].frames]
+        assert ("<string>", "_periscope_launch") not in launching and ("<string>", "<module>") not in launching
+        functions = [function for _, function in launching]
+        assert functions[0] == "wait" and "run" in functions  # the rest of the stack is all there
+        assert ("<string>", "_periscope_launch") in own and ("<string>", "<module>") in own
+    finally:
+        await session.detach()

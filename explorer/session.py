@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from explorer import wire
-from explorer.errors import InjectionTimeout, PeriscopeError, ProcessGone, ProtocolError
+from explorer.errors import InjectionTimeout, PeriscopeError, ProcessGone, ProtocolError, TargetNotReady
 from explorer.model import (
     AgentError,
     Bye,
@@ -465,7 +465,16 @@ def _candidates(process: Any, choice: ThreadChoice) -> list[int | None]:
         return [None]
     if choice not in ("auto", "any"):
         raise ValueError(f"thread must be 'auto', 'main', 'any' or a native thread id, not {choice!r}")
-    threads = list(process.threads(process.main_interpreter()))
+    from explorer.memory import MemoryFault
+
+    for attempt in range(5):
+        try:
+            threads = list(process.threads(process.main_interpreter()))
+            break
+        except MemoryFault:  # a thread started or ended while the list was read (an agent leaving)
+            process.memory.ensure_alive()
+            if attempt == 4:
+                raise TargetNotReady(f"process {process.pid}: its thread list kept changing while being read; try again") from None
     holder = [t.native_id for t in threads if t.holds_gil]
     main = [t.native_id for t in threads if t.is_main]
     if choice == "auto":

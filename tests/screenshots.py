@@ -157,8 +157,7 @@ async def _repl(pilot: Pilot[Any], demo_pid: int) -> None:
     await _attached(pilot)
     screen = pilot.app.screen
     assert isinstance(screen, ProcessScreen)
-    await pilot.press("e")
-    await pilot.press("ctrl+t")  # evaluate in the module
+    await pilot.press("e")  # the REPL runs in module __main__ until a frame is picked
     for code in ("stats.total, len(recent_totals)", "settings['limits']"):
         await pilot.press(*code, "enter")
     repl = screen.query_one(ReplPane)

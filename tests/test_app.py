@@ -137,11 +137,10 @@ async def test_attach_select_thread_expand_evaluate_interrupt_detach(demo, histo
         await pilot.press("enter")
         await wait_until(pilot, lambda: ("module", "settings", "'batch_size'") in variables.value_paths() or ("module", "settings", "batch_size") in variables.value_paths(), "settings expanded")
 
-        # Evaluate in the module, then in the selected frame.
+        # Evaluate in the module (where the REPL starts), then in the selected frame.
         await pilot.press("e")
         repl = screen.query_one(ReplPane)
         assert screen.query_one(ReplInput).has_focus
-        await pilot.press("ctrl+t")
         assert repl.eval_in == "module"
         await pilot.press(*"settings['batch_size'] * 2", "enter")
         await wait_until(pilot, lambda: repl.entries and repl.entries[-1].state != "running", "the first result")
@@ -176,6 +175,58 @@ async def test_attach_select_thread_expand_evaluate_interrupt_detach(demo, histo
         await wait_until(pilot, lambda: isinstance(app.screen, ProcessListScreen) and not app.attached, "detached")
         await wait_until(pilot, lambda: agent_threads(demo.pid) == 0, "the agent gone from the target")
     assert demo.proc.poll() is None
+
+
+def scope_label(repl: ReplPane) -> str:
+    """The line above the REPL input that says where code runs."""
+    return str(repl.query_one("#repl-scope").render())
+
+
+async def last_result(pilot, repl: ReplPane, count: int) -> ReplEntry:
+    await wait_until(pilot, lambda: len(repl.entries) == count and repl.entries[-1].state != "running", f"result {count}")
+    return repl.entries[-1]
+
+
+def result_text(entry: ReplEntry) -> str:
+    shown = entry.query(".repl-result") or entry.query(".repl-error")
+    return str(shown.first().render()) if shown else ""
+
+
+async def test_repl_runs_in_the_module_until_a_frame_is_picked(demo, history):
+    """The REPL starts in module __main__ (the main thread sits in threading's code, where the
+    demo's globals are not defined); picking a frame in the stack view moves it there; Ctrl+T
+    switches back and forth."""
+    app = PeriscopeApp(pid=demo.pid, history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await attached_screen(pilot)
+        repl = screen.query_one(ReplPane)
+        main = screen.query_one(StackView)
+        await wait_until(pilot, lambda: main.frames and main.frames[0].function == "Condition.wait", "main waits in threading")
+        assert scope_label(repl).startswith("runs in module __main__")
+        await pilot.press("e", *"stats.total >= 0", "enter")
+        entry = await last_result(pilot, repl, 1)
+        assert entry.scope == "module __main__" and result_text(entry) == "True"
+
+        # Pick the feeder's frame 1, feeder(), in the stack view: the REPL now runs there.
+        await pilot.press("escape")
+        threads = screen.query_one(ThreadList)
+        feeder = next(t for t in threads.threads.values() if t.name == "feeder")
+        threads.focus()
+        while threads.selected_id != feeder.native_id:
+            await pilot.press("down")
+        stack = screen.query_one(StackView)
+        await wait_until(pilot, lambda: [f.function for f in stack.frames[:2]] == ["slow_source", "feeder"], "the feeder's stack")
+        assert scope_label(repl).startswith("runs in module __main__")  # a thread is no frame
+        stack.focus()
+        await pilot.press("down")
+        await wait_until(pilot, lambda: repl.eval_in == "frame", "the frame picked")
+        assert scope_label(repl).startswith("runs in frame feeder() in feeder")
+        await pilot.press("e", *"'produced' in dir()", "enter")
+        entry = await last_result(pilot, repl, 2)
+        assert entry.scope == "frame feeder() in feeder" and result_text(entry) == "True"
+        await pilot.press("ctrl+t", *"'produced' in dir()", "enter")
+        entry = await last_result(pilot, repl, 3)
+        assert entry.scope == "module __main__" and result_text(entry) == "False"
 
 
 async def test_periscope_pid_attaches_straight_away_and_quit_detaches(demo, history):

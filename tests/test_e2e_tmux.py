@@ -110,10 +110,9 @@ def test_attach_to_the_demo_read_evaluate_detach_and_quit(terminal, spawn, targe
     terminal.wait_for(r"demo_target\.py:\d+")
     terminal.wait_for(r"APP_NAME\s*=\s*'number-adder'")
 
-    # The REPL: evaluate in the module and see the result.
+    # The REPL: it starts in the module; evaluate there and see the result.
     terminal.press("e")
     terminal.wait_for(r"\^c Interrupt")  # the footer shows the REPL's keys: it has the focus
-    terminal.press("C-t")
     terminal.wait_for(r"runs in module __main__")
     terminal.type("APP_NAME.upper() + '!' * settings['batch_size']")
     terminal.wait_for(r"settings\['batch_size'\]\s*$|batch_size'\]", timeout=10)

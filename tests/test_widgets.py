@@ -52,6 +52,9 @@ class Harness(App[None]):
     def on_thread_list_thread_selected(self, message: ThreadList.ThreadSelected) -> None:
         self.messages.append(message)
 
+    def on_stack_view_frame_selected(self, message: StackView.FrameSelected) -> None:
+        self.messages.append(message)
+
 
 async def test_process_table_updates_rows_in_place_and_keeps_the_cursor_on_its_pid() -> None:
     table = ProcessTable()
@@ -105,13 +108,28 @@ async def test_stack_view_shows_frames_innermost_first_and_keeps_the_selection()
     stack = StackView()
     app = Harness(stack)
     frames = [StackEntry("inner", "/src/app/mod.py", 10, "x = 1"), StackEntry("outer", "/src/app/main.py", 3, "inner()")]
-    async with app.run_test():
+    async with app.run_test() as pilot:
         stack.update_frames(frames)
         assert [frame.function for frame in stack.frames] == ["inner", "outer"]
         assert stack.get_row_at(0)[1].plain == "mod.py:10"
         stack.select_frame(1)
         stack.update_frames([StackEntry("deeper", "/src/app/mod.py", 20), *frames])
         assert stack.selected_index == 1 and stack.cursor_row == 1
+
+        # Only the user's choices are FrameSelected: not select_frame, not a shorter stack's clamp.
+        stack.select_frame(2)
+        stack.update_frames(frames[:1])
+        await pilot.pause()
+        assert stack.selected_index == 0 and stack.cursor_row == 0
+        assert app.messages == []
+        stack.update_frames([StackEntry("deeper", "/src/app/mod.py", 20), *frames])
+        stack.focus()
+        await pilot.press("enter")  # the innermost frame, chosen without moving
+        await wait_until(pilot, lambda: app.messages, "a frame selected with Enter")
+        assert [(m.index) for m in app.messages] == [0]
+        await pilot.press("down")
+        await wait_until(pilot, lambda: len(app.messages) == 2, "a frame selected with the cursor")
+        assert app.messages[-1].index == 1 and stack.selected_index == 1
 
 
 async def test_variables_tree_marks_changes_and_loads_children_on_demand() -> None:
@@ -182,6 +200,10 @@ async def test_repl_input_runs_complete_code_and_walks_the_history() -> None:
         pane.frame_scope = "f() in MainThread"
         await pilot.press(*"y", "enter")
         await wait_until(pilot, lambda: len(app.messages) == 2, "the second eval request")
+        assert app.messages[-1].eval_in == "module"  # a frame to run in, but nobody picked it
+        pane.eval_in = "frame"  # what the process screen does when the user picks a frame
+        await pilot.press(*"z", "enter")
+        await wait_until(pilot, lambda: len(app.messages) == 3, "the third eval request")
         assert app.messages[-1].eval_in == "frame"
         assert pane.entries[-1].scope == "frame f() in MainThread"
 

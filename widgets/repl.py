@@ -296,8 +296,8 @@ class ReplPane(Vertical):
     }
     """
 
-    eval_in: reactive[EvalScope] = reactive("frame")
-    """Where code runs: the selected frame or the watched module."""
+    eval_in: reactive[EvalScope] = reactive("module")
+    """Where code runs: the watched module (at first) or the frame selected in the stack view."""
 
     frame_scope: reactive[str] = reactive("")
     """Describes the selected frame ("add_numbers() in thread MainThread"); empty when there is none."""

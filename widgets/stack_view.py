@@ -41,11 +41,14 @@ class StackView(DataTable[Text]):
     """A thread's frames, innermost first; the cursor selects the frame whose variables are shown.
 
     Rows are keyed by their depth from the outermost frame, so an update rewrites only the rows
-    whose frame changed; the selection keeps its position from the innermost frame.
+    whose frame changed; the selection keeps its position from the innermost frame (clamped to
+    the stack's length). ``FrameSelected`` is posted only for the user's choices (cursor keys,
+    Enter, a click), never for the cursor moves of an update or of ``select_frame``.
 
     | Key | Action |
     | :- | :- |
     | up/down | Select another frame. |
+    | enter | Select the frame under the cursor. |
     """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -75,7 +78,7 @@ class StackView(DataTable[Text]):
     """What to say when the thread has no Python frames."""
 
     class FrameSelected(Message):
-        """The cursor moved to another frame."""
+        """The user selected a frame (moved the cursor to it, pressed Enter or clicked it)."""
 
         def __init__(self, stack_view: StackView, index: int) -> None:
             self.stack_view = stack_view
@@ -160,11 +163,12 @@ class StackView(DataTable[Text]):
             by_cell = {id(self.get_row(key)[0]): int(key) for key in wanted}
             self.sort(key=lambda cells: -by_cell[id(cells[0])])
             index = min(self.selected_index, self.row_count - 1)
+            self.selected_index = index  # a shorter stack: the clamp is no choice of the user's
             if self.cursor_row != index:
                 self.move_cursor(row=index, animate=False)
 
-    def _is_current(self, event: DataTable.RowHighlighted) -> bool:
-        """Whether the highlighted row is still the one under the cursor."""
+    def _is_current(self, event: DataTable.RowHighlighted | DataTable.RowSelected) -> bool:
+        """Whether the highlighted (or selected) row is still the one under the cursor."""
         if not 0 <= self.cursor_row < self.row_count:
             return False
         return self.coordinate_to_cell_key((self.cursor_row, 0)).row_key == event.row_key
@@ -182,3 +186,9 @@ class StackView(DataTable[Text]):
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
+        if not self._is_current(event) or event.row_key is None or event.row_key.value is None:
+            return
+        index = len(self._frames) - 1 - int(event.row_key.value)
+        if 0 <= index < len(self._frames):
+            self.selected_index = index
+            self.post_message(self.FrameSelected(self, index))

@@ -462,6 +462,9 @@ class ProcessScreen(Screen[None]):
                 for item in (thread.frames if thread is not None else ())
             ]
         )
+        if stack.frames and stack.selected_index != self.selected_frame:
+            self.selected_frame = stack.selected_index  # the stack got shorter than the selection
+            thread, stack_frame = self._selected(frame)
         thread_name = (thread.name or str(thread.native_id)) if thread is not None else "no thread"
         title = f"Stack of {thread_name}"
         if title != self._stack_title:  # a label update re-lays out the screen: only when it changes
@@ -499,6 +502,7 @@ class ProcessScreen(Screen[None]):
         self.selected_thread = message.native_id
         self.selected_frame = 0
         self.query_one(StackView).select_frame(0)
+        self.query_one(ReplPane).eval_in = "module"  # until the user picks a frame of this thread
         if self.frame is not None:
             with self.app.batch_update():
                 self._show_selection(self.frame, moved=True)
@@ -507,6 +511,7 @@ class ProcessScreen(Screen[None]):
     def _on_frame_selected(self, message: StackView.FrameSelected) -> None:
         message.stop()
         self.selected_frame = message.index
+        self.query_one(ReplPane).eval_in = "frame"  # the user picked a frame: the REPL runs there
         if self.frame is not None:
             with self.app.batch_update():
                 self._show_selection(self.frame, moved=True)

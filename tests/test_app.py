@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import unicodedata
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from explorer.screens.dialogs import ErrorDialog
 from explorer.screens.help import HelpScreen
 from explorer.screens.process import ProcessScreen, load_history
 from explorer.screens.process_list import ProcessListScreen
+from textual import events
+
 from tests.screenshots import SIZE, wait_until
 from widgets.process_table import ProcessTable
 from widgets.repl import ReplEntry, ReplInput, ReplPane
@@ -177,6 +180,24 @@ async def test_attach_select_thread_expand_evaluate_interrupt_detach(demo, histo
     assert demo.proc.poll() is None
 
 
+def type_at_once(app: PeriscopeApp, *keys: str) -> None:
+    """Queue key presses all at once, as a terminal delivers keys typed fast or while the app is
+    busy (``pilot.press`` waits for the app to settle after each key, which hides ordering bugs).
+    Each argument is a key name ("e", "ctrl+t", "enter") or a string of characters to type."""
+    for key in keys:
+        if key in ("enter", "ctrl+t", "escape") or len(key) == 1:
+            presses = [key]
+        else:
+            presses = list(key)
+        for press in presses:
+            if len(press) == 1:
+                name = press if press.isalnum() else unicodedata.name(press).lower().replace(" ", "_").replace("-", "_")
+                event = events.Key(name, press)
+            else:
+                event = events.Key(press, "\r" if press == "enter" else None)
+            app.post_message(event)
+
+
 def scope_label(repl: ReplPane) -> str:
     """The line above the REPL input that says where code runs."""
     return str(repl.query_one("#repl-scope").render())
@@ -192,10 +213,10 @@ def result_text(entry: ReplEntry) -> str:
     return str(shown.first().render()) if shown else ""
 
 
-async def test_repl_runs_in_the_module_until_a_frame_is_picked(demo, history):
+async def test_repl_runs_in_the_module_until_a_frame_is_picked_and_ctrl_t_switches_at_once(demo, history):
     """The REPL starts in module __main__ (the main thread sits in threading's code, where the
     demo's globals are not defined); picking a frame in the stack view moves it there; Ctrl+T
-    switches back and forth."""
+    switches back and forth, also when it arrives in one burst with ``e``, the code and Enter."""
     app = PeriscopeApp(pid=demo.pid, history_path=history)
     async with app.run_test(size=SIZE) as pilot:
         screen = await attached_screen(pilot)
@@ -203,7 +224,7 @@ async def test_repl_runs_in_the_module_until_a_frame_is_picked(demo, history):
         main = screen.query_one(StackView)
         await wait_until(pilot, lambda: main.frames and main.frames[0].function == "Condition.wait", "main waits in threading")
         assert scope_label(repl).startswith("runs in module __main__")
-        await pilot.press("e", *"stats.total >= 0", "enter")
+        type_at_once(app, "e", "stats.total >= 0", "enter")
         entry = await last_result(pilot, repl, 1)
         assert entry.scope == "module __main__" and result_text(entry) == "True"
 
@@ -221,12 +242,19 @@ async def test_repl_runs_in_the_module_until_a_frame_is_picked(demo, history):
         await pilot.press("down")
         await wait_until(pilot, lambda: repl.eval_in == "frame", "the frame picked")
         assert scope_label(repl).startswith("runs in frame feeder() in feeder")
-        await pilot.press("e", *"'produced' in dir()", "enter")
+
+        # One burst: e, Ctrl+T, the code, Enter. It runs in the module: no 'produced' there.
+        type_at_once(app, "e", "ctrl+t", "'produced' in dir()", "enter")
         entry = await last_result(pilot, repl, 2)
-        assert entry.scope == "frame feeder() in feeder" and result_text(entry) == "True"
-        await pilot.press("ctrl+t", *"'produced' in dir()", "enter")
-        entry = await last_result(pilot, repl, 3)
         assert entry.scope == "module __main__" and result_text(entry) == "False"
+        assert scope_label(repl).startswith("runs in module __main__")
+        # Ctrl+T right behind Enter does not reach back to the code before it; then in the frame.
+        type_at_once(app, "'produced' in dir()", "enter", "ctrl+t", "'produced' in dir()", "enter")
+        await wait_until(pilot, lambda: len(repl.entries) == 4 and not repl.running(), "two more results")
+        before, after = repl.entries[-2:]
+        assert before.scope == "module __main__" and result_text(before) == "False"
+        assert after.scope == "frame feeder() in feeder" and result_text(after) == "True"
+        assert scope_label(repl).startswith("runs in frame feeder() in feeder")
 
 
 async def test_periscope_pid_attaches_straight_away_and_quit_detaches(demo, history):

@@ -59,6 +59,7 @@ class ReplInput(TextArea):
     | :- | :- |
     | enter | Run the code when it is complete; otherwise a new line. |
     | ctrl+j | Always a new line. |
+    | ctrl+t | Switch where code runs (posts ``ScopeToggled``, in order with the typed keys). |
     | up/down | Previous/next history entry (on the first/last line). |
     | ctrl+c | Interrupt the running evaluation (or clear the input). |
     """
@@ -92,6 +93,9 @@ class ReplInput(TextArea):
     class Interrupted(Message):
         """The user pressed Ctrl+C."""
 
+    class ScopeToggled(Message):
+        """The user pressed Ctrl+T: switch between the selected frame and the module."""
+
     def __init__(self, *, id: str | None = None) -> None:
         language = "python" if _syntax_available() else None
         super().__init__("", language=language, id=id, show_line_numbers=False, soft_wrap=True, tab_behavior="indent")
@@ -101,12 +105,17 @@ class ReplInput(TextArea):
         self._draft = ""
 
     async def on_key(self, event: Key) -> None:
-        """Enter runs or breaks the line here, in the widget's own queue: a priority binding would
-        run it ahead of characters typed just before it that are still queued."""
+        """Enter and Ctrl+T are handled here, in the widget's own queue, in order with the typed
+        characters: a priority binding would run ahead of characters still queued before it, and
+        a pane binding only once the key has bubbled up, after an Enter typed right behind it."""
         if event.key == "enter":
             event.stop()
             event.prevent_default()
             self.action_submit()
+        elif event.key == "ctrl+t":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.ScopeToggled())
 
     def action_submit(self) -> None:
         """Run the code if it is complete, else start a new line."""
@@ -388,6 +397,11 @@ class ReplPane(Vertical):
         await transcript.mount(entry)
         self.scroll_to_end()
         self.post_message(self.EvalRequested(self, entry, message.code, eval_in))
+
+    @on(ReplInput.ScopeToggled)
+    def _on_scope_toggled(self, message: ReplInput.ScopeToggled) -> None:
+        message.stop()
+        self.action_toggle_scope()
 
     @on(ReplInput.Interrupted)
     def _on_interrupted(self, message: ReplInput.Interrupted) -> None:

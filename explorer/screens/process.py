@@ -176,14 +176,20 @@ class ProcessScreen(Screen[None]):
     | tab | Next pane. |
     | p | Pause / resume live updates. |
     | e | Go to the REPL. |
+    | ctrl+t | Run REPL code in the selected frame / in the module. |
     | w | Watch another module. |
     | d | Detach from this process. |
     | escape | Back to the process list (stays attached). |
+
+    ``e`` is a priority binding that moves the focus at once: keys typed right behind it then go
+    to the REPL, not to the pane that had the focus (the REPL's input consumes ``e`` itself, so
+    the binding is out of the way while typing there).
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("p", "toggle_pause", "Pause/resume"),
-        Binding("e", "focus_repl", "REPL"),
+        Binding("e", "focus_repl", "REPL", priority=True),
+        Binding("ctrl+t", "toggle_repl_scope", "REPL: frame/module", show=False),
         Binding("w", "watch_module", "Watch module"),
         Binding("d", "detach", "Detach"),
         Binding("escape", "back", "Process list"),
@@ -597,8 +603,12 @@ class ProcessScreen(Screen[None]):
         self.paused = not self.paused
 
     def action_focus_repl(self) -> None:
-        """Move to the REPL input."""
-        self.query_one(ReplInput).focus()
+        """Move to the REPL input (at once, so that the next keys already go there)."""
+        self.set_focus(self.query_one(ReplInput))
+
+    def action_toggle_repl_scope(self) -> None:
+        """Run REPL code in the selected frame, or in the watched module."""
+        self.query_one(ReplPane).action_toggle_scope()
 
     def action_watch_module(self) -> None:
         """Ask for another module to watch."""

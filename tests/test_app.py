@@ -257,6 +257,32 @@ async def test_repl_runs_in_the_module_until_a_frame_is_picked_and_ctrl_t_switch
         assert scope_label(repl).startswith("runs in frame feeder() in feeder")
 
 
+async def test_module_variables_show_data_and_hide_modules_functions_classes_until_asked(demo, history):
+    app = PeriscopeApp(pid=demo.pid, history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await attached_screen(pilot)
+        tree = screen.query_one(VariablesTree)
+        await wait_until(pilot, lambda: ("module", "stats") in tree.value_paths(), "module variables")
+        module = {path[1] for path in tree.value_paths() if path[0] == "module" and len(path) == 2}
+        assert {"APP_NAME", "settings", "numbers", "recent_totals", "stop", "stats"} == module
+        title = str(tree.root.children[1].label)
+        assert title.startswith("Module __main__ · ") and "modules/functions/classes hidden (a)" in title
+        hidden = int(title.split(" · ")[1].split()[0])
+        assert hidden >= 15  # 7 modules, the Stats class, 7 functions
+
+        await pilot.press("a")
+        await wait_until(pilot, lambda: ("module", "add_numbers") in tree.value_paths(), "definitions shown")
+        names = [child.data.path[1] for child in tree.root.children[1].children]
+        assert names[:6] == ["APP_NAME", "settings", "numbers", "recent_totals", "stop", "stats"]  # data first
+        assert {"math", "Stats", "feeder", "threading"} <= set(names[6:]) and len(names) == 6 + hidden
+        assert str(tree.root.children[1].label) == "Module __main__"
+
+        commands = {command.title: command for command in app.get_system_commands(screen)}
+        assert "Show/hide modules, functions, classes" in commands
+        app.call_later(commands["Show/hide modules, functions, classes"].callback)  # as the palette runs it
+        await wait_until(pilot, lambda: ("module", "add_numbers") not in tree.value_paths(), "definitions hidden again")
+
+
 async def test_periscope_pid_attaches_straight_away_and_quit_detaches(demo, history):
     app = PeriscopeApp(pid=demo.pid, history_path=history)
     async with app.run_test(size=SIZE) as pilot:

@@ -82,7 +82,8 @@ def test_process_list(snap_compare, scene):
 def test_process_screen_with_stack_and_variables(snap_compare, scene):
     """Attached to the scene: threads MainThread and worker; MainThread's stack (compute in
     scene_lib.py at "time.sleep(3600)", then <module>); the locals of compute() (values, label,
-    total = 29, largest = 13) and module __main__ with config expanded (name, retries, ratio, tags)."""
+    total = 29, largest = 13) and module __main__ with config expanded (name, retries, ratio, tags),
+    items and title; its header says "2 modules/functions/classes hidden (a)" (sys, scene_lib)."""
     target = scene("process")
 
     async def run_before(pilot: Pilot[Any]) -> None:

@@ -94,11 +94,27 @@ def value_views(variables: Sequence[Variable]) -> list[ValueView]:
 
 
 _DEFINITIONS = {"module", "type", "function", "builtin_function_or_method", "abc.ABCMeta", "enum.EnumType"}
+_DEFINITION_REPRS = ("<module '", "<class '", "<function ", "<built-in function ")
+
+
+def is_definition(view: ValueView) -> bool:
+    """Whether a module variable is an import, a class, a function or a dunder name rather than data."""
+    if view.name.startswith("__") and view.name.endswith("__"):
+        return True
+    return view.type_name in _DEFINITIONS or view.preview.startswith(_DEFINITION_REPRS)
 
 
 def data_first(views: list[ValueView]) -> list[ValueView]:
     """Module variables with the data first and imports, classes and functions after (order kept)."""
-    return sorted(views, key=lambda view: view.type_name in _DEFINITIONS)
+    return sorted(views, key=is_definition)
+
+
+def module_views(views: list[ValueView], *, show_definitions: bool) -> tuple[list[ValueView], int]:
+    """What the module pane lists: the data, then (when asked) the definitions; and how many are hidden."""
+    if show_definitions:
+        return data_first(views), 0
+    data = [view for view in views if not is_definition(view)]
+    return data, len(views) - len(data)
 
 
 class FrameReceived(Message):
@@ -178,6 +194,7 @@ class ProcessScreen(Screen[None]):
     | e | Go to the REPL. |
     | ctrl+t | Run REPL code in the selected frame / in the module. |
     | w | Watch another module. |
+    | a | Show / hide the watched module's modules, functions and classes. |
     | d | Detach from this process. |
     | escape | Back to the process list (stays attached). |
 
@@ -191,6 +208,7 @@ class ProcessScreen(Screen[None]):
         Binding("e", "focus_repl", "REPL", priority=True),
         Binding("ctrl+t", "toggle_repl_scope", "REPL: frame/module", show=False),
         Binding("w", "watch_module", "Watch module"),
+        Binding("a", "toggle_definitions", "Show/hide modules, functions, classes", show=False),
         Binding("d", "detach", "Detach"),
         Binding("escape", "back", "Process list"),
     ]
@@ -200,6 +218,9 @@ class ProcessScreen(Screen[None]):
 
     watched_module: reactive[str] = reactive("__main__")
     """The module whose variables the variables pane shows."""
+
+    show_definitions: reactive[bool] = reactive(False)
+    """Whether the module pane lists imports, functions and classes (after the data) too."""
 
     class DetachRequested(Message):
         """The user asked to detach from this process."""
@@ -493,7 +514,10 @@ class ProcessScreen(Screen[None]):
         else:
             shown = len(module.variables)
             more = f", {shown} of {module.total}" if module.total > shown else ""
-            variables.show_scope("module", f"Module {module.name}{more}", data_first(value_views(module.variables)))
+            views, hidden = module_views(value_views(module.variables), show_definitions=self.show_definitions)
+            if hidden:
+                more += f" · {hidden} modules/functions/classes hidden (a)"
+            variables.show_scope("module", f"Module {module.name}{more}", views)
         repl = self.query_one(ReplPane)
         repl.module_scope = self.watched_module
         repl.frame_scope = f"{stack_frame.qualname or stack_frame.function}() in {thread_name}" if stack_frame else ""
@@ -609,6 +633,15 @@ class ProcessScreen(Screen[None]):
     def action_toggle_repl_scope(self) -> None:
         """Run REPL code in the selected frame, or in the watched module."""
         self.query_one(ReplPane).action_toggle_scope()
+
+    def action_toggle_definitions(self) -> None:
+        """Show or hide the watched module's imports, functions and classes."""
+        self.show_definitions = not self.show_definitions
+
+    def watch_show_definitions(self) -> None:
+        if self.is_mounted and self.frame is not None:
+            with self.app.batch_update():
+                self._show_selection(self.frame)
 
     def action_watch_module(self) -> None:
         """Ask for another module to watch."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from explorer import session as session_module
 from explorer.session import AgentBusy, attach
+from tests.agent_helpers import connect_when_listening
 
 TARGET = '''
 import json, os, sys, time
@@ -146,13 +146,7 @@ async def test_a_wrong_token_is_turned_away_and_the_right_one_still_works(spawn)
     staged = session_module._stage(target.pid, 0.0, ("__main__",), None)
     try:
         await session_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
-        deadline = time.monotonic() + 10
-        while not staged.socket_host_path.exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        intruder.settimeout(10)
-        intruder.connect(str(staged.socket_host_path))
+        intruder = connect_when_listening(staged.socket_host_path)
         intruder.sendall(msgpack.packb({"t": "auth", "token": "0" * 64}))
         assert intruder.recv(100) == b""  # closed without a word
         intruder.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from explorer import session as session_module
 from explorer.remote import RemoteProcess
 from explorer.session import AgentCode, agent_code_path, attach, warm_agent_code
 from payloads.agent import agent_source
+from tests.agent_helpers import connect_when_listening
 from tests.test_agent_lifecycle import BASELINE, TARGET, _state_line, _wait_for_state
 
 IDLE = '''
@@ -229,16 +229,7 @@ async def test_auth_that_changes_the_modules_gets_a_first_frame_of_those_modules
     staged = session_module._stage(target.pid, 20.0, ("__main__",), None, code)
     try:
         await session_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
-        deadline = time.monotonic() + 10
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        while True:
-            try:
-                sock.connect(str(staged.socket_host_path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                assert time.monotonic() < deadline
-                time.sleep(0.002)
-        sock.settimeout(10)
+        sock = connect_when_listening(staged.socket_host_path)
         sock.sendall(msgpack.packb({"t": "auth", "token": staged.token, "modules": ["sys"]}))
         unpacker = msgpack.Unpacker(raw=False)
         messages = []

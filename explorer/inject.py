@@ -31,6 +31,7 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -470,6 +471,8 @@ class ExecResult:
     """Not picked up in time, and the request was cleared so that it will not run later."""
     waited: float | None = None
     """The wait that was given (None: not waited for)."""
+    cancelled: bool = False
+    """The caller's ``cancel`` event ended the wait (or came before anything was written)."""
 
     def explain(self, threads: str | None = None) -> str:
         """One line for a request that was not picked up: why, the fix, and what became of it.
@@ -566,13 +569,16 @@ def remote_exec(
     *,
     native_id: int | None = None,
     wait: float | None = 5.0,
+    cancel: threading.Event | None = None,
 ) -> ExecResult:
     """Ask a thread of a CPython 3.14 process to run the script at ``target_script_path`` (the target's view).
 
     The main thread by default, or the thread with ``native_id``. Waits up to ``wait`` seconds for
     the thread to pick the request up; a request not picked up in time is withdrawn (see the module
     docstring). ``wait=None`` returns right after writing, without waiting or withdrawing
-    (``picked_up`` is then False; poll with :func:`wait_for_pickup`).
+    (``picked_up`` is then False; poll with :func:`wait_for_pickup`). Setting ``cancel`` (from
+    another thread) ends the wait early: the request is withdrawn as on a timeout and the result
+    says ``cancelled``; set before anything was written, nothing is.
 
     Raises ScriptPathTooLong (512 bytes or more, checked before touching the process),
     ProcessGone, NotAPythonProcess, UnsupportedPython, PermissionDenied, RemoteDebuggingDisabled,
@@ -589,12 +595,14 @@ def remote_exec(
             "use a shorter path (for example under /tmp)"
         )
     if isinstance(pid_or_process, RemoteProcess):
-        return _remote_exec(pid_or_process, encoded, native_id, wait)
+        return _remote_exec(pid_or_process, encoded, native_id, wait, cancel)
     with RemoteProcess.open(pid_or_process) as process:
-        return _remote_exec(process, encoded, native_id, wait)
+        return _remote_exec(process, encoded, native_id, wait, cancel)
 
 
-def _remote_exec(process: RemoteProcess, encoded: bytes, native_id: int | None, wait: float | None) -> ExecResult:
+def _remote_exec(
+    process: RemoteProcess, encoded: bytes, native_id: int | None, wait: float | None, cancel: threading.Event | None
+) -> ExecResult:
     debugger = process.offsets.debugger_support
     if len(encoded) >= debugger.debugger_script_path_size:
         raise ScriptPathTooLong(
@@ -620,6 +628,8 @@ def _remote_exec(process: RemoteProcess, encoded: bytes, native_id: int | None, 
                 f"thread {thread.native_id} of process {process.pid} already has a remote-exec request pending "
                 "(another debugger's, not yet picked up): wait for it, or choose another thread with --thread"
             )
+        if cancel is not None and cancel.is_set():
+            return ExecResult(False, thread.native_id, 0.0, process.pid, thread.address, waited=wait, cancelled=True)
         # The documented order: the whole path with its NUL, then pending, then the eval-breaker
         # bit. The target clears pending before it copies the path, so it never sees a half path.
         memory.write(path_address, encoded + b"\0")
@@ -645,7 +655,7 @@ def _remote_exec(process: RemoteProcess, encoded: bytes, native_id: int | None, 
     if wait is None:
         return result
     try:
-        elapsed = wait_for_pickup(process, thread.address, max(0.0, wait), started=written_at)
+        elapsed = wait_for_pickup(process, thread.address, max(0.0, wait), started=written_at, cancel=cancel)
     except BaseException:
         # Interrupted (Ctrl-C) or the target vanished: do not leave a request behind.
         _withdraw(process, pending_address, path_address, encoded, thread.address)
@@ -654,12 +664,27 @@ def _remote_exec(process: RemoteProcess, encoded: bytes, native_id: int | None, 
         return ExecResult(True, thread.native_id, elapsed, process.pid, thread.address, waited=wait)
     withdrawn = _withdraw(process, pending_address, path_address, encoded, thread.address)
     return ExecResult(
-        False, thread.native_id, time.perf_counter() - written_at, process.pid, thread.address, withdrawn, wait
+        False,
+        thread.native_id,
+        time.perf_counter() - written_at,
+        process.pid,
+        thread.address,
+        withdrawn,
+        wait,
+        cancelled=cancel is not None and cancel.is_set(),
     )
 
 
-def wait_for_pickup(process: RemoteProcess, thread_address: int, timeout: float, *, started: float | None = None) -> float | None:
-    """Poll a thread's pending flag until the target clears it; seconds since ``started``, or None on timeout.
+def wait_for_pickup(
+    process: RemoteProcess,
+    thread_address: int,
+    timeout: float,
+    *,
+    started: float | None = None,
+    cancel: threading.Event | None = None,
+) -> float | None:
+    """Poll a thread's pending flag until the target clears it; seconds since ``started``, or None on
+    timeout or as soon as ``cancel`` is set.
 
     Raises NoSuchThread when the thread exits while its request is pending.
     """
@@ -687,7 +712,10 @@ def wait_for_pickup(process: RemoteProcess, thread_address: int, timeout: float,
         # the request up while we sleep. Start with short sleeps (a busy thread picks up within
         # tens of µs on its own core) and back off to 10 ms.
         pause = min(0.01, max(FIRST_POLL_PAUSE, pause * 1.5))
-        time.sleep(min(pause, max(0.0, deadline - now)))
+        if cancel is None:
+            time.sleep(min(pause, max(0.0, deadline - now)))
+        elif cancel.wait(min(pause, max(0.0, deadline - now))):
+            return None
 
 
 def _is_listed(process: RemoteProcess, thread_address: int) -> bool:

@@ -26,6 +26,7 @@ import os
 import secrets
 import socket
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -497,9 +498,18 @@ def _peer_pid(sock: socket.socket) -> int:
     return struct.unpack("3i", creds)[0]
 
 
-def _connect(staged: _Staged, deadline: float) -> tuple[socket.socket, wire.Decoder, Hello]:
-    """Wait for the agent's socket, check the peer, authenticate, read ``hello`` (blocking)."""
+def _connect(
+    staged: _Staged, deadline: float, cancel: threading.Event | None = None
+) -> tuple[socket.socket, wire.Decoder, Hello]:
+    """Wait for the agent's socket, check the peer, authenticate, read ``hello`` (blocking).
+
+    Setting ``cancel`` (from another thread) ends the wait with SessionClosed.
+    """
     from explorer.memory import process_exited, process_start_time
+
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise SessionClosed(f"attaching to process {staged.pid} was cancelled")
 
     host_dir = staged.socket_host_path.parent
     pause = 0.0005
@@ -535,6 +545,7 @@ def _connect(staged: _Staged, deadline: float) -> tuple[socket.socket, wire.Deco
                 "an audit hook (cpython.remote_debugger_script) or an open-code hook refused it (see the target's "
                 f"stderr); without the agent, 'periscope stack {staged.pid}' still reads its stacks from outside"
             )
+        check_cancel()
         time.sleep(pause)
         pause = min(pause * 1.5, 0.002)
     try:
@@ -547,10 +558,13 @@ def _connect(staged: _Staged, deadline: float) -> tuple[socket.socket, wire.Deco
         decoder = wire.Decoder()
         sock.sendall(wire.encode({"t": "auth", "token": staged.token}))
         while True:
-            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            sock.settimeout(max(0.05, min(0.1, deadline - time.monotonic())))
             try:
                 data = sock.recv(1 << 16)
             except TimeoutError:
+                if time.monotonic() < deadline:
+                    check_cancel()
+                    continue
                 raise InjectionTimeout(f"the agent in process {staged.pid} did not say hello in time; try again") from None
             if not data:
                 raise ProtocolError(f"the agent in process {staged.pid} closed the connection during the handshake")
@@ -604,34 +618,39 @@ async def attach(
     from explorer.inject import prepare_script_dir
     from explorer.remote import RemoteProcess
 
-    process = await asyncio.to_thread(RemoteProcess.open, pid)
+    work = _AttachWork(await _finish_or_dispose(asyncio.to_thread(RemoteProcess.open, pid), lambda process: process.close()))
+    cleanup: list[Callable[[], None]] = []  # what to undo if attaching fails or is cancelled
     try:
         # A valid target: make its directory while choosing the thread and finding the code.
         preparing = asyncio.ensure_future(asyncio.to_thread(prepare_script_dir, pid, **SCRIPT_DIR_FIT))
         try:
-            version_hex = process.offsets.version_hex
+            version_hex = work.process.offsets.version_hex
             compiling = asyncio.ensure_future(asyncio.to_thread(agent_code, pid, version_hex))
-            candidates = await asyncio.to_thread(_candidates, process, thread)
+            candidates = await work.run(_candidates, work.process, thread)
             code = await _ready_code(compiling, min(AGENT_CODE_WAIT, max(0.0, deadline - time.monotonic()) / 2))
             script_dir = await preparing
         except BaseException:
             await _discard_directory(preparing)
             raise
-        staged = await asyncio.to_thread(_stage, pid, rate, tuple(modules), limits, code, script_dir)
-        try:
-            spread = thread in ("any", "auto")
-            picked = await _inject(staged, candidates, deadline, report, spread=spread, process=process, holder_first=spread)
-            report(AttachState.STARTING, f"thread {picked} took the request; the agent is starting", picked)
-            sock, decoder, hello = await asyncio.to_thread(_connect, staged, deadline)
-            code_used = "compiled" if code is None else "precompiled"
-            if code is not None and (staged.socket_host_path.parent / "code-rejected").exists():
-                code_used = "rejected"
-                await asyncio.to_thread(forget_agent_code, version_hex)
-        except BaseException:
-            staged.script_dir.cleanup()
-            raise
+        cleanup.append(script_dir.cleanup)
+        staged = await work.run(_stage, pid, rate, tuple(modules), limits, code, script_dir)
+        spread = thread in ("any", "auto")
+        picked = await _inject(staged, candidates, deadline, report, spread=spread, holder_first=spread, work=work)
+        report(AttachState.STARTING, f"thread {picked} took the request; the agent is starting", picked)
+        sock, decoder, hello = await work.run(
+            _connect, staged, deadline, work.cancel, discard=lambda connected: connected[0].close()
+        )
+        cleanup.append(sock.close)
+        code_used = "compiled" if code is None else "precompiled"
+        if code is not None and (staged.socket_host_path.parent / "code-rejected").exists():
+            code_used = "rejected"
+            await asyncio.to_thread(forget_agent_code, version_hex)
+        cleanup.clear()  # attached: the session owns the directory and the socket from here on
     finally:
-        process.close()
+        # Cancelled (Esc, another thread chosen, the app exiting) or failed: a worker thread may
+        # still wait for a pickup; it withdraws the request before the directory goes and the
+        # process is closed.
+        work.stop(*cleanup)
     try:
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
     except BaseException:
@@ -705,12 +724,92 @@ def _fresh_holder(process: Any, fallback: int | None) -> int | None:
         return fallback
 
 
-def _exec_on(process: Any, pid: int, path: str, native_id: int | None, wait: float, fresh: bool) -> Any:
+def _exec_on(
+    process: Any, pid: int, path: str, native_id: int | None, wait: float, fresh: bool, cancel: threading.Event | None = None
+) -> Any:
     from explorer.inject import remote_exec
 
     if fresh and process is not None:
         native_id = _fresh_holder(process, native_id)
-    return remote_exec(process or pid, path, native_id=native_id, wait=wait)
+    return remote_exec(process or pid, path, native_id=native_id, wait=wait, cancel=cancel)
+
+
+class _AttachWork:
+    """What ``attach()`` shares with its worker threads: the target's RemoteProcess and a stop event.
+
+    ``attach()`` can be cancelled (Esc, another thread chosen, the app exiting) while a worker
+    thread still waits for a remote-exec pickup or for the agent's socket, and an asyncio
+    cancellation does not stop a thread. ``stop()`` sets ``cancel`` (the waits end; a request not
+    picked up is withdrawn, through the process) and runs the clean-up (removing the session
+    directory, then closing the process) once the last worker thread has returned: never while
+    one still reads through the process or stats the directory.
+    """
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+        """The target (explorer.remote.RemoteProcess), open until ``stop()`` and the last worker are done."""
+        self.cancel = threading.Event()
+        """Set by ``stop()``: the worker threads' waits end early."""
+        self._lock = threading.Lock()
+        self._running = 0
+        self._cleanup: list[Callable[[], None]] | None = None
+
+    async def run(self, function: Callable[..., Any], *args: Any, discard: Callable[[Any], None] | None = None) -> Any:
+        """``function(*args)`` in a worker thread that keeps the process open while it runs.
+
+        ``discard`` disposes of a result that arrives after ``stop()`` (nobody will take it).
+        """
+        return await asyncio.to_thread(self._call, function, args, discard)
+
+    def _call(self, function: Callable[..., Any], args: tuple[Any, ...], discard: Callable[[Any], None] | None) -> Any:
+        with self._lock:
+            if self._cleanup is not None:
+                raise SessionClosed("attaching was cancelled")
+            self._running += 1
+        result: Any = None
+        finished = False
+        try:
+            result = function(*args)
+            finished = True
+            return result
+        finally:
+            with self._lock:
+                self._running -= 1
+                stopped = self._cleanup is not None
+                last = stopped and self._running == 0
+            if stopped and finished and discard is not None:
+                discard(result)
+            if last:
+                self._finish()
+
+    def stop(self, *cleanup: Callable[[], None]) -> None:
+        """Stop the worker threads; run ``cleanup``, then close the process, once none runs any more."""
+        self.cancel.set()
+        with self._lock:
+            if self._cleanup is not None:
+                return
+            self._cleanup = list(cleanup)
+            now = self._running == 0
+        if now:
+            self._finish()
+
+    def _finish(self) -> None:
+        try:
+            for step in reversed(self._cleanup or ()):
+                with contextlib.suppress(OSError):  # a clean-up that fails must not hide why attaching ended
+                    step()
+        finally:
+            self.process.close()
+
+
+async def _finish_or_dispose(job: Any, dispose: Callable[[Any], None]) -> Any:
+    """Await ``job`` (a thread's work); if the caller is cancelled first, ``dispose`` of its result once it comes."""
+    future = asyncio.ensure_future(job)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(lambda done: None if done.cancelled() or done.exception() else dispose(done.result()))
+        raise
 
 
 async def _inject(
@@ -721,13 +820,18 @@ async def _inject(
     spread: bool,
     process: Any = None,
     holder_first: bool = False,
+    work: _AttachWork | None = None,
 ) -> int | None:
     """Ask the candidate threads in turn to run the script; the native id of the one that did.
 
     With ``holder_first``, the first candidate (the GIL holder when the candidates were chosen)
-    is replaced, at the time of writing, by the thread that has just taken the GIL.
+    is replaced, at the time of writing, by the thread that has just taken the GIL. With
+    ``work``, requests go through its process and end early when it is stopped.
     """
     from explorer.inject import MainThreadFinished, NoSuchThread
+
+    if work is not None:
+        process = work.process
 
     slice_ = 0.25
     first_round = True
@@ -743,24 +847,29 @@ async def _inject(
                 )
             wait = min(remaining, slice_) if spread and len(candidates) > 1 else remaining
             fresh = holder_first and index == 0 and first_round
+            arguments = (process, staged.pid, staged.script_target_path, native_id, wait, fresh)
             job = asyncio.ensure_future(
-                asyncio.to_thread(_exec_on, process, staged.pid, staged.script_target_path, native_id, wait, fresh)
+                work.run(_exec_on, *arguments, work.cancel) if work is not None else asyncio.to_thread(_exec_on, *arguments)
             )
             report(AttachState.INJECTED, f"asked thread {native_id or 'main'} to run the agent", native_id)
             waited_since = time.monotonic()
-            while True:
-                done, _ = await asyncio.wait({job}, timeout=0.25)
-                if done:
-                    break
-                if time.monotonic() - last_stacks > 0.5:
-                    last_stacks = time.monotonic()
-                    stacks = await asyncio.to_thread(_read_stacks, staged.pid)
-                    report(
-                        AttachState.WAITING,
-                        f"waiting {time.monotonic() - waited_since:.1f}s for thread {native_id or 'main'} to run Python",
-                        native_id,
-                        stacks,
-                    )
+            try:
+                while True:
+                    done, _ = await asyncio.wait({job}, timeout=0.25)
+                    if done:
+                        break
+                    if time.monotonic() - last_stacks > 0.5:
+                        last_stacks = time.monotonic()
+                        stacks = await asyncio.to_thread(_read_stacks, staged.pid)
+                        report(
+                            AttachState.WAITING,
+                            f"waiting {time.monotonic() - waited_since:.1f}s for thread {native_id or 'main'} to run Python",
+                            native_id,
+                            stacks,
+                        )
+            except BaseException:
+                job.add_done_callback(_ignore_result)  # cancelled: the thread withdraws the request and ends
+                raise
             try:
                 result = job.result()
             except (NoSuchThread, MainThreadFinished):
@@ -771,6 +880,12 @@ async def _inject(
                 return result.native_id
         first_round = False
         slice_ = min(slice_ * 2, 2.0)
+
+
+def _ignore_result(job: asyncio.Future[Any]) -> None:
+    """Take a result nobody waits for any more (no 'exception was never retrieved' at exit)."""
+    if not job.cancelled():
+        job.exception()
 
 
 class EvalHandle:

@@ -3,8 +3,10 @@ interrupt, detach, the attach flow's waiting state, and the error dialogs users 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import time
 import unicodedata
 from functools import partial
 from pathlib import Path
@@ -21,6 +23,7 @@ from explorer.screens.process_list import ProcessListScreen
 from textual import events
 
 from tests.screenshots import SIZE, wait_until
+from tests.test_inject import request_state
 from widgets.process_table import ProcessTable
 from widgets.repl import ReplEntry, ReplInput, ReplPane
 from widgets.stack_view import StackView
@@ -402,6 +405,8 @@ async def test_waiting_for_a_blocked_thread_shows_stacks_and_can_switch_thread(s
 
 
 async def test_cancel_while_waiting_returns_to_the_list(spawn, history):
+    """Esc while waiting: back to the list, and the request is taken back at once (not when the
+    attach timeout runs out); quitting while waiting does the same."""
     target = spawn("import time\nprint('ready', flush=True)\nline = input()\n", stdin=subprocess.PIPE)
     target.wait_for_line("ready")
     app = PeriscopeApp(history_path=history)
@@ -409,9 +414,20 @@ async def test_cancel_while_waiting_returns_to_the_list(spawn, history):
         app.attach(target.pid)
         await wait_until(pilot, lambda: isinstance(app.screen, AttachScreen) and app.screen.step == "waiting", "waiting")
         assert app.screen.query_one(StackView).frames[0].source == "line = input()"
+        assert request_state(target.pid)[0] == 1
         await pilot.press("escape")
         await wait_until(pilot, lambda: isinstance(app.screen, ProcessListScreen), "back to the list")
         assert not app.attached
+        await wait_until(pilot, lambda: request_state(target.pid)[0] == 0, "the request withdrawn", timeout=2)
+
+        app.attach(target.pid)
+        await wait_until(pilot, lambda: isinstance(app.screen, AttachScreen) and app.screen.step == "waiting", "waiting again")
+        assert request_state(target.pid)[0] == 1
+        await pilot.press("ctrl+q")
+    deadline = time.monotonic() + 2
+    while request_state(target.pid)[0] != 0:
+        assert time.monotonic() < deadline, "the request is still pending after quitting"
+        await asyncio.sleep(0.02)
     assert psutil.pid_exists(target.pid)
 
 

@@ -882,6 +882,20 @@ async def _inject(
         slice_ = min(slice_ * 2, 2.0)
 
 
+def _decode(decoder: wire.Decoder, data: bytes) -> tuple[list[Any], ProtocolError | None]:
+    """Feed ``data`` and decode every whole message (runs in a worker thread, one batch at a time, so
+    the decoder is never used by two threads at once); the messages, and the error that stopped it."""
+    messages: list[Any] = []
+    try:
+        if data:
+            decoder.feed(data)
+        for message in decoder:
+            messages.append(message)
+    except ProtocolError as error:
+        return messages, error
+    return messages, None
+
+
 def _ignore_result(job: asyncio.Future[Any]) -> None:
     """Take a result nobody waits for any more (no 'exception was never retrieved' at exit)."""
     if not job.cancelled():
@@ -962,33 +976,34 @@ class Session:
 
     def _start(self) -> None:
         self._task = asyncio.ensure_future(self._read())
-        # Messages that arrived together with hello.
-        self._dispatch_buffered()
-
-    def _dispatch_buffered(self) -> None:
-        try:
-            for message in self._decoder:
-                self._dispatch(message)
-        except ProtocolError as error:
-            self._fail(error)
 
     async def _read(self) -> None:
+        """Read the stream; decode it off the event loop (a frame of a hundred threads takes
+        milliseconds, a big one over a hundred), then dispatch the messages in order on the loop."""
         try:
+            await self._dispatch_decoded(b"")  # what arrived together with hello (often the first frame)
             while True:
                 data = await self._reader.read(1 << 20)
                 if not data:
                     if self.error is None and not self._closing:
                         self.error = SessionClosed(self._why_closed("the agent closed the connection"))
                     break
-                self._decoder.feed(data)
-                for message in self._decoder:
-                    self._dispatch(message)
+                await self._dispatch_decoded(data)
         except ProtocolError as error:
             self.error = error
         except (ConnectionError, OSError) as error:
             self.error = SessionClosed(self._why_closed(f"lost the connection to the agent ({error})"))
         finally:
             self._shut()
+
+    async def _dispatch_decoded(self, data: bytes) -> None:
+        """Decode ``data`` (after what the decoder holds) in a worker thread, then dispatch every whole
+        message in order; a ProtocolError comes after the messages decoded before it."""
+        messages, error = await asyncio.to_thread(_decode, self._decoder, data)
+        for message in messages:
+            self._dispatch(message)
+        if error is not None:
+            raise error
 
     def _why_closed(self, what: str) -> str:
         """Why the stream ended, in one line: the target exited, or what happened to the connection."""
@@ -1027,10 +1042,6 @@ class Session:
             self._closing = True
         elif isinstance(message, Hello):
             raise ProtocolError("the agent said hello twice")
-
-    def _fail(self, error: PeriscopeError) -> None:
-        self.error = error
-        self._writer.close()
 
     def _shut(self) -> None:
         error = self.error or SessionClosed(f"the session with process {self.pid} is closed")

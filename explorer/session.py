@@ -505,6 +505,14 @@ def _connect(
 
     Setting ``cancel`` (from another thread) ends the wait with SessionClosed.
     """
+    sock, decoder, hello, _received = _connect_counted(staged, deadline, cancel)
+    return sock, decoder, hello
+
+
+def _connect_counted(
+    staged: _Staged, deadline: float, cancel: threading.Event | None = None
+) -> tuple[socket.socket, wire.Decoder, Hello, int]:
+    """``_connect``, and how many bytes it read from the socket."""
     from explorer.memory import process_exited, process_start_time
 
     def check_cancel() -> None:
@@ -556,6 +564,7 @@ def _connect(
                 "someone else is interfering with the session: not connecting"
             )
         decoder = wire.Decoder()
+        received = 0
         sock.sendall(wire.encode({"t": "auth", "token": staged.token}))
         while True:
             sock.settimeout(max(0.05, min(0.1, deadline - time.monotonic())))
@@ -568,6 +577,7 @@ def _connect(
                 raise InjectionTimeout(f"the agent in process {staged.pid} did not say hello in time; try again") from None
             if not data:
                 raise ProtocolError(f"the agent in process {staged.pid} closed the connection during the handshake")
+            received += len(data)
             decoder.feed(data)
             for message in decoder:
                 if not isinstance(message, Hello):
@@ -575,7 +585,7 @@ def _connect(
                 if message.pid != _target_view_pid(staged.pid):
                     raise ProtocolError(f"the agent reports pid {message.pid}, expected {staged.pid}")
                 sock.settimeout(None)
-                return sock, decoder, message
+                return sock, decoder, message, received
     except BaseException:
         sock.close()
         raise
@@ -637,8 +647,8 @@ async def attach(
         spread = thread in ("any", "auto")
         picked = await _inject(staged, candidates, deadline, report, spread=spread, holder_first=spread, work=work)
         report(AttachState.STARTING, f"thread {picked} took the request; the agent is starting", picked)
-        sock, decoder, hello = await work.run(
-            _connect, staged, deadline, work.cancel, discard=lambda connected: connected[0].close()
+        sock, decoder, hello, received = await work.run(
+            _connect_counted, staged, deadline, work.cancel, discard=lambda connected: connected[0].close()
         )
         cleanup.append(sock.close)
         code_used = "compiled" if code is None else "precompiled"
@@ -659,6 +669,7 @@ async def attach(
         raise
     session = Session(pid, hello, reader, writer, decoder, staged.script_dir, picked)
     session.agent_code = code_used
+    session.bytes_received = received
     session._start()
     report(AttachState.CONNECTED, f"connected to the agent in process {pid}", picked)
     return session
@@ -956,6 +967,8 @@ class Session:
         (precompiled code was offered but its magic number was not the target's)."""
         self.latest: Frame | None = None
         """The newest frame received."""
+        self.bytes_received = 0
+        """Bytes read from the agent's socket so far, the handshake included (for a data rate)."""
         self.frames_dropped = 0
         """Frames dropped because nobody consumed them in time."""
         self.agent_errors: list[str] = []
@@ -988,6 +1001,7 @@ class Session:
                     if self.error is None and not self._closing:
                         self.error = SessionClosed(self._why_closed("the agent closed the connection"))
                     break
+                self.bytes_received += len(data)
                 await self._dispatch_decoded(data)
         except ProtocolError as error:
             self.error = error

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import time
 import unicodedata
@@ -27,6 +28,7 @@ from tests.test_inject import request_state
 from widgets.process_table import ProcessTable
 from widgets.repl import ReplEntry, ReplInput, ReplPane
 from widgets.stack_view import StackView
+from widgets.status_bar import StatusBar
 from widgets.thread_list import ThreadList
 from widgets.variables import VariablesTree
 from widgets.verdict import AttachVerdict
@@ -291,6 +293,10 @@ async def test_periscope_pid_attaches_straight_away_and_quit_detaches(demo, hist
     async with app.run_test(size=SIZE) as pilot:
         screen = await attached_screen(pilot)
         assert screen.pid == demo.pid
+        # The status bar shows the stream's data rate (the session counts the bytes it reads).
+        status = screen.query_one(StatusBar)
+        await wait_until(pilot, lambda: re.search(r"data \d+(\.\d)? (B|KiB|MiB)/s", str(status.render())), "the data rate")
+        assert status.bytes_per_second is not None and status.bytes_per_second > 0
         await pilot.press("question_mark")
         await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen")
         assert "Detach" in app.screen.text() and "Pause/resume" in app.screen.text()

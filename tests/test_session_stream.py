@@ -1,6 +1,6 @@
 """The session's side of the stream from a real CPython 3.14 target: frames are decoded off the
 event loop (a frame of a hundred threads takes milliseconds) and dispatched in the order they
-came."""
+came, and ``Session.bytes_received`` counts what was read from the agent's socket."""
 
 from __future__ import annotations
 
@@ -50,3 +50,22 @@ async def test_frames_are_decoded_off_the_event_loop_and_keep_their_order(spawn,
     finally:
         await session.detach()
     assert decoded_on and loop_thread not in decoded_on
+
+
+async def test_bytes_received_counts_what_the_agent_sent(spawn):
+    target = spawn(MANY_THREADS)
+    target.wait_for_line("ready")
+    session = await attach(target.pid, rate=10.0)
+    try:
+        first = session.bytes_received
+        assert first > 0  # at least the handshake
+        seen = [first]
+        for _ in range(3):
+            await session.next_frame(timeout=10)
+            seen.append(session.bytes_received)
+        assert seen[-1] > first
+        assert seen == sorted(seen)
+        # A 100-thread frame is kilobytes: three of them add up to well over the handshake.
+        assert seen[-1] - first > 3 * 1000
+    finally:
+        await session.detach()

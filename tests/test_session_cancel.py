@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from explorer.session import AttachState, attach
 from tests.test_inject import request_state
@@ -32,10 +37,19 @@ async def poll(condition: Any, what: str, timeout: float = 2.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_cancelling_attach_withdraws_the_request_at_once_and_cleans_up(spawn, tmp_path):
-    tmp = tmp_path / "tmp"
-    tmp.mkdir(mode=0o700)
-    target = spawn(BLOCKED, stdin=subprocess.PIPE, env={"TMPDIR": str(tmp)})
+@pytest.fixture
+def short_tmp() -> Iterator[str]:
+    """A private TMPDIR for the target, short enough for the agent's socket path (pytest's are not)."""
+    path = tempfile.mkdtemp(prefix="psc-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_cancelling_attach_withdraws_the_request_at_once_and_cleans_up(spawn, short_tmp):
+    tmp = short_tmp
+    target = spawn(BLOCKED, stdin=subprocess.PIPE, env={"TMPDIR": tmp})
     target.wait_for_line("ready")
     loop = asyncio.get_running_loop()
     loop_errors: list[dict[str, Any]] = []
@@ -53,7 +67,7 @@ async def test_cancelling_attach_withdraws_the_request_at_once_and_cleans_up(spa
         attaching = asyncio.ensure_future(attach(target.pid, thread="main", timeout=30, progress=progress))
         await asyncio.wait_for(waiting.wait(), 10)
         assert request_state(target.pid)[0] == 1  # the main thread, in input(), has not picked it up
-        assert session_dirs(str(tmp))
+        assert session_dirs(tmp)
         cancelled_at = time.monotonic()
         attaching.cancel()
         try:
@@ -62,7 +76,7 @@ async def test_cancelling_attach_withdraws_the_request_at_once_and_cleans_up(spa
             pass
         # The worker thread stops waiting and withdraws the request now, not when the 30 s run out.
         await poll(lambda: request_state(target.pid)[0] == 0, "the request withdrawn")
-        await poll(lambda: not session_dirs(str(tmp)), "the session directory removed")
+        await poll(lambda: not session_dirs(tmp), "the session directory removed")
         assert time.monotonic() - cancelled_at < 2.0
         await asyncio.sleep(0.1)  # let late callbacks of the worker run
         assert loop_errors == []  # no "exception never retrieved" (a read through a closed process)

@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from explorer.discovery import ProcessInfo, ProcessScanner
-from explorer.errors import InjectionTimeout, PeriscopeError
+from explorer.errors import PeriscopeError
 from explorer.screens.attach import AttachFailed, AttachScreen, Attached, Connector, default_connector
 from explorer.screens.dialogs import ErrorDialog, WorkerFailed
 from explorer.screens.help import HelpScreen, KeySection, key_rows
@@ -108,19 +108,9 @@ class PeriscopeApp(App[int]):
         if result is None:
             return  # cancelled
         if isinstance(result, AttachFailed):
-            title = f"Cannot attach to {self._shown_pid(result.pid)}"
-            if isinstance(result.error, InjectionTimeout):
-                self.push_screen(
-                    ErrorDialog(
-                        title,
-                        "No thread of the process ran Python code in time: they are all blocked "
-                        "(input(), a sleep, a lock, a long C call).",
-                        "attach again and, while periscope waits, select a thread that runs Python and "
-                        "press t; or make the program do some work",
-                    )
-                )
-            else:
-                self.push_screen(ErrorDialog.from_error(title, result.error))
+            # The error's reason, and its fix in the TUI's words (an InjectionTimeout carries the
+            # fix the connector asked for: pick a thread and press t).
+            self.push_screen(ErrorDialog.from_error(f"Cannot attach to {self._shown_pid(result.pid)}", result.error))
             return
         screen = ProcessScreen(result.session, result.process, history_path=self.history_path, mask_noise=self.mask_noise)
         self.attached[result.pid] = screen

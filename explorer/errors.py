@@ -40,7 +40,27 @@ class ScriptPathTooLong(PeriscopeError):
 
 
 class InjectionTimeout(PeriscopeError):
-    """The target did not pick up (or run) the injected script in time."""
+    """The target did not pick up (or run) the injected script in time.
+
+    ``reason`` says what happened in words that fit every front end; ``fix`` says what to do in
+    the words of the one that asked (the CLI names its options, the TUI its keys: see
+    ``explorer.session.attach(blocked_fix=...)``, or ``with_fix``). ``str()`` is both, in one line.
+    """
+
+    def __init__(self, reason: str, fix: str | None = None, *, no_thread_ran: bool = False) -> None:
+        super().__init__(f"{reason}; {fix}" if fix else reason)
+        self.reason = reason
+        """What happened ("no thread of process 42 ran Python within 10 s (tried main): ...")."""
+        self.fix = fix
+        """What to do about it, for the front end at hand; None when retrying is all there is."""
+        self.no_thread_ran = no_thread_ran
+        """No thread picked the request up: all were blocked in C (input(), a sleep, a lock), so
+        another thread, or a moment when the program works, may do. False: the agent started but
+        did not answer in time."""
+
+    def with_fix(self, fix: str) -> InjectionTimeout:
+        """The same timeout telling another fix (a front end's own words)."""
+        return InjectionTimeout(self.reason, fix, no_thread_ran=self.no_thread_ran)
 
 
 class ProtocolError(PeriscopeError):

@@ -73,6 +73,9 @@ class AgentRefused(PeriscopeError):
     """The target took the request but did not run the agent script (an audit or open-code hook)."""
 
 
+BLOCKED_FIX = "attach through a thread that runs Python, or while the program is busy"
+"""What an InjectionTimeout tells when no thread ran Python, unless the caller says it in its own words."""
+
 START_WAIT = 3.0
 """Seconds a thread that took the request may take to start the agent script (it deletes the
 script first thing) before periscope concludes that the target refused to run it."""
@@ -542,8 +545,9 @@ def _connect_counted(
             raise
         if time.monotonic() > deadline:
             raise InjectionTimeout(
-                f"process {staged.pid} took the request but its agent did not open its socket in time; "
-                "the target may be too busy in C code: try again"
+                f"process {staged.pid} took the request but its agent did not open its socket in time "
+                "(the target may be too busy in C code)",
+                "try again",
             )
         if process_exited(staged.pid, start_time):  # also a zombie its parent has not reaped yet
             raise ProcessGone(f"process {staged.pid} exited")
@@ -574,7 +578,7 @@ def _connect_counted(
                 if time.monotonic() < deadline:
                     check_cancel()
                     continue
-                raise InjectionTimeout(f"the agent in process {staged.pid} did not say hello in time; try again") from None
+                raise InjectionTimeout(f"the agent in process {staged.pid} did not say hello in time", "try again") from None
             if not data:
                 raise ProtocolError(f"the agent in process {staged.pid} closed the connection during the handshake")
             received += len(data)
@@ -612,11 +616,14 @@ async def attach(
     modules: tuple[str, ...] = ("__main__",),
     limits: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    blocked_fix: str = BLOCKED_FIX,
 ) -> Session:
     """Inject the agent into ``pid`` and connect to it; the returned Session streams frames.
 
     ``rate`` is frames per second (0: only on request, see ``Session.sample``). Raises the typed
     errors of explorer.errors (RemoteDebuggingDisabled, PermissionDenied, InjectionTimeout, ...).
+    ``blocked_fix`` is the fix an InjectionTimeout tells when no thread ran Python in time, in the
+    caller's words (the CLI names ``--via``, the TUI its keys).
     """
     started = time.monotonic()
     deadline = started + timeout
@@ -645,7 +652,9 @@ async def attach(
         cleanup.append(script_dir.cleanup)
         staged = await work.run(_stage, pid, rate, tuple(modules), limits, code, script_dir)
         spread = thread in ("any", "auto")
-        picked = await _inject(staged, candidates, deadline, report, spread=spread, holder_first=spread, work=work)
+        picked = await _inject(
+            staged, candidates, deadline, report, spread=spread, holder_first=spread, work=work, blocked_fix=blocked_fix
+        )
         report(AttachState.STARTING, f"thread {picked} took the request; the agent is starting", picked)
         sock, decoder, hello, received = await work.run(
             _connect_counted, staged, deadline, work.cancel, discard=lambda connected: connected[0].close()
@@ -832,6 +841,7 @@ async def _inject(
     process: Any = None,
     holder_first: bool = False,
     work: _AttachWork | None = None,
+    blocked_fix: str = BLOCKED_FIX,
 ) -> int | None:
     """Ask the candidate threads in turn to run the script; the native id of the one that did.
 
@@ -854,7 +864,9 @@ async def _inject(
                 raise InjectionTimeout(
                     f"no thread of process {staged.pid} ran Python within the timeout "
                     f"(tried {', '.join('main' if c is None else str(c) for c in candidates)}): its threads are "
-                    "blocked (input(), sleep, a long C call). Use --via any, or --via NATIVE_ID of a thread that runs Python"
+                    "blocked (input(), a sleep, a lock, a long C call)",
+                    blocked_fix,
+                    no_thread_ran=True,
                 )
             wait = min(remaining, slice_) if spread and len(candidates) > 1 else remaining
             fresh = holder_first and index == 0 and first_round

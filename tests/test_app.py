@@ -446,5 +446,6 @@ async def test_a_target_that_never_runs_python_ends_in_a_dialog_not_a_hang(spawn
         dialog = app.screen
         assert dialog.title_text == f"Cannot attach to {target.pid}"
         assert "blocked" in dialog.message and "press t" in (dialog.fix or "")
+        assert "--via" not in dialog.message + (dialog.fix or "")  # the CLI's words stay in the CLI
         await pilot.press("enter")
         assert isinstance(app.screen, ProcessListScreen)

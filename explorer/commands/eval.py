@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from explorer.commands.snapshot import add_agent_arguments, thread_choice
+from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, thread_choice
 
 NAME = "eval"
 HELP = "evaluate an expression or statements inside a CPython 3.14 process and print the result's repr"
@@ -41,7 +41,7 @@ async def _eval(args: argparse.Namespace) -> int:
     from explorer.session import attach
 
     module = args.module
-    session = await attach(args.pid, thread=thread_choice(args), timeout=args.timeout, rate=0.0)
+    session = await attach(args.pid, thread=thread_choice(args), timeout=args.timeout, rate=0.0, blocked_fix=VIA_FIX)
     try:
         handle = session.start_eval(
             args.code,

@@ -11,6 +11,10 @@ NAME = "snapshot"
 HELP = "attach to a CPython 3.14 process, print one full frame (threads, stacks, locals, module variables), detach"
 
 
+VIA_FIX = "use --via any, or --via NATIVE_ID of a thread that runs Python"
+"""What the agent commands say to do when no thread of the target ran Python in time (``attach(blocked_fix=...)``)."""
+
+
 def add_agent_arguments(parser: argparse.ArgumentParser, *, modules: bool = True) -> None:
     """Options every agent command shares: which thread injects, the timeout, the watched modules."""
     parser.add_argument(
@@ -65,6 +69,7 @@ async def _snapshot(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         rate=0.0,
         modules=tuple(args.modules or ("__main__",)),
+        blocked_fix=VIA_FIX,
     )
     try:
         frame = await session.sample()

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from explorer.commands.snapshot import add_agent_arguments, thread_choice
+from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, thread_choice
 
 NAME = "watch"
 HELP = "attach to a CPython 3.14 process and print one JSON line per frame until Ctrl+C (or --count)"
@@ -41,6 +41,7 @@ async def _watch(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         rate=1.0 / args.interval,
         modules=tuple(args.modules or ("__main__",)),
+        blocked_fix=VIA_FIX,
     )
     count = 0
     try:

@@ -44,6 +44,12 @@ ATTACH_TIMEOUT = 10.0
 STREAM_RATE = 4.0
 """Frames per second the agent streams to the TUI."""
 
+BLOCKED_FIX = (
+    "attach again and, while periscope waits, select a thread that runs Python and press t; "
+    "or make the program do some work"
+)
+"""What to do when no thread of the target ran Python in time, in the TUI's words."""
+
 
 class Connector(Protocol):
     """Attaches to ``pid`` (through ``thread`` when given) and returns a connected session."""
@@ -96,6 +102,7 @@ async def default_connector(
         timeout=timeout,
         rate=STREAM_RATE,
         progress=report,
+        blocked_fix=BLOCKED_FIX,
     )
 
 

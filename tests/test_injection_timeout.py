@@ -1,0 +1,56 @@
+"""A target none of whose threads runs Python: the InjectionTimeout says what happened in neutral
+words, and each front end tells its own fix (the CLI its --via option, the TUI its keys: see
+tests/test_app.py), without rewriting the other's message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from explorer.errors import InjectionTimeout
+from explorer.session import BLOCKED_FIX, attach
+
+BLOCKED = "print('ready', flush=True)\nline = input()\n"
+
+
+def test_the_error_keeps_its_reason_and_its_fix_apart() -> None:
+    error = InjectionTimeout("no thread of process 42 ran Python within the timeout", "press t", no_thread_ran=True)
+    assert str(error) == "no thread of process 42 ran Python within the timeout; press t"
+    other = error.with_fix("use --via any")
+    assert (other.reason, other.fix, other.no_thread_ran) == (error.reason, "use --via any", True)
+    assert str(other) == "no thread of process 42 ran Python within the timeout; use --via any"
+    assert str(InjectionTimeout("the agent did not say hello in time")) == "the agent did not say hello in time"
+
+
+async def test_attach_names_no_command_line_option_unless_asked(spawn):
+    target = spawn(BLOCKED, stdin=subprocess.PIPE)
+    target.wait_for_line("ready")
+    with pytest.raises(InjectionTimeout) as raised:
+        await attach(target.pid, thread="main", timeout=1.0)
+    error = raised.value
+    assert error.no_thread_ran
+    assert error.reason.startswith(f"no thread of process {target.pid} ran Python within the timeout (tried main)")
+    assert "blocked" in error.reason and "--via" not in str(error)
+    assert error.fix == BLOCKED_FIX
+    with pytest.raises(InjectionTimeout) as raised:
+        await attach(target.pid, thread="main", timeout=1.0, blocked_fix="select another thread and press t")
+    assert raised.value.reason.startswith(f"no thread of process {target.pid} ran Python")
+    assert raised.value.fix == "select another thread and press t"
+
+
+def test_the_cli_tells_its_own_options(spawn):
+    target = spawn(BLOCKED, stdin=subprocess.PIPE)
+    target.wait_for_line("ready")
+    done = subprocess.run(
+        [sys.executable, "-m", "explorer", "snapshot", str(target.pid), "--via", "main", "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"periscope: no thread of process {target.pid} ran Python within the timeout (tried main)")
+    assert lines[0].endswith("; use --via any, or --via NATIVE_ID of a thread that runs Python")

@@ -246,7 +246,7 @@ def _safe_parent(info: os.stat_result, uid: int) -> bool:
     return True
 
 
-def _same_view(pid: int) -> bool:
+def same_view(pid: int) -> bool:
     """Whether periscope and the target share the mount namespace and the root directory."""
     try:
         if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
@@ -284,7 +284,7 @@ def prepare_script_dir(pid: int, *, limit: int = 511, room: int = 64) -> ScriptD
     """
     uid, gid = _target_credentials(pid)
     root_fd = _open_root(pid)
-    same_view = _same_view(pid)
+    shared_view = same_view(pid)
     tried: list[str] = []
     try:
         candidates = [_target_tmpdir(pid), *TEMP_DIR_CANDIDATES]
@@ -316,7 +316,7 @@ def prepare_script_dir(pid: int, *, limit: int = 511, room: int = 64) -> ScriptD
             name, dir_fd = created
             info = os.fstat(dir_fd)
             target_path = f"{parent_path.rstrip('/')}/{name}"
-            host_path = Path(target_path) if same_view else Path(f"/proc/{pid}/root{target_path}")
+            host_path = Path(target_path) if shared_view else Path(f"/proc/{pid}/root{target_path}")
             return ScriptDir(
                 pid=pid,
                 host_path=host_path,

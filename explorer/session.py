@@ -254,16 +254,6 @@ def _target_ids(pid: int) -> tuple[int, int] | None:
         return None
 
 
-def _same_mount_view(pid: int) -> bool:
-    try:
-        if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
-            return False
-        theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
-    except OSError:
-        return False
-    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
-
-
 def _compilers(pid: int) -> list[tuple[str, tuple[int, int] | None, bool]]:
     """Interpreters that may compile the agent for ``pid``, best first: (path, (uid, gid) to run as, exact).
 
@@ -276,6 +266,8 @@ def _compilers(pid: int) -> list[tuple[str, tuple[int, int] | None, bool]]:
     (explorer.pythons), which fits when its major.minor is the target's: the target checks the
     magic number anyway.
     """
+    from explorer.inject import same_view
+
     found: list[tuple[str, tuple[int, int] | None, bool]] = []
     ids = _target_ids(pid)
     try:
@@ -298,7 +290,7 @@ def _compilers(pid: int) -> list[tuple[str, tuple[int, int] | None, bool]]:
                 same = False
             if same:
                 found.append((link, run_as, True))
-            elif _same_mount_view(pid):
+            elif same_view(pid):
                 found.append((f"/proc/{pid}/exe", run_as, True))  # e.g. replaced on disk since it started
     try:
         from explorer.pythons import find_target_python

@@ -10,16 +10,16 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import DataTable
-from textual.widgets.data_table import RowKey
 
 from widgets._format import MASK, display_command, human_bytes
+from widgets._keyed_table import Column, KeyedTable, fit
 
 if TYPE_CHECKING:  # widgets take the model as data; they do not load discovery
     from explorer.discovery import ProcessInfo
 
 SortKey = Literal["cpu", "memory", "pid"]
 
-_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
+_COLUMNS: tuple[Column, ...] = (
     ("attach", "", 1),
     ("pid", "PID", 7),
     ("user", "USER", 8),
@@ -31,11 +31,7 @@ _COLUMNS: tuple[tuple[str, str, int | None], ...] = (
 )
 
 
-def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-class ProcessTable(DataTable[Text]):
+class ProcessTable(KeyedTable["ProcessInfo"]):
     """Python processes, one row per pid; rows are updated in place, never cleared and refilled.
 
     Give it the latest scan with ``update_processes()``. The cursor stays on the same pid across
@@ -46,6 +42,11 @@ class ProcessTable(DataTable[Text]):
     | enter | Attach to the selected process. |
     | up/down | Move the cursor. |
     """
+
+    COLUMNS = _COLUMNS
+    FLEX_WIDTH = 60
+    FLEX_MIN = 20
+    FLEX_MARGIN = 2
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "attach", "Attach"),
@@ -113,12 +114,11 @@ class ProcessTable(DataTable[Text]):
             return self.table
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
-        super().__init__(name=name, id=id, classes=classes, cursor_type="row", zebra_stripes=True)
+        super().__init__(name=name, id=id, classes=classes, zebra_stripes=True)
         self._processes: dict[int, ProcessInfo] = {}
         self._attached: frozenset[int] = frozenset()
         self._selected_pid: int | None = None
         self._last_reported: int | None = -1
-        self._command_width = 60
 
     # --- data in -------------------------------------------------------------------------------
 
@@ -143,39 +143,24 @@ class ProcessTable(DataTable[Text]):
         """Show this scan: add new pids, update changed rows, remove pids that are gone."""
         self._processes = {process.pid: process for process in processes}
         self._attached = frozenset(attached)
-        self._sync_rows()
+        self._sync()
 
     def select_pid(self, pid: int) -> bool:
         """Move the cursor to ``pid``; False when that pid is not shown."""
-        key = RowKey(str(pid))
-        if key not in self.rows:
+        if not self._has_row(str(pid)):
             return False
         self._selected_pid = pid
-        self.move_cursor(row=self.get_row_index(key), animate=False)
+        self.move_cursor(row=self.get_row_index(str(pid)), animate=False)
         return True
 
     def watch_sort_by(self) -> None:
-        self._sync_rows()
+        self._sync()
 
     def watch_filter_text(self) -> None:
-        self._sync_rows()
+        self._sync()
 
     def watch_mask_noise(self) -> None:
-        self._sync_rows(force=True)
-
-    def on_mount(self) -> None:
-        for key, label, width in _COLUMNS:
-            self.add_column(label, key=key, width=width if width is not None else self._command_width)
-        self._sync_rows()
-
-    def on_resize(self) -> None:
-        width = max(20, self.size.width - sum(w or 0 for _, _, w in _COLUMNS) - 2 * len(_COLUMNS) - 2)
-        if width != self._command_width:
-            # The command column is as wide as the table allows, whatever the commands seen so far.
-            self._command_width = width
-            self.remove_column("command")
-            self.add_column("COMMAND", key="command", width=width)
-            self._sync_rows(force=True)
+        self._sync(force=True)
 
     # --- diffing -------------------------------------------------------------------------------
 
@@ -205,7 +190,7 @@ class ProcessTable(DataTable[Text]):
             Text(cpu, justify="right"),
             Text(memory, justify="right"),
             Text(str(process.num_threads), justify="right"),
-            Text(_fit(display_command(process.cmdline, process.name), self._command_width), style=muted or "", no_wrap=True),
+            Text(fit(display_command(process.cmdline, process.name), self._flex_width), style=muted or "", no_wrap=True),
         ]
 
     def _sort_value(self, pid: int) -> tuple[float, int]:
@@ -216,26 +201,13 @@ class ProcessTable(DataTable[Text]):
             return (-float(process.rss), pid)
         return (0.0, pid)
 
-    def _sync_rows(self, force: bool = False) -> None:
+    def _sync(self, force: bool = False) -> None:
         if not self.columns:
             return
-        wanted = {pid for pid, process in self._processes.items() if self._matches(process)}
-        current = {int(key.value or 0) for key in self.rows}
-        for pid in current - wanted:
-            self.remove_row(str(pid))
-        column_keys = [key for key, _, _ in _COLUMNS]
-        for pid in sorted(wanted):
-            cells = self._cells(self._processes[pid])
-            if pid in current:
-                old = self.get_row(str(pid))
-                for column, old_cell, new_cell in zip(column_keys, old, cells):
-                    if force or old_cell.plain != new_cell.plain or old_cell.style != new_cell.style:
-                        self.update_cell(str(pid), column, new_cell)
-            else:
-                self.add_row(*cells, key=str(pid))
+        wanted = {str(pid): process for pid, process in sorted(self._processes.items()) if self._matches(process)}
+        self._diff_rows(wanted, force)
         if self.row_count:
-            by_cell = {id(self.get_row(str(pid))[0]): pid for pid in wanted}
-            self.sort(key=lambda cells: self._sort_value(by_cell[id(cells[0])]))
+            self._sort_rows(wanted, lambda key: self._sort_value(int(key)))
         self._restore_cursor()
 
     def _restore_cursor(self) -> None:
@@ -244,14 +216,13 @@ class ProcessTable(DataTable[Text]):
             self._report(None)
             return
         pid = self._selected_pid
-        if pid is not None and RowKey(str(pid)) in self.rows:
+        if pid is not None and self._has_row(str(pid)):
             index = self.get_row_index(str(pid))
         else:
             index = min(self.cursor_row, self.row_count - 1) if self.cursor_row >= 0 else 0
             pid = self.shown_pids[index]
             self._selected_pid = pid
-        if self.cursor_row != index:
-            self.move_cursor(row=index, animate=False)
+        self._cursor_to(index)
         self._report(pid)
 
     def _report(self, pid: int | None) -> None:
@@ -261,25 +232,13 @@ class ProcessTable(DataTable[Text]):
 
     # --- user intent ---------------------------------------------------------------------------
 
-    def _is_current(self, event: DataTable.RowHighlighted) -> bool:
-        """Whether the highlighted row is still the one under the cursor."""
-        if not 0 <= self.cursor_row < self.row_count:
-            return False
-        return self.coordinate_to_cell_key((self.cursor_row, 0)).row_key == event.row_key
-
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        event.stop()
-        if not self._is_current(event):
-            return  # posted before a later diff moved the rows under the cursor
-        if event.row_key is None or event.row_key.value is None:
-            return
-        pid = int(event.row_key.value)
+    def _row_highlighted(self, key: str) -> None:
+        pid = int(key)
         if pid != self._selected_pid:
             self._selected_pid = pid
             self._report(pid)
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        event.stop()
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_attach()
 
     def action_attach(self) -> None:

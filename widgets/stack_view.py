@@ -11,12 +11,8 @@ from rich.text import Text
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import DataTable
-from textual.widgets.data_table import RowKey
 
-def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
-
-
+from widgets._keyed_table import Column, KeyedTable, fit
 
 
 @dataclass(frozen=True)
@@ -30,14 +26,14 @@ class StackEntry:
     """The source line, stripped, when periscope could read the file."""
 
 
-_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
+_COLUMNS: tuple[Column, ...] = (
     ("function", "FUNCTION", 22),
     ("where", "FILE:LINE", 20),
     ("source", "SOURCE", None),
 )
 
 
-class StackView(DataTable[Text]):
+class StackView(KeyedTable[StackEntry]):
     """A thread's frames, innermost first; the cursor selects the frame whose variables are shown.
 
     Rows are keyed by their depth from the outermost frame, so an update rewrites only the rows
@@ -50,6 +46,9 @@ class StackView(DataTable[Text]):
     | up/down | Select another frame. |
     | enter | Select the frame under the cursor. |
     """
+
+    COLUMNS = _COLUMNS
+    COMPARE_STYLE = False
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "stack-view--function",
@@ -93,9 +92,8 @@ class StackView(DataTable[Text]):
             return self.stack_view
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
-        super().__init__(name=name, id=id, classes=classes, cursor_type="row", show_header=True)
+        super().__init__(name=name, id=id, classes=classes, show_header=True)
         self._frames: tuple[StackEntry, ...] = ()
-        self._source_width = 40
         self.selected_index: int = 0
         """The selected frame, 0 = innermost."""
 
@@ -103,20 +101,6 @@ class StackView(DataTable[Text]):
     def frames(self) -> tuple[StackEntry, ...]:
         """The frames on show, innermost first."""
         return self._frames
-
-    def on_mount(self) -> None:
-        for key, label, width in _COLUMNS:
-            self.add_column(label, key=key, width=width if width is not None else self._source_width)
-        self._sync()
-
-    def on_resize(self) -> None:
-        width = max(10, self.size.width - 22 - 20 - 2 * len(_COLUMNS) - 1)
-        if width != self._source_width:
-            # The source column takes the rest of the width, whatever the lines seen so far.
-            self._source_width = width
-            self.remove_column("source")
-            self.add_column("SOURCE", key="source", width=width)
-            self._sync(force=True)
 
     def update_frames(self, frames: Sequence[StackEntry]) -> None:
         """Show this stack (innermost first); the selected frame stays on the same depth."""
@@ -133,62 +117,39 @@ class StackView(DataTable[Text]):
         return str(len(self._frames) - 1 - index)
 
     def _cells(self, frame: StackEntry) -> list[Text]:
-        function = Text(_fit(frame.function, 22), style=self.get_component_rich_style("stack-view--function", partial=True))
+        function = Text(fit(frame.function, 22), style=self.get_component_rich_style("stack-view--function", partial=True))
         where = Text(
-            _fit(f"{os.path.basename(frame.filename) or frame.filename}:{frame.lineno}", 20),
+            fit(f"{os.path.basename(frame.filename) or frame.filename}:{frame.lineno}", 20),
             style=self.get_component_rich_style("stack-view--location", partial=True),
             no_wrap=True,
         )
-        source = Text(_fit(frame.source or "", self._source_width), style=self.get_component_rich_style("stack-view--source", partial=True), no_wrap=True, overflow="ellipsis")
+        source = Text(fit(frame.source or "", self._flex_width), style=self.get_component_rich_style("stack-view--source", partial=True), no_wrap=True, overflow="ellipsis")
         return [function, where, source]
 
     def _sync(self, force: bool = False) -> None:
         if not self.columns:
             return
-        frames = self._frames
-        wanted = {self._depth_key(index): frame for index, frame in enumerate(frames)}
-        current = {str(key.value) for key in self.rows}
-        for key in current - wanted.keys():
-            self.remove_row(key)
-        keys = [key for key, _, _ in _COLUMNS]
-        for key, frame in wanted.items():
-            cells = self._cells(frame)
-            if key in current:
-                for column, before, after in zip(keys, self.get_row(key), cells):
-                    if force or before.plain != after.plain:
-                        self.update_cell(key, column, after)
-            else:
-                self.add_row(*cells, key=key)
+        wanted = {self._depth_key(index): frame for index, frame in enumerate(self._frames)}
+        self._diff_rows(wanted, force)
         if self.row_count:
-            by_cell = {id(self.get_row(key)[0]): int(key) for key in wanted}
-            self.sort(key=lambda cells: -by_cell[id(cells[0])])
+            self._sort_rows(wanted, lambda key: -int(key))
             index = min(self.selected_index, self.row_count - 1)
             self.selected_index = index  # a shorter stack: the clamp is no choice of the user's
-            if self.cursor_row != index:
-                self.move_cursor(row=index, animate=False)
+            self._cursor_to(index)
 
-    def _is_current(self, event: DataTable.RowHighlighted | DataTable.RowSelected) -> bool:
-        """Whether the highlighted (or selected) row is still the one under the cursor."""
-        if not 0 <= self.cursor_row < self.row_count:
-            return False
-        return self.coordinate_to_cell_key((self.cursor_row, 0)).row_key == event.row_key
+    def _index_of(self, key: str) -> int:
+        return len(self._frames) - 1 - int(key)
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        event.stop()
-        if not self._is_current(event):
-            return  # posted before a later diff moved the rows under the cursor
-        if event.row_key is None or event.row_key.value is None or RowKey(event.row_key.value) not in self.rows:
-            return
-        index = len(self._frames) - 1 - int(event.row_key.value)
+    def _row_highlighted(self, key: str) -> None:
+        index = self._index_of(key)
         if index != self.selected_index and 0 <= index < len(self._frames):
             self.selected_index = index
             self.post_message(self.FrameSelected(self, index))
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        event.stop()
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
         if not self._is_current(event) or event.row_key is None or event.row_key.value is None:
             return
-        index = len(self._frames) - 1 - int(event.row_key.value)
+        index = self._index_of(event.row_key.value)
         if 0 <= index < len(self._frames):
             self.selected_index = index
             self.post_message(self.FrameSelected(self, index))

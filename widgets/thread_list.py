@@ -9,10 +9,9 @@ from typing import ClassVar
 from rich.text import Text
 from textual.message import Message
 from textual.reactive import reactive
-from textual.widgets import DataTable
-from textual.widgets.data_table import RowKey
 
 from widgets._format import MASK, human_seconds
+from widgets._keyed_table import Column, KeyedTable
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class ThreadRow:
     """False for a thread that exists in the OS but is not attached to the interpreter."""
 
 
-_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
+_COLUMNS: tuple[Column, ...] = (
     ("state", "", 1),
     ("name", "THREAD", 16),
     ("native", "TID", 8),
@@ -44,7 +43,7 @@ _COLUMNS: tuple[tuple[str, str, int | None], ...] = (
 )
 
 
-class ThreadList(DataTable[Text]):
+class ThreadList(KeyedTable[ThreadRow]):
     """The threads of a process: name, native id, daemon, CPU time, and whether it holds the GIL.
 
     The first column is the thread's state: ``●`` holds the GIL, ``○`` runs Python but waits for
@@ -56,6 +55,10 @@ class ThreadList(DataTable[Text]):
     | :- | :- |
     | up/down | Select another thread. |
     """
+
+    COLUMNS = _COLUMNS
+    FLEX_WIDTH = 16
+    FLEX_MIN = 8
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "thread-list--gil",
@@ -98,30 +101,13 @@ class ThreadList(DataTable[Text]):
     def __init__(
         self, *, compact: bool = False, name: str | None = None, id: str | None = None, classes: str | None = None
     ) -> None:
-        super().__init__(name=name, id=id, classes=classes, cursor_type="row")
+        columns = tuple(column for column in _COLUMNS if not (compact and column[0] in ("daemon", "cpu")))
+        super().__init__(columns=columns, name=name, id=id, classes=classes)
         self.compact = compact
         """Leave out the daemon and CPU columns (what a read from outside cannot know)."""
-        self._columns = tuple(column for column in _COLUMNS if not (compact and column[0] in ("daemon", "cpu")))
         self._threads: dict[int, ThreadRow] = {}
-        self._shown: dict[int, ThreadRow] = {}
-        self._where_width = 16
         self.selected_id: int | None = None
         """The native id of the thread under the cursor."""
-
-    def on_mount(self) -> None:
-        for key, label, width in self._columns:
-            self.add_column(label, key=key, width=width if width is not None else self._where_width)
-        self._sync(force=True)
-
-    def on_resize(self) -> None:
-        fixed = sum(width or 0 for _, _, width in self._columns) + 2 * len(self._columns) + 1
-        width = max(8, self.size.width - fixed)
-        if width != self._where_width:
-            # The last column takes the rest of the width, whatever the functions seen so far.
-            self._where_width = width
-            self.remove_column("where")
-            self.add_column("IN", key="where", width=width)
-            self._sync(force=True)
 
     def watch_mask_noise(self) -> None:
         self._sync(force=True)
@@ -138,7 +124,7 @@ class ThreadList(DataTable[Text]):
 
     def select_thread(self, native_id: int) -> bool:
         """Move the cursor to the thread ``native_id``; False when it is not listed."""
-        if RowKey(str(native_id)) not in self.rows:
+        if not self._has_row(str(native_id)):
             return False
         self.selected_id = native_id
         self.move_cursor(row=self.get_row_index(str(native_id)), animate=False)
@@ -170,65 +156,32 @@ class ThreadList(DataTable[Text]):
         }
         return [cells[key] for key, _, _ in self._columns]
 
+    def _unchanged(self, previous: ThreadRow, row: ThreadRow) -> bool:
+        return previous == row
+
+    def _moves(self, previous: ThreadRow | None, row: ThreadRow) -> bool:
+        return previous is None or previous.name != row.name
+
     def _sync(self, force: bool = False) -> None:
         if not self.columns:
             return
         wanted = self._threads
-        current = {int(key.value or 0) for key in self.rows}
-        for native_id in current - wanted.keys():
-            self.remove_row(str(native_id))
-        keys = [key for key, _, _ in self._columns]
-        reorder = force or current != wanted.keys()
-        for native_id, row in wanted.items():
-            previous = self._shown.get(native_id)
-            if previous == row and not force:
-                continue  # nothing about this thread changed: leave its row alone
-            self._shown[native_id] = row
-            cells = self._cells(row)
-            if native_id in current:
-                old = self.get_row(str(native_id))
-                for column, before, after in zip(keys, old, cells):
-                    if force or before.plain != after.plain or before.style != after.style:
-                        self.update_cell(str(native_id), column, after)
-                if previous is None or previous.name != row.name:
-                    reorder = True
-            else:
-                self.add_row(*cells, key=str(native_id))
-        for native_id in list(self._shown):
-            if native_id not in wanted:
-                del self._shown[native_id]
+        reorder = self._diff_rows({str(native_id): row for native_id, row in wanted.items()}, force)
         order = {
             native_id: (not row.is_main, row.name.lower(), native_id) for native_id, row in wanted.items()
         }
         if self.row_count and reorder:
-            by_cell = {id(self.get_row(str(nid))[0]): nid for nid in wanted}
-            self.sort(key=lambda cells: order[by_cell[id(cells[0])]])
+            self._sort_rows([str(native_id) for native_id in wanted], lambda key: order[int(key)])
             selected = self.selected_id
             if selected is None or selected not in wanted:
                 main = [nid for nid, row in wanted.items() if row.is_main]
                 selected = main[0] if main else min(wanted, key=lambda nid: order[nid])
                 self.selected_id = selected
                 self.post_message(self.ThreadSelected(self, selected))
-            index = self.get_row_index(str(selected))
-            if self.cursor_row != index:
-                self.move_cursor(row=index, animate=False)
+            self._cursor_to(self.get_row_index(str(selected)))
 
-    def _is_current(self, event: DataTable.RowHighlighted) -> bool:
-        """Whether the highlighted row is still the one under the cursor."""
-        if not 0 <= self.cursor_row < self.row_count:
-            return False
-        return self.coordinate_to_cell_key((self.cursor_row, 0)).row_key == event.row_key
-
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        event.stop()
-        if not self._is_current(event):
-            return  # posted before a later diff moved the rows under the cursor
-        if event.row_key is None or event.row_key.value is None:
-            return
-        native_id = int(event.row_key.value)
+    def _row_highlighted(self, key: str) -> None:
+        native_id = int(key)
         if native_id != self.selected_id:
             self.selected_id = native_id
             self.post_message(self.ThreadSelected(self, native_id))
-
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        event.stop()

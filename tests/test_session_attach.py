@@ -27,11 +27,13 @@ while True:
     time.sleep(0.02)
 '''
 
+# The main thread sleeps long enough that attach reports waiting (after 0.25 s without a pickup)
+# before the sleep ends, wherever in the sleep the request arrives.
 SLEEPY_MAIN = '''
 import sys, time
 sys.stdout.write("ready\\n")
 while True:
-    time.sleep(0.8)
+    time.sleep(2.5)
 '''
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from explorer import cli
 from tests.targets import Target
+from tests.test_inject import BUSY_MAIN, MAIN_IN_INPUT
 
 Spawn = Callable[..., Target]
 PERISCOPE = [sys.executable, "-m", "explorer"]
@@ -27,28 +28,6 @@ SUCCESS = re.compile(
 )
 
 REPORT = "import threading\nprint('ran', threading.current_thread().name, threading.get_native_id(), flush=True)\n"
-
-BUSY_MAIN = """
-import threading
-print("ready", flush=True)
-while True:
-    sum(range(200))
-"""
-
-MAIN_IN_INPUT = """
-import threading, time
-announced = threading.Event()
-def work():
-    print("worker", threading.get_native_id(), flush=True)
-    announced.set()
-    while True:
-        sum(range(500))
-        time.sleep(0.005)
-threading.Thread(target=work, name="worker-1", daemon=True).start()
-announced.wait()
-print("ready", flush=True)
-input()
-"""
 
 # Exits DELAY seconds after the test says "go" (right before it runs periscope).
 EXITING = """

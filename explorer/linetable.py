@@ -133,12 +133,6 @@ class LineTable:
         self._starts = starts
         return starts
 
-    @property
-    def code_size(self) -> int:
-        """Bytes of bytecode the table covers."""
-        starts = self._starts if self._starts is not None else self._decode()
-        return self._ends[-1] if starts else 0
-
     def line_at(self, offset: int) -> int | None:
         """The line of the instruction at byte ``offset`` into the bytecode (None: no location or out of range)."""
         starts = self._starts if self._starts is not None else self._decode()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from explorer import wire
-from explorer.errors import InjectionTimeout, PeriscopeError, ProcessGone, ProtocolError, TargetNotReady
+from explorer.errors import InjectionTimeout, PeriscopeError, ProcessGone, ProtocolError
 from explorer.model import (
     AgentError,
     Bye,
@@ -461,16 +461,9 @@ def _candidates(process: Any, choice: ThreadChoice) -> list[int | None]:
         return [None]
     if choice not in ("auto", "any"):
         raise ValueError(f"thread must be 'auto', 'main', 'any' or a native thread id, not {choice!r}")
-    from explorer.memory import MemoryFault
+    from explorer.inject import _thread_list
 
-    for attempt in range(5):
-        try:
-            threads = list(process.threads(process.main_interpreter()))
-            break
-        except MemoryFault:  # a thread started or ended while the list was read (an agent leaving)
-            process.memory.ensure_alive()
-            if attempt == 4:
-                raise TargetNotReady(f"process {process.pid}: its thread list kept changing while being read; try again") from None
+    threads = _thread_list(process, process.main_interpreter())
     holder = [t.native_id for t in threads if t.holds_gil]
     main = [t.native_id for t in threads if t.is_main]
     if choice == "auto":
@@ -589,14 +582,10 @@ def _connect_counted(
 
 def _target_view_pid(pid: int) -> int:
     """The pid as the target itself sees it (differs when it runs in its own pid namespace)."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("NSpid:"):
-                    return int(line.split()[-1])
-    except OSError:
-        pass
-    return pid
+    from explorer.remote import _nspid
+
+    ids = _nspid(f"/proc/{pid}/status")
+    return ids[-1] if ids else pid
 
 
 async def attach(

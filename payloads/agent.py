@@ -643,8 +643,6 @@ class Previews:
                 result["ref"] = ref
         if cls in _CONTAINERS or cls in (str, bytes, bytearray):
             result["len"] = len(obj)
-        elif cls in (dict,):
-            result["len"] = _dict_len(obj)
         if self._cut:
             result["cut"] = True
         if self._fail:
@@ -765,9 +763,7 @@ class Previews:
         kinds = []
         if issubclass(cls, (dict, list, tuple, set, frozenset)):
             kinds.append("items")
-        if cls is type(sys) or issubclass(cls, type):
-            kinds.append("attrs")
-        elif cls not in _CONTAINERS:
+        if cls not in _CONTAINERS:
             kinds.append("attrs")
         if kind == "auto":
             kind = kinds[0] if kinds else "attrs"
@@ -838,6 +834,19 @@ class Previews:
                         continue
         total = len(pairs)
         return total, [(str(k), v) for k, v in pairs[offset : offset + limit]]
+
+
+def _named_previews(previews, items, budget):
+    """``[[name, preview], ...]`` of ``(name, value)`` pairs until the frame's size budget is
+    spent, and whether it was."""
+    result = []
+    for key, value in items:
+        if previews.bytes > budget:
+            return result, True
+        key = str(key)
+        previews.bytes += len(key) + 8
+        result.append([key, previews.preview(value)])
+    return result, False
 
 
 class Worker:
@@ -1124,7 +1133,11 @@ class Agent:
         worker.start()
         self.worker = worker
         if self.rate > 0:
-            self.early_job = (worker, self._build_frame, repr((self.modules, sorted(self.limits.items()))))
+            self.early_job = (worker, self._build_frame, self._frame_settings())
+
+    def _frame_settings(self):
+        """What a frame's content depends on, to tell whether the early frame still fits."""
+        return repr((self.modules, sorted(self.limits.items())))
 
     def _run(self):
         config = self.config
@@ -1137,7 +1150,7 @@ class Agent:
         self.conn = conn
         hello = self._hello()
         early = self.early_job
-        if early is not None and self.rate > 0 and early[2] == repr((self.modules, sorted(self.limits.items()))):
+        if early is not None and self.rate > 0 and early[2] == self._frame_settings():
             # Hello and the first frame leave in one write: on a busy target each system call
             # hands the GIL over, and getting it back means waiting behind every busy thread.
             self.hello_first = hello
@@ -1557,14 +1570,8 @@ class Agent:
                 namespace = {}
             # One C-level copy first (see _islice): another thread may be adding globals.
             entries = [(k, v) for k, v in list(_dict_items(namespace)) if not (type(k) is str and k[:2] == "__" and k[-2:] == "__")]
-            variables = []
-            for key, value in entries[: limits["module_vars"]]:
-                if previews.bytes > budget:
-                    truncated = True
-                    break
-                key = str(key)
-                previews.bytes += len(key) + 8
-                variables.append([key, previews.preview(value)])
+            variables, cut = _named_previews(previews, entries[: limits["module_vars"]], budget)
+            truncated = truncated or cut
             modules.append({"name": name, "vars": variables, "total": len(entries), "missing": False})
 
         for thread in threads:
@@ -1588,15 +1595,8 @@ class Agent:
                     self.note_error("f_locals", error)
                     continue
                 entry["nlocals"] = total
-                names = []
-                for key, value in items:
-                    if previews.bytes > budget:
-                        truncated = True
-                        break
-                    key = str(key)
-                    previews.bytes += len(key) + 8
-                    names.append([key, previews.preview(value)])
-                entry["locals"] = names
+                entry["locals"], cut = _named_previews(previews, items, budget)
+                truncated = truncated or cut
         return {
             "t": "frame",
             "seq": 0,
@@ -1901,10 +1901,9 @@ class Agent:
             worker.exited.acquire(timeout=1.0)
         self._restore_routers()
         self._close_listener()
-        for path in (self.config.get("script_path"),):
+        if self.config.get("script_path"):
             try:
-                if path:
-                    os.unlink(path)
+                os.unlink(self.config["script_path"])
             except OSError:
                 pass
         try:

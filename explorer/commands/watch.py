@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    if args.interval < 0.01:
+    if not args.interval >= 0.01:  # also refuses nan
         print("periscope: --interval must be at least 0.01 seconds", file=sys.stderr)
         return 2
     try:

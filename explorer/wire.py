@@ -56,27 +56,15 @@ class Decoder:
     """
 
     def __init__(self, max_message: int = MAX_MESSAGE, max_objects: int = MAX_OBJECTS) -> None:
+        self._max_message = max_message
         self._max_objects = max_objects
-        self._budget = [max_objects]  # objects left for the message being decoded
-
-        def count_list(items: list[Any]) -> list[Any]:
-            self._budget[0] -= len(items) + 1
-            if self._budget[0] < 0:
-                raise ProtocolError(f"the agent sent a message of more than {max_objects} objects; detached")
-            return items
-
-        def count_map(items: dict[str, Any]) -> dict[str, Any]:
-            self._budget[0] -= 2 * len(items) + 1
-            if self._budget[0] < 0:
-                raise ProtocolError(f"the agent sent a message of more than {max_objects} objects; detached")
-            return items
-
+        self._budget = max_objects  # objects left for the message being decoded
         self._unpacker = msgpack.Unpacker(
             raw=False,
             strict_map_key=True,
             use_list=True,
-            list_hook=count_list,
-            object_hook=count_map,
+            list_hook=lambda items: self._spend(items, len(items) + 1),
+            object_hook=lambda items: self._spend(items, 2 * len(items) + 1),
             max_buffer_size=max_message,
             max_str_len=max_message,
             max_bin_len=max_message,
@@ -85,12 +73,18 @@ class Decoder:
             max_ext_len=0,
         )
 
+    def _spend(self, items: Any, objects: int) -> Any:
+        self._budget -= objects
+        if self._budget < 0:
+            raise ProtocolError(f"the agent sent a message of more than {self._max_objects} objects; detached")
+        return items
+
     def feed(self, data: bytes) -> None:
         """Add bytes from the socket; ProtocolError when one message would exceed the bound."""
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull:
-            raise ProtocolError(f"the agent sent a message larger than {MAX_MESSAGE} bytes; detached") from None
+            raise ProtocolError(f"the agent sent a message larger than {self._max_message} bytes; detached") from None
 
     def __iter__(self) -> Iterator[Message]:
         while True:
@@ -100,7 +94,7 @@ class Decoder:
                 return  # the budget carries over: the unpacker keeps what it built of this message
             except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
                 raise ProtocolError(f"the agent's stream is malformed ({error}); detached") from None
-            self._budget[0] = self._max_objects
+            self._budget = self._max_objects
             yield decode_message(raw)
 
 

@@ -16,12 +16,12 @@ from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
 from explorer.discovery import ProcessInfo, ProcessScanner
 from explorer.errors import PeriscopeError
 from explorer.screens.attach import AttachFailed, AttachScreen, Attached, Connector, default_connector
-from explorer.screens.dialogs import ErrorDialog, WorkerFailed
+from explorer.screens.dialogs import ErrorDialog, WorkerFailed, forward_failure
 from explorer.screens.help import HelpScreen, KeySection, key_rows
 from explorer.screens.process import ProcessScreen, history_file
 from explorer.screens.process_list import ProcessListScreen
@@ -129,8 +129,7 @@ class PeriscopeApp(App[int]):
         if isinstance(self.screen, ProcessScreen):
             self.switch_screen(screen)
         else:
-            while len(self.screen_stack) > 1 and not isinstance(self.screen, ProcessListScreen):
-                self.pop_screen()
+            self._pop_to_process_list()
             self.push_screen(screen)
 
     async def detach(self, pid: int) -> None:
@@ -190,21 +189,20 @@ class PeriscopeApp(App[int]):
     # --- failures ------------------------------------------------------------------------------
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.state == WorkerState.ERROR:
-            self.post_message(WorkerFailed(event.worker))
+        forward_failure(event, self.post_message)
 
     def on_worker_failed(self, message: WorkerFailed) -> None:
         """The one place a failed worker (the app's or a screen's) turns into something the user sees."""
         error = message.worker.error
         if error is None:
             return
-        event = message
-        node = event.worker.node
+        worker = message.worker
+        node = worker.node
         if isinstance(node, AttachScreen):
             if node.is_current:
                 node.dismiss(AttachFailed(node.pid, error))  # _on_attach_done shows the dialog
             return
-        if isinstance(node, ProcessScreen) and event.worker.group == "reader":
+        if isinstance(node, ProcessScreen) and worker.group == "reader":
             self.post_message(ProcessScreen.SessionEnded(node.pid, error))
             return
         title = {
@@ -214,9 +212,9 @@ class PeriscopeApp(App[int]):
             "interrupt": "Cannot interrupt",
             "watch-module": "Cannot watch that module",
             "thread-cpu": "Cannot read thread times",
-        }.get(event.worker.name, f"{event.worker.name} failed")
+        }.get(worker.name, f"{worker.name} failed")
         if not isinstance(error, PeriscopeError):
-            self.log.error(f"worker {event.worker.name} failed: {error!r}")
+            self.log.error(f"worker {worker.name} failed: {error!r}")
         self.push_screen(ErrorDialog.from_error(title, error))
 
     # --- help and the command palette ----------------------------------------------------------

@@ -25,6 +25,7 @@ from explorer.screens.dialogs import ErrorDialog, WorkerFailed, forward_failure
 from explorer.screens.help import HelpScreen, KeySection, key_rows
 from explorer.screens.process import ProcessScreen, history_file
 from explorer.screens.process_list import ProcessListScreen
+from widgets._format import MASK
 from widgets.process_table import ProcessTable
 
 
@@ -119,7 +120,7 @@ class PeriscopeApp(App[int]):
         self.show_process(result.pid)
 
     def _shown_pid(self, pid: int) -> str:
-        return "····" if self.mask_noise else str(pid)
+        return MASK if self.mask_noise else str(pid)
 
     def show_process(self, pid: int) -> None:
         """Make ``pid``'s process screen current (the process list stays below it)."""

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from widgets._format import display_command
+from widgets._format import MASK, display_command
 
 if TYPE_CHECKING:  # widgets take the model as data; they do not load discovery
     from explorer.discovery import ProcessInfo
@@ -60,7 +60,7 @@ class AttachVerdict(Static):
         if process is None:
             return Text("No Python process matches. Clear the filter, or start one.", style="italic")
         label = self.get_component_rich_style("attach-verdict--label", partial=True)
-        pid = "····" if self.mask_noise else str(process.pid)
+        pid = MASK if self.mask_noise else str(process.pid)
         text = Text()
         text.append(f"{pid}  ", style="bold")
         text.append(display_command(process.cmdline, process.name), style="")

@@ -26,7 +26,7 @@ from explorer.discovery import ProcessInfo, ProcessScanner
 from explorer.errors import PeriscopeError
 from explorer.screens.dialogs import forward_failure
 from explorer.screens.sources import SourceLines
-from widgets._format import display_command
+from widgets._format import MASK, display_command
 from widgets.attach_progress import AttachProgress
 from widgets.stack_view import StackEntry, StackView
 from widgets.thread_list import ThreadList, ThreadRow
@@ -186,7 +186,7 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
         self._stacks: dict[int, Any] = {}
 
     def compose(self) -> ComposeResult:
-        pid = "····" if self.mask_noise else str(self.pid)
+        pid = MASK if self.mask_noise else str(self.pid)
         yield Static(f"periscope · attaching to {pid}", id="title")
         with Vertical(id="attach-body"):
             yield Label(self._describe(), id="attach-command")
@@ -312,7 +312,7 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
         if native_id is None:
             return
         self.thread = native_id
-        shown = "····" if self.mask_noise else str(native_id)
+        shown = MASK if self.mask_noise else str(native_id)
         self.notify(f"Injecting through thread {shown}")
         self.query_one(AttachProgress).step = "injecting"
         self.attach()  # exclusive: cancels the attempt in progress

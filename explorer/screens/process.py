@@ -33,7 +33,7 @@ from explorer.errors import PeriscopeError
 from explorer.model import Frame, StackFrame, ThreadInfo, Value, Variable
 from explorer.screens.dialogs import forward_failure
 from explorer.screens.sources import SourceLines
-from widgets._format import display_command
+from widgets._format import MASK, display_command
 from widgets.repl import ReplEntry, ReplInput, ReplPane
 from widgets.stack_view import StackEntry, StackView
 from widgets.status_bar import StatusBar
@@ -303,7 +303,7 @@ class ProcessScreen(Screen[None]):
         yield Footer()
 
     def _title(self) -> str:
-        pid = "····" if self.mask_noise else str(self.pid)
+        pid = MASK if self.mask_noise else str(self.pid)
         command = display_command(self.process.cmdline, self.process.name) if self.process is not None else ""
         return f"periscope · {pid} · {command}"
 

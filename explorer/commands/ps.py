@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
+from explorer.text import visible
+
 if TYPE_CHECKING:  # the discovery machinery loads only when the command runs
     from explorer.discovery import ProcessInfo
 
@@ -92,19 +94,12 @@ MIN_COMMAND_WIDTH = 30
 MIN_ATTACH_WIDTH = 16
 
 
-def _printable(text: str) -> str:
-    """``text`` with newlines and other control characters escaped, so a row stays one line."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
 def _table_command(process: ProcessInfo, width: int | None) -> str:
     """The COMMAND cell: the whole command line, or, when lines are limited, the same with only
     the interpreter's file name."""
     if width is None or not process.cmdline:
-        return _printable(process.command)
-    return _printable(" ".join([os.path.basename(process.cmdline[0]), *process.cmdline[1:]]))
+        return visible(process.command)
+    return visible(" ".join([os.path.basename(process.cmdline[0]), *process.cmdline[1:]]))
 
 
 def write_table(processes: Sequence[ProcessInfo], out: TextIO, width: int | None = None) -> None:

@@ -1,0 +1,50 @@
+"""Strings from a target, made safe to show: every control character is shown, never obeyed.
+
+Thread names, file and function names, variable names, reprs and eval output all come from the
+process periscope looks at, which may be hostile. A raw ESC byte in any of them could retitle the
+terminal, clear it, forge periscope's own output or write the clipboard (OSC 52). Everything
+periscope prints or renders from a target goes through :func:`visible`; JSON output does not
+need it (JSON escapes control characters itself).
+"""
+
+from __future__ import annotations
+
+import re
+
+# Bidirectional controls reorder what is shown around them (the "Trojan Source" trick): shown, not obeyed.
+_BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+# C0 controls, DEL, C1 controls, lone surrogates, bidi controls, and the line and paragraph separators.
+_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{_BIDI}\u2028\u2029]")
+_UNSAFE_KEEP_LINES = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff{_BIDI}\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char == "\n":
+        return "\\n"
+    if char == "\t":
+        return "\\t"
+    if char == "\r":
+        return "\\r"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}"
+
+
+def visible(text: str, *, keep_lines: bool = False) -> str:
+    """``text`` with every control character written out (``ESC`` -> ``\\x1b``).
+
+    With ``keep_lines``, newlines and tabs stay as they are (multi-line eval output); otherwise
+    they are escaped too, so that one value stays one line.
+    """
+    if text.isprintable():
+        return text
+    pattern = _UNSAFE_KEEP_LINES if keep_lines else _UNSAFE
+    return pattern.sub(_escape, text)
+
+
+def is_visible(text: str) -> bool:
+    """Whether ``text`` is already safe to show as one line (nothing :func:`visible` would change)."""
+    return _UNSAFE.search(text) is None
+

@@ -1,3 +1,3 @@
-"""periscope: look inside running CPython 3.14+ processes without restarting them."""
+"""periscope: look inside running CPython 3.14 and 3.15 processes without restarting them."""
 
 __version__ = "0.1.0"

@@ -30,7 +30,7 @@ from widgets.process_table import ProcessTable
 
 
 class PeriscopeApp(App[int]):
-    """Look inside running CPython 3.14 processes: the process list, then one screen per attached process.
+    """Look inside running CPython 3.14 and 3.15 processes: the process list, then one screen per attached process.
 
     | Key | Action |
     | :- | :- |

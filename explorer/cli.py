@@ -56,7 +56,7 @@ def build_parser(
     parser = argparse.ArgumentParser(
         prog="periscope",
         description=(
-            "Look inside running CPython 3.14+ processes: live threads, stacks, locals and a REPL. "
+            "Look inside running CPython 3.14 and 3.15 processes: live threads, stacks, locals and a REPL. "
             "Without a command, opens the process list."
         ),
         epilog="Run 'periscope COMMAND --help' for a command's options.",

@@ -7,7 +7,7 @@ the maps of another user's process cannot be read, the executable's name decides
 
 Listing never writes to, signals or stops a process. The only memory it reads is the one int32
 that says whether remote debugging is enabled, and only in processes of the current user that
-passed every other check (3.14, readable); for other processes the environment and the
+passed every other check (a supported minor, readable); for other processes the environment and the
 command line give a hint instead.
 
 ``ProcessScanner`` is meant to be called repeatedly (the TUI rescans every ~2 s): ELF results
@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from explorer import elf
+from explorer import elf, versions
 from explorer.errors import (
     NotAPythonProcess,
     PeriscopeError,
@@ -38,7 +38,7 @@ from explorer.errors import (
 from explorer.memory import MemoryFault, has_cap_sys_ptrace, process_start_time, yama_scope
 from explorer.remote import RemoteProcess
 
-SUPPORTED = (3, 14)
+SUPPORTED = versions.SUPPORTED_MINORS
 DISABLE_VARIABLE = "PYTHON_DISABLE_REMOTE_DEBUG"
 DISABLE_XOPTION = "disable-remote-debug"
 
@@ -69,12 +69,12 @@ class ProcessInfo:
     """Start time (seconds since the epoch); with ``pid`` it names the process even after pid reuse."""
     python: str | None
     """Interpreter version, for example "3.14.10"; None when unknown. For another user's process
-    whose files cannot be read, only major.minor ("3.14") guessed from the executable's name."""
+    whose files cannot be read, only major.minor ("3.15") guessed from the executable's name."""
     free_threaded: bool | None
     runtime_path: str | None
     """The mapped file that holds ``.PyRuntime`` (the executable or libpython), as the process sees it."""
     remote_debug_enabled: bool | None
-    """The runtime's own flag when periscope read it; None when it did not (another user, not 3.14)."""
+    """The runtime's own flag when periscope read it; None when it did not (another user, unsupported version)."""
     attachable: bool
     reason: str | None
     """Why periscope cannot attach (None when it can)."""
@@ -138,32 +138,10 @@ class Attacher:
 
 
 def version_verdict(version_hex: int | None, free_threaded: bool | None) -> Verdict:
-    """Can periscope's protocol speak to this interpreter version and build?"""
-    fix_version = "restart it under CPython 3.14+"
-    if version_hex is None:
-        return Verdict(False, "CPython of unknown version: attaching needs 3.14 or newer", fix_version)
-    major, minor = version_hex >> 24 & 0xFF, version_hex >> 16 & 0xFF
-    version = elf.version_string(version_hex)
-    if (major, minor) < SUPPORTED:
-        return Verdict(False, f"CPython {major}.{minor}: attaching needs 3.14 or newer", fix_version)
-    if (major, minor) > SUPPORTED:
-        return Verdict(
-            False,
-            f"CPython {version}: periscope knows the 3.14 layout only",
-            "restart it under CPython 3.14, or use a periscope release that supports it",
-        )
-    if version_hex & 0xF0 != 0xF0:
-        return Verdict(
-            False,
-            f"CPython {version} is a pre-release: its layout may differ from 3.14's",
-            "restart it under a final CPython 3.14 release",
-        )
-    if free_threaded:
-        return Verdict(
-            False,
-            "free-threaded CPython 3.14 (3.14t): not supported yet",
-            "restart it under the default (GIL) build of CPython 3.14",
-        )
+    """Can periscope's protocol speak to this interpreter version and build? (explorer.versions decides.)"""
+    refused = versions.unsupported(version_hex, free_threaded)
+    if refused is not None:
+        return Verdict(False, refused.reason, refused.fix)
     return ATTACHABLE
 
 
@@ -520,7 +498,7 @@ class ProcessScanner:
             except TargetNotReady:
                 return Verdict(False, "the interpreter is starting up", "try again in a moment"), None
             except UnsupportedPython as error:
-                return Verdict(False, str(error), "restart it under CPython 3.14+"), None
+                return Verdict(False, str(error), f"restart it under {versions.SUPPORTED_CHOICE}"), None
             except PermissionDenied as error:
                 return Verdict(False, str(error), "run periscope as the process's user or with CAP_SYS_PTRACE"), None
             except ProcessGone:

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 COOKIE = b"xdebugpy"
 RUNTIME_SECTION = ".PyRuntime"
-# The part of the section's file data we keep: the whole 3.14 debug-offsets table (760 bytes)
-# and room for later versions' larger tables.
+# The part of the section's file data we keep: the whole debug-offsets table (3.14: 760 bytes,
+# 3.15: 888) and room for later versions' larger tables.
 STATIC_HEADER_SIZE = 1024
 
 _PYTHON_NAME = r"python(\d+)\.(\d+)"  # compiled where used: only the ELF parser needs re

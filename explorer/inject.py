@@ -571,7 +571,7 @@ def remote_exec(
     wait: float | None = 5.0,
     cancel: threading.Event | None = None,
 ) -> ExecResult:
-    """Ask a thread of a CPython 3.14 process to run the script at ``target_script_path`` (the target's view).
+    """Ask a thread of a CPython 3.14+ process to run the script at ``target_script_path`` (the target's view).
 
     The main thread by default, or the thread with ``native_id``. Waits up to ``wait`` seconds for
     the thread to pick the request up; a request not picked up in time is withdrawn (see the module

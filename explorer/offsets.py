@@ -1,8 +1,9 @@
 """The ``_Py_DebugOffsets`` table at the start of ``_PyRuntime``, parsed and validated as untrusted input.
 
-CPython 3.14 describes its own internal struct layouts in this table: periscope reads it from the
-target, checks it (cookie, version, build, sizes, every offset inside its struct) and refuses
-anything it does not know, with a typed error that names the version.
+CPython 3.14+ describes its own internal struct layouts in this table: periscope reads it from
+the target, checks it (cookie, version, build, sizes, every offset inside its struct) and refuses
+anything it does not know, with a typed error that names the version. Which fields a minor's
+table has comes from explorer.versions.
 """
 
 from __future__ import annotations
@@ -12,58 +13,13 @@ from collections import namedtuple
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from explorer import versions
 from explorer.elf import COOKIE, version_string
 from explorer.errors import UnsupportedPython
 
-# The 92 uint64 fields of CPython 3.14's table, in order, grouped by the struct they describe.
-# Fields named "size" (or ending in "_size") are sizes; the rest are byte offsets.
-LAYOUT_3_14: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("runtime_state", ("size", "finalizing", "interpreters_head")),
-    (
-        "interpreter_state",
-        (
-            "size", "id", "next", "threads_head", "threads_main", "gc", "imports_modules", "sysdict",
-            "builtins", "ceval_gil", "gil_runtime_state", "gil_runtime_state_enabled",
-            "gil_runtime_state_locked", "gil_runtime_state_holder", "code_object_generation",
-            "tlbc_generation",
-        ),
-    ),
-    (
-        "thread_state",
-        ("size", "prev", "next", "interp", "current_frame", "thread_id", "native_thread_id", "datastack_chunk", "status"),
-    ),
-    (
-        "interpreter_frame",
-        ("size", "previous", "executable", "instr_ptr", "localsplus", "owner", "stackpointer", "tlbc_index"),
-    ),
-    (
-        "code_object",
-        (
-            "size", "filename", "name", "qualname", "linetable", "firstlineno", "argcount", "localsplusnames",
-            "localspluskinds", "co_code_adaptive", "co_tlbc",
-        ),
-    ),
-    ("pyobject", ("size", "ob_type")),
-    ("type_object", ("size", "tp_name", "tp_repr", "tp_flags")),
-    ("tuple_object", ("size", "ob_item", "ob_size")),
-    ("list_object", ("size", "ob_item", "ob_size")),
-    ("set_object", ("size", "used", "table", "mask")),
-    ("dict_object", ("size", "ma_keys", "ma_values")),
-    ("float_object", ("size", "ob_fval")),
-    ("long_object", ("size", "lv_tag", "ob_digit")),
-    ("bytes_object", ("size", "ob_size", "ob_sval")),
-    ("unicode_object", ("size", "state", "length", "asciiobject_size")),
-    ("gc", ("size", "collecting")),
-    ("gen_object", ("size", "gi_name", "gi_iframe", "gi_frame_state")),
-    ("llist_node", ("next", "prev")),
-    (
-        "debugger_support",
-        (
-            "eval_breaker", "remote_debugger_support", "remote_debugging_enabled", "debugger_pending_call",
-            "debugger_script_path", "debugger_script_path_size",
-        ),
-    ),
-)
+# The field lists live in the version layer; these names stay for readers of this module.
+LAYOUT_3_14 = versions.DEBUG_OFFSETS_3_14
+LAYOUT_3_15 = versions.DEBUG_OFFSETS_3_15
 HEADER = struct.Struct("<8sQQ")
 MAX_STRUCT_SIZE = 1 << 20
 
@@ -74,10 +30,10 @@ def table_size(layout: tuple[tuple[str, tuple[str, ...]], ...]) -> int:
 
 
 # Layouts periscope knows, keyed by (major, minor, free_threaded).
-LAYOUTS = {(3, 14, False): LAYOUT_3_14}
+LAYOUTS = {key: layout.debug_offsets for key, layout in versions.LAYOUTS.items()}
 
 
-class DebugOffsets(namedtuple("DebugOffsets", "version_hex free_threaded groups")):
+class DebugOffsets(namedtuple("DebugOffsets", "version_hex free_threaded groups layout")):
     """A validated debug-offsets table: ``offsets.groups["thread_state"]["next"]`` or ``offsets.thread_state.next``.
 
     An immutable namedtuple record rather than a dataclass: see explorer.elf (start-up time).
@@ -87,6 +43,8 @@ class DebugOffsets(namedtuple("DebugOffsets", "version_hex free_threaded groups"
     version_hex: int
     free_threaded: bool
     groups: Mapping[str, Mapping[str, int]]
+    layout: versions.Layout
+    """What the version layer knows about this minor beyond the table."""
 
     @property
     def version(self) -> str:
@@ -119,7 +77,8 @@ def peek_version(data: bytes) -> tuple[int, bool]:
     """(version_hex, free_threaded) from the header; UnsupportedPython when there is no cookie."""
     if len(data) < HEADER.size or data[:8] != COOKIE:
         raise UnsupportedPython(
-            "this CPython has no debug-offsets table (CPython 3.12 or older): attaching needs 3.14 or newer"
+            f"this CPython has no debug-offsets table (CPython 3.12 or older): periscope supports "
+            f"{versions.SUPPORTED_TEXT}; restart it under {versions.SUPPORTED_CHOICE}"
         )
     _, version_hex, free_threaded = HEADER.unpack_from(data)
     return version_hex, bool(free_threaded)
@@ -128,25 +87,13 @@ def peek_version(data: bytes) -> tuple[int, bool]:
 def parse(data: bytes, *, section_size: int | None = None) -> DebugOffsets:
     """Parse and validate a debug-offsets table read from a target; raise UnsupportedPython if unusable."""
     version_hex, free_threaded = peek_version(data)
-    major, minor = (version_hex >> 24) & 0xFF, (version_hex >> 16) & 0xFF
     name = version_string(version_hex)
-    if free_threaded:
-        raise UnsupportedPython(
-            f"CPython {name} is a free-threaded build, which periscope does not support yet: "
-            "run the target on the default (GIL) build",
-            version=name,
-        )
-    layout = LAYOUTS.get((major, minor, free_threaded))
-    if layout is None:
-        raise UnsupportedPython(
-            f"CPython {name}: periscope attaches to CPython 3.14 only; run the target under 3.14",
-            version=name,
-        )
-    if (version_hex >> 4) & 0xF != 0xF:
-        raise UnsupportedPython(
-            f"CPython {name} is a pre-release, whose internal layout may differ: run the target on a 3.14 final release",
-            version=name,
-        )
+    refused = versions.unsupported(version_hex, free_threaded, name)
+    if refused is not None:
+        raise UnsupportedPython(str(refused), version=name)
+    known = versions.layout_for(version_hex, free_threaded)
+    assert known is not None
+    layout = known.debug_offsets
     size = table_size(layout)
     if len(data) < size:
         raise UnsupportedPython(f"CPython {name}: debug-offsets table truncated ({len(data)} of {size} bytes)", version=name)
@@ -156,7 +103,7 @@ def parse(data: bytes, *, section_size: int | None = None) -> DebugOffsets:
     for group, fields in layout:
         groups[group] = MappingProxyType(dict(zip(fields, values[position : position + len(fields)])))
         position += len(fields)
-    offsets = DebugOffsets(version_hex, free_threaded, MappingProxyType(groups))
+    offsets = DebugOffsets(version_hex, free_threaded, MappingProxyType(groups), known)
     problem = _validate(offsets, section_size)
     if problem:
         raise UnsupportedPython(
@@ -170,6 +117,7 @@ def parse(data: bytes, *, section_size: int | None = None) -> DebugOffsets:
 def _validate(offsets: DebugOffsets, section_size: int | None) -> str | None:
     """The first inconsistency in the table, or None."""
     groups = offsets.groups
+    outside = offsets.layout.outside_sizes
     for group, fields in groups.items():
         if "size" not in fields:
             continue
@@ -180,7 +128,7 @@ def _validate(offsets: DebugOffsets, section_size: int | None) -> str | None:
             if field == "size":
                 continue
             if field.endswith("_size"):
-                if value > struct_size:
+                if value > struct_size and f"{group}.{field}" not in outside:
                     return f"{group}.{field} = {value:#x} exceeds {struct_size:#x}"
             elif value >= struct_size:
                 return f"{group}.{field} = {value:#x} outside {struct_size:#x}"

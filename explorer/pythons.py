@@ -1,12 +1,15 @@
-"""Find, or provision, a CPython 3.14 interpreter to start target processes with.
+"""Find, or provision, a CPython interpreter of a supported minor to start target processes with.
 
-periscope itself runs on Python 3.11+, but its targets are CPython 3.14+. The demo and the
-test suite start such targets, so they need a 3.14 interpreter. Lookup order:
+periscope itself runs on Python 3.11+, but its targets are the CPython minors that
+``explorer.versions`` knows (3.14 and 3.15). The demo and the test suite start such targets, so
+they need an interpreter of each. Lookup order, for minor 3.X:
 
-1. ``PERISCOPE_TARGET_PYTHON`` (must be CPython 3.14 or newer);
-2. ``python3.14`` on ``PATH``;
-3. ``uv python find 3.14`` where ``uv`` exists;
-4. on Debian-family x86-64 only: Debian's own ``python3.14`` packages from the suite that has
+1. ``PERISCOPE_TARGET_PYTHON_3_X`` (must be CPython 3.X);
+2. ``PERISCOPE_TARGET_PYTHON``, when it is CPython 3.X (for the default minor it must be);
+3. ``python3.X`` on ``PATH``;
+4. a complete interpreter already provisioned into the cache;
+5. ``uv python find 3.X`` where ``uv`` exists;
+6. on Debian-family x86-64 only: Debian's own ``python3.X`` packages from the suite that has
    them (sid, then forky), unpacked into a per-user cache directory with a private apt state
    that never reads or changes the system's apt configuration, then made self-contained with
    one ``patchelf`` call.
@@ -28,29 +31,47 @@ from collections.abc import Callable
 from pathlib import Path
 
 from explorer.errors import PeriscopeError
+from explorer.versions import DEFAULT_MINOR, SUPPORTED_MINORS, minor_name
 
 ENV_VAR = "PERISCOPE_TARGET_PYTHON"
-MINIMUM = (3, 14)
+MINIMUM = DEFAULT_MINOR
 
-# Debian packages that make a self-contained 3.14 prefix (see README "Target interpreters").
-DEBIAN_PACKAGES = (
-    "python3.14-minimal libpython3.14-minimal libpython3.14-stdlib libc6 libgcc-s1 libssl3t64 "
+# Debian packages that make a self-contained prefix of one minor (see README "Target interpreters").
+_DEBIAN_PACKAGES = (
+    "python{v}-minimal libpython{v}-minimal libpython{v}-stdlib libc6 libgcc-s1 libssl3t64 "
     "libexpat1 zlib1g libzstd1 libffi8 libsqlite3-0 liblzma5 libbz2-1.0 libuuid1 libncursesw6 "
-    "libtinfo6 libreadline8t64 libdb5.3t64 python3.14-venv python3-pip-whl"
-).split()
+    "libtinfo6 libreadline8t64 libdb5.3t64 python{v}-venv python3-pip-whl"
+)
 SUITES = ("sid", "forky")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
-SMOKE_TEST = (
+_SMOKE_TEST = (
     "import sys, ssl, _hashlib, ctypes, sqlite3, _decimal, lzma, bz2, zlib, pyexpat, readline, "
     "_uuid, _zstd, _remote_debugging, ensurepip; "
-    "assert sys.version_info[:2] == (3, 14), sys.version; "
+    "assert sys.version_info[:2] == {version!r}, sys.version; "
     "pyexpat.ParserCreate(); print(sys.version.split()[0])"
 )
 
+Minor = tuple[int, int]
+
+
+def debian_packages(version: Minor = DEFAULT_MINOR) -> list[str]:
+    """The Debian packages that make a self-contained prefix of CPython ``version``."""
+    return _DEBIAN_PACKAGES.format(v=minor_name(version)).split()
+
+
+def smoke_test(version: Minor = DEFAULT_MINOR) -> str:
+    """A program that imports the extension modules a target may need and prints the version."""
+    return _SMOKE_TEST.format(version=tuple(version))
+
+
+def env_var(version: Minor = DEFAULT_MINOR) -> str:
+    """The environment variable that names the interpreter of one minor: PERISCOPE_TARGET_PYTHON_3_15."""
+    return f"{ENV_VAR}_{version[0]}_{version[1]}"
+
 
 class TargetPythonError(PeriscopeError):
-    """No CPython 3.14 interpreter could be found or provisioned; the message says how to get one."""
+    """No CPython interpreter of the wanted minor could be found or provisioned; the message says how to get one."""
 
 
 def cache_dir() -> Path:
@@ -59,9 +80,9 @@ def cache_dir() -> Path:
     return Path(base) / "periscope"
 
 
-def prefix_dir() -> Path:
-    """Where the provisioned CPython 3.14 lives (its path is baked into the patched binary)."""
-    return cache_dir() / "cpython-3.14"
+def prefix_dir(version: Minor = DEFAULT_MINOR) -> Path:
+    """Where the provisioned CPython of ``version`` lives (its path is baked into the patched binary)."""
+    return cache_dir() / f"cpython-{minor_name(version)}"
 
 
 def _version_of(python: str) -> tuple[int, int] | None:
@@ -84,49 +105,80 @@ def _version_of(python: str) -> tuple[int, int] | None:
     return major, minor
 
 
-def _provisioned() -> str | None:
-    """The already provisioned interpreter, if a complete one is in the cache."""
-    python = prefix_dir() / "bin" / "python3.14"
-    if (prefix_dir() / ".complete").is_file() and os.access(python, os.X_OK):
+def _provisioned(version: Minor = DEFAULT_MINOR) -> str | None:
+    """The already provisioned interpreter of ``version``, if a complete one is in the cache."""
+    prefix = prefix_dir(version)
+    python = prefix / "bin" / f"python{minor_name(version)}"
+    if (prefix / ".complete").is_file() and os.access(python, os.X_OK):
         return str(python)
     return None
 
 
-def find_target_python(*, provision: bool = True, log: Callable[[str], None] | None = None) -> str:
-    """Return the path of a CPython 3.14+ interpreter, provisioning one if allowed and needed."""
-    explicit = os.environ.get(ENV_VAR)
+def parse_minor(text: str) -> Minor:
+    """``"3.15"`` -> (3, 15), for a minor periscope supports; TargetPythonError otherwise."""
+    try:
+        major, minor = (int(part) for part in text.strip().split("."))
+    except ValueError:
+        raise TargetPythonError(f"--version {text!r}: give a minor such as {minor_name(DEFAULT_MINOR)}") from None
+    if (major, minor) not in SUPPORTED_MINORS:
+        raise TargetPythonError(
+            f"--version {text}: periscope supports {', '.join(minor_name(v) for v in SUPPORTED_MINORS)}; give one of those"
+        )
+    return major, minor
+
+
+def find_target_python(
+    version: Minor = DEFAULT_MINOR, *, provision: bool = True, log: Callable[[str], None] | None = None
+) -> str:
+    """Return the path of a CPython interpreter of ``version`` (major, minor), provisioning one if allowed and needed."""
+    name = minor_name(version)
+    specific = env_var(version)
+    explicit = os.environ.get(specific)
     if explicit:
-        version = _version_of(explicit)
-        if version is None:
-            raise TargetPythonError(f"{ENV_VAR}={explicit} does not run: point it at a CPython 3.14 executable")
-        if version < MINIMUM:
+        found_version = _version_of(explicit)
+        if found_version is None:
+            raise TargetPythonError(f"{specific}={explicit} does not run: point it at a CPython {name} executable")
+        if found_version != tuple(version):
             raise TargetPythonError(
-                f"{ENV_VAR}={explicit} is Python {version[0]}.{version[1]}: point it at CPython 3.14 or newer"
+                f"{specific}={explicit} is Python {found_version[0]}.{found_version[1]}: point it at CPython {name}"
             )
         return explicit
-    on_path = shutil.which("python3.14")
+    general = os.environ.get(ENV_VAR)
+    if general:
+        found_version = _version_of(general)
+        if found_version is None:
+            raise TargetPythonError(f"{ENV_VAR}={general} does not run: point it at a CPython {name} executable")
+        if found_version == tuple(version):
+            return general
+        if tuple(version) == DEFAULT_MINOR:
+            raise TargetPythonError(
+                f"{ENV_VAR}={general} is Python {found_version[0]}.{found_version[1]}: point it at CPython {name}, "
+                f"or name each minor's interpreter with {specific} and its siblings"
+            )
+    on_path = shutil.which(f"python{name}")
     if on_path:
         return on_path
-    cached = _provisioned()
+    cached = _provisioned(version)
     if cached:
         return cached
     uv = shutil.which("uv")
     if uv:
-        found = subprocess.run([uv, "python", "find", "3.14"], capture_output=True, text=True)
-        if found.returncode == 0 and found.stdout.strip():
+        found = subprocess.run([uv, "python", "find", name], capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.strip() and _version_of(found.stdout.strip()) == tuple(version):
             return found.stdout.strip()
     if not provision:
-        raise TargetPythonError(_how_to_get_one())
+        raise TargetPythonError(_how_to_get_one(version))
     if not _is_debian_x86_64():
-        raise TargetPythonError(_how_to_get_one())
-    return provision_debian(log=log)
+        raise TargetPythonError(_how_to_get_one(version))
+    return provision_debian(version, log=log)
 
 
-def _how_to_get_one() -> str:
+def _how_to_get_one(version: Minor = DEFAULT_MINOR) -> str:
+    name = minor_name(version)
     return (
-        "no CPython 3.14 interpreter found: install python3.14 (your distribution, pyenv, or "
-        "'uv python install 3.14') and put it on PATH, or set "
-        f"{ENV_VAR}=/path/to/python3.14"
+        f"no CPython {name} interpreter found: install python{name} (your distribution, pyenv, or "
+        f"'uv python install {name}') and put it on PATH, or set "
+        f"{env_var(version)}=/path/to/python{name}"
     )
 
 
@@ -172,7 +224,7 @@ def debian_archive_uri() -> str:
             return uri
     raise TargetPythonError(
         "could not find a Debian archive in /etc/apt/sources.list*: "
-        f"set {ENV_VAR} to a CPython 3.14 executable instead"
+        f"set {ENV_VAR}_3_X to a CPython 3.X executable instead"
     )
 
 
@@ -235,8 +287,8 @@ def _apt_state(work: Path, uri: str, suite: str) -> dict[str, str]:
     return env
 
 
-def _download(work: Path, uri: str, log: Callable[[str], None]) -> None:
-    """Fetch the packages into ``work/debs``, from the first suite that has them, retrying once."""
+def _download(work: Path, uri: str, log: Callable[[str], None], packages: list[str], name: str) -> None:
+    """Fetch ``packages`` into ``work/debs``, from the first suite that has them, retrying once."""
     last = ""
     for suite in SUITES:
         for attempt in range(2):
@@ -246,9 +298,9 @@ def _download(work: Path, uri: str, log: Callable[[str], None]) -> None:
             debs = work / "debs"
             for old in debs.glob("*.deb"):
                 old.unlink()
-            log(f"apt-get download {len(DEBIAN_PACKAGES)} packages")
+            log(f"apt-get download {len(packages)} packages")
             result = subprocess.run(
-                ["apt-get", "-qq", "download", *DEBIAN_PACKAGES],
+                ["apt-get", "-qq", "download", *packages],
                 capture_output=True,
                 text=True,
                 cwd=debs,
@@ -258,34 +310,35 @@ def _download(work: Path, uri: str, log: Callable[[str], None]) -> None:
                 return
             last = result.stderr.strip()
             if "Unable to locate package" in last or "has no installation candidate" in last:
-                break  # this suite does not have 3.14 (any more): try the next one
+                break  # this suite does not have this minor (any more): try the next one
             if attempt == 0:
                 shutil.rmtree(work / "lists", ignore_errors=True)  # the mirror moved on: update again
-    raise TargetPythonError(f"could not download CPython 3.14 from {uri} ({', '.join(SUITES)}): {last[-500:]}")
+    raise TargetPythonError(f"could not download CPython {name} from {uri} ({', '.join(SUITES)}): {last[-500:]}")
 
 
-def provision_debian(log: Callable[[str], None] | None = None) -> str:
-    """Install Debian's CPython 3.14 into the per-user cache; return its interpreter path."""
+def provision_debian(version: Minor = DEFAULT_MINOR, log: Callable[[str], None] | None = None) -> str:
+    """Install Debian's CPython ``version`` into the per-user cache; return its interpreter path."""
     say = log or (lambda message: print(f"periscope: {message}", file=sys.stderr))
+    name = minor_name(version)
     base = cache_dir()
     base.mkdir(parents=True, exist_ok=True)
-    prefix = prefix_dir()
+    prefix = prefix_dir(version)
     if "|" in str(prefix):
         raise TargetPythonError(f"the cache path {prefix} contains '|': set XDG_CACHE_HOME elsewhere")
     with open(base / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers wait for the first one
-        done = _provisioned()
+        done = _provisioned(version)
         if done:
             return done
         started = time.monotonic()
-        say(f"provisioning CPython 3.14 into {prefix} (once; about 10 s)")
+        say(f"provisioning CPython {name} into {prefix} (once; about 10 s)")
         uri = debian_archive_uri()
         patchelf = _patchelf(say)
         work = base / "apt-sid"
         staging = Path(f"{prefix}.tmp")
         shutil.rmtree(prefix, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
-        _download(work, uri, say)
+        _download(work, uri, say, debian_packages(version), name)
         staging.mkdir(parents=True)
         say("unpacking")
         debs = sorted((work / "debs").glob("*.deb"))
@@ -294,12 +347,12 @@ def provision_debian(log: Callable[[str], None] | None = None) -> str:
         for deb in debs:
             if deb.name.startswith("python3-pip-whl_"):
                 _unpack(deb, staging, "./usr/share/python-wheels")
-        dangling = staging / "lib" / "python3.14" / "sitecustomize.py"
+        dangling = staging / "lib" / f"python{name}" / "sitecustomize.py"
         if dangling.is_symlink() or dangling.exists():
             dangling.unlink()
         shutil.rmtree(staging / "lib" / "binfmt.d", ignore_errors=True)
         # ensurepip must use the bundled pip wheel, not the host's older one.
-        for sysconfigdata in (staging / "lib" / "python3.14").glob("_sysconfigdata__*linux*.py"):
+        for sysconfigdata in (staging / "lib" / f"python{name}").glob("_sysconfigdata__*linux*.py"):
             if sysconfigdata.is_symlink():
                 continue
             text = sysconfigdata.read_text()
@@ -315,20 +368,20 @@ def provision_debian(log: Callable[[str], None] | None = None) -> str:
                 "--force-rpath",
                 "--set-rpath",
                 f"{prefix}/lib/x86_64-linux-gnu",
-                str(staging / "bin" / "python3.14"),
+                str(staging / "bin" / f"python{name}"),
             ]
         )
         staging.rename(prefix)
-        python = str(prefix / "bin" / "python3.14")
+        python = str(prefix / "bin" / f"python{name}")
         try:
             say("precompiling the standard library")
             clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
             subprocess.run(
-                [python, "-m", "compileall", "-q", "-j0", str(prefix / "lib" / "python3.14")],
+                [python, "-m", "compileall", "-q", "-j0", str(prefix / "lib" / f"python{name}")],
                 capture_output=True,
                 env=clean_env,
             )
-            version = _run([python, "-c", SMOKE_TEST], env={**clean_env, "LD_BIND_NOW": "1"}).stdout.strip()
+            version = _run([python, "-c", smoke_test(version)], env={**clean_env, "LD_BIND_NOW": "1"}).stdout.strip()
         except BaseException:
             shutil.rmtree(prefix, ignore_errors=True)
             raise
@@ -354,9 +407,10 @@ def _unpack(deb: Path, into: Path, *tar_args: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m explorer.pythons``: print the path of a CPython 3.14 interpreter."""
+    """``python -m explorer.pythons [3.X]``: print the path of a CPython interpreter of that minor (default 3.14)."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        print(find_target_python())
+        print(find_target_python(parse_minor(args[0]) if args else DEFAULT_MINOR))
     except TargetPythonError as error:
         print(f"periscope: {error}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""A validated, read-only view of a CPython 3.14 process: its runtime, interpreters and threads.
+"""A validated, read-only view of a CPython 3.14+ process: its runtime, interpreters and threads.
 
 ``RemoteProcess.open(pid)`` finds ``_PyRuntime`` (explorer.elf), opens the process's memory
 (explorer.memory), reads the debug-offsets table from the live process and validates it
@@ -12,7 +12,7 @@ import os
 import struct
 from collections import namedtuple
 
-from explorer import elf, offsets as offsets_module
+from explorer import elf, offsets as offsets_module, versions
 from explorer.errors import (
     NotAPythonProcess,
     PermissionDenied,
@@ -80,7 +80,7 @@ def _uncached_open_check(pid: int) -> None:
 
 
 class RemoteProcess:
-    """Read-only access to one CPython 3.14 target; create with :meth:`open`, release with :meth:`close`."""
+    """Read-only access to one CPython target of a supported minor; create with :meth:`open`, release with :meth:`close`."""
 
     def __init__(self, pid: int, image: elf.RuntimeImage, memory: ProcessMemory, offsets: offsets_module.DebugOffsets) -> None:
         self.pid = pid
@@ -93,7 +93,7 @@ class RemoteProcess:
 
     @classmethod
     def open(cls, pid: int) -> RemoteProcess:
-        """Validate that ``pid`` is a CPython 3.14 process periscope can read, and open it.
+        """Validate that ``pid`` is a CPython process of a supported minor that periscope can read, and open it.
 
         Raises ProcessGone, NotAPythonProcess, UnsupportedPython or PermissionDenied.
         """
@@ -102,18 +102,18 @@ class RemoteProcess:
         _uncached_open_check(pid)
         image = elf.find_runtime(pid)
         if not image.has_debug_offsets:
-            version = image.version or "unknown"
-            raise UnsupportedPython(
-                f"process {pid} runs CPython {version}: attaching needs CPython 3.14 or newer; restart it under 3.14",
-                version=image.version,
-            )
+            refused = versions.unsupported(image.version_hex, None, image.version)
+            reason = refused.reason if refused else f"CPython {image.version}: periscope supports {versions.SUPPORTED_TEXT}"
+            fix = refused.fix if refused else f"restart it under {versions.SUPPORTED_CHOICE}"
+            raise UnsupportedPython(f"process {pid}: {reason}; {fix}", version=image.version)
         # Check the file's table first: it names the version even when memory cannot be read.
         static_version, static_free = offsets_module.peek_version(image.static_header)
-        if (static_version >> 16) != 0x030E or static_free:
-            offsets_module.parse(image.static_header, section_size=image.section_size)
+        known = versions.layout_for(static_version, static_free)
+        if known is None:
+            offsets_module.parse(image.static_header, section_size=image.section_size)  # raises why
         memory = ProcessMemory(pid)
         try:
-            table_size = offsets_module.table_size(offsets_module.LAYOUT_3_14)
+            table_size = known.table_size if known is not None else versions.LARGEST_TABLE
             try:
                 live = memory.read(image.section_address, table_size)
             except MemoryFault:

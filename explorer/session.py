@@ -244,6 +244,14 @@ def _write_code(path: Path, code: AgentCode) -> bool:
         return False
 
 
+def _magic_fits(code: AgentCode, version_hex: int) -> bool:
+    """Whether ``code`` carries the bytecode magic number of the target's minor (explorer.versions)."""
+    from explorer.versions import layout_for
+
+    layout = layout_for(version_hex, False)
+    return layout is None or int.from_bytes(code.magic[:2], "little") == layout.magic
+
+
 def _target_ids(pid: int) -> tuple[int, int] | None:
     """The target's real uid and gid (None when unreadable)."""
     try:
@@ -254,7 +262,7 @@ def _target_ids(pid: int) -> tuple[int, int] | None:
         return None
 
 
-def _compilers(pid: int) -> list[tuple[str, tuple[int, int] | None, bool]]:
+def _compilers(pid: int, version_hex: int | None = None) -> list[tuple[str, tuple[int, int] | None, bool]]:
     """Interpreters that may compile the agent for ``pid``, best first: (path, (uid, gid) to run as, exact).
 
     First the target's own executable, when periscope sees that very file in its own mount
@@ -295,7 +303,9 @@ def _compilers(pid: int) -> list[tuple[str, tuple[int, int] | None, bool]]:
     try:
         from explorer.pythons import find_target_python
 
-        local = find_target_python(provision=False)
+        from explorer.versions import DEFAULT_MINOR, split_version
+
+        local = find_target_python(split_version(version_hex) if version_hex else DEFAULT_MINOR, provision=False)
     except PeriscopeError:
         local = None
     if local is not None:
@@ -363,12 +373,14 @@ def agent_code(pid: int, version_hex: int, source: str | None = None, *, compile
         return code
     if not compile_now or time.monotonic() - _code_failed.get(path, -CODE_RETRY_AFTER) < CODE_RETRY_AFTER:
         return None
-    for python, run_as, exact in _compilers(pid):
+    for python, run_as, exact in _compilers(pid, version_hex):
         code = _compile_with(python, run_as, source, timeout=COMPILE_TIMEOUT)
         if code is None:
             continue
         wanted = version_hex if exact else version_hex >> 16
         if (code.hexversion if exact else code.hexversion >> 16) != wanted:
+            continue
+        if not _magic_fits(code, version_hex):
             continue
         _write_code(path, code)
         _code_memo[path] = (_file_signature(path), code)
@@ -394,7 +406,7 @@ def warm_agent_code(pid: int) -> bool:
 
     Blocking (a subprocess, tens of milliseconds, once per interpreter version): call it off the
     UI thread, for instance when a process is selected. Whether compiled code is ready; never
-    raises for a process that is gone or not a CPython 3.14 target.
+    raises for a process that is gone or not a CPython target of a supported minor.
     """
     from explorer.remote import RemoteProcess
 

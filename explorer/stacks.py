@@ -1,4 +1,4 @@
-"""Read every thread's Python stack from outside a CPython 3.14 process; no code runs in the target.
+"""Read every thread's Python stack from outside a CPython 3.14+ process; no code runs in the target.
 
 The reader follows each thread state's frame chain (``current_frame`` -> ``previous`` ...) the way
 ``sys._current_frames()`` sees it, including the frames below *interpreter entry frames* (where C
@@ -64,18 +64,11 @@ MAX_PREFETCH = 32
 NAME_TTL = 1.0
 """Seconds a thread's OS name is reused before /proc is read again (a thread may rename itself)."""
 
-# _frameowner: 0 thread, 1 generator, 2 frame object, 3 interpreter entry frame, 4 C stack.
-OWNER_GENERATOR = 1
-OWNER_INTERPRETER = 3
-OWNER_MAX = 4
+# The frame owner values (enum _frameowner), the RESUME opcodes and the compact str header
+# differ between minors: they come from the target's explorer.versions.Layout.
 # _PyStackRef tag bits of the GIL build: 0 and 1 (deferred) carry a pointer; 2 is invalid, 3 an int.
 TAG_MASK = 3
 POINTER_TAGS = (0, 1)
-# CPython 3.14's RESUME and the forms it takes in place (specialized, instrumented): a code
-# object's _co_firsttraceable is the index of its first RESUME (Objects/codeobject.c).
-RESUME_OPCODES = frozenset({128, 196, 245})  # RESUME, RESUME_CHECK, INSTRUMENTED_RESUME
-# Compact non-ASCII strings have utf8_length and utf8 (two more words) after PyASCIIObject.
-COMPACT_UNICODE_EXTRA = 16
 
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
@@ -231,6 +224,13 @@ class StackReader:
         self._str_length = o.unicode_object.length
         self._str_state = o.unicode_object.state
         self._str_header = o.unicode_object.asciiobject_size
+        layout = o.layout
+        self._owner_generator = layout.owner_generator
+        self._owner_interpreter = layout.owner_interpreter
+        self._owner_max = layout.owner_max
+        self._resume_opcodes = layout.resume_opcodes
+        # Compact non-ASCII strings have utf8_length and utf8 (two more words) after PyASCIIObject.
+        self._compact_extra = layout.compact_unicode_extra
         self._bytes_size = o.bytes_object.ob_size
         self._bytes_data = o.bytes_object.ob_sval
         self._codes: dict[int, _Code] = {}
@@ -421,11 +421,12 @@ class StackReader:
         codes = self._codes
         last: tuple[_Code, int] | None = None  # the code and offset of frames[-1]
         bottom = 0  # the address of the outermost Python frame
+        owner_interpreter, owner_max, owner_generator = self._owner_interpreter, self._owner_max, self._owner_generator
         try:
             for frame_address, fields in chain:
                 owner = fields[i_owner]
-                if owner >= OWNER_INTERPRETER:
-                    if owner > OWNER_MAX:
+                if owner >= owner_interpreter:
+                    if owner > owner_max:
                         walk.tear(f"owner {owner}")
                     elif last is not None:
                         frames[-1] = self._entry_frame(*last)  # C called the frame above
@@ -449,7 +450,7 @@ class StackReader:
                     walk.tear(f"instr_ptr outside {code.qualname} ({offset} of {code.size})")
                     last = None
                     continue
-                if offset < code.first_traceable and owner != OWNER_GENERATOR:
+                if offset < code.first_traceable and owner != owner_generator:
                     # Incomplete: the shim frame of a class's __init__ call (code "__init__"), or a
                     # frame still in its prologue. sys._current_frames() skips these too.
                     last = None
@@ -525,7 +526,7 @@ class StackReader:
             qualname=self._read_str(_U64.unpack_from(raw, self._co_qualname)[0]),
             start=address + self._co_code,
             size=units * 2,
-            first_traceable=_first_traceable(bytecode),
+            first_traceable=_first_traceable(bytecode, self._resume_opcodes),
             lines=LineTable(self._read_bytes(_U64.unpack_from(raw, self._co_linetable)[0]), firstlineno),
         )
         self._codes[address] = code
@@ -554,7 +555,7 @@ class StackReader:
         if ascii_only:
             text = self.memory.read(address + self._str_header, length).decode("ascii")
         else:
-            data = self.memory.read(address + self._str_header + COMPACT_UNICODE_EXTRA, length * kind)
+            data = self.memory.read(address + self._str_header + self._compact_extra, length * kind)
             encoding = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind]
             text = data.decode(encoding, "surrogatepass")
         self._strings[address] = text
@@ -568,10 +569,10 @@ class StackReader:
         return self.memory.read(address + self._bytes_data, size)
 
 
-def _first_traceable(bytecode: bytes) -> int:
+def _first_traceable(bytecode: bytes, resume_opcodes: frozenset[int]) -> int:
     """Byte offset of the first RESUME in a code object's bytecode (its size if there is none)."""
     for offset in range(0, len(bytecode) - 1, 2):
-        if bytecode[offset] in RESUME_OPCODES:
+        if bytecode[offset] in resume_opcodes:
             return offset
     return len(bytecode)
 

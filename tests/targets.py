@@ -22,14 +22,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from explorer.pythons import find_target_python
+from explorer.versions import DEFAULT_MINOR, SUPPORTED_MINORS, minor_name
 
 _live: list[subprocess.Popen] = []
 
+MINORS_VARIABLE = "PERISCOPE_TEST_MINORS"
+"""Set to a comma-separated list ("3.15") to run the target-facing tests against those minors only."""
+
+_minor: tuple[int, int] = DEFAULT_MINOR
+
+
+def test_minors() -> tuple[tuple[int, int], ...]:
+    """The CPython minors the target-facing tests run against: every supported one, unless narrowed."""
+    wanted = os.environ.get(MINORS_VARIABLE, "").replace(" ", "")
+    if not wanted:
+        return SUPPORTED_MINORS
+    chosen = tuple(minor for minor in SUPPORTED_MINORS if minor_name(minor) in wanted.split(","))
+    if not chosen:
+        raise ValueError(f"{MINORS_VARIABLE}={wanted}: name one or more of {', '.join(map(minor_name, SUPPORTED_MINORS))}")
+    return chosen
+
+
+def use_minor(minor: tuple[int, int]) -> None:
+    """Make ``minor`` the one that ``target_python()`` and ``spawn()`` use (the conftest fixture sets it)."""
+    global _minor
+    _minor = tuple(minor)  # type: ignore[assignment]
+
+
+def current_minor() -> tuple[int, int]:
+    """The minor that targets are started under now."""
+    return _minor
+
 
 @functools.cache
+def python_for(minor: tuple[int, int]) -> str:
+    """The CPython interpreter of ``minor`` (provisioned on first use, then cached)."""
+    return find_target_python(minor)
+
+
 def target_python() -> str:
-    """The CPython 3.14 interpreter that test targets run under."""
-    return find_target_python()
+    """The CPython interpreter that test targets run under: the one of the current minor."""
+    return python_for(_minor)
 
 
 def host_python311() -> str | None:
@@ -170,3 +203,8 @@ def stop_all() -> None:
 
 
 atexit.register(stop_all)
+
+
+def version_prefix() -> str:
+    """``"3.15."``: how the current minor's full versions start (for checking a reported version)."""
+    return f"{minor_name(_minor)}."

@@ -344,7 +344,7 @@ async def test_python_311_target_shows_a_dialog_with_the_fix(spawn, history):
         await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the error dialog")
         dialog = app.screen
         assert "3.11" in dialog.message
-        assert dialog.fix and "3.14" in dialog.fix
+        assert dialog.fix and "CPython 3.14 or 3.15" in dialog.fix
         await pilot.press("enter")
         assert isinstance(app.screen, ProcessListScreen)
 
@@ -355,7 +355,7 @@ async def test_python_311_target_shows_a_dialog_with_the_fix(spawn, history):
         await wait_until(pilot, lambda: "cannot attach" in str(app.screen.query_one(AttachVerdict).render()), "the verdict")
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the dialog from the list")
-        assert "3.14" in (app.screen.fix or "")
+        assert "CPython 3.14 or 3.15" in (app.screen.fix or "")
 
 
 async def test_remote_debugging_disabled_shows_a_dialog_with_the_fix(spawn, history):

@@ -126,7 +126,7 @@ def test_errors_are_one_line_with_exit_status_1(spawn: Spawn) -> None:
         target.wait_for_line("ready")
         result = periscope("stack", str(target.pid))
         assert result.returncode == 1 and result.stdout == ""
-        assert result.stderr.count("\n") == 1 and "3.14" in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and "CPython 3.14 and 3.15" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
 
 

@@ -34,7 +34,10 @@ print("ready", flush=True)
 time.sleep(120)
 """
 
-VERSION_314 = re.compile(r"3\.14\.\d+")
+
+def version_pattern() -> re.Pattern[str]:
+    """A full version of the minor the targets run under (3.14.10, 3.15.2)."""
+    return re.compile(re.escape(targets.version_prefix()) + r"\d+")
 
 
 def start_ready(spawn: Spawn, **kwargs) -> Target:
@@ -64,7 +67,7 @@ def listed(pid: int, scanner: ProcessScanner | None = None) -> ProcessInfo:
 def test_314_target_is_listed_and_attachable(spawn: Spawn, target_python: str) -> None:
     target = start_ready(spawn)
     info = listed(target.pid)
-    assert VERSION_314.fullmatch(info.python or ""), info.python
+    assert version_pattern().fullmatch(info.python or ""), info.python
     assert info.attachable is True
     assert info.reason is None and info.fix is None
     assert info.remote_debug_enabled is True  # read from the runtime itself
@@ -89,8 +92,8 @@ def test_python_311_is_listed_but_not_attachable(spawn: Spawn) -> None:
     info = listed(target.pid)
     assert info.python is not None and info.python.startswith("3.11.")
     assert info.attachable is False
-    assert info.reason is not None and "3.11" in info.reason and "3.14" in info.reason
-    assert info.fix is not None and "3.14" in info.fix
+    assert info.reason is not None and "3.11" in info.reason and "CPython 3.14 and 3.15" in info.reason
+    assert info.fix is not None and "CPython 3.14 or 3.15" in info.fix
     assert info.remote_debug_enabled is None  # never read an unsupported process's memory
 
 
@@ -99,7 +102,7 @@ def test_disabled_by_environment_variable(spawn: Spawn, value: str) -> None:
     """Any value of the variable, even "0" or empty, switches remote debugging off."""
     target = start_ready(spawn, env={"PYTHON_DISABLE_REMOTE_DEBUG": value})
     info = listed(target.pid)
-    assert VERSION_314.fullmatch(info.python or "")
+    assert version_pattern().fullmatch(info.python or "")
     assert info.attachable is False
     assert info.remote_debug_enabled is False
     assert info.reason is not None and "PYTHON_DISABLE_REMOTE_DEBUG" in info.reason
@@ -199,7 +202,7 @@ def test_processes_exiting_during_scans(spawn: Spawn) -> None:
         for info in scanner.scan():
             if info.ppid == parent.pid:
                 children_seen.add(info.pid)
-                assert VERSION_314.fullmatch(info.python or "")
+                assert version_pattern().fullmatch(info.python or "")
         scans += 1
     assert children_seen, "no short-lived child was ever caught by a scan"
     assert listed(parent.pid, scanner).attachable
@@ -296,12 +299,27 @@ def test_permission_yama_scopes(spawn: Spawn) -> None:
     ("version_hex", "free_threaded", "expected"),
     [
         (0x030E0AF0, False, None),
-        (0x030B02F0, None, "CPython 3.11: attaching needs 3.14 or newer"),
-        (0x030D00F0, False, "CPython 3.13: attaching needs 3.14 or newer"),
-        (None, None, "CPython of unknown version: attaching needs 3.14 or newer"),
-        (0x030E00C1, False, "CPython 3.14.0rc1 is a pre-release: its layout may differ from 3.14's"),
-        (0x030E0AF0, True, "free-threaded CPython 3.14 (3.14t): not supported yet"),
-        (0x030F00F0, False, "CPython 3.15.0: periscope knows the 3.14 layout only"),
+        (0x030F02F0, False, None),
+        (0x030B02F0, None, "CPython 3.11.2: periscope supports CPython 3.14 and 3.15"),
+        (0x030D00F0, False, "CPython 3.13.0: periscope supports CPython 3.14 and 3.15"),
+        (0x030BFFF0, None, "CPython 3.11: periscope supports CPython 3.14 and 3.15"),  # from a file name
+        (None, None, "CPython of unknown version: periscope supports CPython 3.14 and 3.15"),
+        (
+            0x030E00C1,
+            False,
+            "CPython 3.14.0rc1 is a pre-release, whose layout may differ: periscope supports final releases of CPython 3.14 and 3.15",
+        ),
+        (
+            0x030E0AF0,
+            True,
+            "CPython 3.14.10 is a free-threaded build (3.14t): periscope supports the default (GIL) build of CPython 3.14 and 3.15",
+        ),
+        (
+            0x030F02F0,
+            True,
+            "CPython 3.15.2 is a free-threaded build (3.15t): periscope supports the default (GIL) build of CPython 3.14 and 3.15",
+        ),
+        (0x031000F0, False, "CPython 3.16.0: periscope supports CPython 3.14 and 3.15"),
     ],
 )
 def test_version_verdicts(version_hex: int | None, free_threaded: bool | None, expected: str | None) -> None:

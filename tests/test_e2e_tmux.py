@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import targets
+
 DEMO = Path(__file__).resolve().parent.parent / "explorer" / "demo_target.py"
 TMUX = shutil.which("tmux")
 
@@ -100,7 +102,7 @@ def test_attach_to_the_demo_read_evaluate_detach_and_quit(terminal, spawn, targe
     # The process list: type to filter, the demo's row shows up with its verdict.
     terminal.wait_for(r"Python process")
     terminal.type("demo_target")
-    terminal.wait_for(rf"{demo.pid}\s+\S+\s+3\.14")
+    terminal.wait_for(rf"{demo.pid}\s+\S+\s+{re.escape(targets.version_prefix()[:-1])}")
     terminal.wait_for(r"can attach")
     terminal.press("Enter")
 

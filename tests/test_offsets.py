@@ -2,7 +2,7 @@
 
 The table comes from another process, so it is untrusted input: whatever the bytes, ``parse``
 either returns a table whose write targets lie inside their structs, or raises UnsupportedPython
-(never any other exception). Versions other than 3.14 final, GIL build, are refused by name.
+(never any other exception). Versions other than 3.14 and 3.15 final, GIL build, are refused by name.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from explorer import elf, offsets
 from explorer.errors import UnsupportedPython
-from tests.targets import target_python
 
 V3_14_10 = 0x030E0AF0
 SECTION_SIZE = 0x4D4C8
@@ -42,6 +41,35 @@ VALUES_3_14_10 = [
     0x0, 0x8,
     0x18, 0x130, 0x1F8C, 0x0, 0x4, 0x200,
 ]  # fmt: skip
+V3_15_2 = 0x030F02F0
+SECTION_SIZE_3_15_2 = 0x549C8
+
+# The 108 values of CPython 3.15.2's table, in layout order (read from Debian's 3.15.2 binary; the
+# field names from the DWARF of its _remote_debugging module).
+VALUES_3_15_2 = [
+    0x549C8, 0x390, 0x3A8,
+    0x373C0, 0x1C68, 0x1C60, 0x1CA8, 0x1CB8, 0x1CE8, 0x1DA8, 0x1D98, 0x1DA0, 0x10, 0x1E38, 0, 0x1E48, 0x1E40, 0x1F08, 0,
+    0x378, 0x0, 0x8, 0x10, 0x48, 0x50, 0x58, 0x60, 0xB0, 0xB8, 0x100, 0x20, 0x24, 0x28, 0x88, 0x120,
+    0x0,
+    0x58, 0x8, 0x0, 0x38, 0x50, 0x4A, 0x40, 0,
+    0xD8, 0x70, 0x78, 0x80, 0x88, 0x44, 0x34, 0x60, 0x68, 0xD0, 0,
+    0x10, 0x8,
+    0x1A8, 0x18, 0x58, 0xA8, 0x20, 0x120,
+    0x3B0, 0x378,
+    0x28, 0x20, 0x10,
+    0x28, 0x18, 0x10,
+    0xC8, 0x18, 0x28, 0x20,
+    0x30, 0x20, 0x28,
+    0x18, 0x10,
+    0x20, 0x10, 0x18,
+    0x28, 0x10, 0x20,
+    0x40, 0x20, 0x10, 0x28, 0x38,
+    0xB0, 0x70, 0x78, 0x460, 0x68,
+    0xA0, 0x18, 0x48, 0x43,
+    0x0, 0x8,
+    0x18, 0x158, 0x1F5C, 0x0, 0x4, 0x200,
+]  # fmt: skip
+DOCUMENTED = {(3, 14): VALUES_3_14_10, (3, 15): VALUES_3_15_2}
 FIELD_COUNT = len(VALUES_3_14_10)
 TABLE_SIZE = offsets.table_size(offsets.LAYOUT_3_14)
 
@@ -96,14 +124,37 @@ def test_documented_table_parses() -> None:
     assert_write_targets_inside(table)
 
 
-def test_binary_table_matches_documented_fields() -> None:
-    """The table in the 3.14 binary's .PyRuntime section has the documented values (any 3.14 patch release)."""
-    info = elf.inspect_elf(target_python())
+def test_315_layout_has_108_fields_and_888_bytes() -> None:
+    assert len(VALUES_3_15_2) == sum(len(fields) for _, fields in offsets.LAYOUT_3_15) == 108
+    assert offsets.table_size(offsets.LAYOUT_3_15) == 888
+
+
+def test_documented_315_table_parses() -> None:
+    table = offsets.parse(build(VALUES_3_15_2, version=V3_15_2), section_size=SECTION_SIZE_3_15_2)
+    assert table.version == "3.15.2"
+    assert table.layout.name == "3.15"
+    assert table.thread_state.native_thread_id == 0xB8
+    assert table.thread_state.base_frame == 0x50
+    assert table.interpreter_state.threads_main == 0x1CB8
+    assert table.debugger_support.remote_debugging_enabled == 0x1F5C
+    assert table.gen_object.gi_iframe == 0x48
+    assert_write_targets_inside(table)
+
+
+def test_a_314_table_under_a_315_version_is_refused() -> None:
+    """A table shorter than the minor's layout is refused, not read past its end."""
+    with pytest.raises(UnsupportedPython, match=r"3\.15\.2.*truncated"):
+        offsets.parse(build(version=V3_15_2))
+
+
+def test_binary_table_matches_documented_fields(target_python: str, target_minor: tuple[int, int]) -> None:
+    """The table in the target binary's .PyRuntime section has the documented values of its minor."""
+    info = elf.inspect_elf(target_python)
     assert info is not None and info.has_debug_offsets
     table = offsets.parse(info.static_header, section_size=info.section_size)
-    assert (table.version_hex >> 16) == 0x030E
+    assert table.layout.minor == target_minor
     parsed = [value for _, fields in table.groups.items() for value in fields.values()]
-    assert parsed == VALUES_3_14_10
+    assert parsed == DOCUMENTED[target_minor]
 
 
 def test_group_attribute_errors() -> None:
@@ -122,8 +173,9 @@ def test_group_attribute_errors() -> None:
     [
         (0x030D00F0, "3.13.0"),  # 3.13: cookie present, different layout
         (0x030D07F0, "3.13.7"),
-        (0x030F00F0, "3.15.0"),
+        (0x031000F0, "3.16.0"),
         (0x030F00A3, "3.15.0a3"),
+        (0x030E00C1, "3.14.0rc1"),
         (0x020700F0, "2.7.0"),
     ],
 )
@@ -131,7 +183,7 @@ def test_other_minor_versions_are_refused(version: int, shown: str) -> None:
     with pytest.raises(UnsupportedPython) as caught:
         offsets.parse(build(version=version))
     assert caught.value.version == shown
-    assert shown in str(caught.value) and "3.14" in str(caught.value)
+    assert shown in str(caught.value) and "CPython 3.14 and 3.15" in str(caught.value)
     assert "\n" not in str(caught.value)
 
 

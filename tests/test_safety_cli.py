@@ -59,7 +59,7 @@ CAUSES = {
     "pid 0": r"no process with pid 0",
     "pid 1": r"run periscope as|CAP_SYS_PTRACE",
     "not Python": r"not a CPython process",
-    "CPython 3.11": r"3\.11.*restart it under 3\.14",
+    "CPython 3.11": r"3\.11.*restart it under CPython 3\.14 or 3\.15",
     "remote debugging disabled": r"PYTHON_DISABLE_REMOTE_DEBUG: restart the target without",
 }
 

@@ -1,4 +1,4 @@
-"""SVG snapshots of each screen, from the real app attached to real CPython 3.14 targets.
+"""SVG snapshots of each screen, from the real app attached to real CPython targets (one set per minor).
 
 The "scene" target (tests/screenshots.py) parks its threads at known lines with known values and
 lives in a fixed directory, so what the panes show is the same on every run. The app runs with
@@ -64,8 +64,8 @@ async def attached(pilot: Pilot[Any]) -> ProcessScreen:
 
 
 def test_process_list(snap_compare, scene):
-    """The process list filtered to the scene target: one attachable CPython 3.14.10 row ("✓"),
-    its command line, and below it the verdict "can attach (CPython 3.14.10): press Enter"."""
+    """The process list filtered to the scene target: one attachable row ("✓") of the minor (3.14.10 or 3.15.2),
+    its command line, and below it the verdict "can attach (CPython 3.14.10): press Enter" (or 3.15.2)."""
     scene("list")
 
     async def run_before(pilot: Pilot[Any]) -> None:

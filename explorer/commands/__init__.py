@@ -22,17 +22,17 @@ SUMMARIES = {
     "ps": ("ps", "list the Python processes on this machine and whether periscope can attach to each"),
     "stack": (
         "stack",
-        "print every thread's Python stack of a running CPython 3.14 process (read-only, like py-spy dump)",
+        "print every thread's Python stack of a running CPython 3.14 or 3.15 process (read-only, like py-spy dump)",
     ),
     "target_python": (
         "target-python",
-        "print the path of a CPython 3.14 interpreter to start targets with (provisions one if needed)",
+        "print the path of a CPython 3.14 or 3.15 interpreter to start targets with (provisions one if needed)",
     ),
-    "exec": ("exec", "run a Python file inside a running CPython 3.14 process (remote exec, PEP 768)"),
+    "exec": ("exec", "run a Python file inside a running CPython 3.14 or 3.15 process (remote exec, PEP 768)"),
     "snapshot": (
         "snapshot",
-        "attach to a CPython 3.14 process, print one full frame (threads, stacks, locals, module variables), detach",
+        "attach to a CPython 3.14 or 3.15 process, print one full frame (threads, stacks, locals, module variables), detach",
     ),
-    "watch": ("watch", "attach to a CPython 3.14 process and print one JSON line per frame until Ctrl+C (or --count)"),
-    "eval": ("eval", "evaluate an expression or statements inside a CPython 3.14 process and print the result's repr"),
+    "watch": ("watch", "attach to a CPython 3.14 or 3.15 process and print one JSON line per frame until Ctrl+C (or --count)"),
+    "eval": ("eval", "evaluate an expression or statements inside a CPython 3.14 or 3.15 process and print the result's repr"),
 }

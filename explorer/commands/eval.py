@@ -12,7 +12,7 @@ import sys
 from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, thread_choice
 
 NAME = "eval"
-HELP = "evaluate an expression or statements inside a CPython 3.14 process and print the result's repr"
+HELP = "evaluate an expression or statements inside a CPython 3.14 or 3.15 process and print the result's repr"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

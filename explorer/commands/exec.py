@@ -1,4 +1,4 @@
-"""``periscope exec PID FILE``: run a Python file inside a CPython 3.14 process (PEP 768 remote exec).
+"""``periscope exec PID FILE``: run a Python file inside a CPython 3.14 or 3.15 process (PEP 768 remote exec).
 
 FILE is read from periscope's side and copied into a fresh private directory in the target's own
 view of the file system (readable by the target's user only), behind a launcher that removes the
@@ -18,7 +18,7 @@ import os
 import sys
 
 NAME = "exec"
-HELP = "run a Python file inside a running CPython 3.14 process (remote exec, PEP 768)"
+HELP = "run a Python file inside a running CPython 3.14 or 3.15 process (remote exec, PEP 768)"
 DEFAULT_WAIT = 5.0
 START_WAIT = 2.0  # after pickup, how long the launcher may take to open the copy and remove it
 

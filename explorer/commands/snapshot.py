@@ -8,7 +8,7 @@ import json
 import sys
 
 NAME = "snapshot"
-HELP = "attach to a CPython 3.14 process, print one full frame (threads, stacks, locals, module variables), detach"
+HELP = "attach to a CPython 3.14 or 3.15 process, print one full frame (threads, stacks, locals, module variables), detach"
 
 
 VIA_FIX = "use --via any, or --via NATIVE_ID of a thread that runs Python"

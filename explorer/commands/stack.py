@@ -20,11 +20,11 @@ if TYPE_CHECKING:
     from explorer.stacks import ThreadStack
 
 NAME = "stack"
-HELP = "print every thread's Python stack of a running CPython 3.14 process (read-only, like py-spy dump)"
+HELP = "print every thread's Python stack of a running CPython 3.14 or 3.15 process (read-only, like py-spy dump)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pid", type=int, help="process id of the CPython 3.14 process")
+    parser.add_argument("pid", type=int, help="process id of the CPython 3.14 or 3.15 process")
     parser.add_argument(
         "--json",
         action="store_true",

@@ -9,7 +9,7 @@ import sys
 from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, thread_choice
 
 NAME = "watch"
-HELP = "attach to a CPython 3.14 process and print one JSON line per frame until Ctrl+C (or --count)"
+HELP = "attach to a CPython 3.14 or 3.15 process and print one JSON line per frame until Ctrl+C (or --count)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

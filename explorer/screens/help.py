@@ -17,7 +17,7 @@ from textual.widgets import Markdown, Static
 INTRO = """\
 # periscope
 
-Look inside running CPython 3.14 processes: threads, stacks, variables and a REPL that runs
+Look inside running CPython 3.14 and 3.15 processes: threads, stacks, variables and a REPL that runs
 inside the target. Attaching injects a small agent through PEP 768 remote debugging; detaching
 removes it. **Ctrl+P** opens the command palette: every action is there.
 """

@@ -1,0 +1,255 @@
+"""Every fact about CPython that differs between minors, in one table keyed by (major, minor, free_threaded).
+
+Nothing else in periscope compares versions: the readers ask :func:`layout_for` for the
+:class:`Layout` of a target (the field list of its ``_Py_DebugOffsets`` table, and the few facts
+that table does not describe), and every front end words an unsupported version with
+:func:`unsupported` (the same reason and fix in ``ps`` and in every command).
+
+Supporting the next minor is one more ``Layout`` in ``LAYOUTS`` (read from the new minor's
+``Include/internal/pycore_debug_offsets.h`` and checked on its binary: the DWARF of the
+``_remote_debugging`` extension module lists ``_Py_DebugOffsets`` member by member), one more
+entry in ``SUPPORTED_MINORS``, and a test run: the suite runs every target-facing test once per
+supported minor.
+
+This module imports nothing from periscope and nothing heavy: the CLI's start-up path uses it.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+DEFAULT_MINOR = (3, 14)
+"""The minor periscope starts its demo under, and the one tools and tests use when none is named."""
+SUPPORTED_MINORS = ((3, 14), (3, 15))
+"""The CPython minors periscope attaches to, oldest first."""
+
+TableLayout = tuple[tuple[str, tuple[str, ...]], ...]
+
+# CPython 3.14's _Py_DebugOffsets: 92 uint64 fields after the 24-byte header, grouped by the
+# struct they describe. Fields named "size" (or ending in "_size") are sizes; the rest are byte
+# offsets into their group's struct.
+DEBUG_OFFSETS_3_14: TableLayout = (
+    ("runtime_state", ("size", "finalizing", "interpreters_head")),
+    (
+        "interpreter_state",
+        (
+            "size", "id", "next", "threads_head", "threads_main", "gc", "imports_modules", "sysdict",
+            "builtins", "ceval_gil", "gil_runtime_state", "gil_runtime_state_enabled",
+            "gil_runtime_state_locked", "gil_runtime_state_holder", "code_object_generation",
+            "tlbc_generation",
+        ),
+    ),
+    (
+        "thread_state",
+        ("size", "prev", "next", "interp", "current_frame", "thread_id", "native_thread_id", "datastack_chunk", "status"),
+    ),
+    (
+        "interpreter_frame",
+        ("size", "previous", "executable", "instr_ptr", "localsplus", "owner", "stackpointer", "tlbc_index"),
+    ),
+    (
+        "code_object",
+        (
+            "size", "filename", "name", "qualname", "linetable", "firstlineno", "argcount", "localsplusnames",
+            "localspluskinds", "co_code_adaptive", "co_tlbc",
+        ),
+    ),
+    ("pyobject", ("size", "ob_type")),
+    ("type_object", ("size", "tp_name", "tp_repr", "tp_flags")),
+    ("tuple_object", ("size", "ob_item", "ob_size")),
+    ("list_object", ("size", "ob_item", "ob_size")),
+    ("set_object", ("size", "used", "table", "mask")),
+    ("dict_object", ("size", "ma_keys", "ma_values")),
+    ("float_object", ("size", "ob_fval")),
+    ("long_object", ("size", "lv_tag", "ob_digit")),
+    ("bytes_object", ("size", "ob_size", "ob_sval")),
+    ("unicode_object", ("size", "state", "length", "asciiobject_size")),
+    ("gc", ("size", "collecting")),
+    ("gen_object", ("size", "gi_name", "gi_iframe", "gi_frame_state")),
+    ("llist_node", ("next", "prev")),
+    (
+        "debugger_support",
+        (
+            "eval_breaker", "remote_debugger_support", "remote_debugging_enabled", "debugger_pending_call",
+            "debugger_script_path", "debugger_script_path_size",
+        ),
+    ),
+)
+
+# CPython 3.15's table: 108 fields (888 bytes). Fields are inserted in the middle (thread_state,
+# a new err_stackitem group, type_object, a new heap_type_object group, unicode_object, gc), so
+# every group after thread_state moves. Checked member by member against the DWARF of 3.15.2's
+# _remote_debugging module and against the values in its .PyRuntime section.
+DEBUG_OFFSETS_3_15: TableLayout = (
+    DEBUG_OFFSETS_3_14[0],
+    DEBUG_OFFSETS_3_14[1],
+    (
+        "thread_state",
+        (
+            "size", "prev", "next", "interp", "current_frame", "base_frame", "last_profiled_frame",
+            "last_profiled_frame_seq", "thread_id", "native_thread_id", "datastack_chunk", "status",
+            "holds_gil", "gil_requested", "current_exception", "exc_state",
+        ),
+    ),
+    ("err_stackitem", ("exc_value",)),
+    DEBUG_OFFSETS_3_14[3],
+    DEBUG_OFFSETS_3_14[4],
+    DEBUG_OFFSETS_3_14[5],
+    ("type_object", ("size", "tp_name", "tp_repr", "tp_flags", "tp_basicsize", "tp_dictoffset")),
+    ("heap_type_object", ("size", "ht_cached_keys")),
+    *DEBUG_OFFSETS_3_14[7:14],
+    ("unicode_object", ("size", "state", "length", "asciiobject_size", "compactunicodeobject_size")),
+    ("gc", ("size", "collecting", "frame", "generation_stats_size", "generation_stats")),
+    *DEBUG_OFFSETS_3_14[16:],
+)
+
+
+class Layout(
+    namedtuple(
+        "Layout",
+        "minor debug_offsets owner_generator owner_interpreter owner_max resume_opcodes magic "
+        "compact_unicode_extra outside_sizes",
+    )
+):
+    """What periscope must know about one CPython minor beyond what its debug-offsets table says."""
+
+    __slots__ = ()
+    minor: tuple[int, int]
+    debug_offsets: TableLayout
+    """The ``_Py_DebugOffsets`` field list, in order."""
+    owner_generator: int
+    """``FRAME_OWNED_BY_GENERATOR`` of ``enum _frameowner`` (Include/internal/pycore_interpframe_structs.h)."""
+    owner_interpreter: int
+    """``FRAME_OWNED_BY_INTERPRETER``: the entry frame C code pushes when it calls Python."""
+    owner_max: int
+    """The largest owner value (3.14 also has ``FRAME_OWNED_BY_CSTACK``; 3.15 dropped it)."""
+    resume_opcodes: frozenset[int]
+    """RESUME and the forms it takes in place (specialized, instrumented): a code object's first
+    traceable instruction (Objects/codeobject.c ``_co_firsttraceable``)."""
+    magic: int
+    """The bytecode magic number (Include/internal/pycore_magic_number.h, ``importlib.util.MAGIC_NUMBER``)."""
+    compact_unicode_extra: int
+    """Bytes between a compact non-ASCII str's PyASCIIObject header and its data (utf8_length, utf8)."""
+    outside_sizes: frozenset[str]
+    """``group.field`` sizes that describe another struct, so they may exceed their group's size."""
+
+    @property
+    def name(self) -> str:
+        """``"3.15"``."""
+        return minor_name(self.minor)
+
+    @property
+    def table_size(self) -> int:
+        """Bytes of the debug-offsets table: the 24-byte header plus one uint64 per field."""
+        return 24 + 8 * sum(len(fields) for _, fields in self.debug_offsets)
+
+
+LAYOUTS: dict[tuple[int, int, bool], Layout] = {
+    (3, 14, False): Layout(
+        minor=(3, 14),
+        debug_offsets=DEBUG_OFFSETS_3_14,
+        owner_generator=1,
+        owner_interpreter=3,
+        owner_max=4,  # FRAME_OWNED_BY_CSTACK
+        resume_opcodes=frozenset({128, 196, 245}),  # RESUME, RESUME_CHECK, INSTRUMENTED_RESUME
+        magic=3627,
+        compact_unicode_extra=16,
+        outside_sizes=frozenset(),
+    ),
+    (3, 15, False): Layout(
+        minor=(3, 15),
+        debug_offsets=DEBUG_OFFSETS_3_15,
+        owner_generator=1,
+        owner_interpreter=3,
+        owner_max=3,
+        # RESUME, RESUME_CHECK, RESUME_CHECK_JIT, INSTRUMENTED_RESUME (3.15.2's opcode module).
+        resume_opcodes=frozenset({128, 200, 201, 244}),
+        magic=3666,
+        compact_unicode_extra=16,  # the table says so too: compactunicodeobject_size - asciiobject_size
+        outside_sizes=frozenset({"gc.generation_stats_size"}),  # the size of the gc_stats struct
+    ),
+}
+"""Layouts periscope knows, keyed by (major, minor, free_threaded)."""
+
+LARGEST_TABLE = max(layout.table_size for layout in LAYOUTS.values())
+"""Bytes to read from a target to be sure to have its whole debug-offsets table."""
+
+_NAMES = [f"{major}.{minor}" for major, minor in SUPPORTED_MINORS]
+SUPPORTED_TEXT = "CPython " + (" and ".join([", ".join(_NAMES[:-1]), _NAMES[-1]]) if len(_NAMES) > 1 else _NAMES[0])
+"""``"CPython 3.14 and 3.15"``: what periscope supports, in the words every message uses."""
+SUPPORTED_CHOICE = "CPython " + (" or ".join([", ".join(_NAMES[:-1]), _NAMES[-1]]) if len(_NAMES) > 1 else _NAMES[0])
+"""``"CPython 3.14 or 3.15"``: the same, as the choice a fix offers."""
+
+
+def minor_name(version: tuple[int, int]) -> str:
+    """``(3, 15)`` -> ``"3.15"``."""
+    return f"{version[0]}.{version[1]}"
+
+
+def split_version(version_hex: int) -> tuple[int, int]:
+    """(major, minor) of a ``PY_VERSION_HEX`` value."""
+    return (version_hex >> 24) & 0xFF, (version_hex >> 16) & 0xFF
+
+
+def is_final(version_hex: int) -> bool:
+    """Whether ``version_hex`` is a final release (not an alpha, beta or release candidate)."""
+    return (version_hex >> 4) & 0xF == 0xF
+
+
+class Unsupported(namedtuple("Unsupported", "reason fix")):
+    """Why periscope cannot attach to an interpreter version or build, and what to do."""
+
+    __slots__ = ()
+    reason: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}; {self.fix}"
+
+
+def unsupported(version_hex: int | None, free_threaded: bool | None = False, name: str | None = None) -> Unsupported | None:
+    """None when periscope can attach to this version and build; otherwise the one reason and fix.
+
+    ``name`` is the version as text ("3.15.2") when the caller has it; ``version_hex`` with a
+    micro of 0xFF means only major.minor is known (taken from an executable's name).
+    """
+    fix = f"restart it under {SUPPORTED_CHOICE}"
+    if version_hex is None:
+        return Unsupported(f"CPython of unknown version: periscope supports {SUPPORTED_TEXT}", fix)
+    major, minor = split_version(version_hex)
+    shown = name or (minor_name((major, minor)) if (version_hex >> 8) & 0xFF == 0xFF else None) or _text(version_hex)
+    if (major, minor) not in SUPPORTED_MINORS:
+        return Unsupported(f"CPython {shown}: periscope supports {SUPPORTED_TEXT}", fix)
+    if free_threaded:
+        return Unsupported(
+            f"CPython {shown} is a free-threaded build ({major}.{minor}t): "
+            f"periscope supports the default (GIL) build of {SUPPORTED_TEXT}",
+            f"restart it under the default (GIL) build of CPython {major}.{minor}",
+        )
+    if not is_final(version_hex):
+        return Unsupported(
+            f"CPython {shown} is a pre-release, whose layout may differ: periscope supports final releases of {SUPPORTED_TEXT}",
+            f"restart it under a final CPython {major}.{minor} release",
+        )
+    if (major, minor, False) not in LAYOUTS:  # pragma: no cover - SUPPORTED_MINORS and LAYOUTS agree
+        return Unsupported(f"CPython {shown}: periscope supports {SUPPORTED_TEXT}", fix)
+    return None
+
+
+def layout_for(version_hex: int, free_threaded: bool) -> Layout | None:
+    """The layout of a supported version and build; None otherwise (ask :func:`unsupported` why)."""
+    if unsupported(version_hex, free_threaded) is not None:
+        return None
+    major, minor = split_version(version_hex)
+    return LAYOUTS[(major, minor, bool(free_threaded))]
+
+
+def _text(version_hex: int) -> str:
+    major, minor = split_version(version_hex)
+    micro = (version_hex >> 8) & 0xFF
+    level = (version_hex >> 4) & 0xF
+    serial = version_hex & 0xF
+    text = f"{major}.{minor}.{micro}"
+    if level != 0xF:
+        text += {0xA: "a", 0xB: "b", 0xC: "rc"}.get(level, "?") + str(serial)
+    return text

@@ -1,6 +1,6 @@
 # periscope's developer entry points. Two commands get a fresh machine going:
-#   make demo   -- virtual environment, periscope, a CPython 3.14 target interpreter, the demo
-#   make test   -- the same set-up, then the whole test suite
+#   make demo   -- virtual environment, periscope, CPython 3.14 and 3.15 target interpreters, the demo
+#   make test   -- the same set-up, then the whole test suite (every target-facing test on both minors)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,11 +23,14 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; \
 	  else echo "tmux is missing: install it (for example: sudo apt-get install tmux)"; exit 1; fi; }
 
+# The CPython minors the test suite starts targets under (explorer.versions.SUPPORTED_MINORS).
+TARGET_MINORS ?= 3.14 3.15
+
 target-python: $(STAMP)
-	@$(BIN)/periscope target-python
+	@for minor in $(TARGET_MINORS); do $(BIN)/periscope target-python --version $$minor || exit 1; done
 
 setup: $(STAMP) system-deps
-	@$(BIN)/periscope target-python >/dev/null
+	@for minor in $(TARGET_MINORS); do $(BIN)/periscope target-python --version $$minor >/dev/null || exit 1; done
 
 demo: setup
 	$(BIN)/periscope --demo

@@ -1,4 +1,4 @@
-"""How the agent's code gets into a real 3.14 target: compiled ahead of time by an interpreter of
+"""How the agent's code gets into a real target (3.14 and 3.15): compiled ahead of time by an interpreter of
 the target's version (cached per version and agent source) when one can be run, compiled by the
 target itself otherwise; a cache entry for another magic number is rejected by the target; and
 detach still leaves nothing behind."""
@@ -47,7 +47,7 @@ def _private_interpreter(target_python: str, folder: Path, mode: int) -> str:
     prefix = Path(os.path.realpath(target_python)).parent.parent
     (folder / "bin").mkdir(parents=True)
     (folder / "lib").symlink_to(prefix / "lib")
-    copy = folder / "bin" / "python3.14"
+    copy = folder / "bin" / os.path.basename(os.path.realpath(target_python))
     shutil.copyfile(os.path.realpath(target_python), copy)
     copy.chmod(mode)
     return str(copy)

@@ -16,12 +16,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# tmux drives the end-to-end test; install it when missing (Debian-family, as root).
+# tmux drives the end-to-end test and gcc compiles the embedding host of the build-variant test;
+# install them when missing (Debian-family, as root).
 system-deps:
-	@command -v tmux >/dev/null 2>&1 || { \
+	@for tool in tmux gcc; do command -v $$tool >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; \
-	  else echo "tmux is missing: install it (for example: sudo apt-get install tmux)"; exit 1; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$tool >/dev/null; \
+	  else echo "$$tool is missing: install it (for example: sudo apt-get install $$tool)"; exit 1; fi; }; done
 
 # The CPython minors the test suite starts targets under (explorer.versions.SUPPORTED_MINORS).
 TARGET_MINORS ?= 3.14 3.15

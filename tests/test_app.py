@@ -38,8 +38,11 @@ DEMO = Path(__file__).resolve().parent.parent / "explorer" / "demo_target.py"
 
 @pytest.fixture
 def demo(spawn, target_python):
-    """The demo target, running (it prints a line per round with --verbose)."""
-    target = spawn(argv=[target_python, str(DEMO), "--verbose"])
+    """A private copy of the demo target, running (it prints a line per round with --verbose).
+
+    It lives in a directory of its own, whose name tells it apart in the process list from the
+    demos that tests running in parallel start."""
+    target = spawn(DEMO.read_text(encoding="utf-8"), script_name="demo_target.py", args=["--verbose"])
     target.wait_for_line("round")
     return target
 
@@ -86,9 +89,10 @@ async def test_process_list_filters_sorts_and_keeps_the_cursor_on_its_pid(demo, 
         await wait_until(pilot, lambda: {demo.pid, other.pid} <= set(table.processes), "both targets in the list")
 
         # Filter as you type: letters go to the filter box, the table follows at once.
-        await pilot.press(*"demo_target")
+        unique = demo.script.parent.name
+        await pilot.press(*unique)
         await wait_until(pilot, lambda: table.shown_pids == [demo.pid], "only the demo shown")
-        assert screen.query_one("#filter").value == "demo_target"
+        assert screen.query_one("#filter").value == unique
         verdict = screen.query_one(AttachVerdict)
         assert verdict.process is not None and verdict.process.pid == demo.pid
         assert "can attach" in str(verdict.render())

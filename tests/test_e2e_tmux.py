@@ -93,15 +93,18 @@ def agent_present(pid: int) -> bool:
 
 
 def test_attach_to_the_demo_read_evaluate_detach_and_quit(terminal, spawn, target_python, tmp_path):
-    demo = spawn(argv=[target_python, str(DEMO), "--verbose"])
+    # A private copy of the demo, in a directory of its own: the filter below finds this one
+    # only, not a demo that a test running in parallel (another minor's) started.
+    demo = spawn(DEMO.read_text(encoding="utf-8"), script_name="demo_target.py", args=["--verbose"])
     demo.wait_for_line("round")
+    assert demo.script is not None
     periscope = Path(sys.executable).with_name("periscope")
     terminal.type(f"{periscope}; echo periscope-exited-$?")
     terminal.press("Enter")
 
     # The process list: type to filter, the demo's row shows up with its verdict.
     terminal.wait_for(r"Python process")
-    terminal.type("demo_target")
+    terminal.type(demo.script.parent.name)
     terminal.wait_for(rf"{demo.pid}\s+\S+\s+{re.escape(targets.version_prefix()[:-1])}")
     terminal.wait_for(r"can attach")
     terminal.press("Enter")

@@ -587,6 +587,13 @@ def _connect_counted(
                     raise ProtocolError(f"the agent reports pid {message.pid}, expected {staged.pid}")
                 sock.settimeout(None)
                 return sock, decoder, message, received
+    except (ConnectionError, ProtocolError):
+        sock.close()
+        # The target killed during the handshake resets the connection (or closes it) as it
+        # exits: say that it exited, as every other step of attach does.
+        if process_exited(staged.pid, start_time):
+            raise ProcessGone(f"process {staged.pid} exited") from None
+        raise
     except BaseException:
         sock.close()
         raise

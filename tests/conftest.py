@@ -23,7 +23,7 @@ def target_minor(request: pytest.FixtureRequest) -> tuple[int, int]:
     return request.param
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def target_python(target_minor: tuple[int, int]) -> str:
     """Path of the CPython interpreter (of ``target_minor``) that targets run under."""
     targets.use_minor(target_minor)

@@ -25,7 +25,9 @@ from explorer.memory import MemoryFault, ProcessMemory, explain_permission
 
 MAX_INTERPRETERS = 256
 MAX_THREADS = 10_000
-STATUS_ACTIVE = 1 << 4  # _status.active: attached to the interpreter (running Python or holding the GIL)
+# _status.active: attached to the interpreter (running Python or holding the GIL); the same bit
+# in every minor periscope knows (explorer.versions checks that they agree).
+STATUS_ACTIVE: int = versions.common("status_active")  # type: ignore[assignment]
 
 
 # Immutable records as namedtuple subclasses, not dataclasses: see explorer.elf (start-up time).

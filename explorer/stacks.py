@@ -52,7 +52,6 @@ LIST_PATIENCE = 0.5
 """Seconds of thread lists that changed while being read before TargetNotReady."""
 NOT_READY_WAIT = 0.05
 """Seconds to wait for an interpreter that is starting up or shutting down before reporting it."""
-CHUNK_READ = 16 * 1024  # DATA_STACK_CHUNK_SIZE: the smallest data-stack chunk CPython allocates
 MAX_CHUNK = 64 * 1024 * 1024
 MAX_CHUNKS = 1024
 MAX_STRING_CHARS = 1 << 20
@@ -67,17 +66,12 @@ NAME_TTL = 1.0
 # The frame owner values (enum _frameowner), the RESUME opcodes and the compact str header
 # differ between minors: they come from the target's explorer.versions.Layout.
 # _PyStackRef tag bits of the GIL build: 0 and 1 (deferred) carry a pointer; 2 is invalid, 3 an int.
-TAG_MASK = 3
-POINTER_TAGS = (0, 1)
 
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 _I32 = struct.Struct("<i")
 _U32 = struct.Struct("<I")
 _CHUNK_HEADER = struct.Struct("<QQ")  # previous, size (then top, then the frames)
-# The root chunk skips data[0] (so that popping the last frame never frees it): a thread's first
-# frame sits after the three header words and one slot.
-ROOT_FRAME_OFFSET = 3 * 8 + 8
 
 
 # Immutable records as namedtuple subclasses, not dataclasses: see explorer.elf (start-up time).
@@ -231,6 +225,13 @@ class StackReader:
         self._resume_opcodes = layout.resume_opcodes
         # Compact non-ASCII strings have utf8_length and utf8 (two more words) after PyASCIIObject.
         self._compact_extra = layout.compact_unicode_extra
+        # _PyStackRef tag bits: which low bits are a tag, and which tags carry a pointer.
+        self._tag_mask = layout.stackref_tag_mask
+        self._pointer_tags = layout.stackref_pointer_tags
+        # The root chunk skips data[0] (so that popping the last frame never frees it): a
+        # thread's first frame sits after the three header words and one slot.
+        self._root_frame_offset = layout.root_frame_offset
+        self._chunk_read = layout.data_stack_chunk_size
         self._bytes_size = o.bytes_object.ob_size
         self._bytes_data = o.bytes_object.ob_sval
         self._codes: dict[int, _Code] = {}
@@ -422,6 +423,7 @@ class StackReader:
         last: tuple[_Code, int] | None = None  # the code and offset of frames[-1]
         bottom = 0  # the address of the outermost Python frame
         owner_interpreter, owner_max, owner_generator = self._owner_interpreter, self._owner_max, self._owner_generator
+        tag_mask, pointer_tags = self._tag_mask, self._pointer_tags
         try:
             for frame_address, fields in chain:
                 owner = fields[i_owner]
@@ -433,15 +435,15 @@ class StackReader:
                         last = None
                     continue
                 executable = fields[i_executable]
-                if executable & TAG_MASK not in POINTER_TAGS or executable < 4096:
+                if executable & tag_mask not in pointer_tags or executable < 4096:
                     # NULL executables before any live frame: those frames returned between our
                     # read of current_frame and the copy of the data stack, and the chain below
                     # them is the stack as copied. Anywhere else the chain is inconsistent.
-                    if frames or walk.torn or executable & ~TAG_MASK:
+                    if frames or walk.torn or executable & ~tag_mask:
                         walk.tear(f"executable {executable:#x}")
                     last = None
                     continue
-                executable &= ~TAG_MASK
+                executable &= ~tag_mask
                 code = codes.get(executable)
                 if code is None:
                     code = self._load_code(executable)
@@ -473,7 +475,7 @@ class StackReader:
             # through a frame that changed after the copy: a coroutine that yielded, an entry
             # frame on the C stack that was popped and reused.
             root = chunks[-1][0] if chunks else 0
-            if not root or bottom != root + ROOT_FRAME_OFFSET:
+            if not root or bottom != root + self._root_frame_offset:
                 walk.tear(f"chain ends at {bottom:#x}, not at the root of the data stack {root:#x}")
         return walk
 
@@ -494,17 +496,18 @@ class StackReader:
         chunks: list[tuple[int, int, bytes]] = []
         read = self.memory.read
         span = self._fr_span
+        chunk_read = self._chunk_read
         while address:
             if len(chunks) >= MAX_CHUNKS:
                 raise _Torn("too many data-stack chunks")
             used = current_frame + span - address
-            partial = not chunks and _CHUNK_HEADER.size <= used <= CHUNK_READ
-            data = read(address, used if partial else CHUNK_READ)
+            partial = not chunks and _CHUNK_HEADER.size <= used <= chunk_read
+            data = read(address, used if partial else chunk_read)
             previous, size = _CHUNK_HEADER.unpack_from(data)
-            if not CHUNK_READ <= size <= MAX_CHUNK:
+            if not chunk_read <= size <= MAX_CHUNK:
                 raise _Torn(f"data-stack chunk of {size} bytes")
-            if size > CHUNK_READ and not partial:
-                data += read(address + CHUNK_READ, size - CHUNK_READ)
+            if size > chunk_read and not partial:
+                data += read(address + chunk_read, size - chunk_read)
             chunks.append((address, address + len(data), data))
             address = previous
         return chunks

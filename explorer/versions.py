@@ -108,7 +108,8 @@ class Layout(
     namedtuple(
         "Layout",
         "minor debug_offsets owner_generator owner_interpreter owner_max resume_opcodes magic "
-        "compact_unicode_extra outside_sizes",
+        "compact_unicode_extra outside_sizes stackref_tag_mask stackref_pointer_tags root_frame_offset "
+        "data_stack_chunk_size status_active",
     )
 ):
     """What periscope must know about one CPython minor beyond what its debug-offsets table says."""
@@ -132,6 +133,17 @@ class Layout(
     """Bytes between a compact non-ASCII str's PyASCIIObject header and its data (utf8_length, utf8)."""
     outside_sizes: frozenset[str]
     """``group.field`` sizes that describe another struct, so they may exceed their group's size."""
+    stackref_tag_mask: int
+    """The low bits of a ``_PyStackRef`` (``f_executable``) that are a tag, not part of the pointer."""
+    stackref_pointer_tags: frozenset[int]
+    """Tags that mean the rest is an object pointer (GIL build: 0 plain, 1 deferred; 3 is an int)."""
+    root_frame_offset: int
+    """Where a thread's first frame lies in its root data-stack chunk: after the chunk header
+    (previous, size, top) and the one slot the root chunk skips (Python/pystate.c ``push_chunk``)."""
+    data_stack_chunk_size: int
+    """``DATA_STACK_CHUNK_SIZE``: the smallest data-stack chunk CPython allocates."""
+    status_active: int
+    """The ``_status.active`` bit of a thread state: attached to its interpreter."""
 
     @property
     def name(self) -> str:
@@ -155,6 +167,11 @@ LAYOUTS: dict[tuple[int, int, bool], Layout] = {
         magic=3627,
         compact_unicode_extra=16,
         outside_sizes=frozenset(),
+        stackref_tag_mask=3,
+        stackref_pointer_tags=frozenset({0, 1}),
+        root_frame_offset=3 * 8 + 8,
+        data_stack_chunk_size=16 * 1024,
+        status_active=1 << 4,
     ),
     (3, 15, False): Layout(
         minor=(3, 15),
@@ -167,6 +184,13 @@ LAYOUTS: dict[tuple[int, int, bool], Layout] = {
         magic=3666,
         compact_unicode_extra=16,  # the table says so too: compactunicodeobject_size - asciiobject_size
         outside_sizes=frozenset({"gc.generation_stats_size"}),  # the size of the gc_stats struct
+        # Unchanged from 3.14 (the _status bit order from 3.15.2's DWARF; the others checked by
+        # reading 3.15.2 targets' stacks frame for frame against their own view).
+        stackref_tag_mask=3,
+        stackref_pointer_tags=frozenset({0, 1}),
+        root_frame_offset=3 * 8 + 8,
+        data_stack_chunk_size=16 * 1024,
+        status_active=1 << 4,
     ),
 }
 """Layouts periscope knows, keyed by (major, minor, free_threaded)."""
@@ -234,6 +258,17 @@ def unsupported(version_hex: int | None, free_threaded: bool | None = False, nam
     if (major, minor, False) not in LAYOUTS:  # pragma: no cover - SUPPORTED_MINORS and LAYOUTS agree
         return Unsupported(f"CPython {shown}: periscope supports {SUPPORTED_TEXT}", fix)
     return None
+
+
+def common(field: str) -> object:
+    """A fact every known layout shares, for code that needs it before it knows the target's minor.
+
+    Raises LookupError if the minors disagree: then the caller must ask the target's layout.
+    """
+    values = {getattr(layout, field) for layout in LAYOUTS.values()}
+    if len(values) != 1:
+        raise LookupError(f"the minors differ in {field}: ask the target's layout")
+    return values.pop()
 
 
 def layout_for(version_hex: int, free_threaded: bool) -> Layout | None:

@@ -108,3 +108,11 @@ def test_supported_minors_all_have_a_layout() -> None:
         assert versions.layout_for(minor[0] << 24 | minor[1] << 16 | 0xF0, True) is None  # free-threaded
     assert versions.SUPPORTED_TEXT == "CPython 3.14 and 3.15"
     assert versions.LARGEST_TABLE == 888
+
+
+def test_common_facts_are_shared_or_refused() -> None:
+    """A fact code uses before it knows the target's minor must be the same in every layout."""
+    assert versions.common("status_active") == 1 << 4
+    assert versions.common("root_frame_offset") == 32
+    with pytest.raises(LookupError, match="magic"):
+        versions.common("magic")

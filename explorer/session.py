@@ -284,7 +284,7 @@ def _compilers(pid: int, version_hex: int | None = None) -> list[tuple[str, tupl
     except OSError:
         exe = None
         link = ""
-    if exe is not None and ids is not None:
+    if exe is not None and ids is not None and _runtime_in_executable(pid, exe):
         uid, gid = ids
         # Whoever could have written the file must not gain anything by periscope running it:
         # root runs it as the target's user, anyone else only runs root's or their own files.
@@ -302,7 +302,6 @@ def _compilers(pid: int, version_hex: int | None = None) -> list[tuple[str, tupl
                 found.append((f"/proc/{pid}/exe", run_as, True))  # e.g. replaced on disk since it started
     try:
         from explorer.pythons import find_target_python
-
         from explorer.versions import DEFAULT_MINOR, split_version
 
         local = find_target_python(split_version(version_hex) if version_hex else DEFAULT_MINOR, provision=False)
@@ -316,6 +315,21 @@ def _compilers(pid: int, version_hex: int | None = None) -> list[tuple[str, tupl
         if not duplicate:
             found.append((local, None, False))
     return found
+
+
+def _runtime_in_executable(pid: int, exe: os.stat_result) -> bool:
+    """Whether the target's executable is a Python interpreter: its own file holds ``.PyRuntime``.
+
+    A program that embeds ``libpython3.X.so`` is not one: run with ``-I -S -c`` it would start
+    that program again, so it is never asked to compile the agent.
+    """
+    from explorer import elf
+
+    try:
+        image = elf.find_runtime(pid)
+        return os.path.samestat(os.stat(image.opened_path), exe)
+    except (PeriscopeError, OSError):
+        return False
 
 
 def _compile_with(python: str, run_as: tuple[int, int] | None, source: str, timeout: float) -> AgentCode | None:

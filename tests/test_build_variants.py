@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from explorer import session as session_module
 from explorer.discovery import ProcessScanner
 from explorer.elf import find_runtime
 from explorer.versions import minor_name
@@ -76,6 +77,13 @@ deep(1)
 '''
 
 PERISCOPE = [sys.executable, "-m", "explorer"]
+
+
+def _version_hex(pid: int) -> int:
+    from explorer.remote import RemoteProcess
+
+    with RemoteProcess.open(pid) as process:
+        return process.offsets.version_hex
 
 
 @pytest.fixture
@@ -143,6 +151,17 @@ def _check_stacks_and_values(pid: int, report: Path, values: dict[str, str]) -> 
     assert ast.literal_eval(done.stdout.strip()) == values
 
 
+def test_the_debug_interpreter_may_compile_the_agent(spawn, builds: variants.Variants, tmp_path: Path) -> None:
+    """Unlike an embedding host, a debug or non-PIE interpreter holds its runtime itself."""
+    for binary in (builds.debug, builds.nopie):
+        target = spawn("import time\nprint('ready', flush=True)\ntime.sleep(60)\n", python=str(binary))
+        target.wait_for_line("ready")
+        compilers = [path for path, _, _ in session_module._compilers(target.pid, _version_hex(target.pid))]
+        runs_itself = find_runtime(target.pid).opened_path
+        assert compilers[0] == str(binary) or os.path.samefile(compilers[0], runs_itself), compilers
+        target.stop()
+
+
 def test_debug_build_attaches(spawn, builds: variants.Variants, target_minor: tuple[int, int], tmp_path: Path) -> None:
     target, report, values = _start(spawn, tmp_path, lambda script: [str(builds.debug), str(script)])
     runtime = os.path.basename(find_runtime(target.pid).path)
@@ -168,5 +187,10 @@ def test_libpython_embedded_in_a_c_host_attaches(
     target, report, values = _start(spawn, tmp_path, code)
     # The runtime is in the shared library, not in the host executable.
     assert find_runtime(target.pid).path.endswith(f"libpython{minor_name(target_minor)}.so.1.0")
+    # So the host is never run to compile the agent (it would start the program again); the
+    # interpreter of the target's minor compiles it.
+    compilers = [path for path, _, _ in session_module._compilers(target.pid, _version_hex(target.pid))]
+    assert str(host) not in compilers and f"/proc/{target.pid}/exe" not in compilers
+    assert compilers == [variants.pythons.find_target_python(target_minor, provision=False)]
     _check_attachable(target.pid, target_minor, f"libpython{minor_name(target_minor)}.so.1.0")
     _check_stacks_and_values(target.pid, report, values)

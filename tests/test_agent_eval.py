@@ -1,4 +1,4 @@
-"""Eval inside real CPython 3.14 targets: expressions, statements, frame locals that write
+"""Eval inside real CPython 3.14 and 3.15 targets: expressions, statements, frame locals that write
 through, print capture next to the target's own printing, tracebacks, interrupts, and a target
 whose main thread is blocked in input()."""
 

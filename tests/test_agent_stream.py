@@ -1,4 +1,4 @@
-"""The agent's frame stream from real CPython 3.14 targets: locals, module variables, threads,
+"""The agent's frame stream from real CPython 3.14 and 3.15 targets: locals, module variables, threads,
 lazy expansion, watched modules, rate, and the frame size bound."""
 
 from __future__ import annotations

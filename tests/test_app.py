@@ -1,4 +1,4 @@
-"""The TUI against real CPython 3.14 targets, driven with Pilot: attach, threads, variables, REPL,
+"""The TUI against real CPython 3.14 and 3.15 targets, driven with Pilot: attach, threads, variables, REPL,
 interrupt, detach, the attach flow's waiting state, and the error dialogs users meet."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Remote exec (explorer.inject) against real CPython 3.14 processes the tests start.
+"""Remote exec (explorer.inject) against real CPython 3.14 and 3.15 processes the tests start.
 
 Each script that runs in a target prints a line to the target's stdout; the tests wait for it.
 Refusals are checked for their typed error and for having written nothing into the target.

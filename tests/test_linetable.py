@@ -1,6 +1,6 @@
 """The location-table decoder against the interpreters' own ``co_lines()``.
 
-The decisive check runs the decoder inside CPython 3.14 over its whole standard library; the
+The decisive check runs the decoder inside each supported CPython (3.14, 3.15) over its whole standard library; the
 Hypothesis tests build valid tables entry by entry and compare with the host interpreter, whose
 ``co_lines()`` reads the same format (3.11+).
 """

@@ -1,4 +1,4 @@
-"""explorer.session against real CPython 3.14 targets: progress states, thread choice, the
+"""explorer.session against real CPython 3.14 and 3.15 targets: progress states, thread choice, the
 errors a user can meet, a target that exits, and a target that already uses msgpack."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The session's side of the stream from a real CPython 3.14 target: frames are decoded off the
+"""The session's side of the stream from a real CPython 3.14 or 3.15 target: frames are decoded off the
 event loop (a frame of a hundred threads takes milliseconds) and dispatched in the order they
 came, and ``Session.bytes_received`` counts what was read from the agent's socket."""
 

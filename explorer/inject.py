@@ -65,6 +65,19 @@ class NoSuchThread(PeriscopeError):
     """The target has no Python thread with the requested native id (or it exited)."""
 
 
+class SessionTampered(PeriscopeError):
+    """Something other than the agent put a file in the session directory (a symlink, a FIFO, a device)."""
+
+
+NOTE_LIMIT = 4096
+"""Bytes a note of the agent (``busy``, ``failed``) may hold; a bigger one was not written by the agent."""
+
+
+def fd_address(fd: int) -> str:
+    """A Unix socket address that reaches the file open at ``fd`` (an ``O_PATH`` descriptor) itself."""
+    return f"/proc/self/fd/{fd}"
+
+
 # -- staging: a private directory the target can read ------------------------------------------
 
 
@@ -106,6 +119,77 @@ class ScriptDir:
         except FileNotFoundError:
             return False
         return True
+
+    def read_note(self, name: str, limit: int = NOTE_LIMIT) -> str | None:
+        """The text of the note ``name`` the agent left in the directory, or None when there is none.
+
+        The directory belongs to the target's user, who may plant anything in it: the note is
+        opened relative to the directory's descriptor with ``O_NOFOLLOW | O_NONBLOCK`` (a symlink
+        fails, a FIFO does not block), must be a regular file owned by the target's user of at
+        most ``limit`` bytes, and is read with that bound. Anything else raises SessionTampered.
+        """
+        _check_name(name)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            if self._dir_fd is not None:
+                fd = os.open(name, flags, dir_fd=self._dir_fd)
+            else:
+                fd = os.open(self.host_path / name, flags)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise self._tampered(name, "a symbolic link") from None
+            raise self._tampered(name, f"unreadable ({error.strerror})") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise self._tampered(name, "not a regular file")
+            if info.st_uid != self.uid:
+                raise self._tampered(name, f"owned by uid {info.st_uid}, not the target's {self.uid}")
+            if info.st_size > limit:
+                raise self._tampered(name, f"{info.st_size} bytes, more than a note's {limit}")
+            data = os.read(fd, limit + 1)
+        finally:
+            os.close(fd)
+        if len(data) > limit:
+            raise self._tampered(name, f"more than a note's {limit} bytes")
+        return data.decode("utf-8", "replace")
+
+    def open_socket(self, name: str) -> int | None:
+        """An ``O_PATH`` descriptor of the socket ``name`` in the directory, never through a symlink;
+        None while there is none. Connect through ``/proc/self/fd/N`` (see :func:`fd_address`).
+
+        Raises SessionTampered when ``name`` is not a socket owned by the target's user.
+        """
+        _check_name(name)
+        flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            if self._dir_fd is not None:
+                fd = os.open(name, flags, dir_fd=self._dir_fd)
+            else:
+                fd = os.open(self.host_path / name, flags)
+        except FileNotFoundError:
+            return None
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISLNK(info.st_mode):
+                raise self._tampered(name, "a symbolic link")
+            if not stat.S_ISSOCK(info.st_mode):
+                raise self._tampered(name, "not a socket")
+            if info.st_uid != self.uid:
+                raise self._tampered(name, f"owned by uid {info.st_uid}, not the target's {self.uid}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _tampered(self, name: str, what: str) -> SessionTampered:
+        return SessionTampered(
+            f"the session directory of process {self.pid} holds a {name!r} that is {what}, which the agent never "
+            "makes: something in the process, or its user, interferes with the session; not trusting it "
+            f"(without the agent, 'periscope stack {self.pid}' still reads its stacks from outside)"
+        )
 
     def cleanup(self) -> None:
         """Remove the directory and whatever is left in it (idempotent; never follows symlinks)."""
@@ -748,6 +832,7 @@ __all__ = [
     "ExecResult",
     "MainThreadFinished",
     "NoSuchThread",
+    "SessionTampered",
     "ScriptDir",
     "prepare_script_dir",
     "remote_exec",

@@ -37,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from explorer import leftovers
 from explorer.errors import (
     InjectionTimeout,
     PeriscopeError,
@@ -219,6 +220,7 @@ class ScriptDir:
                     os.rmdir(name, dir_fd=self._parent_fd)
             except FileNotFoundError:
                 pass  # the launcher removed the directory itself
+            leftovers.forget(name)
         finally:
             os.close(self._dir_fd)
             if self._parent_fd is not None:
@@ -322,12 +324,19 @@ def _resolve_dir(root_fd: int, path: str) -> tuple[int, str]:
 
 
 def _safe_parent(info: os.stat_result, uid: int) -> bool:
-    """A parent directory in which no third user can swap our directory for something else."""
+    """A parent directory where periscope may make the target's session directory.
+
+    Only a sticky world-writable directory of root or the target's user (the target's /tmp,
+    /var/tmp, /dev/shm), where nobody can remove or rename what another made, or a directory of
+    the target's user that no group or other user can write. Never a directory of root's that the
+    target merely names (``TMPDIR=/etc``): periscope would make and hand over a directory there.
+    """
     if info.st_uid not in (0, uid):
         return False
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
-        return False
-    return True
+    mode = info.st_mode
+    if mode & stat.S_ISVTX and mode & stat.S_IWOTH:
+        return True
+    return info.st_uid == uid and not mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def same_view(pid: int) -> bool:
@@ -361,7 +370,8 @@ def prepare_script_dir(pid: int, *, limit: int = 511, room: int = 64) -> ScriptD
     """Create a fresh private directory (0700, owned by the target's uid/gid) in the target's temp dir.
 
     Tries the target's ``$TMPDIR`` (from its initial environment, when readable), then ``/tmp``,
-    ``/var/tmp`` and ``/dev/shm``, skipping any that a third user could tamper with, and any so
+    ``/var/tmp`` and ``/dev/shm``, skipping any that is not safe to make it in (see
+    ``_safe_parent``), and any so
     deep that its path and ``room`` more bytes (a slash and a file name) exceed ``limit``: the
     remote-exec buffer takes 511 bytes, a Unix socket address 107.
     Raises ProcessGone, PermissionDenied, or PeriscopeError when no candidate is usable.
@@ -385,10 +395,12 @@ def prepare_script_dir(pid: int, *, limit: int = 511, room: int = 64) -> ScriptD
                 os.close(parent_fd)
                 continue
             try:
-                if not _safe_parent(os.fstat(parent_fd), uid):
-                    tried.append(f"{candidate}: writable by other users without the sticky bit")
+                parent_info = os.fstat(parent_fd)
+                if not _safe_parent(parent_info, uid):
+                    tried.append(f"{candidate}: neither a sticky world-writable directory nor the target user's own")
                     os.close(parent_fd)
                     continue
+                leftovers.remove_stale(parent_fd)
                 created = _make_private_dir(parent_fd, pid, uid, gid)
             except BaseException:
                 os.close(parent_fd)
@@ -399,6 +411,7 @@ def prepare_script_dir(pid: int, *, limit: int = 511, room: int = 64) -> ScriptD
                 continue
             name, dir_fd = created
             info = os.fstat(dir_fd)
+            leftovers.remember(name, parent_info, info)
             target_path = f"{parent_path.rstrip('/')}/{name}"
             host_path = Path(target_path) if shared_view else Path(f"/proc/{pid}/root{target_path}")
             return ScriptDir(

@@ -53,6 +53,10 @@ SCRIPT_NAME = "agent.py"
 SCRIPT_DIR_FIT = {"limit": 107, "room": 1 + len(SOCKET_NAME)}
 """For prepare_script_dir: the agent binds agent.sock in the directory, and the target's path to
 it must fit a Unix socket address (107 bytes); a deeper TMPDIR is passed over."""
+STAGED_LIFETIME = 60.0
+"""Seconds a staged agent script may still start the agent (when attach() does not say; see ``_stage``)."""
+STAGED_GRACE = 2.0
+"""Seconds after attach()'s deadline that a staged script may still start the agent (clock steps, slow start)."""
 CONNECT_TIMEOUT = 20.0
 """Seconds the agent waits for periscope to connect before it removes itself."""
 FAST_START = True
@@ -552,9 +556,14 @@ def _stage(
     limits: dict[str, Any] | None,
     code: AgentCode | None = None,
     script_dir: Any = None,
+    not_after: float | None = None,
 ) -> _Staged:
     """Write the agent script (config header, agent source and compiled ``code``) into a fresh private
-    directory (``script_dir`` from explorer.inject.prepare_script_dir, or a new one)."""
+    directory (``script_dir`` from explorer.inject.prepare_script_dir, or a new one).
+
+    ``not_after`` (wall-clock time, default STAGED_LIFETIME from now): a thread that picks the
+    script up later removes it without starting the agent, so neither the agent nor its token
+    outlives the attach that staged it."""
     from explorer.inject import prepare_script_dir, write_script
     from payloads.agent import agent_source, build_script
 
@@ -573,6 +582,7 @@ def _stage(
             "limits": dict(limits or {}),
             "connect_timeout": CONNECT_TIMEOUT,
             "fast_start": FAST_START,
+            "not_after": time.time() + STAGED_LIFETIME if not_after is None else not_after,
         }
         script = build_script(config, agent_source(), None if code is None else code.for_script())
         _, target_path = write_script(script_dir, SCRIPT_NAME, script)
@@ -823,7 +833,8 @@ async def attach(
             await _discard_directory(preparing)
             raise
         cleanup.append(script_dir.cleanup)
-        staged = await work.run(_stage, pid, rate, tuple(modules), limits, code, script_dir)
+        not_after = time.time() + max(0.0, deadline - time.monotonic()) + STAGED_GRACE
+        staged = await work.run(_stage, pid, rate, tuple(modules), limits, code, script_dir, not_after)
         spread = thread in ("any", "auto")
         picked = await _inject(
             staged, candidates, deadline, report, spread=spread, holder_first=spread, work=work, blocked_fix=blocked_fix

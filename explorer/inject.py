@@ -187,8 +187,8 @@ class ScriptDir:
 
     def _tampered(self, name: str, what: str) -> SessionTampered:
         return SessionTampered(
-            f"the session directory of process {self.pid} holds a {name!r} that is {what}, which the agent never "
-            "makes: something in the process, or its user, interferes with the session; not trusting it "
+            f"the session directory of process {self.pid} holds {name!r}, which is {what}: the agent never "
+            "makes that; something in the process, or its user, interferes with the session; not trusting it "
             f"(without the agent, 'periscope stack {self.pid}' still reads its stacks from outside)"
         )
 

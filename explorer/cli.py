@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_app(pid=app_args.pid, demo=app_args.demo)
     except PeriscopeError as error:
-        print(f"periscope: {error}", file=sys.stderr)
+        from explorer.text import visible
+
+        print(f"periscope: {visible(str(error))}", file=sys.stderr)
         return 1
     except MemoryFault as error:
         # The target changed under a read that was not retried (threads exiting, memory freed).

@@ -8,6 +8,7 @@ and puts every action in the command palette.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ClassVar
@@ -78,6 +79,11 @@ class PeriscopeApp(App[int]):
     # --- start and stop --------------------------------------------------------------------------
 
     def on_mount(self) -> None:
+        from explorer import signals
+
+        # SIGTERM, SIGHUP (a closed terminal): quit as Ctrl+Q does, withdrawing a pending request.
+        loop = asyncio.get_running_loop()
+        signals.install(lambda: loop.call_soon_threadsafe(self._quit_on_signal))
         self.push_screen(self.process_list)
         if self.start_pid is not None:
             self.attach(self.start_pid)
@@ -87,6 +93,9 @@ class PeriscopeApp(App[int]):
         for screen in list(self.attached.values()):
             await screen.detach()
         self.exit(0)
+
+    def _quit_on_signal(self) -> None:
+        self.run_worker(self.action_quit(), name="quit on signal", exit_on_error=False)
 
     # --- attach, switch, detach ----------------------------------------------------------------
 

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``periscope`` and ``python -m explorer``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = command_summaries()
+    from explorer import signals
+
+    signals.install()  # SIGTERM and SIGHUP withdraw what Ctrl+C withdraws
     try:
         if argv and argv[0] in commands:
             module = _import_command(commands[argv[0]][0])
@@ -114,6 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"periscope: the target changed while periscope read it ({error.strerror}): try again", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 130
+        return signals.exit_status()
     except BrokenPipeError:
         return 0

@@ -120,6 +120,10 @@ def run_app(pid: int | None, demo: bool) -> int:
     try:
         app = PeriscopeApp(pid=demo_process.pid if demo_process else pid)
         result = app.run()
+        from explorer import signals
+
+        if signals.received:
+            return signals.exit_status()
         if app.return_code not in (None, 0):
             return int(app.return_code or 1)
         return int(result or 0)

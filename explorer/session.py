@@ -352,7 +352,8 @@ def _own_compiler(exe: os.stat_result | None) -> Compiler | None:
     library = [os.path.join(prefix, "lib", name) for name in _listdir(os.path.join(prefix, "lib")) if name.startswith("python3")]
     if not library or not all(_only_ours_on_the_way(path) for path in [real, *library]):
         return None
-    return Compiler(local, _identity(info), None, False, None)
+    # Run the file itself, not a venv's link to it: a pyvenv.cfg next to the link would choose the library.
+    return Compiler(real, _identity(info), None, False, None)
 
 
 @functools.lru_cache(maxsize=4)

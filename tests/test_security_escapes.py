@@ -111,3 +111,14 @@ def test_the_tui_keeps_the_pane_title(evil, terminal):  # noqa: F811
     terminal.press("C-q")
     terminal.wait_for(r"explorer \d+\s*\n[^\n]*[#$] *\s*$", timeout=30)  # back at the shell prompt
     assert terminal.tmux("display-message", "-p", "-t", "main", "#{pane_title}").strip() == "kept"
+
+
+def test_ps_shows_the_escapes_in_a_command_line(spawn):
+    target = spawn(TARGET, args=("argument" + EVIL,))
+    target.wait_for_line("ready")
+    done = _periscope("ps")
+    assert done.returncode == 0, done.stderr
+    assert b"\x1b" not in done.stdout + done.stderr
+    assert str(target.pid).encode() in done.stdout
+    rows = json.loads(_periscope("ps", "--json").stdout)
+    assert "argument" + EVIL in next(row for row in rows if row["pid"] == target.pid)["cmdline"]

@@ -78,12 +78,16 @@ class PeriscopeApp(App[int]):
 
     # --- start and stop --------------------------------------------------------------------------
 
-    def on_mount(self) -> None:
-        from explorer import signals
+    quit_on_signals = False
+    """Whether SIGTERM and SIGHUP (a closed terminal) quit the app as Ctrl+Q does, withdrawing a
+    pending request (``periscope`` sets it; an app run inside a test leaves the signals alone)."""
 
-        # SIGTERM, SIGHUP (a closed terminal): quit as Ctrl+Q does, withdrawing a pending request.
-        loop = asyncio.get_running_loop()
-        signals.install(lambda: loop.call_soon_threadsafe(self._quit_on_signal))
+    def on_mount(self) -> None:
+        if self.quit_on_signals:
+            from explorer import signals
+
+            loop = asyncio.get_running_loop()
+            signals.install(lambda: loop.call_soon_threadsafe(self._quit_on_signal))
         self.push_screen(self.process_list)
         if self.start_pid is not None:
             self.attach(self.start_pid)

@@ -118,10 +118,20 @@ def run_app(pid: int | None, demo: bool) -> int:
         for signum in (signal.SIGHUP, signal.SIGTERM):
             signal.signal(signum, _exit_on_hangup)
     try:
-        app = PeriscopeApp(pid=demo_process.pid if demo_process else pid)
-        result = app.run()
         from explorer import signals
 
+        app = PeriscopeApp(pid=demo_process.pid if demo_process else pid)
+        app.quit_on_signals = True
+        try:
+            result = app.run()
+        finally:
+            # The app's loop is gone: from here on the signals end periscope as Ctrl+C would (the
+            # demo, if any, is stopped on the way out).
+            if demo_process is not None:
+                for signum in (signal.SIGHUP, signal.SIGTERM):
+                    signal.signal(signum, _exit_on_hangup)
+            else:
+                signals.install()
         if signals.received:
             return signals.exit_status()
         if app.return_code not in (None, 0):

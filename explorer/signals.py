@@ -11,7 +11,9 @@ No Textual here.
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from collections.abc import Callable
 from types import FrameType
 
@@ -36,15 +38,48 @@ def end_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+QUIT_GRACE = 10.0
+"""Seconds the TUI may take to quit after an ending signal before the process ends regardless
+(a terminal that is gone can leave the screen's own clean-up waiting for ever)."""
+
+
+def forget_terminal() -> None:
+    """The terminal is gone (SIGHUP): stdin, stdout and stderr become /dev/null, so that nothing
+    periscope still writes on its way out blocks or fails on a dead terminal."""
+    fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for standard in (0, 1, 2):
+            os.dup2(fd, standard)
+    finally:
+        os.close(fd)
+
+
+def _end_after(seconds: float) -> None:
+    """End the process after ``seconds`` if it is still there (the status names the signal)."""
+    timer = threading.Timer(seconds, lambda: os._exit(exit_status()))
+    timer.daemon = True
+    timer.start()
+
+
 def install(on_end: Callable[[], None] | None = None) -> None:
-    """Handle SIGTERM and SIGHUP from now on: like Ctrl+C, or by calling ``on_end`` (the TUI's quit)."""
+    """Handle SIGTERM and SIGHUP from now on: like Ctrl+C, or by calling ``on_end`` (the TUI's quit).
+
+    With ``on_end``, a SIGHUP first points the standard streams at /dev/null (the terminal is
+    gone), and the process ends QUIT_GRACE seconds after the first signal if quitting got stuck:
+    by then the quit has withdrawn any pending request and detached.
+    """
     if on_end is None:
         handler: Callable[[int, FrameType | None], None] = end_like_ctrl_c
     else:
 
         def handler(signum: int, frame: FrameType | None) -> None:
+            first = not received
             received.append(signum)
+            if signum == signal.SIGHUP:
+                forget_terminal()
             on_end()
+            if first:
+                _end_after(QUIT_GRACE)
 
     for signum in ENDING:
         signal.signal(signum, handler)

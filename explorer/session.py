@@ -53,6 +53,8 @@ SCRIPT_NAME = "agent.py"
 SCRIPT_DIR_FIT = {"limit": 107, "room": 1 + len(SOCKET_NAME)}
 """For prepare_script_dir: the agent binds agent.sock in the directory, and the target's path to
 it must fit a Unix socket address (107 bytes); a deeper TMPDIR is passed over."""
+GONE_SETTLE = 1.0
+"""Seconds a connection lost during the handshake waits to see whether the target exited."""
 STAGED_LIFETIME = 60.0
 """Seconds a staged agent script may still start the agent (when attach() does not say; see ``_stage``)."""
 STAGED_GRACE = 2.0
@@ -705,10 +707,16 @@ def _connect_counted(
             raise SessionClosed(f"attaching to process {staged.pid} was cancelled")
 
     def gone_or(error: PeriscopeError) -> PeriscopeError:
-        # A target killed during the handshake resets the connection: say that it exited.
-        if process_exited(staged.pid, start_time):
-            return ProcessGone(f"process {staged.pid} exited")
-        return error
+        # A target killed during the handshake resets the connection: say that it exited. The
+        # kernel closes a dying process's sockets before the process is a zombie, so give it a
+        # moment to be seen gone.
+        settle = time.monotonic() + GONE_SETTLE
+        while True:
+            if process_exited(staged.pid, start_time):
+                return ProcessGone(f"process {staged.pid} exited")
+            if time.monotonic() >= settle:
+                return error
+            time.sleep(0.01)
 
     pause = 0.0005
     started, start_time = time.monotonic(), process_start_time(staged.pid)

@@ -292,3 +292,38 @@ async def test_a_staged_script_picked_up_after_its_attach_starts_no_agent(spawn,
         assert threads == 1  # no agent thread
     finally:
         staged.script_dir.cleanup()
+
+
+DIES_IN_THE_HANDSHAKE = """
+import os, signal, socket, sys, threading, time
+
+def serve(path):
+    # Listen where the agent would, as the target itself, and die (SIGKILL) with periscope's
+    # first message unread: the kernel resets the connection under periscope's read.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    conn, _ = listener.accept()
+    import select
+    select.select([conn], [], [], 30)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def hook(event, args):
+    if event == "cpython.remote_debugger_script":
+        threading.Thread(target=serve, args=(os.path.join(os.path.dirname(args[0]), "agent.sock"),)).start()
+        raise RuntimeError("no agent here")  # the script does not run
+
+sys.addaudithook(hook)
+sys.stdout.write("ready\\n")
+while True:
+    time.sleep(0.01)
+"""
+
+
+async def test_a_target_killed_during_the_handshake_is_reported_as_exited(spawn, stranger, cache):
+    from explorer.errors import ProcessGone
+
+    target = _spawn_as(spawn, stranger, DIES_IN_THE_HANDSHAKE, "dies.py")
+    with pytest.raises(ProcessGone) as raised:
+        await attach(target.pid, rate=0, timeout=20)
+    assert str(raised.value) == f"process {target.pid} exited"

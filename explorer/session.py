@@ -529,7 +529,7 @@ def agent_code(pid: int, version_hex: int, source: str | None = None, *, compile
 def warm_agent_code(pid: int) -> bool:
     """Compile the agent for ``pid``'s interpreter now, so that attaching to it later is quicker.
 
-    Blocking (a subprocess, tens of milliseconds, once per interpreter version): call it off the
+    Blocking (a subprocess, tens of milliseconds, once per compiler and agent version): call it off the
     UI thread, for instance when a process is selected. Whether compiled code is ready; never
     raises for a process that is gone or not a CPython 3.14 target.
     """
@@ -780,9 +780,9 @@ def _connect_counted(
                         raise ProtocolError(f"the agent reports pid {message.pid}, expected {staged.pid}")
                     sock.settimeout(None)
                     return sock, decoder, message, received
+        except TimeoutError:
+            raise InjectionTimeout(f"the agent in process {staged.pid} did not take periscope's first message in time", "try again") from None
         except (ConnectionError, OSError) as error:
-            if isinstance(error, TimeoutError):
-                raise
             raise gone_or(
                 SessionClosed(f"lost the connection to the agent in process {staged.pid} during the handshake ({error}); attach again")
             ) from None

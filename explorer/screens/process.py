@@ -311,7 +311,7 @@ class ProcessScreen(Screen[None]):
 
     def describe(self) -> str:
         """The process in a few words (command palette)."""
-        return self.process.command if self.process is not None else f"process {self.pid}"
+        return visible(self.process.command) if self.process is not None else f"process {self.pid}"
 
     @classmethod
     def pane_bindings(cls) -> list[tuple[str, list[BindingType]]]:

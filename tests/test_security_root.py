@@ -327,3 +327,69 @@ async def test_a_target_killed_during_the_handshake_is_reported_as_exited(spawn,
     with pytest.raises(ProcessGone) as raised:
         await attach(target.pid, rate=0, timeout=20)
     assert str(raised.value) == f"process {target.pid} exited"
+
+
+@pytest.fixture(scope="module")
+def roots_copy(target_python):
+    """A root-owned copy of the target interpreter's prefix in a root-owned 0755 directory: (python, folder)."""
+    base = Path(tempfile.mkdtemp(prefix="own-python-", dir="/var/tmp"))
+    try:
+        python = user_python(target_python, base / "prefix-parent", 0)
+        yield python, base
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=False)
+
+
+def test_periscopes_own_interpreter_compiles_for_everyone_only_where_nobody_else_can_change_it(
+    spawn, stranger, cache, monkeypatch, roots_copy
+):
+    uid, _python, _scripts = stranger
+    python, _base = roots_copy
+    target = _spawn_as(spawn, stranger, IDLE, "idle-own.py")
+    monkeypatch.setenv("PERISCOPE_TARGET_PYTHON", python)
+    session_module._local_python.cache_clear()
+
+    def owners() -> list[tuple[int | None, tuple[int, int] | None]]:
+        session_module._local_python.cache_clear()
+        return [(c.for_uid, c.run_as) for c in session_module._compilers(target.pid)]
+
+    # The user's own executable compiles as the user, for the user; periscope's for everyone.
+    assert owners() == [(uid, (uid, uid)), (None, None)]
+    prefix = Path(python).parent.parent
+    library = next((prefix / "lib").glob("python3.*"))
+    for changeable in (library, Path(python).parent, prefix.parent):
+        os.chown(changeable, uid, uid)  # now the user could change what it compiles
+        try:
+            assert owners() == [(uid, (uid, uid))], changeable
+        finally:
+            os.chown(changeable, 0, 0)
+    os.chmod(library, 0o777)  # writable by everyone, without the sticky bit
+    try:
+        assert owners() == [(uid, (uid, uid))]
+    finally:
+        os.chmod(library, 0o755)
+    assert owners() == [(uid, (uid, uid)), (None, None)]
+    session_module._local_python.cache_clear()
+
+
+def test_a_cache_directory_another_user_owns_is_never_read(spawn, cache):
+    # A HOME kept across sudo -E: the cache would be the user's, and so would its entries.
+    from explorer.remote import RemoteProcess
+
+    target = spawn(IDLE)
+    target.wait_for_line("ready")
+    with RemoteProcess.open(target.pid) as process:
+        version_hex = process.offsets.version_hex
+    code = session_module.agent_code(target.pid, version_hex)
+    assert code is not None
+    session_module._code_memo.clear()
+    assert session_module.agent_code(target.pid, version_hex, compile_now=False) == code  # periscope's own: read
+    entries = cache / "agent-code"
+    uid = unused_uid()
+    for path in (entries, *entries.iterdir()):
+        os.chown(path, uid, uid)
+    session_module._code_memo.clear()
+    assert session_module.agent_code(target.pid, version_hex, compile_now=False) is None
+    os.chown(entries, 0, 0)  # the directory is ours again, but the entry is still the user's
+    session_module._code_memo.clear()
+    assert session_module.agent_code(target.pid, version_hex, compile_now=False) is None

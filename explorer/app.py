@@ -8,6 +8,7 @@ and puts every action in the command palette.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ClassVar
@@ -77,7 +78,16 @@ class PeriscopeApp(App[int]):
 
     # --- start and stop --------------------------------------------------------------------------
 
+    quit_on_signals = False
+    """Whether SIGTERM and SIGHUP (a closed terminal) quit the app as Ctrl+Q does, withdrawing a
+    pending request (``periscope`` sets it; an app run inside a test leaves the signals alone)."""
+
     def on_mount(self) -> None:
+        if self.quit_on_signals:
+            from explorer import signals
+
+            loop = asyncio.get_running_loop()
+            signals.install(lambda: loop.call_soon_threadsafe(self._quit_on_signal))
         self.push_screen(self.process_list)
         if self.start_pid is not None:
             self.attach(self.start_pid)
@@ -87,6 +97,9 @@ class PeriscopeApp(App[int]):
         for screen in list(self.attached.values()):
             await screen.detach()
         self.exit(0)
+
+    def _quit_on_signal(self) -> None:
+        self.run_worker(self.action_quit(), name="quit on signal", exit_on_error=False)
 
     # --- attach, switch, detach ----------------------------------------------------------------
 

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``periscope`` and ``python -m explorer``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = command_summaries()
+    from explorer import signals
+
+    signals.install()  # SIGTERM and SIGHUP withdraw what Ctrl+C withdraws
     try:
         if argv and argv[0] in commands:
             module = _import_command(commands[argv[0]][0])
@@ -105,13 +108,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_app(pid=app_args.pid, demo=app_args.demo)
     except PeriscopeError as error:
-        print(f"periscope: {error}", file=sys.stderr)
+        from explorer.text import visible
+
+        print(f"periscope: {visible(str(error))}", file=sys.stderr)
         return 1
     except MemoryFault as error:
         # The target changed under a read that was not retried (threads exiting, memory freed).
         print(f"periscope: the target changed while periscope read it ({error.strerror}): try again", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 130
+        return signals.exit_status()
     except BrokenPipeError:
         return 0

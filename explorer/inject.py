@@ -37,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from explorer import leftovers
 from explorer.errors import (
     InjectionTimeout,
     PeriscopeError,
@@ -63,6 +64,19 @@ class MainThreadFinished(TargetNotReady):
 
 class NoSuchThread(PeriscopeError):
     """The target has no Python thread with the requested native id (or it exited)."""
+
+
+class SessionTampered(PeriscopeError):
+    """Something other than the agent put a file in the session directory (a symlink, a FIFO, a device)."""
+
+
+NOTE_LIMIT = 4096
+"""Bytes a note of the agent (``busy``, ``failed``) may hold; a bigger one was not written by the agent."""
+
+
+def fd_address(fd: int) -> str:
+    """A Unix socket address that reaches the file open at ``fd`` (an ``O_PATH`` descriptor) itself."""
+    return f"/proc/self/fd/{fd}"
 
 
 # -- staging: a private directory the target can read ------------------------------------------
@@ -107,6 +121,77 @@ class ScriptDir:
             return False
         return True
 
+    def read_note(self, name: str, limit: int = NOTE_LIMIT) -> str | None:
+        """The text of the note ``name`` the agent left in the directory, or None when there is none.
+
+        The directory belongs to the target's user, who may plant anything in it: the note is
+        opened relative to the directory's descriptor with ``O_NOFOLLOW | O_NONBLOCK`` (a symlink
+        fails, a FIFO does not block), must be a regular file owned by the target's user of at
+        most ``limit`` bytes, and is read with that bound. Anything else raises SessionTampered.
+        """
+        _check_name(name)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            if self._dir_fd is not None:
+                fd = os.open(name, flags, dir_fd=self._dir_fd)
+            else:
+                fd = os.open(self.host_path / name, flags)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise self._tampered(name, "a symbolic link") from None
+            raise self._tampered(name, f"unreadable ({error.strerror})") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise self._tampered(name, "not a regular file")
+            if info.st_uid != self.uid:
+                raise self._tampered(name, f"owned by uid {info.st_uid}, not the target's {self.uid}")
+            if info.st_size > limit:
+                raise self._tampered(name, f"{info.st_size} bytes, more than a note's {limit}")
+            data = os.read(fd, limit + 1)
+        finally:
+            os.close(fd)
+        if len(data) > limit:
+            raise self._tampered(name, f"more than a note's {limit} bytes")
+        return data.decode("utf-8", "replace")
+
+    def open_socket(self, name: str) -> int | None:
+        """An ``O_PATH`` descriptor of the socket ``name`` in the directory, never through a symlink;
+        None while there is none. Connect through ``/proc/self/fd/N`` (see :func:`fd_address`).
+
+        Raises SessionTampered when ``name`` is not a socket owned by the target's user.
+        """
+        _check_name(name)
+        flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            if self._dir_fd is not None:
+                fd = os.open(name, flags, dir_fd=self._dir_fd)
+            else:
+                fd = os.open(self.host_path / name, flags)
+        except FileNotFoundError:
+            return None
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISLNK(info.st_mode):
+                raise self._tampered(name, "a symbolic link")
+            if not stat.S_ISSOCK(info.st_mode):
+                raise self._tampered(name, "not a socket")
+            if info.st_uid != self.uid:
+                raise self._tampered(name, f"owned by uid {info.st_uid}, not the target's {self.uid}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _tampered(self, name: str, what: str) -> SessionTampered:
+        return SessionTampered(
+            f"the session directory of process {self.pid} holds {name!r}, which is {what}: the agent never "
+            "makes that; something in the process, or its user, interferes with the session; not trusting it "
+            f"(without the agent, 'periscope stack {self.pid}' still reads its stacks from outside)"
+        )
+
     def cleanup(self) -> None:
         """Remove the directory and whatever is left in it (idempotent; never follows symlinks)."""
         if self._dir_fd is None:
@@ -135,6 +220,7 @@ class ScriptDir:
                     os.rmdir(name, dir_fd=self._parent_fd)
             except FileNotFoundError:
                 pass  # the launcher removed the directory itself
+            leftovers.forget(name)
         finally:
             os.close(self._dir_fd)
             if self._parent_fd is not None:
@@ -238,12 +324,19 @@ def _resolve_dir(root_fd: int, path: str) -> tuple[int, str]:
 
 
 def _safe_parent(info: os.stat_result, uid: int) -> bool:
-    """A parent directory in which no third user can swap our directory for something else."""
+    """A parent directory where periscope may make the target's session directory.
+
+    Only a sticky world-writable directory of root or the target's user (the target's /tmp,
+    /var/tmp, /dev/shm), where nobody can remove or rename what another made, or a directory of
+    the target's user that no group or other user can write. Never a directory of root's that the
+    target merely names (``TMPDIR=/etc``): periscope would make and hand over a directory there.
+    """
     if info.st_uid not in (0, uid):
         return False
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
-        return False
-    return True
+    mode = info.st_mode
+    if mode & stat.S_ISVTX and mode & stat.S_IWOTH:
+        return True
+    return info.st_uid == uid and not mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def same_view(pid: int) -> bool:
@@ -277,7 +370,8 @@ def prepare_script_dir(pid: int, *, limit: int = 511, room: int = 64) -> ScriptD
     """Create a fresh private directory (0700, owned by the target's uid/gid) in the target's temp dir.
 
     Tries the target's ``$TMPDIR`` (from its initial environment, when readable), then ``/tmp``,
-    ``/var/tmp`` and ``/dev/shm``, skipping any that a third user could tamper with, and any so
+    ``/var/tmp`` and ``/dev/shm``, skipping any that is not safe to make it in (see
+    ``_safe_parent``), and any so
     deep that its path and ``room`` more bytes (a slash and a file name) exceed ``limit``: the
     remote-exec buffer takes 511 bytes, a Unix socket address 107.
     Raises ProcessGone, PermissionDenied, or PeriscopeError when no candidate is usable.
@@ -301,10 +395,12 @@ def prepare_script_dir(pid: int, *, limit: int = 511, room: int = 64) -> ScriptD
                 os.close(parent_fd)
                 continue
             try:
-                if not _safe_parent(os.fstat(parent_fd), uid):
-                    tried.append(f"{candidate}: writable by other users without the sticky bit")
+                parent_info = os.fstat(parent_fd)
+                if not _safe_parent(parent_info, uid):
+                    tried.append(f"{candidate}: neither a sticky world-writable directory nor the target user's own")
                     os.close(parent_fd)
                     continue
+                leftovers.remove_stale(parent_fd)
                 created = _make_private_dir(parent_fd, pid, uid, gid)
             except BaseException:
                 os.close(parent_fd)
@@ -315,6 +411,7 @@ def prepare_script_dir(pid: int, *, limit: int = 511, room: int = 64) -> ScriptD
                 continue
             name, dir_fd = created
             info = os.fstat(dir_fd)
+            leftovers.remember(name, parent_info, info)
             target_path = f"{parent_path.rstrip('/')}/{name}"
             host_path = Path(target_path) if shared_view else Path(f"/proc/{pid}/root{target_path}")
             return ScriptDir(
@@ -748,6 +845,7 @@ __all__ = [
     "ExecResult",
     "MainThreadFinished",
     "NoSuchThread",
+    "SessionTampered",
     "ScriptDir",
     "prepare_script_dir",
     "remote_exec",

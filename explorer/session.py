@@ -2,7 +2,8 @@
 
 ``attach(pid)`` stages the agent script in a fresh private directory the target can read
 (explorer.inject), asks one of the target's threads to run it (PEP 768 remote exec), waits for
-the agent's Unix socket, checks with SO_PEERCRED that the process on the other end is the target,
+the agent's Unix socket (never through a link planted in the directory, which belongs to the
+target's user), checks with SO_PEERCRED that the process on the other end is the target (pid and uid),
 proves itself with the one-time token from the script and reads the agent's ``hello``. From then
 on one asyncio task reads the stream and turns it into explorer.model objects.
 
@@ -21,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import itertools
 import os
 import secrets
 import socket
+import stat
 import struct
 import threading
 import time
@@ -51,6 +54,12 @@ SCRIPT_NAME = "agent.py"
 SCRIPT_DIR_FIT = {"limit": 107, "room": 1 + len(SOCKET_NAME)}
 """For prepare_script_dir: the agent binds agent.sock in the directory, and the target's path to
 it must fit a Unix socket address (107 bytes); a deeper TMPDIR is passed over."""
+GONE_SETTLE = 1.0
+"""Seconds a connection lost during the handshake waits to see whether the target exited."""
+STAGED_LIFETIME = 60.0
+"""Seconds a staged agent script may still start the agent (when attach() does not say; see ``_stage``)."""
+STAGED_GRACE = 2.0
+"""Seconds after attach()'s deadline that a staged script may still start the agent (clock steps, slow start)."""
 CONNECT_TIMEOUT = 20.0
 """Seconds the agent waits for periscope to connect before it removes itself."""
 FAST_START = True
@@ -127,16 +136,25 @@ Progress = Callable[[AttachProgress], None]
 #
 # Compiling the agent's ~1700 lines inside the target holds the target's GIL for about 15 ms.
 # periscope (Python 3.11+) cannot write 3.14 bytecode itself, so an interpreter of the target's
-# version compiles it in a short-lived subprocess (never the target process), once per (target
-# version, agent source); the marshal data is cached and shipped inside the agent script. The
-# target loads it only if the magic number and cache tag are its own, and compiles the source
-# otherwise (and says so with a ``code-rejected`` note, which drops the cache entry).
+# version compiles it in a short-lived subprocess (never the target process); the marshal data is
+# cached and shipped inside the agent script. The target loads it only if the magic number and
+# cache tag are its own, and compiles the source otherwise.
+#
+# The provenance rule (PROTOCOL.md, "Precompiled code"): code that runs inside a process is only
+# ever produced by a program that nobody with fewer rights than that process's owner could have
+# influenced. A compiler run as the target's user (its own executable, when periscope is root) can
+# be changed by that user (its standard library, ptrace): what it produces is cached under the
+# compiler's identity and that user, and offered only to that user's processes running that very
+# file. Only a compiler of periscope's own user (or root), in directories nobody else can write,
+# compiles for every target. A note in the session directory never touches the cache.
 
 AGENT_CODE_DIR = "agent-code"
 """Directory under explorer.pythons.cache_dir() for compiled agent code."""
 AGENT_CODE_WAIT = 5.0
 """Seconds attach() waits for a compiler subprocess before the target compiles the agent itself."""
-_CODE_HEADER = b"periscope-agent-code 2 "
+_CODE_HEADER = b"periscope-agent-code 3 "
+COMPILE_OUTPUT_LIMIT = 16 << 20
+"""Bytes a compiler subprocess may print (the agent compiles to a few hundred KiB)."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +175,30 @@ class AgentCode:
         return self.magic, self.cache_tag, self.data
 
 
+@dataclass(frozen=True)
+class Compiler:
+    """An interpreter that may compile the agent for one target, and whose code it may be given to."""
+
+    path: str
+    """What to run."""
+    identity: tuple[int, int, int, int, int]
+    """(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of the executable: a changed file is another compiler."""
+    run_as: tuple[int, int] | None
+    """(uid, gid) to run it as; None: periscope's own user."""
+    exact: bool
+    """It is the target's own executable (it must report the target's exact version)."""
+    for_uid: int | None
+    """Its code goes only to processes of this uid running this very file; None: to any target
+    (a compiler only periscope's own user or root could have changed)."""
+
+    def key(self) -> str:
+        """The part of a cache entry's name that says who made it and for whom."""
+        import hashlib
+
+        text = f"{self.identity} {self.run_as} {self.for_uid} {self.exact}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 _code_memo: dict[Path, tuple[tuple[int, int] | None, AgentCode]] = {}
 _code_failed: dict[Path, float] = {}
 COMPILE_TIMEOUT = 10.0
@@ -173,11 +215,11 @@ def _source_key(source: str) -> str:
     return hashlib.sha256(compile_input(source)).hexdigest()[:24]
 
 
-def agent_code_path(version_hex: int, source: str) -> Path:
-    """The cache entry for the agent ``source`` compiled for targets of CPython ``version_hex``."""
+def agent_code_path(compiler: Compiler, version_hex: int, source: str) -> Path:
+    """The cache entry for the agent ``source`` compiled by ``compiler`` for targets of CPython ``version_hex``."""
     from explorer.pythons import cache_dir
 
-    return cache_dir() / AGENT_CODE_DIR / f"{version_hex:08x}-{_source_key(source)}.bin"
+    return cache_dir() / AGENT_CODE_DIR / f"{version_hex:08x}-{compiler.key()}-{_source_key(source)}.bin"
 
 
 def _parse_code(blob: bytes) -> AgentCode | None:
@@ -200,9 +242,25 @@ def _parse_code(blob: bytes) -> AgentCode | None:
     return code
 
 
+def _owned_by_us(info: os.stat_result) -> bool:
+    """Whether only periscope's own user (or root) can have written this file or directory."""
+    return info.st_uid in (0, os.geteuid()) and not info.st_mode & 0o022
+
+
 def _read_code(path: Path, version_hex: int) -> AgentCode | None:
+    """A cache entry, if it is periscope's own (its user's file, in its user's 0700 directory) and whole."""
     try:
-        blob = path.read_bytes()
+        if not _owned_by_us(os.stat(path.parent, follow_symlinks=False)):
+            return None  # e.g. a HOME that another user owns (sudo -E): not periscope's cache
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or not _owned_by_us(info) or info.st_size > COMPILE_OUTPUT_LIMIT:
+                return None
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                blob = handle.read(COMPILE_OUTPUT_LIMIT + 1)
+        finally:
+            os.close(fd)
     except OSError:
         return None
     code = _parse_code(blob)
@@ -233,6 +291,8 @@ def _write_code(path: Path, code: AgentCode) -> bool:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _owned_by_us(os.stat(path.parent, follow_symlinks=False)):
+            return False
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(header + code.data)
@@ -262,32 +322,100 @@ def _target_ids(pid: int) -> tuple[int, int] | None:
         return None
 
 
-def _compilers(pid: int, version_hex: int | None = None) -> list[tuple[str, tuple[int, int] | None, bool]]:
-    """Interpreters that may compile the agent for ``pid``, best first: (path, (uid, gid) to run as, exact).
+def _identity(info: os.stat_result) -> tuple[int, int, int, int, int]:
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def _only_ours_on_the_way(path: str) -> bool:
+    """Whether no user but periscope's own (or root) can change ``path``'s file or any directory above
+    it (a sticky directory such as /tmp protects names it does not own)."""
+    try:
+        current = os.path.realpath(path)
+        info = os.stat(current)
+        if not _owned_by_us(info):
+            return False
+        while current != "/":
+            current = os.path.dirname(current)
+            info = os.stat(current)
+            if info.st_uid not in (0, os.geteuid()):
+                return False
+            if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def _own_compiler(exe: os.stat_result | None, version_hex: int | None) -> Compiler | None:
+    """The CPython of the target's minor that periscope starts targets with (explorer.pythons), if
+    only periscope's user or root can have changed it: its executable, its standard library and
+    every directory above them."""
+    from explorer.pythons import env_var
+    from explorer.versions import DEFAULT_MINOR, split_version
+
+    minor = split_version(version_hex) if version_hex else DEFAULT_MINOR
+    local = _local_python(
+        minor, os.environ.get("PERISCOPE_TARGET_PYTHON"), os.environ.get(env_var(minor)), os.environ.get("PATH")
+    )
+    if local is None:
+        return None
+    try:
+        info = os.stat(local)
+        if exe is not None and os.path.samestat(info, exe):
+            return None  # the target's own file: compiled as the target's, above
+    except OSError:
+        return None
+    real = os.path.realpath(local)
+    prefix = os.path.dirname(os.path.dirname(real))
+    library = [os.path.join(prefix, "lib", name) for name in _listdir(os.path.join(prefix, "lib")) if name.startswith("python3")]
+    if not library or not all(_only_ours_on_the_way(path) for path in [real, *library]):
+        return None
+    # Run the file itself, not a venv's link to it: a pyvenv.cfg next to the link would choose the library.
+    return Compiler(real, _identity(info), None, False, None)
+
+
+@functools.lru_cache(maxsize=4)
+def _local_python(minor: tuple[int, int], _setting: str | None, _specific: str | None, _path: str | None) -> str | None:
+    """explorer.pythons.find_target_python for ``minor`` without provisioning, once per minor, setting and PATH."""
+    from explorer.pythons import find_target_python
+
+    try:
+        return find_target_python(minor, provision=False)
+    except PeriscopeError:
+        return None
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _compilers(pid: int, version_hex: int | None = None) -> list[Compiler]:
+    """Interpreters that may compile the agent for ``pid``, best first.
 
     First the target's own executable, when periscope sees that very file in its own mount
-    namespace (``exact``: it must report the target's exact version). A file from another mount
-    namespace (a container) is never run: its contents are not periscope's to trust. Neither is
-    a file that a group or other users can write, or one owned by anyone but root or the user it
-    would run as: when periscope runs as root, that is the target's user; otherwise periscope's
-    own. Then the CPython periscope starts targets with
-    (explorer.pythons), which fits when its major.minor is the target's: the target checks the
-    magic number anyway.
+    namespace (``exact``: it must report the target's exact version). It runs as the target's
+    user (when periscope is root) or periscope's own, and its code goes only to processes of that
+    user running that very file: that user could have changed what it compiles. A file from another
+    mount namespace (a container) is never run, nor one that a group or other users can write, or
+    one owned by anyone but root or the user it would run as. Then the CPython periscope starts
+    targets with (explorer.pythons), when only periscope's user or root can have changed it; it
+    fits when its major.minor is the target's (the target checks the magic number anyway).
     """
     from explorer.inject import same_view
 
-    found: list[tuple[str, tuple[int, int] | None, bool]] = []
+    found: list[Compiler] = []
     ids = _target_ids(pid)
     try:
-        exe = os.stat(f"/proc/{pid}/exe")
+        exe: os.stat_result | None = os.stat(f"/proc/{pid}/exe")
         link = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         exe = None
         link = ""
     if exe is not None and ids is not None and _runtime_in_executable(pid, exe):
         uid, gid = ids
-        # Whoever could have written the file must not gain anything by periscope running it:
-        # root runs it as the target's user, anyone else only runs root's or their own files.
         root = os.geteuid() == 0
         run_as = (uid, gid) if root and uid != 0 else None
         owners = (0, uid) if root else (0, os.geteuid())
@@ -296,24 +424,14 @@ def _compilers(pid: int, version_hex: int | None = None) -> list[tuple[str, tupl
                 same = link.startswith("/") and os.path.samestat(os.stat(link), exe)
             except OSError:
                 same = False
+            runner = (uid if run_as else os.geteuid())
             if same:
-                found.append((link, run_as, True))
-            elif same_view(pid):
-                found.append((f"/proc/{pid}/exe", run_as, True))  # e.g. replaced on disk since it started
-    try:
-        from explorer.pythons import find_target_python
-        from explorer.versions import DEFAULT_MINOR, split_version
-
-        local = find_target_python(split_version(version_hex) if version_hex else DEFAULT_MINOR, provision=False)
-    except PeriscopeError:
-        local = None
-    if local is not None:
-        try:
-            duplicate = exe is not None and os.path.samestat(os.stat(local), exe)
-        except OSError:
-            duplicate = True
-        if not duplicate:
-            found.append((local, None, False))
+                found.append(Compiler(link, _identity(exe), run_as, True, runner))
+            elif same_view(pid):  # e.g. replaced on disk since it started
+                found.append(Compiler(f"/proc/{pid}/exe", _identity(exe), run_as, True, runner))
+    own = _own_compiler(exe, version_hex)
+    if own is not None:
+        found.append(own)
     return found
 
 
@@ -333,7 +451,12 @@ def _runtime_in_executable(pid: int, exe: os.stat_result) -> bool:
 
 
 def _compile_with(python: str, run_as: tuple[int, int] | None, source: str, timeout: float) -> AgentCode | None:
-    """Run ``python`` (a fresh process) to compile the agent; None when it cannot."""
+    """Run ``python`` (a fresh process) to compile the agent; None when it cannot.
+
+    What it prints is read with a bound (COMPILE_OUTPUT_LIMIT) and a deadline: a compiler that
+    another user could have changed cannot make periscope wait or grow without end.
+    """
+    import select
     import subprocess
 
     from payloads.agent import COMPILE_PROGRAM, compile_input
@@ -341,22 +464,52 @@ def _compile_with(python: str, run_as: tuple[int, int] | None, source: str, time
     extra: dict[str, Any] = {}
     if run_as is not None:
         extra = {"user": run_as[0], "group": run_as[1], "extra_groups": []}
+    stdin = os.memfd_create("periscope-agent-source", os.MFD_CLOEXEC)
     try:
-        done = subprocess.run(
+        os.write(stdin, compile_input(source))
+        os.lseek(stdin, 0, os.SEEK_SET)
+        proc = subprocess.Popen(
             [python, "-I", "-S", "-c", COMPILE_PROGRAM],
-            input=compile_input(source),
-            capture_output=True,
-            timeout=timeout,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             env={},
             cwd="/",
-            check=False,
             **extra,
         )
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
-    line, newline, data = done.stdout.partition(b"\n")
+    finally:
+        os.close(stdin)
+    chunks: list[bytes] = []
+    size = 0
+    deadline = time.monotonic() + timeout
+    try:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > COMPILE_OUTPUT_LIMIT:
+                return None
+            chunks.append(chunk)
+        returncode = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    line, newline, data = b"".join(chunks).partition(b"\n")
     fields = line.decode("ascii", "replace").split()
-    if done.returncode != 0 or not newline or len(fields) != 3 or not data:
+    if returncode != 0 or not newline or len(fields) != 3 or not data:
         return None
     try:
         return AgentCode(bytes.fromhex(fields[0]), fields[1], int(fields[2]), data)
@@ -365,60 +518,51 @@ def _compile_with(python: str, run_as: tuple[int, int] | None, source: str, time
 
 
 def agent_code(pid: int, version_hex: int, source: str | None = None, *, compile_now: bool = True) -> AgentCode | None:
-    """The agent compiled for a target of CPython ``version_hex``: from memory, the cache, or a compiler.
+    """The agent compiled for target ``pid`` (CPython ``version_hex``): from memory, the cache, or a compiler.
 
-    ``pid`` names the target whose interpreter may compile it (see ``_compilers``). Returns None
-    when no interpreter of that version can be run (the target then compiles the source itself),
-    or when ``compile_now`` is False and nothing is cached. A cache that cannot be written only
-    costs the next periscope process another compile.
+    Only compilers that may compile for ``pid`` (see ``_compilers``) are asked, and only their
+    own cache entries are read. Returns None when none can be run (the target then compiles the
+    source itself), or when ``compile_now`` is False and nothing is cached. A cache that cannot be
+    written only costs the next periscope process another compile.
     """
     if source is None:
         from payloads.agent import agent_source
 
         source = agent_source()
-    path = agent_code_path(version_hex, source)
-    signature = _file_signature(path)
-    remembered = _code_memo.get(path)
-    if remembered is not None and remembered[0] == signature:
-        return remembered[1]
-    code = _read_code(path, version_hex) if signature is not None else None
-    if code is not None:
-        _code_memo[path] = (signature, code)
-        return code
-    if not compile_now or time.monotonic() - _code_failed.get(path, -CODE_RETRY_AFTER) < CODE_RETRY_AFTER:
+    compilers = _compilers(pid, version_hex)
+    for compiler in compilers:
+        path = agent_code_path(compiler, version_hex, source)
+        signature = _file_signature(path)
+        remembered = _code_memo.get(path)
+        if remembered is not None and remembered[0] == signature:
+            return remembered[1]
+        code = _read_code(path, version_hex) if signature is not None else None
+        if code is not None:
+            _code_memo[path] = (signature, code)
+            return code
+    if not compile_now:
         return None
-    for python, run_as, exact in _compilers(pid, version_hex):
-        code = _compile_with(python, run_as, source, timeout=COMPILE_TIMEOUT)
-        if code is None:
+    for compiler in compilers:
+        path = agent_code_path(compiler, version_hex, source)
+        if time.monotonic() - _code_failed.get(path, -CODE_RETRY_AFTER) < CODE_RETRY_AFTER:
             continue
-        wanted = version_hex if exact else version_hex >> 16
-        if (code.hexversion if exact else code.hexversion >> 16) != wanted:
+        code = _compile_with(compiler.path, compiler.run_as, source, timeout=COMPILE_TIMEOUT)
+        wanted = version_hex if compiler.exact else version_hex >> 16
+        if code is None or (code.hexversion if compiler.exact else code.hexversion >> 16) != wanted:
+            _code_failed[path] = time.monotonic()
             continue
         if not _magic_fits(code, version_hex):
             continue
         _write_code(path, code)
         _code_memo[path] = (_file_signature(path), code)
         return code
-    _code_failed[path] = time.monotonic()
     return None
-
-
-def forget_agent_code(version_hex: int, source: str | None = None) -> None:
-    """Drop the cached code for a target version (the target rejected it)."""
-    if source is None:
-        from payloads.agent import agent_source
-
-        source = agent_source()
-    path = agent_code_path(version_hex, source)
-    _code_memo.pop(path, None)
-    with contextlib.suppress(OSError):
-        path.unlink()
 
 
 def warm_agent_code(pid: int) -> bool:
     """Compile the agent for ``pid``'s interpreter now, so that attaching to it later is quicker.
 
-    Blocking (a subprocess, tens of milliseconds, once per interpreter version): call it off the
+    Blocking (a subprocess, tens of milliseconds, once per compiler and agent version): call it off the
     UI thread, for instance when a process is selected. Whether compiled code is ready; never
     raises for a process that is gone or not a CPython target of a supported minor.
     """
@@ -448,9 +592,14 @@ def _stage(
     limits: dict[str, Any] | None,
     code: AgentCode | None = None,
     script_dir: Any = None,
+    not_after: float | None = None,
 ) -> _Staged:
     """Write the agent script (config header, agent source and compiled ``code``) into a fresh private
-    directory (``script_dir`` from explorer.inject.prepare_script_dir, or a new one)."""
+    directory (``script_dir`` from explorer.inject.prepare_script_dir, or a new one).
+
+    ``not_after`` (wall-clock time, default STAGED_LIFETIME from now): a thread that picks the
+    script up later removes it without starting the agent, so neither the agent nor its token
+    outlives the attach that staged it."""
     from explorer.inject import prepare_script_dir, write_script
     from payloads.agent import agent_source, build_script
 
@@ -469,6 +618,7 @@ def _stage(
             "limits": dict(limits or {}),
             "connect_timeout": CONNECT_TIMEOUT,
             "fast_start": FAST_START,
+            "not_after": time.time() + STAGED_LIFETIME if not_after is None else not_after,
         }
         script = build_script(config, agent_source(), None if code is None else code.for_script())
         _, target_path = write_script(script_dir, SCRIPT_NAME, script)
@@ -476,6 +626,14 @@ def _stage(
         script_dir.cleanup()
         raise
     return _Staged(pid, script_dir, target_path, Path(script_dir.host_path) / SOCKET_NAME, token)
+
+
+def _code_rejected(staged: _Staged) -> bool:
+    """Whether the agent left a ``code-rejected`` note (read as any note: never through a planted link)."""
+    try:
+        return staged.script_dir.read_note("code-rejected") is not None
+    except PeriscopeError:
+        return False
 
 
 def _candidates(process: Any, choice: ThreadChoice) -> list[int | None]:
@@ -507,9 +665,14 @@ def _read_stacks(pid: int) -> tuple[Any, ...] | None:
         return None
 
 
-def _peer_pid(sock: socket.socket) -> int:
+def _peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process on the other end of a Unix socket (SO_PEERCRED)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[0]
+    return struct.unpack("3i", creds)
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    return _peer_credentials(sock)[0]
 
 
 def _connect(
@@ -523,6 +686,49 @@ def _connect(
     return sock, decoder, hello
 
 
+def _note_error(staged: _Staged) -> PeriscopeError | None:
+    """The error a ``busy`` or ``failed`` note of the agent in the session directory tells, if there is one.
+
+    The directory belongs to the target's user: notes are read through ScriptDir.read_note
+    (no symlink followed, no FIFO waited on, a few KiB at most), and their text is shown escaped.
+    """
+    from explorer.text import visible
+
+    for note, error in (("busy", AgentBusy), ("failed", PeriscopeError)):
+        text = staged.script_dir.read_note(note)
+        if text is None:
+            continue
+        text = visible(text.strip())
+        if error is AgentBusy:
+            return AgentBusy(f"process {staged.pid}: {text}; detach that session first")
+        return PeriscopeError(f"the agent could not start in process {staged.pid}: {text}")
+    return None
+
+
+def _connect_socket(staged: _Staged, deadline: float) -> socket.socket | None:
+    """Connect to the agent's socket if it is there and listening (None otherwise), never through a
+    planted symlink: the socket file is opened ``O_PATH | O_NOFOLLOW``, checked, and connected to
+    through that descriptor."""
+    from explorer.inject import fd_address
+
+    path_fd = staged.script_dir.open_socket(SOCKET_NAME)
+    if path_fd is None:
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(max(0.1, min(1.0, deadline - time.monotonic())))
+        sock.connect(fd_address(path_fd))
+    except (FileNotFoundError, ConnectionRefusedError, TimeoutError, BlockingIOError):
+        sock.close()
+        return None
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(path_fd)
+    return sock
+
+
 def _connect_counted(
     staged: _Staged, deadline: float, cancel: threading.Event | None = None
 ) -> tuple[socket.socket, wire.Decoder, Hello, int]:
@@ -533,27 +739,27 @@ def _connect_counted(
         if cancel is not None and cancel.is_set():
             raise SessionClosed(f"attaching to process {staged.pid} was cancelled")
 
-    host_dir = staged.socket_host_path.parent
+    def gone_or(error: PeriscopeError) -> PeriscopeError:
+        # A target killed during the handshake resets the connection: say that it exited. The
+        # kernel closes a dying process's sockets before the process is a zombie, so give it a
+        # moment to be seen gone.
+        settle = time.monotonic() + GONE_SETTLE
+        while True:
+            if process_exited(staged.pid, start_time):
+                return ProcessGone(f"process {staged.pid} exited")
+            if time.monotonic() >= settle:
+                return error
+            time.sleep(0.01)
+
     pause = 0.0005
     started, start_time = time.monotonic(), process_start_time(staged.pid)
     while True:
-        for note, error in (("busy", AgentBusy), ("failed", PeriscopeError)):
-            path = host_dir / note
-            if path.exists():
-                text = path.read_text(errors="replace").strip()
-                if error is AgentBusy:
-                    raise AgentBusy(f"process {staged.pid}: {text}; detach that session first")
-                raise PeriscopeError(f"the agent could not start in process {staged.pid}: {text}")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(max(0.1, deadline - time.monotonic()))
-            sock.connect(staged.script_dir.address(SOCKET_NAME))
+        note = _note_error(staged)
+        if note is not None:
+            raise note
+        sock = _connect_socket(staged, deadline)
+        if sock is not None:
             break
-        except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
-        except BaseException:
-            sock.close()
-            raise
         if time.monotonic() > deadline:
             raise InjectionTimeout(
                 f"process {staged.pid} took the request but its agent did not open its socket in time "
@@ -572,42 +778,47 @@ def _connect_counted(
         time.sleep(pause)
         pause = min(pause * 1.5, 0.002)
     try:
-        peer = _peer_pid(sock)
-        if peer != staged.pid:
+        peer_pid, peer_uid, _peer_gid = _peer_credentials(sock)
+        if peer_pid != staged.pid or peer_uid != staged.script_dir.uid:
             raise ProtocolError(
-                f"the socket in the session directory belongs to process {peer}, not {staged.pid}; "
-                "someone else is interfering with the session: not connecting"
+                f"the socket in the session directory belongs to process {peer_pid} (uid {peer_uid}), not to "
+                f"process {staged.pid} (uid {staged.script_dir.uid}); someone else is interfering with the session: "
+                "not connecting"
             )
         decoder = wire.Decoder()
         received = 0
-        sock.sendall(wire.encode({"t": "auth", "token": staged.token}))
-        while True:
-            sock.settimeout(max(0.05, min(0.1, deadline - time.monotonic())))
-            try:
-                data = sock.recv(1 << 16)
-            except TimeoutError:
-                if time.monotonic() < deadline:
-                    check_cancel()
-                    continue
-                raise InjectionTimeout(f"the agent in process {staged.pid} did not say hello in time", "try again") from None
-            if not data:
-                raise ProtocolError(f"the agent in process {staged.pid} closed the connection during the handshake")
-            received += len(data)
-            decoder.feed(data)
-            for message in decoder:
-                if not isinstance(message, Hello):
-                    raise ProtocolError(f"the agent's first message was {type(message).__name__}, not hello")
-                if message.pid != _target_view_pid(staged.pid):
-                    raise ProtocolError(f"the agent reports pid {message.pid}, expected {staged.pid}")
-                sock.settimeout(None)
-                return sock, decoder, message, received
-    except (ConnectionError, ProtocolError):
-        sock.close()
-        # The target killed during the handshake resets the connection (or closes it) as it
-        # exits: say that it exited, as every other step of attach does.
-        if process_exited(staged.pid, start_time):
-            raise ProcessGone(f"process {staged.pid} exited") from None
-        raise
+        try:
+            sock.sendall(wire.encode({"t": "auth", "token": staged.token}))
+            while True:
+                sock.settimeout(max(0.05, min(0.1, deadline - time.monotonic())))
+                try:
+                    data = sock.recv(1 << 16)
+                except TimeoutError:
+                    if time.monotonic() < deadline:
+                        check_cancel()
+                        continue
+                    raise InjectionTimeout(
+                        f"the agent in process {staged.pid} did not say hello in time", "try again"
+                    ) from None
+                if not data:
+                    raise gone_or(
+                        ProtocolError(f"the agent in process {staged.pid} closed the connection during the handshake")
+                    )
+                received += len(data)
+                decoder.feed(data)
+                for message in decoder:
+                    if not isinstance(message, Hello):
+                        raise ProtocolError(f"the agent's first message was {type(message).__name__}, not hello")
+                    if message.pid != _target_view_pid(staged.pid):
+                        raise ProtocolError(f"the agent reports pid {message.pid}, expected {staged.pid}")
+                    sock.settimeout(None)
+                    return sock, decoder, message, received
+        except TimeoutError:
+            raise InjectionTimeout(f"the agent in process {staged.pid} did not take periscope's first message in time", "try again") from None
+        except (ConnectionError, OSError) as error:
+            raise gone_or(
+                SessionClosed(f"lost the connection to the agent in process {staged.pid} during the handshake ({error}); attach again")
+            ) from None
     except BaseException:
         sock.close()
         raise
@@ -664,7 +875,8 @@ async def attach(
             await _discard_directory(preparing)
             raise
         cleanup.append(script_dir.cleanup)
-        staged = await work.run(_stage, pid, rate, tuple(modules), limits, code, script_dir)
+        not_after = time.time() + max(0.0, deadline - time.monotonic()) + STAGED_GRACE
+        staged = await work.run(_stage, pid, rate, tuple(modules), limits, code, script_dir, not_after)
         spread = thread in ("any", "auto")
         picked = await _inject(
             staged, candidates, deadline, report, spread=spread, holder_first=spread, work=work, blocked_fix=blocked_fix
@@ -675,9 +887,9 @@ async def attach(
         )
         cleanup.append(sock.close)
         code_used = "compiled" if code is None else "precompiled"
-        if code is not None and (staged.socket_host_path.parent / "code-rejected").exists():
+        # The note only says how this session started; it never touches the cache (see _compilers).
+        if code is not None and await asyncio.to_thread(_code_rejected, staged):
             code_used = "rejected"
-            await asyncio.to_thread(forget_agent_code, version_hex)
         cleanup.clear()  # attached: the session owns the directory and the socket from here on
     finally:
         # Cancelled (Esc, another thread chosen, the app exiting) or failed: a worker thread may

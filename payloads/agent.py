@@ -319,6 +319,17 @@ def _periscope_bootstrap(config, source, code, offered):
             pass
 
     try:
+        not_after = config.get("not_after")
+        if not_after is not None and __import__("time").time() > not_after:
+            # periscope stopped waiting long ago (killed before it could withdraw the request):
+            # nobody will connect, and the token must not be good for anything any more.
+            import os
+            for path in (config["script_path"], directory):
+                try:
+                    (os.rmdir if path == directory else os.unlink)(path)
+                except OSError:
+                    pass
+            return
         existing = sys.modules.get(name)
         if config.get("fast_start") and existing is None:
             # Start-up takes a dozen GIL handovers; on a target whose threads all compute, each

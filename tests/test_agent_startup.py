@@ -1,7 +1,7 @@
-"""How the agent's code gets into a real target (3.14 and 3.15): compiled ahead of time by an interpreter of
-the target's version (cached per version and agent source) when one can be run, compiled by the
-target itself otherwise; a cache entry for another magic number is rejected by the target; and
-detach still leaves nothing behind."""
+"""How the agent's code gets into a real target (3.14 and 3.15): compiled ahead of time by an interpreter of the
+target's version (cached per compiler, target user, version and agent source) when one can be run,
+compiled by the target itself otherwise; a cache entry for another magic number is rejected by the
+target; and detach still leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -42,6 +42,11 @@ def _version_hex(pid: int) -> int:
         return process.offsets.version_hex
 
 
+def _entry(pid: int, version_hex: int) -> Path:
+    """The cache entry of the best compiler for ``pid`` (the target's own executable here)."""
+    return agent_code_path(session_module._compilers(pid)[0], version_hex, agent_source())
+
+
 def _private_interpreter(target_python: str, folder: Path, mode: int) -> str:
     """A copy of the target interpreter in ``folder``/bin, finding its standard library through a symlink."""
     prefix = Path(os.path.realpath(target_python)).parent.parent
@@ -69,7 +74,7 @@ async def test_precompiled_code_is_used_cached_and_reused(spawn, cache):
         assert frame.main_thread is not None
     finally:
         await session.detach()
-    entry = agent_code_path(version_hex, agent_source())
+    entry = _entry(target.pid, version_hex)
     assert entry.parent == cache and entry.is_file()
     assert oct(entry.stat().st_mode & 0o777) == oct(0o600)
     before = entry.stat().st_mtime_ns
@@ -108,7 +113,7 @@ async def test_an_executable_replaced_on_disk_compiles_through_proc_exe(spawn, c
     target = spawn(IDLE, python=python)
     target.wait_for_line("ready")
     os.unlink(python)
-    assert [c[0] for c in session_module._compilers(target.pid)] == [f"/proc/{target.pid}/exe"]
+    assert [c.path for c in session_module._compilers(target.pid)] == [f"/proc/{target.pid}/exe"]
     assert warm_agent_code(target.pid)
     session = await attach(target.pid, rate=0)
     try:
@@ -118,12 +123,14 @@ async def test_an_executable_replaced_on_disk_compiles_through_proc_exe(spawn, c
         await session.detach()
 
 
-async def test_a_cache_entry_for_another_magic_number_is_rejected_and_replaced(spawn, cache):
+async def test_a_cache_entry_for_another_magic_number_is_rejected_but_never_evicted_by_the_note(spawn, cache):
+    # The target's code-rejected note lives in a directory its user owns: it may say how that
+    # session started, but it never removes or replaces what periscope cached.
     target = spawn(IDLE)
     target.wait_for_line("ready")
     version_hex = _version_hex(target.pid)
     assert warm_agent_code(target.pid)
-    entry = agent_code_path(version_hex, agent_source())
+    entry = _entry(target.pid, version_hex)
     good = session_module._parse_code(entry.read_bytes())
     assert good is not None
     wrong = AgentCode(bytes([good.magic[0] ^ 0xFF, good.magic[1], 13, 10]), good.cache_tag, good.hexversion, good.data)
@@ -136,13 +143,14 @@ async def test_a_cache_entry_for_another_magic_number_is_rejected_and_replaced(s
         assert frame.main_thread is not None
     finally:
         await session.detach()
-    assert not entry.exists()  # dropped: the next attach compiles it again
+    assert session_module._parse_code(entry.read_bytes()) == wrong  # the note evicted nothing
+    assert session_module._write_code(entry, good)
+    session_module._code_memo.clear()
     session = await attach(target.pid, rate=0)
     try:
         assert session.agent_code == "precompiled"
     finally:
         await session.detach()
-    assert session_module._parse_code(entry.read_bytes()).magic == good.magic
 
 
 def test_a_damaged_cache_entry_is_not_used(cache, target_python, spawn):
@@ -151,7 +159,7 @@ def test_a_damaged_cache_entry_is_not_used(cache, target_python, spawn):
     version_hex = _version_hex(target.pid)
     code = session_module.agent_code(target.pid, version_hex)
     assert code is not None
-    entry = agent_code_path(version_hex, agent_source())
+    entry = _entry(target.pid, version_hex)
     blob = entry.read_bytes()
     assert session_module._parse_code(blob) == code
     assert session_module._parse_code(blob[:-100]) is None  # cut short
@@ -182,12 +190,19 @@ async def test_detach_after_a_precompiled_start_leaves_nothing(spawn, cache):
     assert not directory.exists()
 
 
-def test_the_cache_follows_xdg_cache_home(cache):
-    path = agent_code_path(0x030E0AF0, "source")
+def test_the_cache_follows_xdg_cache_home_and_names_compiler_and_user(cache):
+    compiler = session_module.Compiler("/usr/bin/python3.14", (1, 2, 3, 4, 5), None, True, 0)
+    path = agent_code_path(compiler, 0x030E0AF0, "source")
     assert path.parent == cache
     assert path.name.startswith("030e0af0-")
-    assert agent_code_path(0x030E0AF0, "other source") != path
-    assert agent_code_path(0x030E0BF0, "source") != path
+    assert agent_code_path(compiler, 0x030E0AF0, "other source") != path
+    assert agent_code_path(compiler, 0x030E0BF0, "source") != path
+    for other in (
+        session_module.Compiler("/usr/bin/python3.14", (1, 2, 3, 4, 6), None, True, 0),  # the file changed
+        session_module.Compiler("/usr/bin/python3.14", (1, 2, 3, 4, 5), (1000, 1000), True, 1000),  # another user
+        session_module.Compiler("/usr/bin/python3.14", (1, 2, 3, 4, 5), None, False, None),  # periscope's own
+    ):
+        assert agent_code_path(other, 0x030E0AF0, "source") != path
 
 
 SPINNERS = '''

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from explorer.text import visible
+
 MASK = "····"
 """What a masked figure shows (see the widgets' ``mask_noise``)."""
 
@@ -44,5 +46,5 @@ def short_path(path: str, width: int = 40) -> str:
 def display_command(cmdline: tuple[str, ...] | list[str], name: str = "") -> str:
     """A command line as the lists show it: the program by its name, the arguments as they are."""
     if not cmdline:
-        return f"[{name}]" if name else "?"
-    return " ".join([os.path.basename(cmdline[0]) or cmdline[0], *cmdline[1:]])
+        return visible(f"[{name}]") if name else "?"
+    return visible(" ".join([os.path.basename(cmdline[0]) or cmdline[0], *cmdline[1:]]))

@@ -9,6 +9,8 @@ from rich.text import Text
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowKey
 
+from explorer.text import visible
+
 RowT = TypeVar("RowT")
 
 Column = tuple[str, str, "int | None"]
@@ -16,7 +18,8 @@ Column = tuple[str, str, "int | None"]
 
 
 def fit(text: str, width: int) -> str:
-    """``text`` cut to ``width`` characters, with ``…`` as the last one when it was cut."""
+    """``text`` (escaped: it comes from the target) cut to ``width`` characters, with ``…`` as the last one when it was cut."""
+    text = visible(text)
     return text if len(text) <= width else text[: max(1, width - 1)] + "…"
 
 

@@ -8,6 +8,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from explorer.text import visible
+
 STEPS: tuple[tuple[str, str], ...] = (
     ("reading", "Reading the process"),
     ("injecting", "Injecting the agent"),
@@ -83,7 +85,7 @@ class AttachProgress(Static):
                 style = self.get_component_rich_style("attach-progress--pending", partial=True)
                 text.append(f"· {label}\n", style=style)
         if self.detail:
-            text.append(self.detail, style="italic")
+            text.append(visible(self.detail, keep_lines=True), style="italic")
         else:
             text.rstrip()
         return text

@@ -11,6 +11,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import DataTable
 
+from explorer.text import visible
 from widgets._format import MASK, display_command, human_bytes
 from widgets._keyed_table import Column, KeyedTable, fit
 
@@ -185,8 +186,8 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
         return [
             marker,
             Text(MASK if self.mask_noise else str(process.pid), justify="right"),
-            Text(process.user[:8]),
-            Text(process.python or "?"),
+            Text(visible(process.user[:8])),
+            Text(visible(process.python or "?")),
             Text(cpu, justify="right"),
             Text(memory, justify="right"),
             Text(str(process.num_threads), justify="right"),

@@ -18,6 +18,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Label, Static, TextArea
 
+from explorer.text import visible
 from widgets.variables import ValueView, VariablesTree
 
 EvalScope = Literal["frame", "module"]
@@ -181,7 +182,7 @@ class ReplOutput(Static):
     def append(self, text: str) -> None:
         """Add printed text."""
         self.printed += text
-        self.update(Text(self.printed.rstrip("\n")))
+        self.update(Text(visible(self.printed.rstrip("\n"), keep_lines=True)))
 
 
 class ReplEntry(Vertical):
@@ -251,7 +252,7 @@ class ReplEntry(Vertical):
             status.remove()
             return
         if value.ref is None:
-            status.update(Text(value.preview))
+            status.update(Text(visible(value.preview)))
             status.remove_class("repl-status")
             status.add_class("repl-result")
             return
@@ -264,7 +265,7 @@ class ReplEntry(Vertical):
         """Show a traceback (or why the code could not run)."""
         self.state = "error"
         status = self._status()
-        status.update(Text(traceback.rstrip("\n")))
+        status.update(Text(visible(traceback.rstrip("\n"), keep_lines=True)))
         status.remove_class("repl-status")
         status.add_class("repl-error")
 
@@ -380,7 +381,7 @@ class ReplPane(Vertical):
         if not self.is_mounted:
             return
         label = Text("runs in ", style="dim")
-        label.append(self.scope_description(), style="bold")
+        label.append(visible(self.scope_description()), style="bold")
         label.append("  (ctrl+t switches)", style="dim")
         self.query_one("#repl-scope", Label).update(label)
 

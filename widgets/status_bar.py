@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from explorer.text import visible
 from widgets._format import MASK, human_bytes
 
 
@@ -71,7 +72,7 @@ class StatusBar(Static):
         text.append(f"● {self.state}", style=self.get_component_rich_style(style_name, partial=True))
         pid = MASK if self.mask_noise else str(self.pid)
         text.append(f"  pid {pid}")
-        text.append(f"  watching {self.watched}")
+        text.append(f"  watching {visible(self.watched)}")
         if self.mask_noise:
             text.append(f"  {MASK} frames/s  latency {MASK}  data {MASK}")
         else:

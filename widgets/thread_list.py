@@ -10,6 +10,7 @@ from rich.text import Text
 from textual.message import Message
 from textual.reactive import reactive
 
+from explorer.text import visible
 from widgets._format import MASK, human_seconds
 from widgets._keyed_table import Column, KeyedTable
 
@@ -148,11 +149,11 @@ class ThreadList(KeyedTable[ThreadRow]):
             cpu = "?" if row.cpu_seconds is None else human_seconds(row.cpu_seconds)
         cells = {
             "state": state,
-            "name": Text(name, no_wrap=True, overflow="ellipsis"),
+            "name": Text(visible(name), no_wrap=True, overflow="ellipsis"),
             "native": Text(native, justify="right"),
             "daemon": Text(daemon),
             "cpu": Text(cpu, justify="right"),
-            "where": Text(row.where, no_wrap=True, overflow="ellipsis"),
+            "where": Text(visible(row.where), no_wrap=True, overflow="ellipsis"),
         }
         return [cells[key] for key, _, _ in self._columns]
 

@@ -12,6 +12,8 @@ from textual.reactive import reactive
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
+from explorer.text import visible
+
 PLACEHOLDER = "loading…"
 
 
@@ -174,15 +176,15 @@ class VariablesTree(Tree[_NodeData]):
     # --- diffing -----------------------------------------------------------------------------
 
     def _scope_label(self, title: str) -> Text:
-        return Text(title, style=self.get_component_rich_style("variables-tree--scope", partial=True))
+        return Text(visible(title), style=self.get_component_rich_style("variables-tree--scope", partial=True))
 
     def _label(self, value: ValueView, changed: bool) -> Text:
         text = Text()
         name_style = "variables-tree--changed" if changed else "variables-tree--name"
-        text.append(value.name, style=self.get_component_rich_style(name_style, partial=True))
+        text.append(visible(value.name), style=self.get_component_rich_style(name_style, partial=True))
         text.append(" = ")
-        text.append(value.preview)
-        kind = value.type_name if value.length is None else f"{value.type_name}[{value.length}]"
+        text.append(visible(value.preview))
+        kind = visible(value.type_name if value.length is None else f"{value.type_name}[{value.length}]")
         text.append(f"  {kind}", style=self.get_component_rich_style("variables-tree--type", partial=True))
         if changed:
             text.append(" *", style=self.get_component_rich_style("variables-tree--changed", partial=True))

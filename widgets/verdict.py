@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from explorer.text import visible
 from widgets._format import MASK, display_command
 
 if TYPE_CHECKING:  # widgets take the model as data; they do not load discovery
@@ -74,8 +75,8 @@ class AttachVerdict(Static):
             text.append(f" ({version}): press Enter", style=label)
         else:
             text.append("cannot attach", style=self.get_component_rich_style("attach-verdict--blocked", partial=True))
-            text.append(f": {process.reason or 'unknown reason'}")
+            text.append(f": {visible(process.reason or 'unknown reason')}")
             if process.fix:
                 text.append("\nfix: ", style=label)
-                text.append(process.fix)
+                text.append(visible(process.fix))
         return text

@@ -118,8 +118,22 @@ def run_app(pid: int | None, demo: bool) -> int:
         for signum in (signal.SIGHUP, signal.SIGTERM):
             signal.signal(signum, _exit_on_hangup)
     try:
+        from explorer import signals
+
         app = PeriscopeApp(pid=demo_process.pid if demo_process else pid)
-        result = app.run()
+        app.quit_on_signals = True
+        try:
+            result = app.run()
+        finally:
+            # The app's loop is gone: from here on the signals end periscope as Ctrl+C would (the
+            # demo, if any, is stopped on the way out).
+            if demo_process is not None:
+                for signum in (signal.SIGHUP, signal.SIGTERM):
+                    signal.signal(signum, _exit_on_hangup)
+            else:
+                signals.install()
+        if signals.received:
+            return signals.exit_status()
         if app.return_code not in (None, 0):
             return int(app.return_code or 1)
         return int(result or 0)

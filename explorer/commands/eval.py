@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, thread_choice
+from explorer.text import visible
 
 NAME = "eval"
 HELP = "evaluate an expression or statements inside a CPython 3.14 or 3.15 process and print the result's repr"
@@ -72,15 +73,15 @@ async def _eval(args: argparse.Namespace) -> int:
         await session.detach()
     if result.ok:
         if result.value is not None and (result.mode == "eval" or result.value.repr != "None"):
-            print(result.value.repr)
+            print(visible(result.value.repr, keep_lines=True))
         return 0
-    sys.stderr.write(result.traceback or f"{result.exception}\n")
+    sys.stderr.write(visible(result.traceback or f"{result.exception}\n", keep_lines=True))
     return 130 if result.status == "interrupted" else 1
 
 
 def _print_output(output) -> None:  # type: ignore[no-untyped-def]
     stream = sys.stdout if output.stream == "stdout" else sys.stderr
-    stream.write(output.text)
+    stream.write(visible(output.text, keep_lines=True))
     stream.flush()
 
 

@@ -52,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail(message: str, status: int = 1) -> int:
-    print(f"periscope: {message}", file=sys.stderr)
+    from explorer.text import visible
+
+    print(f"periscope: {visible(message)}", file=sys.stderr)
     return status
 
 

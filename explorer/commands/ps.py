@@ -115,11 +115,11 @@ def write_table(processes: Sequence[ProcessInfo], out: TextIO, width: int | None
     rows = [
         (
             str(process.pid),
-            process.user,
-            process.python or "?",
+            visible(process.user),
+            visible(process.python or "?"),
             f"{process.cpu_percent:.1f}",
             format_size(process.rss),
-            "yes" if process.attachable else f"no: {process.reason}",
+            "yes" if process.attachable else visible(f"no: {process.reason}"),
             _table_command(process, width),
         )
         for process in processes
@@ -154,4 +154,4 @@ def write_table(processes: Sequence[ProcessInfo], out: TextIO, width: int | None
             text = f"{process.pid}: {process.reason}"
             if process.fix:
                 text += f"; fix: {process.fix}"
-            out.write(text + "\n")
+            out.write(visible(text) + "\n")

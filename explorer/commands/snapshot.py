@@ -83,23 +83,27 @@ async def _snapshot(args: argparse.Namespace) -> int:
 
 
 def render_text(pid: int, hello, frame) -> str:  # type: ignore[no-untyped-def]
-    """A frame as plain text: each thread's stack with locals, then the module variables."""
-    lines = [f"process {pid}: Python {hello.python.split()[0]}"]
+    """A frame as plain text: each thread's stack with locals, then the module variables.
+
+    Every string from the target (names, reprs) is shown escaped (explorer.text.visible)."""
+    from explorer.text import visible
+
+    lines = [f"process {pid}: Python {visible(hello.python.split()[0])}"]
     for thread in frame.threads:
         if thread.is_agent:
             continue
         flags = ", ".join(f for f, on in (("main", thread.is_main), ("daemon", thread.daemon)) if on)
         lines.append("")
-        lines.append(f"thread {thread.native_id} {thread.name or '?'}{f' ({flags})' if flags else ''}")
+        lines.append(f"thread {thread.native_id} {visible(thread.name or '?')}{f' ({flags})' if flags else ''}")
         for stack_frame in thread.frames:
-            lines.append(f"  {stack_frame.qualname} ({stack_frame.filename}:{stack_frame.lineno})")
+            lines.append(f"  {visible(stack_frame.qualname)} ({visible(stack_frame.filename)}:{stack_frame.lineno})")
             for variable in stack_frame.locals or ():
-                lines.append(f"      {variable.name} = {variable.value.repr}")
+                lines.append(f"      {visible(variable.name)} = {visible(variable.value.repr)}")
     for module in frame.modules:
         lines.append("")
-        lines.append(f"module {module.name}" + (" (not imported)" if module.missing else f" ({module.total} variables)"))
+        lines.append(f"module {visible(module.name)}" + (" (not imported)" if module.missing else f" ({module.total} variables)"))
         for variable in module.variables:
-            lines.append(f"  {variable.name} = {variable.value.repr}")
+            lines.append(f"  {visible(variable.name)} = {visible(variable.value.repr)}")
     if frame.truncated:
         lines.append("")
         lines.append("(frame truncated at the agent's size bound)")

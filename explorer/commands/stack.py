@@ -102,14 +102,19 @@ def stacks_to_json(pid: int, version: str, stacks: list[ThreadStack]) -> dict[st
 
 
 def format_stacks(pid: int, version: str, executable: str, cmdline: str, stacks: list[ThreadStack]) -> str:
-    """The human-readable dump: a header, then each thread and its frames, innermost first."""
-    lines = [f"Process {pid}: {cmdline}", f"Python v{version} ({executable})", ""]
+    """The human-readable dump: a header, then each thread and its frames, innermost first.
+
+    Every name from the target (command line, thread, file and function names) is shown escaped
+    (explorer.text.visible): a control character in them is written out, never obeyed."""
+    from explorer.text import visible
+
+    lines = [f"Process {pid}: {visible(cmdline)}", f"Python v{visible(version)} ({visible(executable)})", ""]
     for stack in stacks:
         title = f"Thread {stack.native_id}"
         if stack.is_main:
             title += " (main thread)"
         elif stack.name:
-            title += f" ({stack.name})"
+            title += f" ({visible(stack.name)})"
         if stack.holds_gil:
             title += " [holds GIL]"
         if stack.interpreter_id:
@@ -119,7 +124,7 @@ def format_stacks(pid: int, version: str, executable: str, cmdline: str, stacks:
         lines.append(title)
         for frame in stack.frames:
             where = frame.filename if frame.lineno is None else f"{frame.filename}:{frame.lineno}"
-            lines.append(f"    {frame.function} ({where})")
+            lines.append(f"    {visible(frame.function)} ({visible(where)})")
         if stack.truncated:
             lines.append("    ... (outer frames not shown: the stack is deeper than periscope follows)")
         if not stack.frames and not stack.truncated:

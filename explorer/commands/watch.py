@@ -28,7 +28,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_watch(args))
     except KeyboardInterrupt:
-        return 0  # Ctrl+C is how a watch ends; the session detached on the way out
+        from explorer import signals
+
+        # Ctrl+C is how a watch ends (status 0); SIGTERM or SIGHUP say so. The session detached on the way out.
+        return signals.exit_status(0)
 
 
 async def _watch(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -189,7 +190,7 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
         pid = MASK if self.mask_noise else str(self.pid)
         yield Static(f"periscope · attaching to {pid}", id="title")
         with Vertical(id="attach-body"):
-            yield Label(self._describe(), id="attach-command")
+            yield Label(Text(self._describe()), id="attach-command")
             yield AttachProgress(id="progress")
             yield Label("Where each thread is now (read from outside: nothing runs in the target)", classes="section")
             yield Label(
@@ -229,7 +230,7 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
         """Check the verdict, then attach; dismiss the screen with the session."""
         if self.process is None:
             self.process = await asyncio.to_thread(ProcessScanner().inspect, self.pid)
-            self.query_one("#attach-command", Label).update(self._describe())
+            self.query_one("#attach-command", Label).update(Text(self._describe()))
         process = self.process
         if process is not None and not process.attachable:
             raise AttachRefused(self.pid, process.reason or "periscope cannot attach", process.fix)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -13,6 +14,7 @@ from textual.widgets import Button, Label, Static
 from textual.worker import Worker, WorkerState
 
 from explorer.errors import PeriscopeError
+from explorer.text import visible
 
 
 def split_fix(message: str) -> tuple[str, str | None]:
@@ -99,10 +101,10 @@ class ErrorDialog(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.title_text, id="dialog-title")
-            yield Static(self.message, id="message", markup=False)
+            yield Label(Text(visible(self.title_text)), id="dialog-title")
+            yield Static(visible(self.message, keep_lines=True), id="message", markup=False)
             if self.fix:
-                yield Static(f"fix: {self.fix}", id="fix", markup=False)
+                yield Static(visible(f"fix: {self.fix}", keep_lines=True), id="fix", markup=False)
             with Horizontal():
                 yield Button("OK", variant="primary", id="ok")
 

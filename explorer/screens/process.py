@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import psutil
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -33,6 +34,7 @@ from explorer.errors import PeriscopeError
 from explorer.model import Frame, StackFrame, ThreadInfo, Value, Variable
 from explorer.screens.dialogs import forward_failure
 from explorer.screens.sources import SourceLines
+from explorer.text import visible
 from widgets._format import MASK, display_command
 from widgets.repl import ReplEntry, ReplInput, ReplPane
 from widgets.stack_view import StackEntry, StackView
@@ -283,7 +285,7 @@ class ProcessScreen(Screen[None]):
     # --- layout ----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Static(self._title(), id="title")
+        yield Static(Text(self._title()), id="title")
         with Horizontal(id="process-top"):
             with Vertical(id="process-left"):
                 yield Label("Threads", classes="section")
@@ -309,7 +311,7 @@ class ProcessScreen(Screen[None]):
 
     def describe(self) -> str:
         """The process in a few words (command palette)."""
-        return self.process.command if self.process is not None else f"process {self.pid}"
+        return visible(self.process.command) if self.process is not None else f"process {self.pid}"
 
     @classmethod
     def pane_bindings(cls) -> list[tuple[str, list[BindingType]]]:
@@ -496,7 +498,7 @@ class ProcessScreen(Screen[None]):
         title = f"Stack of {thread_name}"
         if title != self._stack_title:  # a label update re-lays out the screen: only when it changes
             self._stack_title = title
-            self.query_one("#stack-title", Label).update(title)
+            self.query_one("#stack-title", Label).update(Text(visible(title)))
         variables = self.query_one(VariablesTree)
         key = (self.selected_thread, self.selected_frame, stack_frame.qualname if stack_frame else "")
         track = not moved and key == self._shown_key

@@ -1924,11 +1924,12 @@ class Agent:
             if not self.stops:
                 self._end_monitoring()
 
-    # A worker abandoned in a Python-level loop of the target's code is stopped without an
-    # asynchronous exception: sys.monitoring reports the jumps of that one code object, and the
-    # callback raises Abandoned only in the worker's own thread and only in the frame the job
-    # itself called (the root), at one of that frame's own bytecode boundaries. A GC callback or
-    # finaliser that runs in the worker meanwhile is another frame: it is never interrupted.
+    # A worker abandoned in the target's code is stopped without an asynchronous exception:
+    # sys.monitoring reports the jumps and new lines of that one code object, and the callback
+    # raises Abandoned only in the worker's own thread and only in the frame the job itself
+    # called (the root), at one of that frame's own bytecode boundaries: a loop there, or the
+    # next line once a slow callee returns. A GC callback or finaliser that runs in the worker
+    # meanwhile is another frame: it is never interrupted.
 
     def _stop_at_own_bytecode(self, worker):
         monitoring = getattr(sys, "monitoring", None)
@@ -1948,6 +1949,7 @@ class Agent:
                         continue
                     self.monitor_tool = tool
                     monitoring.register_callback(tool, monitoring.events.JUMP, self._on_jump)
+                    monitoring.register_callback(tool, monitoring.events.LINE, self._on_jump)
                     break
             else:
                 self.note_error("stopping a hung call", RuntimeError("no free sys.monitoring tool id"))
@@ -1956,10 +1958,10 @@ class Agent:
         self.stops[worker.ident] = root
         if id(code) not in self.monitored:
             self.monitored[id(code)] = code
-            monitoring.set_local_events(self.monitor_tool, code, monitoring.events.JUMP)
+            monitoring.set_local_events(self.monitor_tool, code, monitoring.events.JUMP | monitoring.events.LINE)
 
-    def _on_jump(self, code, source, destination):
-        """sys.monitoring JUMP callback (see above); runs in whatever thread runs that code."""
+    def _on_jump(self, code, *where):
+        """sys.monitoring JUMP and LINE callback (see above); runs in whatever thread runs that code."""
         root = self.stops.get(_thread.get_ident())
         if root is not None and sys._getframe(1) is root:
             raise Abandoned()
@@ -1978,6 +1980,7 @@ class Agent:
             except ValueError as error:
                 self.note_error("sys.monitoring", error)
         monitoring.register_callback(tool, monitoring.events.JUMP, None)
+        monitoring.register_callback(tool, monitoring.events.LINE, None)
         monitoring.free_tool_id(tool)
 
     # ---- eval ----------------------------------------------------------------------------

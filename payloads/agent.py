@@ -1052,8 +1052,11 @@ class Worker:
                 self.done.release()
         finally:
             self.result = self.error = None
+            agent = self.agent
+            agent.service_idents.discard(self.ident)
+            if agent.stops.pop(self.ident, None) is not None and not agent.stops and agent.stopping:
+                agent._end_monitoring()  # the agent is gone: the last stopped worker tidies up
             self.exited.release()
-            self.agent.service_idents.discard(self.ident)
 
 
 class StreamRouter:
@@ -2204,6 +2207,7 @@ class Agent:
                 except OSError:
                     pass
         self.conn = self.listener = None
+        self._end_monitoring()
         self._restore_switch_interval()
         self._restore_routers()
         self.worker = None
@@ -2244,8 +2248,10 @@ class Agent:
                 zombie.wake.release()
             except RuntimeError:
                 pass
+        self._reap()
         self.zombies = []
-        self._end_monitoring()
+        if not self.stops:
+            self._end_monitoring()  # else the last stopped worker does it as it exits
         self.fork_cell[0] = None
         self._restore_routers()
         self._close_listener()

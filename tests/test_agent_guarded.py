@@ -173,3 +173,85 @@ async def test_hooks_of_hostile_objects_run_only_as_watched_calls(spawn):
         assert time.monotonic() < deadline, (before, _tasks(target.pid), _stacks(target.pid))
         await asyncio.sleep(0.1)
     assert target.proc.poll() is None
+
+
+CALLBACKS = '''
+import gc, sys, threading, time
+
+def record(unraisable):
+    sys.stdout.write("unraisable %s %r\\n" % (type(unraisable.exc_value).__name__, unraisable.err_msg))
+
+sys.unraisablehook = record
+
+def gc_callback(phase, info):
+    total = 0
+    for i in range(100):
+        total += i
+
+gc.callbacks.append(gc_callback)
+
+class Finalised:
+    def __init__(self):
+        self.me = self  # a cycle: the collector frees it, in whichever thread allocates
+    def __del__(self):
+        total = 0
+        for i in range(100):
+            total += i
+
+class Slow:
+    """Over the repr budget: the watchdog gives up on it while collections run in its thread."""
+    def __repr__(self):
+        started = time.thread_time()
+        while time.thread_time() - started < 0.3:
+            Finalised()
+        return "Slow()"
+
+class Fast:
+    """About 9 ms of CPU: well within the budget, however long it waits for the GIL."""
+    def __repr__(self):
+        started = time.thread_time()
+        while time.thread_time() - started < 0.009:
+            Finalised()
+        return "Fast()"
+
+def hog():
+    while True:
+        sum(range(1_000_000))  # long C calls that keep the GIL
+
+threading.Thread(target=hog, name="hog", daemon=True).start()
+SLOW = Slow()
+FAST = Fast()
+BOTH = {"slow": SLOW, "fast": FAST}
+sys.stdout.write("ready\\n")
+while True:
+    time.sleep(0.01)
+'''
+
+
+async def test_gc_callbacks_and_finalisers_never_see_the_agent_and_fast_reprs_never_time_out(spawn):
+    target = spawn(CALLBACKS)
+    target.wait_for_line("ready")
+    before = _tasks(target.pid)
+    fast_previews = []
+    for turn in range(50):
+        session = await attach(target.pid, rate=10 if turn % 2 else 0, timeout=60)
+        try:
+            if turn % 2:
+                frames = [await session.next_frame(timeout=60) for _ in range(3)]
+            else:
+                frames = [await session.sample(timeout=60)]
+                both = frames[0].module("__main__").get("BOTH")
+                children = await session.expand(both.ref, kind="items")
+                fast_previews += [c.value for c in children.children if c.name == "fast"]
+            fast_previews += [f.module("__main__").get("FAST") for f in frames]
+        finally:
+            await asyncio.wait_for(session.detach(), 30)
+    assert len(fast_previews) >= 75
+    assert all(p.repr == "Fast()" and not p.failed for p in fast_previews), [p.repr for p in fast_previews if p.repr != "Fast()"]
+    deadline = time.monotonic() + 20
+    while _tasks(target.pid) != before:
+        assert time.monotonic() < deadline, (before, _tasks(target.pid), _stacks(target.pid))
+        await asyncio.sleep(0.1)
+    _hooks(target)  # collect what the target printed
+    assert not [line for line in target.lines if line.startswith("unraisable")], target.lines
+    assert target.proc.poll() is None

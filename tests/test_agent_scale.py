@@ -103,3 +103,20 @@ async def test_a_million_globals_are_paged_within_the_frame_budget(spawn):
         assert after - before < 16 * 1024, (before, after)
     finally:
         await session.detach()
+
+
+async def test_the_thread_list_shows_every_one_of_a_thousand_threads(spawn, tmp_path):
+    from explorer.app import PeriscopeApp
+    from explorer.screens.process import ProcessScreen
+    from tests.screenshots import SIZE, wait_until
+    from widgets.thread_list import ThreadList
+
+    target = spawn(THREADS)
+    ids = set(json.loads(target.wait_for_line("ready ", timeout=120).split(" ", 1)[1]))
+    app = PeriscopeApp(pid=target.pid, history_path=tmp_path / "history")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen) and app.screen.frames_applied >= 1, "the process screen", timeout=120)
+        rows = app.screen.query_one(ThreadList).threads
+        assert ids <= set(rows) and target.pid in rows
+        omitted = [row for native_id, row in rows.items() if row.where == "(stack not sent: too many threads)"]
+        assert len(rows) - len(omitted) == app.screen.session.hello.limits["threads"]

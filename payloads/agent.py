@@ -375,14 +375,20 @@ def _periscope_bootstrap(config, source, code, offered):
             pass
         if offered and code is None:
             mark("code-rejected", "the precompiled agent is for another interpreter build")
+        if existing is not None and type(existing) is type(sys) and existing.__dict__.get("directory") == directory:
+            return  # this very script, picked up by a second thread as well: the first run is the agent
         if existing is not None:
             alive = getattr(existing, "agent_alive", None)
             if alive is None or alive():
                 mark("busy", "another periscope agent is attached to this process")
                 return
         module = type(sys)(name)
+        module.directory = directory
         if existing is None:
-            if sys.modules.setdefault(name, module) is not module:
+            other = sys.modules.setdefault(name, module)
+            if other is not module:
+                if type(other) is type(sys) and other.__dict__.get("directory") == directory:
+                    return  # this very script, run twice: the other run is the agent
                 mark("busy", "another periscope agent is starting in this process")
                 return
         else:

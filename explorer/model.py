@@ -77,6 +77,8 @@ class ThreadInfo:
     frames: tuple[StackFrame, ...]
     depth: int
     """The full stack depth (``frames`` may be cut at the agent's stack_depth limit)."""
+    stack_omitted: bool = False
+    """The frame left this thread's stack out (more threads than the agent's ``threads`` limit)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class Frame:
     error_log: tuple[str, ...] = ()
     encode_ms: float = 0.0
     """Milliseconds the agent took to encode the previous frame."""
+    paused: str | None = None
+    """Why values are not shown (``values paused: target code does not return``), or None."""
 
     def thread(self, native_id: int) -> ThreadInfo | None:
         """The thread with this native id, or None."""
@@ -249,6 +253,7 @@ def frame_json(pid: int, hello: Hello, frame: Frame) -> dict[str, Any]:
                 "thread_id": thread.thread_id,
                 "name": thread.name,
                 "daemon": thread.daemon,
+                "stack_omitted": thread.stack_omitted,
                 "frames": [
                     {
                         "filename": stack_frame.filename,
@@ -264,4 +269,5 @@ def frame_json(pid: int, hello: Hello, frame: Frame) -> dict[str, Any]:
         ],
         "modules": {module.name: {v.name: value_json(v.value) for v in module.variables} for module in frame.modules},
         "truncated": frame.truncated,
+        "paused": frame.paused,
     }

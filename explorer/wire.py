@@ -193,6 +193,7 @@ def _thread(data: Any) -> ThreadInfo:
         is_agent=_get(data, "agent", bool, "thread", optional=True, default=False),
         frames=tuple(_stack_frame(f) for f in _list(data.get("stack", []), "thread.stack")),
         depth=_get(data, "depth", int, "thread", optional=True, default=0),
+        stack_omitted=_get(data, "stack_omitted", bool, "thread", optional=True, default=False),
     )
 
 
@@ -223,6 +224,7 @@ def decode_frame(data: Any) -> Frame:
         errors=_get(data, "errors", int, "frame", optional=True, default=0),
         error_log=tuple(log),
         encode_ms=_get(data, "encode_ms", _NUMBER, "frame", optional=True, default=0.0),
+        paused=_get(data, "paused", str, "frame", optional=True),
     )
 
 

@@ -21,12 +21,43 @@ Rules this file lives by, because it runs inside someone else's process:
 Importing this module (as periscope and the tests do, for the codec) starts nothing.
 """
 
-import _socket
-import _struct
-import _thread
-import os
 import sys
-import time
+
+
+def _original(name):
+    """A fresh instance of the builtin C module ``name``, not the one in ``sys.modules``.
+
+    gevent and eventlet patch ``_thread``, ``time`` and ``socket`` in place (or replace them in
+    ``sys.modules``), which would turn the agent's threads into greenlets on the target's hub; a
+    target may also put a module of its own under any name. A builtin module built anew from its
+    C definition has only the interpreter's own functions. Not builtin in this build: the
+    imported one.
+    """
+    if name in sys.builtin_module_names:
+        try:
+            import _imp
+
+            spec = _Spec()
+            spec.name = name
+            spec.origin = "built-in"
+            module = _imp.create_builtin(spec)
+            _imp.exec_builtin(module)
+            return module
+        except (ImportError, AttributeError, TypeError, SystemError):
+            pass
+    return __import__(name)
+
+
+class _Spec:
+    """The least of a module spec that ``_imp.create_builtin`` reads (``name``, ``origin``)."""
+
+
+_socket = _original("_socket")
+_struct = _original("_struct")
+_thread = _original("_thread")
+os = _original("posix") if "posix" in sys.builtin_module_names else __import__("os")
+time = _original("time")
+_islice_c = _original("itertools").islice
 
 PROTOCOL_VERSION = 1
 MODULE_NAME = "_periscope_agent"
@@ -302,9 +333,18 @@ BOOTSTRAP = r'''
 def _periscope_bootstrap(config, source, code, offered):
     # code: the agent module's code object, or None to compile ``source`` (and offered: whether
     # precompiled code came with the script and was turned down).
-    import sys, _thread
+    import sys
     name = "_periscope_agent"
     directory = config["directory"]
+    # The agent's own frames are known by their code objects: this one's and the launcher's. The
+    # launcher script's own code holds the token among its constants: only its id is kept, for
+    # the first frame (built while this thread may still be in it).
+    config["own_codes"] = [sys._getframe(0).f_code]
+    try:
+        config["own_codes"].append(sys._getframe(1).f_code)
+        config["launcher_code_id"] = id(sys._getframe(2).f_code)
+    except ValueError:
+        pass
 
     def mark(filename, text):
         # The only channel back to periscope before the socket exists.
@@ -346,14 +386,20 @@ def _periscope_bootstrap(config, source, code, offered):
             pass
         if offered and code is None:
             mark("code-rejected", "the precompiled agent is for another interpreter build")
+        if existing is not None and type(existing) is type(sys) and existing.__dict__.get("directory") == directory:
+            return  # this very script, picked up by a second thread as well: the first run is the agent
         if existing is not None:
             alive = getattr(existing, "agent_alive", None)
             if alive is None or alive():
                 mark("busy", "another periscope agent is attached to this process")
                 return
         module = type(sys)(name)
+        module.directory = directory
         if existing is None:
-            if sys.modules.setdefault(name, module) is not module:
+            other = sys.modules.setdefault(name, module)
+            if other is not module:
+                if type(other) is type(sys) and other.__dict__.get("directory") == directory:
+                    return  # this very script, run twice: the other run is the agent
                 mark("busy", "another periscope agent is starting in this process")
                 return
         else:
@@ -387,7 +433,15 @@ def _periscope_bootstrap(config, source, code, offered):
             except BaseException as error:
                 give_up(error)
 
-        _thread.start_new_thread(run, ())
+        # A fresh _thread (gevent and eventlet patch the imported one to start greenlets).
+        import _imp
+        spec = type("Spec", (), {"name": "_thread", "origin": "built-in"})()
+        if "_thread" in sys.builtin_module_names:
+            fresh = _imp.create_builtin(spec)
+            _imp.exec_builtin(fresh)
+        else:
+            import _thread as fresh
+        fresh.start_new_thread(run, ())
     except BaseException as error:
         mark("failed", "%s: %s" % (type(error).__name__, error))
 '''
@@ -495,7 +549,8 @@ DEFAULT_LIMITS = {
     "threads": 512,  # threads per frame
     "frame_bytes": 2 * 1024 * 1024,  # estimated encoded size of one frame
     "repr_budget": 0.1,  # seconds one __repr__ may take before its type is given up on
-    "frame_budget": 0.5,  # seconds of user __repr__ calls per frame
+    "frame_budget": 0.5,  # CPU seconds of user __repr__ calls per frame
+    "module_cpu": 0.005,  # CPU seconds per frame of the agent's own work on watched modules' variables
     "refs": 50000,  # objects held for lazy expansion
     "eval_output": 1 << 20,  # characters of print output kept per eval
 }
@@ -507,7 +562,6 @@ _C_REPR_SAFE = frozenset(
     [
         type(len),  # builtin_function_or_method
         type(lambda: None),  # function
-        type(sys),  # module
         type((lambda: None).__code__),  # code
         type("".join),  # builtin method (same as builtin_function_or_method)
         type(object.__init__),  # wrapper_descriptor
@@ -517,8 +571,11 @@ _C_REPR_SAFE = frozenset(
     ]
 )
 _CONTAINERS = frozenset([list, tuple, dict, set, frozenset])
-_OWN_FILES = frozenset(["<periscope-agent>", "<periscope-bootstrap>"])
-_LAUNCHER_NAMES = frozenset(["<module>", "_periscope_launch"])  # the injected script (PyRun_String: "<string>")
+_MAX_ABANDONED = 4  # workers left behind in target code that does not return; past that, values pause
+PAUSED = "values paused: target code does not return"
+_module_type = type(sys)
+_code_type = type(_original.__code__)
+_function_type = type(_original)
 _NOT_EXPANDABLE = frozenset([int, float, complex, bool, _NoneType, str, bytes, bytearray, range])
 _type_qualname = type.__dict__["__qualname__"].__get__
 _type_module = type.__dict__["__module__"].__get__
@@ -526,10 +583,15 @@ _type_mro = type.__dict__["__mro__"].__get__
 _type_dict = type.__dict__["__dict__"].__get__
 _dict_items = dict.items
 _dict_len = dict.__len__
+_dict_get = dict.get
+_exception_args = BaseException.__dict__["args"].__get__
+_getset_type = type(type.__dict__["__qualname__"])
+_member_type = type(type(sys).__dict__["__dict__"])
 
 
 class Abandoned(BaseException):
-    """Raised inside a worker the watchdog gave up on, so that it unwinds without touching state."""
+    """Raised (synchronously, in agent code) in a worker the watchdog gave up on once the target
+    code it waited for has returned, so that the worker unwinds and exits."""
 
 
 def _islice(iterable, start, stop):
@@ -537,11 +599,64 @@ def _islice(iterable, start, stop):
 
     No bytecode runs between two elements, so no other thread can take the GIL midway and
     resize the container under the iterator (a Python-level loop here could raise "changed
-    size during iteration" on any busy target). ``zip`` stops after ``stop`` elements.
+    size during iteration" on any busy target). The elements before ``start`` are skipped, not
+    kept: memory is in proportion to the page, not to ``stop``.
     """
     if stop <= start:
         return []
-    return [item for _, item in list(zip(range(stop), iterable))[start:]]
+    return list(_islice_c(iterable, start, stop))
+
+
+def instance_dict(obj):
+    """The instance ``__dict__`` of ``obj`` read by the interpreter's own C getter, or None.
+
+    ``obj.__dict__`` and ``object.__getattribute__(obj, "__dict__")`` run a ``__getattribute__``
+    or a ``__dict__`` property of the class; the C descriptor that created the instance dict
+    (found along the MRO, past any override) cannot run Python code.
+    """
+    cls = type(obj)
+    try:
+        mro = _type_mro(cls)
+    except BaseException:
+        return None
+    for klass in mro:
+        descriptor = _type_dict(klass).get("__dict__")
+        if type(descriptor) is _getset_type or type(descriptor) is _member_type:
+            try:
+                namespace = descriptor.__get__(obj, cls)
+            except (TypeError, AttributeError):
+                return None
+            return namespace if type(namespace) is dict else None
+    return None
+
+
+def field(obj, name):
+    """One entry of ``obj``'s instance dict (see instance_dict), or None; no target code runs."""
+    namespace = instance_dict(obj)
+    return None if namespace is None else _dict_get(namespace, name)
+
+
+def own_codes(namespace, *more):
+    """``{id(code): code}`` of every function and method defined in ``namespace`` (a module's
+    globals), their nested code, and the code objects in ``more``: how the agent tells its own
+    frames from the target's (a file name can be copied, a code object cannot)."""
+    pending = list(more)
+    for value in list(namespace.values()):
+        if type(value) is _function_type and value.__globals__ is namespace:
+            pending.append(value.__code__)
+        elif isinstance(value, type):
+            for member in list(_type_dict(value).values()):
+                member = getattr(member, "__func__", member) if type(member) in (staticmethod, classmethod) else member
+                if type(member) is _function_type and member.__globals__ is namespace:
+                    pending.append(member.__code__)
+    codes = {}
+    while pending:
+        code = pending.pop()
+        if type(code) is not _code_type or id(code) in codes:
+            continue
+        codes[id(code)] = code
+        pending.extend(c for c in code.co_consts if type(c) is _code_type)
+    return codes
 
 
 def type_name(cls):
@@ -560,8 +675,12 @@ def type_name(cls):
 
 
 def _error_text(error):
-    """A short description of an exception raised by target code (no user code runs)."""
-    args = getattr(error, "args", ())
+    """A short description of an exception raised by target code (no user code runs: ``args``
+    is read with BaseException's own C getter, past any property of the class)."""
+    try:
+        args = _exception_args(error)
+    except TypeError:
+        args = ()
     detail = ""
     if type(args) is tuple and args and type(args[0]) is str:
         detail = args[0][:100]
@@ -626,24 +745,34 @@ class RefTable:
 class Previews:
     """Bounded previews of target objects; runs in a watched worker thread (user code may run)."""
 
-    def __init__(self, agent, worker, limits, refs, deadline):
+    def __init__(self, agent, worker, limits, refs, cpu_deadline):
         self.agent = agent
         self.worker = worker
         self.limits = limits
         self.refs = refs
-        self.deadline = deadline
+        self.cpu_deadline = cpu_deadline  # the worker's thread CPU time at which user reprs stop
         self.repr_chars = limits["repr_chars"]
         self.items = limits["items"]
         self.depth = limits["depth"]
         self.bytes = 0  # estimated encoded size so far
 
     def preview(self, obj, pin=False, repr_chars=None):
-        """``{"type", "repr", "ref"?, "len"?, "cut"?, "fail"?}`` for one object."""
+        """``{"type", "repr", "ref"?, "len"?, "cut"?, "fail"?}`` for one object.
+
+        An error while formatting it becomes its preview (``<preview failed: ...>``): one value
+        never costs the frame.
+        """
         cls = type(obj)
         limit = repr_chars or self.repr_chars
         self._cut = False
         self._fail = False
-        text = self._fmt(obj, 0, limit, ())
+        try:
+            text = self._fmt(obj, 0, limit, ())
+        except Abandoned:
+            raise
+        except BaseException as error:
+            self._fail = True
+            text = "<preview failed: %s>" % _error_text(error)
         if len(text) > limit:
             text = text[:limit] + _ELLIPSIS
             self._cut = True
@@ -678,6 +807,8 @@ class Previews:
             return self._fmt_container(obj, cls, depth, budget, path)
         if cls is type:
             return "<class '%s'>" % type_name(obj)
+        if cls is _module_type:
+            return _module_repr(obj)
         if cls in _C_REPR_SAFE:
             return repr(obj)
         return self.user_repr(obj)
@@ -737,28 +868,19 @@ class Previews:
         if cls in agent.hung_types:
             self._fail = True
             return "<repr timed out>"
-        if agent.repr_disabled:
+        if agent.values_paused:
             self._fail = True
-            return "<repr disabled: too many hung __repr__ calls>"
-        if time.monotonic() > self.deadline:
+            return "<%s>" % PAUSED
+        if time.thread_time() > self.cpu_deadline:
             self._cut = True
             return "<%s object: repr skipped, time budget spent>" % type_name(cls)
-        worker = self.worker
-        worker.call_type = cls
-        worker.call_started = time.monotonic()
         try:
-            text = repr(obj)
+            text = self.worker.call(cls, repr, obj)
         except Abandoned:
             raise
         except BaseException as error:
-            worker.call_type = None
-            if worker.abandoned:
-                raise Abandoned()
             self._fail = True
             return "<repr failed: %s>" % _error_text(error)
-        worker.call_type = None
-        if worker.abandoned:
-            raise Abandoned()
         if type(text) is not str:
             text = str.__str__(text)
         if len(text) > self.repr_chars * 4:
@@ -791,7 +913,7 @@ class Previews:
         if issubclass(cls, dict):
             total = _dict_len(obj)
             entries = _islice(_dict_items(obj), offset, offset + limit)
-            return total, [(self._label(k), v) for k, v in entries]
+            return total, [(self.label(k), v) for k, v in entries]
         if issubclass(cls, (list, tuple)):
             total = (list.__len__ if issubclass(cls, list) else tuple.__len__)(obj)
             getitem = list.__getitem__ if issubclass(cls, list) else tuple.__getitem__
@@ -803,65 +925,79 @@ class Previews:
             return total, [("{%d}" % (offset + i), v) for i, v in enumerate(values)]
         raise ValueError("%s has no items to expand" % type_name(cls))
 
-    def _label(self, key):
+    def label(self, key):
+        """A dict key or attribute name as text: a str as it is, anything else as its preview
+        (so a key's own ``__str__``/``__repr__`` runs only as a watched call, like any repr)."""
         if type(key) is str:
             return key
         self._cut = False
-        text = self._fmt(key, 1, 80, ())
+        try:
+            text = self._fmt(key, 1, 80, ())
+        except Abandoned:
+            raise
+        except BaseException as error:
+            return "<key failed: %s>" % _error_text(error)
         return text[:80] + _ELLIPSIS if len(text) > 80 else text
 
+    def named(self, items, budget, cpu_budget=None):
+        """``[[name, preview], ...]`` of ``(name, value)`` pairs until the frame's size budget
+        (or ``cpu_budget``, seconds of this thread's CPU time) is spent, and whether it was."""
+        result = []
+        worker = self.worker
+        # The target's own __repr__ calls have their own budgets (repr_budget, frame_budget):
+        # cpu_budget bounds the agent's own work.
+        stop_at = None if cpu_budget is None else time.thread_time() - worker.target_cpu + cpu_budget
+        for index, (key, value) in enumerate(items):
+            if self.bytes > budget:
+                return result, True
+            if stop_at is not None and index & 15 == 15 and time.thread_time() - worker.target_cpu > stop_at:
+                return result, True
+            key = self.label(key)
+            self.bytes += len(key) + 8
+            result.append([key, self.preview(value)])
+        return result, False
+
     def _attrs(self, obj, cls, offset, limit):
-        pairs = []
-        if cls is type(sys):
-            namespace = object.__getattribute__(obj, "__dict__")
-            pairs = list(_dict_items(namespace))
-        elif issubclass(cls, type):
-            pairs = list(_dict_items(dict(_type_dict(obj))))
+        # The instance dict (or a class's namespace) by C-level reads only, then __slots__
+        # members; a page costs memory in proportion to the page, not to the namespace.
+        if issubclass(cls, type):
+            namespace = dict(_type_dict(obj))
         else:
-            try:
-                namespace = object.__getattribute__(obj, "__dict__")
-            except AttributeError:
-                namespace = None
-            except Abandoned:
-                raise
-            except BaseException as error:
-                self.agent.note_error("reading __dict__", error)
-                namespace = None
-            if type(namespace) is dict:
-                pairs = list(_dict_items(namespace))
+            namespace = instance_dict(obj)
+        slots = []
+        if not issubclass(cls, type) and cls is not _module_type:
             for klass in _type_mro(cls):
-                slots = _type_dict(klass).get("__slots__")
-                if slots is None:
-                    continue
-                if type(slots) is str:
-                    slots = (slots,)
-                for slot in slots:
+                names = _type_dict(klass).get("__slots__")
+                if type(names) is str:
+                    names = (names,)
+                if type(names) not in (tuple, list):
+                    continue  # iterating anything else would run the class's own code
+                for slot in names:
+                    if type(slot) is not str:
+                        continue
                     descriptor = _type_dict(klass).get(slot)
-                    if type(descriptor).__name__ != "member_descriptor":
+                    if type(descriptor) is not _member_type:
                         continue
                     try:
-                        pairs.append((slot, descriptor.__get__(obj, klass)))
+                        slots.append((slot, descriptor.__get__(obj, klass)))
                     except AttributeError:
                         continue
-        total = len(pairs)
-        return total, [(str(k), v) for k, v in pairs[offset : offset + limit]]
-
-
-def _named_previews(previews, items, budget):
-    """``[[name, preview], ...]`` of ``(name, value)`` pairs until the frame's size budget is
-    spent, and whether it was."""
-    result = []
-    for key, value in items:
-        if previews.bytes > budget:
-            return result, True
-        key = str(key)
-        previews.bytes += len(key) + 8
-        result.append([key, previews.preview(value)])
-    return result, False
+        in_dict = 0 if namespace is None else _dict_len(namespace)
+        page = _islice(_dict_items(namespace), offset, offset + limit) if offset < in_dict else []
+        if len(page) < limit:
+            first = max(0, offset - in_dict)
+            page += slots[first : first + limit - len(page)]
+        return in_dict + len(slots), [(self.label(k), v) for k, v in page]
 
 
 class Worker:
-    """One thread that runs jobs (frame builds, expansions) while the agent's main thread watches it."""
+    """One thread that runs jobs (frame builds, expansions) while the agent's main thread watches it.
+
+    Every call into target code goes through ``call``, which the watchdog (Agent.run_job) times
+    by this thread's own CPU time. A worker the watchdog gives up on is never sent an exception:
+    it is left to return from the target's code by itself, then sees ``abandoned`` in its own
+    code and exits.
+    """
 
     def __init__(self, agent):
         self.agent = agent
@@ -872,20 +1008,46 @@ class Worker:
         self.job = None
         self.result = None
         self.error = None
-        self.call_type = None
-        self.call_started = 0.0
+        self.call_type = None  # the class whose code runs now (None: only agent code runs)
+        self.call_cpu = 0.0  # this thread's CPU time when the call started
+        self.call_waited = 0.0  # seconds the watchdog has watched this call
+        self.cpu_clock = None  # this thread's CPU clock, for the watchdog
+        self.target_cpu = 0.0  # CPU seconds this thread has spent in calls into target code
         self.abandoned = False
         self.stopping = False
         self.ident = None
         self.exited = _thread.allocate_lock()
         self.exited.acquire()
-        self.cpu = 0.0
 
     def start(self):
-        self.ident = self.agent.start_thread(self.run, "periscope-agent-worker", service=True)
+        self.ident = self.agent.start_thread(self.run, "periscope-agent", service=True)
+
+    def call(self, cls, function, *args):
+        """``function(*args)``, which may run target code (of class ``cls``), under the watchdog."""
+        self.call_waited = 0.0
+        self.call_cpu = time.thread_time()
+        self.call_type = cls
+        try:
+            return function(*args)
+        finally:
+            self.call_type = None
+            self.target_cpu += time.thread_time() - self.call_cpu
+            if self.abandoned:
+                raise Abandoned()
+
+    def cpu_in_call(self):
+        """CPU seconds this thread has run in the current call (read from another thread)."""
+        try:
+            return time.clock_gettime(self.cpu_clock) - self.call_cpu
+        except (OSError, TypeError, AttributeError):
+            return 0.0
 
     def run(self):
         try:
+            try:
+                self.cpu_clock = time.pthread_getcpuclockid(_thread.get_ident())
+            except (AttributeError, OSError):
+                self.cpu_clock = None
             while True:
                 self.wake.acquire()
                 if self.stopping or self.abandoned:
@@ -905,11 +1067,13 @@ class Worker:
                 if self.abandoned:
                     break
                 self.done.release()
-        except BaseException:
-            pass  # an async Abandoned landing between jobs: this worker is finished either way
         finally:
+            self.result = self.error = None
+            agent = self.agent
+            agent.service_idents.discard(self.ident)
+            if agent.stops.pop(self.ident, None) is not None and not agent.stops and agent.stopping:
+                agent._end_monitoring()  # the agent is gone: the last stopped worker tidies up
             self.exited.release()
-            self.agent.service_idents.discard(self.ident)
 
 
 class StreamRouter:
@@ -989,6 +1153,46 @@ class EvalRecord:
         self.capture = None
 
 
+def _module_repr(module):
+    """``repr(module)`` as importlib writes it, from C-level reads of the module's and its spec's
+    instance dicts (module.__repr__ itself asks importlib, which reads properties of the spec
+    and calls the loader's code)."""
+    spec = field(module, "__spec__")
+    name = field(spec, "name") if spec is not None else None
+    if type(name) is not str:
+        name = field(module, "__name__")
+    name = repr(name) if type(name) is str else "'?'"
+    origin = field(spec, "origin") if spec is not None else None
+    if type(origin) is str:
+        if field(spec, "_set_fileattr") is True:
+            return "<module %s from %r>" % (name, origin)
+        return "<module %s (%s)>" % (name, origin)
+    where = field(module, "__file__")
+    if spec is None and type(where) is str:
+        return "<module %s from %r>" % (name, where)
+    return "<module %s>" % name
+
+
+def _frame_locals_type():
+    """The type of ``frame.f_locals`` of a function's frame (FrameLocalsProxy on 3.13+)."""
+    return type(sys._getframe().f_locals)
+
+
+_frame_locals_proxy = _frame_locals_type()
+
+
+def _mapping_page(mapping, limit):
+    """Up to ``limit`` items of a mapping of the target's own type, and its length (target code)."""
+    return _islice(mapping.items(), 0, limit), len(mapping)
+
+
+def _patched(threading):
+    """Whether the target's ``threading`` starts something other than OS threads (gevent's or
+    eventlet's monkey-patching makes them greenlets on the target's hub)."""
+    starter = field(threading, "_start_joinable_thread") or field(threading, "_start_new_thread")
+    return type(starter) is not type(len)
+
+
 def _set_async_exc(ident, exc_type):
     """Raise ``exc_type`` in another thread at its next bytecode boundary (None clears it)."""
     import ctypes
@@ -1014,7 +1218,10 @@ class Agent:
         self.errors = 0
         self.error_log = []
         self.hung_types = set()
-        self.repr_disabled = False
+        self.values_paused = False  # too many workers stuck in target code: no more target calls
+        self.stops = {}  # abandoned worker's ident -> the frame of the target's code it is to leave
+        self.monitored = {}  # id(code) -> code with sys.monitoring JUMP events on (see _on_jump)
+        self.monitor_tool = None
         self.service_idents = set()
         self.zombies = []
         self.worker = None
@@ -1034,12 +1241,19 @@ class Agent:
         self.early_job = None  # (worker, job) started before periscope connected
         self.hello_first = None  # hello, when it goes out together with the first frame
         self.next_frame_at = None
+        # Always the agent's own encoder: a module the target imported as "msgpack" may be anything.
         self.codec = "builtin"
-        self._encode = encode
-        packer = sys.modules.get("msgpack")
-        if packer is not None and hasattr(packer, "packb"):
-            self.codec = "msgpack"
-            self._msgpack_packb = packer.packb
+        self.own_codes = own_codes(module.__dict__, *config.pop("own_codes", ()))
+        launcher = config.pop("launcher_code_id", None)
+        if launcher is not None:
+            self.own_codes[launcher] = None  # forgotten after the first frame (see send_frame)
+        self.launcher_code_id = launcher
+        self.fork_cell = [self.forget_in_child]
+        try:
+            # A tiny hook (it cannot be unregistered): after detach it holds nothing of the agent.
+            os.register_at_fork(after_in_child=eval("lambda: cell[0] is not None and cell[0]()", {"__builtins__": {}, "cell": self.fork_cell}))
+        except (AttributeError, TypeError, RuntimeError) as error:
+            self.note_error("register_at_fork", error)
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
@@ -1050,7 +1264,8 @@ class Agent:
             self.error_log.append("%s: %s" % (where, _error_text(error)))
 
     def start_thread(self, function, name, service):
-        """Start a thread; service threads are the agent's own and never appear in frames."""
+        """Start an OS thread named ``name`` (also at the OS level, as ``top -H`` shows it; Linux
+        keeps 15 bytes of it); service threads are the agent's own and never appear in frames."""
         threading = sys.modules.get("threading")
         started = _thread.allocate_lock()
         started.acquire()
@@ -1060,10 +1275,14 @@ class Agent:
             box.append(_thread.get_ident())
             if service:
                 self.service_idents.add(box[0])
+            try:
+                _thread.set_name(name)  # else it keeps the name of the thread that started it
+            except (AttributeError, OSError, ValueError):
+                pass  # no set_name before 3.14 or on this platform: only the OS name is missing
             started.release()
             function()
 
-        if threading is not None and not service:
+        if threading is not None and not service and not _patched(threading):
             # The target's own threading, so that threading.current_thread() works in an eval.
             # A target may have replaced it with something that fails or starts nothing: then a
             # plain thread does the work (whichever thread claims it first runs it, once).
@@ -1100,8 +1319,8 @@ class Agent:
         self.running = True
         try:
             _thread.set_name("periscope-agent")
-        except (AttributeError, OSError):
-            pass
+        except (AttributeError, OSError, ValueError):
+            pass  # no set_name before 3.14 or on this platform: only the OS name is missing
         try:
             self._run()
         except BaseException as error:
@@ -1332,15 +1551,8 @@ class Agent:
         """Encode and send one message; a failure ends the session."""
         if self.conn is None:
             return
-        data = None
         started = time.perf_counter()
-        if self.codec == "msgpack":
-            try:
-                data = self._msgpack_packb(message, use_bin_type=True)
-            except Exception as error:  # e.g. a lone surrogate: the builtin codec escapes it
-                self.note_error("msgpack", error)
-        if data is None:
-            data = encode(message)
+        data = encode(message)
         if message.get("t") == "frame" or (message.get("t") == "resp" and type(message.get("result")) is dict and message["result"].get("t") == "frame"):
             self.last_encode_ms = (time.perf_counter() - started) * 1000.0
         if self.hello_first is not None:
@@ -1445,8 +1657,8 @@ class Agent:
     # ---- frames --------------------------------------------------------------------------
 
     def _previews(self, worker):
-        deadline = time.monotonic() + self.limits["frame_budget"]
-        return Previews(self, worker, self.limits, self.refs, deadline)
+        """Previews for one job in ``worker`` (this runs in the worker: its CPU clock is the budget's)."""
+        return Previews(self, worker, self.limits, self.refs, time.thread_time() + self.limits["frame_budget"])
 
     def send_frame(self, request_id):
         try:
@@ -1463,6 +1675,10 @@ class Agent:
         frame["errors"] = self.errors
         frame["error_log"] = self.error_log
         frame["encode_ms"] = self.last_encode_ms
+        frame["paused"] = PAUSED if self.values_paused else None
+        if self.launcher_code_id is not None:
+            self.own_codes.pop(self.launcher_code_id, None)  # the script has long returned
+            self.launcher_code_id = None
         self.errors = 0
         self.error_log = []
         if request_id is None:
@@ -1471,19 +1687,27 @@ class Agent:
             self.reply(request_id, frame)
         self._restore_switch_interval()
 
+    def _thread_objects(self):
+        """``threading._active`` of the target (ident -> Thread), copied by C-level reads only."""
+        threading = sys.modules.get("threading")
+        if threading is None:
+            return {}
+        active = field(threading, "_active")
+        return dict(active) if type(active) is dict else {}
+
+    def _is_own(self, frame):
+        """Whether ``frame`` runs the agent's own code (by code object, not by file name)."""
+        return id(frame.f_code) in self.own_codes
+
     def _build_frame(self, worker):
+        """One frame. Runs in the worker; target code runs only in ``worker.call`` (reprs, a
+        custom locals mapping), everything else is read with C-level operations."""
         started = time.perf_counter()
         limits = self.limits
         previews = self._previews(worker)
         budget = limits["frame_bytes"]
         truncated = False
-        threading = sys.modules.get("threading")
-        by_ident = {}
-        if threading is not None:
-            try:
-                by_ident = dict(getattr(threading, "_active", {}))
-            except BaseException as error:
-                self.note_error("threading._active", error)
+        by_ident = self._thread_objects()
         try:
             main_ident = _thread._get_main_thread_ident()
         except AttributeError:
@@ -1492,26 +1716,25 @@ class Agent:
         own = self.service_idents
         eval_idents = {r.ident for r in list(self.evals.values()) if r.ident is not None}
 
+        # Every thread gets its header; stacks for the first ``threads`` of them (the main
+        # thread and evals first), the others say so with ``stack_omitted``.
         threads = []
-        idents = sorted(current, key=lambda i: (i != main_ident, i))
+        idents = sorted(current, key=lambda i: (i != main_ident, i not in eval_idents, i))
         for ident in idents:
             if ident in own:
                 continue
-            if len(threads) >= limits["threads"]:
-                truncated = True
-                break
             info = by_ident.get(ident)
-            name = None
-            daemon = None
-            native_id = None
+            name = daemon = native_id = None
             if info is not None:
-                name = info.__dict__.get("_name")
-                daemon = info.__dict__.get("_daemonic")
-                native_id = info.__dict__.get("_native_id")
+                namespace = instance_dict(info)
+                if namespace is not None:
+                    name = _dict_get(namespace, "_name")
+                    daemon = _dict_get(namespace, "_daemonic")
+                    native_id = _dict_get(namespace, "_native_id")
             if ident == main_ident:
-                name = name or "MainThread"
+                name = name if type(name) is str else "MainThread"
                 daemon = False if daemon is None else daemon
-                native_id = native_id or os.getpid()
+                native_id = native_id if type(native_id) is int else os.getpid()
             threads.append(
                 {
                     "ident": ident,
@@ -1522,23 +1745,27 @@ class Agent:
                     "agent": ident in eval_idents,
                     "stack": [],
                     "depth": 0,
+                    "stack_omitted": False,
                 }
             )
+        with_stacks = threads[: limits["threads"]]
+        for thread in threads[limits["threads"] :]:
+            thread["stack_omitted"] = True
+            truncated = True
         for thread in threads:
             frame = current.get(thread["ident"])
             stack = thread["stack"]
+            keep = thread["stack_omitted"] is False
             depth = 0
             while frame is not None:
                 code = frame.f_code
-                if code.co_filename in _OWN_FILES or (
-                    code.co_filename == "<string>" and code.co_name in _LAUNCHER_NAMES and "_PERISCOPE_CONFIG" in frame.f_globals
-                ):
+                if id(code) in self.own_codes:
                     # The agent's own frames under an eval, and the start-up in the thread that
                     # ran the script (the first frame is built while it may still be there).
                     frame = frame.f_back
                     continue
                 depth += 1
-                if len(stack) < limits["stack_depth"]:
+                if keep and len(stack) < limits["stack_depth"]:
                     stack.append(
                         {
                             "file": code.co_filename,
@@ -1555,58 +1782,53 @@ class Agent:
         current = frame = None
         # The stacks themselves may take at most three quarters of the budget: past that, every
         # thread keeps only its innermost frames (at least one).
-        sizes = [[len(e["file"]) + len(e["func"]) + len(e["qualname"]) + 60 for e in t["stack"]] for t in threads]
+        sizes = [[len(e["file"]) + len(e["func"]) + len(e["qualname"]) + 60 for e in t["stack"]] for t in with_stacks]
         skeleton = sum(sum(s) for s in sizes) + 120 * len(threads)
         if skeleton > budget * 3 // 4:
             keep = len(max(sizes, key=len)) if sizes else 0
             while keep > 1 and sum(sum(s[:keep]) for s in sizes) + 120 * len(threads) > budget * 3 // 4:
                 keep -= 1
-            for thread in threads:
+            for thread in with_stacks:
                 if len(thread["stack"]) > keep:
                     del thread["stack"][keep:]
                     truncated = True
             skeleton = sum(sum(s[:keep]) for s in sizes) + 120 * len(threads)
         previews.bytes += skeleton
         modules = []
+        module_cpu = limits["module_cpu"]
         for name in list(self.modules):
             module = sys.modules.get(name)
             if module is None:
                 modules.append({"name": name, "vars": [], "total": 0, "missing": True})
                 continue
-            try:
-                namespace = object.__getattribute__(module, "__dict__")
-            except AttributeError:
-                namespace = {}
-            if type(namespace) is not dict:
-                namespace = {}
-            # One C-level copy first (see _islice): another thread may be adding globals.
-            entries = [(k, v) for k, v in list(_dict_items(namespace)) if not (type(k) is str and k[:2] == "__" and k[-2:] == "__")]
-            variables, cut = _named_previews(previews, entries[: limits["module_vars"]], budget)
-            truncated = truncated or cut
-            modules.append({"name": name, "vars": variables, "total": len(entries), "missing": False})
+            namespace = instance_dict(module) or {}
+            # One C-level copy of one page (see _islice): another thread may be adding globals,
+            # and a module with a million of them costs no more than one with a thousand.
+            size = _dict_len(namespace)
+            page = _islice(_dict_items(namespace), 0, limits["module_vars"] + 64)
+            entries = [(k, v) for k, v in page if not (type(k) is str and k[:2] == "__" and k[-2:] == "__")]
+            total = size - (len(page) - len(entries))
+            spent = time.thread_time() - worker.target_cpu
+            variables, cut = previews.named(entries[: limits["module_vars"]], budget, module_cpu)
+            module_cpu = max(0.0, module_cpu - (time.thread_time() - worker.target_cpu - spent))
+            truncated = truncated or cut or len(variables) < total
+            modules.append({"name": name, "vars": variables, "total": total, "missing": False})
 
-        for thread in threads:
+        for thread in with_stacks:
             for entry in thread["stack"]:
                 frame = entry.pop("_frame")
                 if previews.bytes > budget:
                     truncated = True
                     continue
                 try:
-                    names = frame.f_locals
-                    if type(names) is dict:
-                        items = _islice(_dict_items(names), 0, limits["locals"])
-                        total = _dict_len(names)
-                    else:
-                        items = list(names.items())
-                        total = len(items)
-                        items = items[: limits["locals"]]
+                    items, total = self._frame_locals(worker, frame)
                 except Abandoned:
                     raise
                 except BaseException as error:
                     self.note_error("f_locals", error)
                     continue
                 entry["nlocals"] = total
-                entry["locals"], cut = _named_previews(previews, items, budget)
+                entry["locals"], cut = previews.named(items, budget)
                 truncated = truncated or cut
         return {
             "t": "frame",
@@ -1621,11 +1843,28 @@ class Agent:
             "error_log": [],
         }
 
+    def _frame_locals(self, worker, frame):
+        """A page of a stack frame's locals and their number. A dict or the interpreter's own
+        proxy is read in C; any other mapping (a frame under ``exec(code, g, mapping)``) is the
+        target's code and runs as a watched call, or not at all while values are paused."""
+        names = frame.f_locals
+        limit = self.limits["locals"]
+        cls = type(names)
+        if cls is dict:
+            return _islice(_dict_items(names), 0, limit), _dict_len(names)
+        if cls is _frame_locals_proxy:
+            return _islice(cls.items(names), 0, limit), cls.__len__(names)
+        if self.values_paused or cls in self.hung_types:
+            return [], 0
+        return worker.call(cls, _mapping_page, names, limit)
+
     # ---- the watchdog --------------------------------------------------------------------
 
     def run_job(self, job, attempts=4):
-        """Run ``job(worker)`` in the worker thread; give up on any __repr__ that overruns its budget."""
+        """Run ``job(worker)`` in the worker thread; give up on any call into target code that
+        overruns its budget (see ``_overran``) and redo the job in a fresh worker."""
         for _ in range(attempts):
+            self._reap()
             worker = self.worker
             if worker is None:
                 worker = self.worker = Worker(self)
@@ -1644,7 +1883,8 @@ class Agent:
             else:
                 worker.job = job
                 worker.wake.release()
-            give_up = time.monotonic() + self.limits["frame_budget"] + 5.0
+            give_up = time.monotonic() + self.limits["frame_budget"] * 4 + 5.0
+            last = time.monotonic()
             while True:
                 if worker.done.acquire(timeout=0.02):
                     if worker.error is not None:
@@ -1652,37 +1892,116 @@ class Agent:
                         raise error
                     result, worker.result = worker.result, None
                     return result
-                hung = worker.call_type
                 now = time.monotonic()
-                if hung is not None and now - worker.call_started > self.limits["repr_budget"]:
+                # Wall time counts only in steps this thread saw (at most 40 ms each): a target
+                # that holds the GIL holds up this thread as much as the worker.
+                worker.call_waited += min(now - last, 0.04)
+                last = now
+                hung = worker.call_type
+                if hung is not None and self._overran(worker):
                     self.hung_types.add(hung)
                     self._abandon(worker, hung)
                     break
                 if now > give_up:
                     self._abandon(worker, None)
                     raise TimeoutError("a job in the agent's worker did not finish")
-        raise TimeoutError("gave up after %d hung __repr__ calls" % attempts)
+        raise TimeoutError("gave up after %d hung calls into target code" % attempts)
+
+    def _overran(self, worker):
+        """A call into target code is hung when it has run ``repr_budget`` seconds of the worker's
+        own CPU time (time spent waiting for the GIL does not count), or has not returned in ten
+        times that (at least 1 s) of watched time: a sleep, a lock, a blocking read."""
+        budget = self.limits["repr_budget"]
+        if worker.cpu_clock is not None and worker.cpu_in_call() > budget:
+            return True
+        return worker.call_waited > max(1.0, 10.0 * budget)
 
     def _abandon(self, worker, hung):
-        """Leave a stuck worker behind (it exits when the call returns) and use a fresh one."""
-        try:
-            import ctypes  # before deciding: importing may let the worker run on
-        except BaseException as error:
-            self.note_error("importing ctypes", error)
+        """Leave a stuck worker behind and use a fresh one. Nothing is raised into it: it exits
+        by itself when the target's call returns (in ``Worker.call``). At most _MAX_ABANDONED
+        such workers: past that, values pause until one of them returns."""
         worker.abandoned = True
         self.worker = None
+        try:
+            worker.wake.release()  # a worker that finished just now waits for its next job: end it
+        except RuntimeError:
+            pass  # it was not waiting
         what = "%s.__repr__" % type_name(hung) if hung is not None else "a job"
         self.note_error("repr", TimeoutError("%s took over %.2fs; not called again" % (what, self.limits["repr_budget"])))
-        if worker.exited.locked():
-            try:
-                # Ends a Python-level loop at once; a sleeping __repr__ ends when its sleep does.
-                _set_async_exc(worker.ident, Abandoned)
-            except BaseException as error:
-                self.note_error("stopping a hung __repr__", error)
-        self.zombies = [z for z in self.zombies if z.exited.locked()]
         self.zombies.append(worker)
-        if len(self.zombies) >= 8:
-            self.repr_disabled = True
+        if hung is not None:
+            self._stop_at_own_bytecode(worker)
+        self._reap()
+
+    def _reap(self):
+        """Forget abandoned workers that have exited; pause values while too many are stuck."""
+        self.zombies = [z for z in self.zombies if z.exited.locked()]
+        self.values_paused = len(self.zombies) >= _MAX_ABANDONED
+        if self.stops:
+            alive = {z.ident for z in self.zombies}
+            for ident in [i for i in self.stops if i not in alive]:
+                del self.stops[ident]
+            if not self.stops:
+                self._end_monitoring()
+
+    # A worker abandoned in the target's code is stopped without an asynchronous exception:
+    # sys.monitoring reports the jumps and new lines of that one code object, and the callback
+    # raises Abandoned only in the worker's own thread and only in the frame the job itself
+    # called (the root), at one of that frame's own bytecode boundaries: a loop there, or the
+    # next line once a slow callee returns. A GC callback or finaliser that runs in the worker
+    # meanwhile is another frame: it is never interrupted.
+
+    def _stop_at_own_bytecode(self, worker):
+        monitoring = getattr(sys, "monitoring", None)
+        frame = sys._current_frames().get(worker.ident)
+        root = None
+        while frame is not None and id(frame.f_code) not in self.own_codes:
+            root, frame = frame, frame.f_back
+        frame = None
+        if monitoring is None or root is None:
+            return  # in C (a sleep, a lock): the worker exits when that call returns
+        if self.monitor_tool is None:
+            for tool in (4, 3):
+                if monitoring.get_tool(tool) is None:
+                    try:
+                        monitoring.use_tool_id(tool, "periscope-agent")
+                    except ValueError:
+                        continue
+                    self.monitor_tool = tool
+                    monitoring.register_callback(tool, monitoring.events.JUMP, self._on_jump)
+                    monitoring.register_callback(tool, monitoring.events.LINE, self._on_jump)
+                    break
+            else:
+                self.note_error("stopping a hung call", RuntimeError("no free sys.monitoring tool id"))
+                return
+        code = root.f_code
+        self.stops[worker.ident] = root
+        if id(code) not in self.monitored:
+            self.monitored[id(code)] = code
+            monitoring.set_local_events(self.monitor_tool, code, monitoring.events.JUMP | monitoring.events.LINE)
+
+    def _on_jump(self, code, *where):
+        """sys.monitoring JUMP and LINE callback (see above); runs in whatever thread runs that code."""
+        root = self.stops.get(_thread.get_ident())
+        if root is not None and sys._getframe(1) is root:
+            raise Abandoned()
+
+    def _end_monitoring(self):
+        """Give back the sys.monitoring tool id and switch its events off (after the stops, or on detach)."""
+        self.stops = {}
+        tool, self.monitor_tool = self.monitor_tool, None
+        codes, self.monitored = self.monitored, {}
+        if tool is None:
+            return
+        monitoring = sys.monitoring
+        for code in codes.values():
+            try:
+                monitoring.set_local_events(tool, code, 0)
+            except ValueError as error:
+                self.note_error("sys.monitoring", error)
+        monitoring.register_callback(tool, monitoring.events.JUMP, None)
+        monitoring.register_callback(tool, monitoring.events.LINE, None)
+        monitoring.free_tool_id(tool)
 
     # ---- eval ----------------------------------------------------------------------------
 
@@ -1703,7 +2022,9 @@ class Agent:
             module = sys.modules.get(name)
             if module is None:
                 raise ValueError("module %r is not imported in the target" % (name,))
-            globals_ = object.__getattribute__(module, "__dict__")
+            globals_ = instance_dict(module)
+            if globals_ is None:
+                raise ValueError("sys.modules[%r] has no namespace to run in" % (name,))
             locals_ = None
         record = EvalRecord(request_id, code, globals_, locals_, repr_chars)
         record.capture = Capture(request_id, self.limits["eval_output"])
@@ -1715,11 +2036,9 @@ class Agent:
         if type(native_id) is not int or type(index) is not int or index < 0:
             raise ValueError("thread must be a native thread id and frame an index >= 0")
         ident = None
-        threading = sys.modules.get("threading")
-        if threading is not None:
-            for key, thread in list(getattr(threading, "_active", {}).items()):
-                if thread.__dict__.get("_native_id") == native_id:
-                    ident = key
+        for key, thread in self._thread_objects().items():
+            if field(thread, "_native_id") == native_id:
+                ident = key
         if ident is None and native_id == os.getpid():
             ident = _thread._get_main_thread_ident()
         frame = sys._current_frames().get(ident) if ident is not None else None
@@ -1802,14 +2121,13 @@ class Agent:
             last = compile(expression, "<periscope>", "eval")
         return compile(tree, "<periscope>", "exec"), last
 
-    @staticmethod
-    def _format_exception(error):
+    def _format_exception(self, error):
         try:
             import traceback
 
             tb = error.__traceback__
             # Drop the agent's own frames: the traceback starts in the evaluated code.
-            while tb is not None and tb.tb_frame.f_code.co_filename == "<periscope-agent>":
+            while tb is not None and id(tb.tb_frame.f_code) in self.own_codes:
                 tb = tb.tb_next
             return "".join(traceback.format_exception(type(error), error, tb))
         except BaseException as failure:
@@ -1891,6 +2209,34 @@ class Agent:
             except OSError as error:
                 self.note_error("removing the socket", error)
 
+    def forget_in_child(self):
+        """In the child of a fork (only the forking thread lives on): drop the inherited agent at
+        once. Its descriptors are closed without a word on them (the session and the listener
+        are the parent's), nothing is removed from disk, the agent's module entry and stream
+        routers go, and the switch interval is the child's own again."""
+        self.fork_cell[0] = None
+        self.stopping = True
+        self.alive = False
+        for sock in (self.conn, self.listener):
+            if sock is not None:
+                try:
+                    sock.close()  # close(2) of the child's copy only: no shutdown, no bye
+                except OSError:
+                    pass
+        self.conn = self.listener = None
+        self._end_monitoring()
+        self._restore_switch_interval()
+        self._restore_routers()
+        self.worker = None
+        self.zombies = []
+        self.evals.clear()
+        self.captures.clear()
+        self.refs.clear()
+        self.early_job = None
+        if sys.modules.get(MODULE_NAME) is self.module:
+            del sys.modules[MODULE_NAME]
+        self.module.agent = None
+
     def cleanup(self):
         """Leave nothing behind: evals, workers, streams, socket, files, module entry."""
         self.stopping = True
@@ -1908,8 +2254,22 @@ class Agent:
         self.worker = None
         if worker is not None:
             worker.stopping = True
-            worker.wake.release()
+            try:
+                worker.wake.release()
+            except RuntimeError:
+                pass  # it is running a job: it sees ``stopping`` when the job ends
             worker.exited.acquire(timeout=1.0)
+        for zombie in self.zombies:
+            # Abandoned workers still in target code exit when it returns (Worker.call).
+            try:
+                zombie.wake.release()
+            except RuntimeError:
+                pass
+        self._reap()
+        self.zombies = []
+        if not self.stops:
+            self._end_monitoring()  # else the last stopped worker does it as it exits
+        self.fork_cell[0] = None
         self._restore_routers()
         self._close_listener()
         if self.config.get("script_path"):

@@ -266,33 +266,36 @@ LOOKALIKE = '''
 import sys, threading, time
 hold = threading.Event()
 
-def run(globals_):
-    source = "def _periscope_launch():\\n    hold.wait()\\n_periscope_launch()\\n"
-    exec(compile(source, "<string>", "exec"), globals_)
+def run(globals_, filename):
+    source = "def _periscope_launch():\\n    secret = 42\\n    hold.wait()\\n_periscope_launch()\\n"
+    exec(compile(source, filename, "exec"), globals_)
 
-threading.Thread(target=run, args=({"hold": hold, "_PERISCOPE_CONFIG": {}},), name="launching", daemon=True).start()
-threading.Thread(target=run, args=({"hold": hold},), name="exec-string", daemon=True).start()
+threading.Thread(target=run, args=({"hold": hold, "_PERISCOPE_CONFIG": {}}, "<string>"), name="launching", daemon=True).start()
+threading.Thread(target=run, args=({"hold": hold}, "<string>"), name="exec-string", daemon=True).start()
+threading.Thread(target=run, args=({"hold": hold}, "<periscope-agent>"), name="agent-named", daemon=True).start()
+threading.Thread(target=run, args=({"hold": hold}, "<periscope-bootstrap>"), name="bootstrap-named", daemon=True).start()
 sys.stdout.write("ready\\n")
 while True:
     time.sleep(0.05)
 '''
 
 
-async def test_frames_leave_out_the_start_up_in_the_thread_that_ran_the_script(spawn):
-    # The first frame is built while the thread that ran the script may still be in the launcher
-    # and the bootstrap; those frames are periscope's, not the target's. Code the target itself
-    # runs from a string keeps its frames.
+async def test_only_the_agents_own_code_is_left_out_of_stacks(spawn):
+    # The agent knows its own frames (the launcher and bootstrap in the thread that ran the
+    # script, its threads) by their code objects. Target code that looks like periscope's, by
+    # file name, function name or globals, keeps its frames and their locals.
     target = spawn(LOOKALIKE)
     target.wait_for_line("ready")
     session = await attach(target.pid, rate=0)
     try:
         frame = await session.sample()
         by_name = {t.name: t for t in frame.threads}
-        launching = [(f.filename, f.function) for f in by_name["launching"].frames]
-        own = [(f.filename, f.function) for f in by_name["exec-string"].frames]
-        assert ("<string>", "_periscope_launch") not in launching and ("<string>", "<module>") not in launching
-        functions = [function for _, function in launching]
-        assert functions[0] == "wait" and "run" in functions  # the rest of the stack is all there
-        assert ("<string>", "_periscope_launch") in own and ("<string>", "<module>") in own
+        for name, filename in (("launching", "<string>"), ("exec-string", "<string>"), ("agent-named", "<periscope-agent>"), ("bootstrap-named", "<periscope-bootstrap>")):
+            stack = by_name[name].frames
+            functions = [(f.filename, f.function) for f in stack]
+            assert functions[0][1] == "wait" and (filename, "_periscope_launch") in functions and (filename, "<module>") in functions, (name, functions)
+            launch = next(f for f in stack if f.function == "_periscope_launch")
+            assert launch.locals is not None and any(v.name == "secret" and v.value.repr == "42" for v in launch.locals)
+        assert not any(f.filename in ("<periscope-agent>", "<periscope-bootstrap>") for t in frame.threads if t.name not in ("agent-named", "bootstrap-named") for f in t.frames)
     finally:
         await session.detach()

@@ -117,10 +117,10 @@ while True:
     target.wait_for_line("ready")
     session = await attach(target.pid, rate=0)
     try:
-        assert session.hello.codec == "msgpack"
+        assert session.hello.codec == "builtin"  # never the target's own msgpack module
         value = (await session.sample()).module("__main__").get("VALUE")
         assert value.repr == "{'tuple': (1, 2), 'text': 'café'}"
-        # A lone surrogate msgpack refuses to encode: the agent falls back to its own escaping codec.
+        # A lone surrogate, which msgpack refuses to encode: the agent's own codec escapes it.
         result = await session.eval("{chr(0xdc80) + 'x': 1}")
         children = await session.expand(result.value.ref)
         assert children.children[0].name == "\\udc80x"

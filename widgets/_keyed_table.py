@@ -102,6 +102,11 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
             # The flexible column is as wide as the table allows, whatever the rows seen so far.
             self._flex_width = width
             key, label, _ = next(column for column in self._columns if column[2] is None)
+            # Without rows: DataTable re-measures a whole column for each cell of a column added
+            # to a table that has rows (seconds with a thousand threads); rows added afterwards
+            # are measured once each.
+            self.clear()
+            self._shown.clear()
             self.remove_column(key)
             self.add_column(label, key=key, width=width)
             self._sync(force=True)

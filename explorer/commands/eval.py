@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, thread_choice
+from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, refuse_bad_arguments, thread_choice
 from explorer.text import visible
 
 NAME = "eval"
@@ -30,9 +30,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    if args.code == "-":
-        args.code = sys.stdin.read()
+    refusal = refuse_bad_arguments(args)
+    if refusal is None:
+        refusal = _read_code(args)
+    if refusal is not None:
+        print(f"periscope: {refusal}", file=sys.stderr)
+        return 2
     return asyncio.run(_eval(args))
+
+
+def _read_code(args: argparse.Namespace) -> str | None:
+    """Put the code to run (from the command line or stdin) in ``args.code``; the refusal if it is not UTF-8."""
+    if args.code == "-":
+        try:
+            args.code = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as error:
+            return f"the code on stdin is not valid UTF-8 (byte {error.start}); save it as UTF-8"
+        return None
+    try:
+        args.code.encode("utf-8")  # undecodable argv bytes arrive as lone surrogates
+    except UnicodeEncodeError as error:
+        return f"the code is not valid UTF-8 (character {error.start}); pass it as UTF-8"
+    return None
 
 
 async def _eval(args: argparse.Namespace) -> int:

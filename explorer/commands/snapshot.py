@@ -36,6 +36,25 @@ def add_agent_arguments(parser: argparse.ArgumentParser, *, modules: bool = True
     )
 
 
+def refuse_bad_arguments(args: argparse.Namespace) -> str | None:
+    """The one-line reason the agent options in ``args`` cannot work (None when they can).
+
+    Checked before anything is written into the target, so a typo never costs an injection.
+    """
+    import math
+
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        return "--timeout must be a positive number of seconds, such as 10"
+    count = getattr(args, "count", None)
+    if count is not None and count < 1:
+        return "--count must be at least 1 (leave it out to watch until Ctrl+C)"
+    max_repr = getattr(args, "max_repr", None)
+    if max_repr is not None and max_repr < 1:
+        return "--max-repr must be at least 1 character"
+    return None
+
+
 def thread_choice(args: argparse.Namespace) -> str | int:
     """The parsed ``--via`` value (exits with a usage error when it is malformed)."""
     from explorer.session import parse_thread_choice
@@ -56,6 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
+    refusal = refuse_bad_arguments(args)
+    if refusal is not None:
+        print(f"periscope: {refusal}", file=sys.stderr)
+        return 2
     return asyncio.run(_snapshot(args))
 
 

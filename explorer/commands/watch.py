@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, thread_choice
+from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, refuse_bad_arguments, thread_choice
 
 NAME = "watch"
 HELP = "attach to a CPython 3.14 or 3.15 process and print one JSON line per frame until Ctrl+C (or --count)"
@@ -24,6 +24,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.interval >= 0.01:  # also refuses nan
         print("periscope: --interval must be at least 0.01 seconds", file=sys.stderr)
+        return 2
+    refusal = refuse_bad_arguments(args)
+    if refusal is not None:
+        print(f"periscope: {refusal}", file=sys.stderr)
         return 2
     try:
         return asyncio.run(_watch(args))

@@ -186,6 +186,15 @@ class WatchModuleDialog(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+def _where(thread: ThreadInfo, top: StackFrame | None) -> str:
+    """The thread list's 'where' cell: the innermost frame, or why there is none."""
+    if top is not None:
+        return f"{top.function}:{top.lineno}"
+    if thread.stack_omitted:
+        return "(stack not sent: too many threads)"
+    return "(no Python frames)"
+
+
 class ProcessScreen(Screen[None]):
     """An attached process: pick a thread, a frame, expand variables, evaluate code.
 
@@ -461,7 +470,7 @@ class ProcessScreen(Screen[None]):
                     holds_gil=holds_gil,
                     is_main=thread.is_main,
                     cpu_seconds=self._cpu_times.get(thread.native_id),
-                    where=f"{top.function}:{top.lineno}" if top is not None else "(no Python frames)",
+                    where=_where(thread, top),
                     running_python=attached,
                 )
             )

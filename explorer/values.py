@@ -112,6 +112,7 @@ TPFLAGS_UNICODE_SUBCLASS = 1 << 28
 TPFLAGS_DICT_SUBCLASS = 1 << 29
 TPFLAGS_TYPE_SUBCLASS = 1 << 31
 # localspluskinds bits (Include/internal/pycore_code.h)
+CO_FAST_ARGUMENT = 0x02 | 0x04 | 0x08  # CO_FAST_ARG_POS | CO_FAST_ARG_KW | CO_FAST_ARG_VAR
 CO_FAST_HIDDEN = 0x10
 CO_FAST_CELL = 0x40
 CO_FAST_FREE = 0x80
@@ -179,6 +180,16 @@ class OutsideValue(
     """The value kept changing while it was read: ``repr`` says so and is not a value."""
     attrs: tuple[tuple[str, OutsideValue], ...] | None  # default None
     """The items of an object's instance ``__dict__`` (other objects only; None when it has none)."""
+
+
+class OutsideLocal(namedtuple("OutsideLocal", "name value argument")):
+    """One local variable of a frame, read from outside."""
+
+    __slots__ = ()
+    name: str
+    value: OutsideValue
+    argument: bool
+    """A parameter of the function (positional, keyword, ``*args`` or ``**kwargs``)."""
 
 
 class Unsupported(Exception):
@@ -251,7 +262,7 @@ class ValueReader:
 
     # -- what callers ask for --------------------------------------------------------------
 
-    def frame_locals(self, frame_address: int, code_address: int) -> list[tuple[str, OutsideValue]] | None:
+    def frame_locals(self, frame_address: int, code_address: int) -> list[OutsideLocal] | None:
         """The bound locals (cells followed) of one frame, in ``co_localsplusnames`` order.
 
         None when the frame no longer runs that code (it returned while being read) or its code
@@ -265,14 +276,14 @@ class ValueReader:
         slots = self._read_slots(frame_address, code_address, count)
         if slots is None:
             return None
-        result: list[tuple[str, OutsideValue]] = []
+        result: list[OutsideLocal] = []
         for index in range(count):
             if len(result) >= self.limits["locals"]:
                 break
             kind = kinds[index]
             value = self._local(frame_address, index, kind, slots)
             if value is not None:
-                result.append((names[index], value))
+                result.append(OutsideLocal(names[index], value, bool(kind & CO_FAST_ARGUMENT)))
         # A frame that returned meanwhile may have had its memory reused by another function.
         if self._read_slots(frame_address, code_address, 0) is None:
             return None
@@ -880,4 +891,4 @@ class ValueReader:
         return self.text(address, MAX_NAME)
 
 
-__all__ = ["DEFAULT_LIMITS", "OBJECT_LAYOUTS", "ObjectLayout", "OutsideValue", "Unsupported", "ValueReader", "layout_for"]
+__all__ = ["DEFAULT_LIMITS", "OBJECT_LAYOUTS", "ObjectLayout", "OutsideLocal", "OutsideValue", "Unsupported", "ValueReader", "layout_for"]

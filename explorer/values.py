@@ -11,10 +11,11 @@ thread sits in C (a long ``time.sleep``, ``input()``, a lock), when the agent ca
 * None, bool, int (any size), float, complex, str (every compact kind, and the legacy layout of
   str subclasses), bytes, bytearray and the exact tuple, list, dict (combined and split tables),
   set and frozenset are formatted as the target's ``repr()`` would, within the agent's bounds
-  (``repr_chars``, ``items``, ``depth``), with the agent's cut marks. Any other object reads as
-  ``<module.Type object at 0x...>`` plus, at the top level, the items of its instance
-  ``__dict__`` (a materialised dict, inline values with the type's shared keys, or a
-  ``tp_dictoffset`` dict).
+  (``repr_chars``, ``items``, ``depth``), with the agent's cut marks. Classes read as
+  ``<class 'module.Name'>``, functions as their repr, modules as ``<module 'name'>`` (without
+  the file the target's repr names). Any other object reads as ``<module.Type object at 0x...>``
+  plus, at the top level, the items of its instance ``__dict__`` (a materialised dict, inline
+  values with the type's shared keys, or a ``tp_dictoffset`` dict).
 * Everything the target controls is untrusted: every length, count and pointer is bounded before
   it is used, and reads are capped. The target keeps running while it is read, so each variable
   is read, then the memory it depends on (its slot, the containers' headers and item arrays) is
@@ -45,7 +46,7 @@ class ObjectLayout(namedtuple(
     "ObjectLayout",
     "long_shift dk_log2_size dk_log2_index_bytes dk_kind dk_nentries dk_indices "
     "values_capacity values_size values_valid values_items "
-    "complex_cval bytearray_start list_allocated cell_ref module_dict "
+    "complex_cval bytearray_start list_allocated cell_ref module_dict module_name function_qualname "
     "tp_basicsize tp_dict tp_dictoffset ht_qualname ht_cached_keys managed_dict "
     "compact_unicode_size legacy_unicode_data",
 )):
@@ -67,6 +68,8 @@ _LAYOUT_3_14 = ObjectLayout(
     list_allocated=32,  # PyListObject.allocated
     cell_ref=16,  # PyCellObject.ob_ref
     module_dict=16,  # PyModuleObject.md_dict
+    module_name=48,  # PyModuleObject.md_name
+    function_qualname=40,  # PyFunctionObject.func_qualname
     tp_basicsize=32, tp_dict=264, tp_dictoffset=288,
     ht_qualname=872, ht_cached_keys=880,  # PyHeapTypeObject
     managed_dict=-24,  # MANAGED_DICT_OFFSET: the dict pointer in the pre-header
@@ -77,7 +80,8 @@ _LAYOUT_3_14 = ObjectLayout(
 OBJECT_LAYOUTS: dict[tuple[int, int], ObjectLayout] = {
     (3, 14): _LAYOUT_3_14,
     # 3.15 inserts one pointer into PyHeapTypeObject before ht_name (ht_name 864, ht_qualname 880).
-    (3, 15): _LAYOUT_3_14._replace(ht_qualname=880, ht_cached_keys=888),
+    # PyModuleObject loses a field before md_name (md_name 40).
+    (3, 15): _LAYOUT_3_14._replace(ht_qualname=880, ht_cached_keys=888, module_name=40),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +142,7 @@ _BUILTINS = {
     b"frozenset": ("frozenset", 0),
     b"cell": ("cell", 0),
     b"module": ("module", 0),
+    b"function": ("function", 0),
     b"type": ("type", TPFLAGS_TYPE_SUBCLASS),
     b"<dummy key> type": ("dummy", 0),
 }
@@ -623,6 +628,14 @@ class ValueReader:
             return self._bytearray(address, head, budget, work)
         if kind == "type":
             return f"<class '{self._type_at(address).name}'>"
+        if kind == "function":
+            qualname = self.text(_U64.unpack_from(head, self.layout.function_qualname)[0], MAX_NAME)
+            if qualname is not None:
+                return f"<function {qualname} at {address:#x}>"
+        if kind == "module":
+            name = self.text(_U64.unpack_from(head, self.layout.module_name)[0], MAX_NAME)
+            if name is not None:
+                return f"<module {name!r}>"  # the name only: the target's repr adds its file or "(built-in)"
         return f"<{kind_type.name} object at {address:#x}>"
 
     def _int(self, address: int, head: bytes) -> int | None:

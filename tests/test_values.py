@@ -320,3 +320,48 @@ def test_values_of_a_target_in_input(spawn: Spawn, target_python: str) -> None:
     target.wait_for_line("ready", timeout=60)
     got = {local["name"]: local["repr"] for local in frame_of(stack_json(target.pid), "ask")["locals"]}
     assert got == {"prompt": "'name? '", "answers": "{'tries': 3}"}
+
+
+BLOCKED = """
+import sys
+
+TOTAL = 3
+
+def wait_here(prompt):
+    note = "waiting"
+    data = {"a": [1, 2]}
+    print("ready", flush=True)
+    line = input(prompt)
+    print("got", line, flush=True)
+
+wait_here("")
+"""
+
+
+def test_snapshot_of_a_blocked_target_reads_from_outside_and_says_so(spawn: Spawn, target_python: str) -> None:
+    """The single thread sits in input(): snapshot reads the values from memory, well within its
+    attach timeout, says so, and the target goes on unharmed once it gets its line."""
+    target = spawn(BLOCKED, python=target_python, stdin=subprocess.PIPE)
+    target.wait_for_line("ready", timeout=60)
+    # A 60 s attach timeout that the command does not wait for: it gives up on the agent early.
+    done = periscope("snapshot", str(target.pid), "--timeout", "60", timeout=45)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].startswith("values read from outside (not live): no thread ran Python within")
+    assert "  wait_here (" in done.stdout
+    assert "      note = 'waiting'" in lines and "      data = {'a': [1, 2]}" in lines
+    assert "  TOTAL = 3" in lines
+    done = periscope("snapshot", str(target.pid), "--json", "--timeout", "60", timeout=45)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["source"] == "outside" and "agent could not start" in document["why"]
+    frame = frame_of(document, "wait_here")
+    assert frame["locals"]["note"] == {"type": "str", "repr": "'waiting'", "source": "outside"}
+    assert document["modules"]["__main__"]["TOTAL"] == {"type": "int", "repr": "3", "source": "outside"}
+    # The request was withdrawn: the target's input() returns and it goes on as if nobody looked.
+    assert target.proc.stdin is not None
+    target.proc.stdin.write(b"line\n")
+    target.proc.stdin.flush()
+    target.wait_for_line("got line", timeout=30)
+    assert target.proc.wait(timeout=30) == 0
+    assert target.proc.stderr is not None and target.proc.stderr.read() == b""

@@ -48,7 +48,7 @@ class ObjectLayout(namedtuple(
     "values_capacity values_size values_valid values_items "
     "complex_cval bytearray_start list_allocated cell_ref module_dict module_name function_qualname "
     "tp_basicsize tp_dict tp_dictoffset ht_qualname ht_cached_keys managed_dict "
-    "compact_unicode_size legacy_unicode_data",
+    "compact_unicode_size legacy_unicode_data immortal_bit",
 )):
     """Offsets (bytes) and constants of one CPython minor's objects."""
 
@@ -75,6 +75,7 @@ _LAYOUT_3_14 = ObjectLayout(
     managed_dict=-24,  # MANAGED_DICT_OFFSET: the dict pointer in the pre-header
     compact_unicode_size=0x38,  # PyCompactUnicodeObject (asciiobject_size + utf8_length + utf8)
     legacy_unicode_data=0x38,  # PyUnicodeObject.data.any (str subclasses)
+    immortal_bit=1 << 31,  # _Py_IsImmortal: the low 32 bits of ob_refcnt, as an int32, are negative
 )
 
 OBJECT_LAYOUTS: dict[tuple[int, int], ObjectLayout] = {
@@ -103,6 +104,8 @@ MAX_NAME = 256
 """Bytes of a type's C name (tp_name) read."""
 HEAD = 64
 """Bytes read at an object's address first: small objects need no second read."""
+MERGE_GAP = 256
+"""Regions to check again that are at most this far apart are read in one go."""
 
 # tp_flags bits (Include/object.h)
 TPFLAGS_INLINE_VALUES = 1 << 2
@@ -156,6 +159,9 @@ _OPEN_CLOSE = {
 _EMPTY = {"dict": "{}", "list": "[]", "tuple": "()", "set": "set()", "frozenset": "frozenset()"}
 _CONTAINERS = frozenset(_OPEN_CLOSE)
 _MUTABLE = frozenset({"list", "dict", "set", "bytearray"})
+_IMMUTABLE_SCALARS = frozenset({"none", "bool", "int", "float", "complex", "str", "bytes"})
+MAX_CACHED = 100_000
+"""Immortal objects' texts and types remembered by one reader."""
 _ELLIPSIS = "\u2026"
 
 _U64 = struct.Struct("<Q")
@@ -203,6 +209,10 @@ class Unsupported(Exception):
 
 class _Torn(Exception):
     """What was read does not make sense (yet): the object is changing, or freed."""
+
+
+_READ_ERRORS = (MemoryFault, _Torn, UnicodeDecodeError, ValueError, OverflowError, struct.error)
+"""What reading a changing or garbage object can raise (ProcessGone and PermissionDenied go on up)."""
 
 
 class _Type(namedtuple("_Type", "kind name flags basicsize dictoffset heap")):
@@ -259,6 +269,14 @@ class ValueReader:
         self._executable = o.interpreter_frame.executable
         self._co_names, self._co_kinds = o.code_object.localsplusnames, o.code_object.localspluskinds
         self._types: dict[int, _Type] = {}
+        # Texts of immortal objects (None, True, small ints, the identifiers code uses as names):
+        # they are never freed, so their address always means the same value.
+        self._immortal: dict[int, str] = {}
+        self._immortal_texts: dict[tuple[int, int], str] = {}
+        self._immortal_values: dict[int, OutsideValue] = {}
+        self._cached_keys: dict[int, int] = {}
+        """Per class (address): its shared keys (``ht_cached_keys``), read once per reader."""
+        self._immortal_bit = self.layout.immortal_bit
         self._code_names: dict[int, tuple[tuple[str, ...], bytes]] = {}
         self.retries = 0
         """Variables read again because their memory changed while they were read."""
@@ -275,7 +293,7 @@ class ValueReader:
         """
         try:
             names, kinds = self._code_locals(code_address)
-        except (MemoryFault, _Torn, UnicodeDecodeError):
+        except _READ_ERRORS:
             return None
         count = len(names)
         slots = self._read_slots(frame_address, code_address, count)
@@ -301,7 +319,7 @@ class ValueReader:
             return None
         try:
             pairs = self._dict_pairs(module_dict, self.limits["module_vars"] * 2, _Pass())
-        except (MemoryFault, _Torn, UnicodeDecodeError):
+        except _READ_ERRORS:
             return None
         result = []
         for key, value in pairs:
@@ -322,7 +340,7 @@ class ValueReader:
             if module is None or self._type(module).kind != "module":
                 return None
             return self.memory.read_u64(module + self.layout.module_dict) or None
-        except (MemoryFault, _Torn, UnicodeDecodeError):
+        except _READ_ERRORS:
             return None
 
     def dict_lookup(self, dict_address: int, key: str) -> int | None:
@@ -336,28 +354,36 @@ class ValueReader:
         """:meth:`dict_lookup` that gives None, not an error, when the dict cannot be read."""
         try:
             return self.dict_lookup(dict_address, key)
-        except (MemoryFault, _Torn, UnicodeDecodeError):
+        except _READ_ERRORS:
             return None
 
     def attribute(self, address: int, name: str) -> int | None:
         """The address of the instance attribute ``name`` of an object (from its ``__dict__``), or None."""
         try:
-            for key, value in self._instance_pairs(address, self._type(address), MAX_ENTRIES, _Pass()) or ():
+            head = self._head(address)
+            kind_type = self._type_at(_U64.unpack_from(head, self._ob_type)[0])
+            for key, value in self._instance_pairs(address, head, kind_type, MAX_ENTRIES, _Pass()) or ():
                 if self._key_name(key) == name:
                     return value
-        except (MemoryFault, _Torn, UnicodeDecodeError):
+        except _READ_ERRORS:
             return None
         return None
 
     def text(self, address: int, limit: int = 1 << 16) -> str | None:
         """A str object's text (at most ``limit`` characters), or None when it is not a str."""
+        cached = self._immortal_texts.get((address, limit))
+        if cached is not None:
+            return cached
         try:
             head = self._head(address)
             if self._type_at(_U64.unpack_from(head, self._ob_type)[0]).kind != "str":
                 return None
-            return self._str_text(address, head, limit)[0]
-        except (MemoryFault, _Torn, UnicodeDecodeError):
+            text = self._str_text(address, head, limit)[0]
+        except _READ_ERRORS:
             return None
+        if _U64.unpack_from(head, 0)[0] & self._immortal_bit and len(self._immortal_texts) < MAX_CACHED:
+            self._immortal_texts[address, limit] = text
+        return text
 
     def dict_items(self, address: int, limit: int) -> list[tuple[int, int]] | None:
         """(key, value) addresses of the first ``limit`` items of a dict (read once), or None."""
@@ -365,7 +391,7 @@ class ValueReader:
             if self._type(address).kind != "dict":
                 return None
             return self._dict_pairs(address, limit, _Pass())
-        except (MemoryFault, _Torn):
+        except _READ_ERRORS:
             return None
 
     def int_value(self, address: int) -> int | None:
@@ -375,7 +401,7 @@ class ValueReader:
             if self._type_at(_U64.unpack_from(head, self._ob_type)[0]).kind != "int":
                 return None
             return self._int(address, head)
-        except (MemoryFault, _Torn):
+        except _READ_ERRORS:
             return None
 
     def value(self, address: int, *, slot: int = 0, raw: int | None = None) -> OutsideValue:
@@ -398,7 +424,7 @@ class ValueReader:
                     if not address or raw & TAG_MASK == TAG_MASK:
                         break  # unbound meanwhile
                 value = self._top(address, work)
-            except (MemoryFault, _Torn, UnicodeDecodeError, ValueError, OverflowError):
+            except _READ_ERRORS:
                 continue
             if self._unchanged(work.regions):
                 return value
@@ -439,14 +465,14 @@ class ValueReader:
 
     def _read_slots(self, frame_address: int, code_address: int, count: int) -> tuple[int, ...] | None:
         """The frame's localsplus slots, or None when the frame no longer runs ``code_address``."""
+        low = min(self._executable, self._localsplus)
         try:
-            executable = self.memory.read_u64(frame_address + self._executable)
-            if executable & ~TAG_MASK != code_address:
-                return None
-            raw = self.memory.read(frame_address + self._localsplus, 8 * count) if count else b""
+            raw = self.memory.read(frame_address + low, max(self._executable + 8, self._localsplus + 8 * count) - low)
         except MemoryFault:
             return None
-        return struct.unpack(f"<{count}Q", raw)
+        if _U64.unpack_from(raw, self._executable - low)[0] & ~TAG_MASK != code_address:
+            return None
+        return struct.unpack_from(f"<{count}Q", raw, self._localsplus - low)
 
     def _local(self, frame_address: int, index: int, kind: int, slots: tuple[int, ...]) -> OutsideValue | None:
         raw = slots[index]
@@ -460,7 +486,7 @@ class ValueReader:
                     if not contents:
                         return None  # an empty cell: unbound
                     return self.value(contents, slot=pointer + self.layout.cell_ref, raw=contents)
-            except (MemoryFault, _Torn, UnicodeDecodeError):
+            except _READ_ERRORS:
                 self.torn += 1
                 return OutsideValue("?", "<changed while read>", pointer, torn=True)
             # Before MAKE_CELL the slot holds the value itself (a frame still in its prologue).
@@ -469,13 +495,25 @@ class ValueReader:
     # -- objects -----------------------------------------------------------------------------
 
     def _unchanged(self, regions: list[tuple[int, bytes]]) -> bool:
+        """Whether every region still holds what was read; regions close together are read as one."""
         read = self.memory.read
-        for address, data in regions:
-            try:
-                if read(address, len(data)) != data:
-                    return False
-            except MemoryFault:
-                return False
+        ordered = sorted(regions)
+        index = 0
+        try:
+            while index < len(ordered):
+                start, data = ordered[index]
+                end = start + len(data)
+                group = index + 1
+                while group < len(ordered) and ordered[group][0] <= end + MERGE_GAP:
+                    end = max(end, ordered[group][0] + len(ordered[group][1]))
+                    group += 1
+                now = read(start, end - start)
+                for address, expected in ordered[index:group]:
+                    if now[address - start : address - start + len(expected)] != expected:
+                        return False
+                index = group
+        except MemoryFault:
+            return False
         return True
 
     def _type(self, address: int) -> _Type:
@@ -514,7 +552,7 @@ class ValueReader:
             type_dict = self.memory.read_u64(type_address + self.layout.tp_dict)
             module = self.dict_lookup(type_dict, "__module__") if type_dict else None
             module_name = self.text(module, MAX_NAME) if module else None
-        except (MemoryFault, _Torn, UnicodeDecodeError):
+        except _READ_ERRORS:
             return name
         if module_name and module_name != "builtins":
             return f"{module_name}.{qualname}"
@@ -537,12 +575,18 @@ class ValueReader:
         except MemoryFault:
             return self.memory.read(address, 32)  # an object at the very end of a mapping
 
-    def _top(self, address: int, work: _Pass) -> OutsideValue:
-        """One value as a variable shows it: formatted, cut to ``repr_chars``, attrs for objects."""
+    def _top(self, address: int, work: _Pass, depth: int = 0) -> OutsideValue:
+        """One value as a variable shows it: formatted, cut to ``repr_chars``, and (at depth 0)
+        the instance attributes of an object."""
+        known = self._immortal_values.get(address)
+        if known is not None:
+            return known
         head = self._head(address)
         kind_type = self._type_at(_U64.unpack_from(head, self._ob_type)[0])
         limit = self._repr_chars
-        text = self._fmt(address, 0, limit, (), work, head)
+        cut = work.cut
+        work.cut = False
+        text = self._fmt(address, depth, limit, (), work, head)
         if len(text) > limit:
             text = text[:limit] + _ELLIPSIS
             work.cut = True
@@ -551,23 +595,22 @@ class ValueReader:
         kind = kind_type.kind
         if kind in _CONTAINERS or kind in ("str", "bytes", "bytearray"):
             length = self._length(head, kind)
-        elif kind == "other":
-            pairs = self._instance_pairs(address, kind_type, self._items, work)
+        elif kind == "other" and depth == 0:
+            pairs = self._instance_pairs(address, head, kind_type, self._items, work)
             if pairs is not None:
                 attrs = tuple(
-                    (self._key_name(key) or self._fmt(key, 1, limit, (), work), self._nested(value, work)) for key, value in pairs
+                    (self._key_name(key) or self._fmt(key, 1, limit, (), work), self._top(value, work, 1)) for key, value in pairs
                 )
-        type_name = kind_type.name
-        return OutsideValue(type_name, text, address, length, work.cut, False, attrs)
-
-    def _nested(self, address: int, work: _Pass) -> OutsideValue:
-        kind_type = self._type(address)
-        limit = self._repr_chars
-        text = self._fmt(address, 1, limit, (), work)
-        cut = False
-        if len(text) > limit:
-            text, cut = text[:limit] + _ELLIPSIS, True
-        return OutsideValue(kind_type.name, text, address, None, cut)
+        value = OutsideValue(kind_type.name, text, address, length, work.cut, False, attrs)
+        if (
+            kind in _IMMUTABLE_SCALARS
+            and not work.cut
+            and _U64.unpack_from(head, 0)[0] & self._immortal_bit
+            and len(self._immortal_values) < MAX_CACHED
+        ):
+            self._immortal_values[address] = value
+        work.cut = work.cut or cut
+        return value
 
     def _length(self, head: bytes, kind: str) -> int:
         """``len()`` of a str, bytes, bytearray or builtin container, from its head."""
@@ -587,11 +630,27 @@ class ValueReader:
 
     def _fmt(self, address: int, depth: int, budget: int, path: tuple[int, ...], work: _Pass, head: bytes = b"") -> str:
         """The repr of one object, bounded as the agent bounds it (``Previews._fmt``)."""
+        cached = self._immortal.get(address)
+        if cached is not None:
+            return cached
         head = head or self._head(address)
         kind_type = self._type_at(_U64.unpack_from(head, self._ob_type)[0])
         kind = kind_type.kind
         if kind in _CONTAINERS:
             return self._fmt_container(address, head, kind, depth, budget, path, work)
+        if kind in _IMMUTABLE_SCALARS:
+            cut = work.cut
+            work.cut = False
+            text = self._fmt_scalar(address, head, kind_type, budget, work)
+            if not work.cut and _U64.unpack_from(head, 0)[0] & self._immortal_bit and len(self._immortal) < MAX_CACHED:
+                self._immortal[address] = text
+            work.cut = work.cut or cut
+            return text
+        return self._fmt_scalar(address, head, kind_type, budget, work)
+
+    def _fmt_scalar(self, address: int, head: bytes, kind_type: _Type, budget: int, work: _Pass) -> str:
+        """The repr of an object that is not a container (None ... str, classes, functions, others)."""
+        kind = kind_type.kind
         if kind == "none":
             return "None"
         if kind == "int" or kind == "bool":
@@ -870,7 +929,7 @@ class ValueReader:
         return pairs
 
     def _instance_pairs(
-        self, address: int, kind_type: _Type, limit: int, work: _Pass
+        self, address: int, head: bytes, kind_type: _Type, limit: int, work: _Pass
     ) -> list[tuple[int, int]] | None:
         """(key, value) addresses of an object's instance ``__dict__``; None when it has none."""
         layout = self.layout
@@ -880,15 +939,15 @@ class ValueReader:
             work.regions.append((address + layout.managed_dict, _U64.pack(pointer)))
             if pointer:
                 return self._dict_pairs(pointer, limit, work)
-            if flags & TPFLAGS_INLINE_VALUES:
-                type_address = self.memory.read_u64(address + self._ob_type)
-                keys = self.memory.read_u64(type_address + layout.ht_cached_keys)
-                values = address + kind_type.basicsize
+            if flags & TPFLAGS_INLINE_VALUES and kind_type.heap:
+                type_address = _U64.unpack_from(head, self._ob_type)[0]
+                keys = self._cached_keys.get(type_address)
+                if keys is None:
+                    keys = self._cached_keys[type_address] = self.memory.read_u64(type_address + layout.ht_cached_keys)
                 if not keys:
                     return None
-                if not self.memory.read(values + layout.values_valid, 1)[0]:
-                    return None
-                return self._keys_pairs(keys, values, limit, work)
+                # _keys_pairs checks the values' "valid" byte (0 once a dict took them over).
+                return self._keys_pairs(keys, address + kind_type.basicsize, limit, work)
             return None
         if kind_type.dictoffset > 0:
             if kind_type.dictoffset >= kind_type.basicsize:

@@ -260,12 +260,14 @@ class StackReader:
         """
         self.samples += 1
         listing = self._list_threads()
-        names = self._threading_names()
         stacks: list[ThreadStack] = []
         for interp, ref in listing:
-            stack = self._read_thread(interp, ref, names)
+            stack = self._read_thread(interp, ref)
             if stack is not None and (stack.frames or ref.target_native_id):
                 stacks.append(stack)
+        # Names after the stacks: reading them takes a while, and the stacks come first.
+        names = self._threading_names()
+        stacks = [stack._replace(name=names.get(stack.thread_id)) if stack.interpreter_id == 0 else stack for stack in stacks]
         stacks.sort(key=lambda stack: (stack.interpreter_id != 0, not stack.is_main))
         return stacks
 
@@ -319,7 +321,7 @@ class StackReader:
         except (Unsupported, MemoryFault, TargetNotReady):
             return {}
 
-    def _read_thread(self, interp: InterpreterRef, ref: ThreadRef, names: dict[int, str]) -> ThreadStack | None:
+    def _read_thread(self, interp: InterpreterRef, ref: ThreadRef) -> ThreadStack | None:
         best: _Walk | None = None
         for attempt in range(ATTEMPTS):
             if attempt:
@@ -342,7 +344,7 @@ class StackReader:
         return ThreadStack(
             native_id=ref.native_id,
             thread_id=ref.thread_id,
-            name=names.get(ref.thread_id) if interp.is_main else None,
+            name=None,
             holds_gil=ref.holds_gil,
             is_main=is_main,
             interpreter_id=ref.interpreter_id,

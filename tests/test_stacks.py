@@ -632,6 +632,7 @@ def test_busy_event_loop_switching_coroutines(spawn: Spawn) -> None:
             assert names[-1] == "<module>" and "BaseEventLoop.run_forever" in names, names
             if "worker" in names:
                 depth = names.index("worker")
-                assert names[:depth] == ["fib"] * depth
+                # computing, or in its await asyncio.sleep(0) (a short but real state)
+                assert names[:depth] == ["fib"] * depth or names[:depth] in (["sleep"], ["__sleep0", "sleep"]), names
                 assert names[depth + 1] == "Handle._run"
     assert clean > 5 * torn

@@ -5,7 +5,8 @@ state's ``thread_id``) to its Thread object, whose ``_name`` is the full name (`
 (_run_loop)``, ``MainThread``), where the OS thread name in ``/proc/PID/task/TID/comm`` is cut to
 15 bytes and the main thread has none. A thread that is not in ``_active`` is still starting
 (not registered yet), already exiting, or was not started by ``threading``: it has no name here.
-Nothing runs in the target; a read that fails (the dict changed while read) gives no names.
+Nothing runs in the target. The dict is read twice and only the names both reads agree on are
+kept (threads come and go while it is read); a read that fails gives no names.
 """
 
 from __future__ import annotations
@@ -18,8 +19,22 @@ MAX_NAME_CHARS = 1000
 """Characters of one thread name kept."""
 
 
+ATTEMPTS = 3
+"""Pairs of reads of ``threading._active`` before giving up on names that keep changing."""
+
+
 def thread_names(reader: ValueReader) -> dict[int, str]:
     """{thread ident: name} of the threads in the target's ``threading._active`` (empty if unreadable)."""
+    first = _read_names(reader)
+    for _ in range(ATTEMPTS):
+        second = _read_names(reader)
+        if second == first:
+            return second
+        first = second
+    return {ident: name for ident, name in first.items() if second.get(ident) == name}
+
+
+def _read_names(reader: ValueReader) -> dict[int, str]:
     module = reader.module_dict("threading")
     if module is None:
         return {}

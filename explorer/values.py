@@ -35,6 +35,13 @@ from collections import namedtuple
 from explorer.memory import MemoryFault
 from explorer.remote import RemoteProcess
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    _T = TypeVar("_T")
+
 # ---------------------------------------------------------------------------------------------
 # Per-minor object layout facts not in _Py_DebugOffsets (x86-64, GIL build). Each was checked on
 # the real binaries with ctypes (3.14.10, 3.15.2). At merge time this table belongs in the version
@@ -48,7 +55,7 @@ class ObjectLayout(namedtuple(
     "values_capacity values_size values_valid values_items "
     "complex_cval bytearray_start list_allocated cell_ref module_dict module_name function_qualname "
     "tp_basicsize tp_dict tp_dictoffset ht_qualname ht_cached_keys managed_dict "
-    "compact_unicode_size legacy_unicode_data immortal_bit",
+    "compact_unicode_size legacy_unicode_data immortal_bits gil_switch_number",
 )):
     """Offsets (bytes) and constants of one CPython minor's objects."""
 
@@ -75,7 +82,10 @@ _LAYOUT_3_14 = ObjectLayout(
     managed_dict=-24,  # MANAGED_DICT_OFFSET: the dict pointer in the pre-header
     compact_unicode_size=0x38,  # PyCompactUnicodeObject (asciiobject_size + utf8_length + utf8)
     legacy_unicode_data=0x38,  # PyUnicodeObject.data.any (str subclasses)
-    immortal_bit=1 << 31,  # _Py_IsImmortal: the low 32 bits of ob_refcnt, as an int32, are negative
+    # _Py_IMMORTAL_INITIAL_REFCNT (3 << 30) in the low 32 bits of ob_refcnt (_Py_IsImmortal
+    # tests the top bit; both are required here, and the read must check out, before trusting it)
+    immortal_bits=3 << 30,
+    gil_switch_number=8,  # _gil_runtime_state.switch_number, after "locked" (int, padded)
 )
 
 OBJECT_LAYOUTS: dict[tuple[int, int], ObjectLayout] = {
@@ -91,6 +101,8 @@ DEFAULT_LIMITS = {"repr_chars": 200, "items": 10, "depth": 3, "locals": 100, "mo
 """The agent's preview bounds (payloads/agent.py DEFAULT_LIMITS), so that both sources look alike."""
 ATTEMPTS = 4
 """Reads of one variable before a value that keeps changing is returned as torn."""
+FRAME_ATTEMPTS = 4
+"""Reads of a frame's locals, or a module's variables, while threads take the GIL and let it go."""
 MAX_LOCALS = 65_535
 """More localsplus names than this: not a code object (CPython's own limit is far lower)."""
 MAX_ENTRIES = 1 << 26
@@ -166,6 +178,7 @@ _ELLIPSIS = "\u2026"
 
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
+_I32 = struct.Struct("<i")
 _U32 = struct.Struct("<I")
 _F64 = struct.Struct("<d")
 _C128 = struct.Struct("<dd")
@@ -224,11 +237,26 @@ class _Type(namedtuple("_Type", "kind name flags basicsize dictoffset heap")):
 class _Pass:
     """One attempt at one variable: the mutable memory it read (to check it again), the cut mark."""
 
-    __slots__ = ("regions", "cut")
+    __slots__ = ("regions", "cut", "immortal", "mutable")
 
     def __init__(self) -> None:
         self.regions: list[tuple[int, bytes]] = []
         self.cut = False
+        self.mutable = False
+        """Parts of the value can change in place (a list, dict, set, bytearray, instance dict)."""
+        self.immortal: list[tuple[dict[Any, Any], Any, Any]] = []
+        """Immortal objects met, to remember once the read is checked: (cache, key, what)."""
+
+
+TORN_TEXT = "<changed while read>"
+
+
+def _as_torn(item: _T, value: OutsideValue) -> _T:
+    """``item`` (a local or a (name, value) pair) with its value replaced by a torn mark."""
+    torn = OutsideValue(value.type_name, TORN_TEXT, value.address, torn=True)
+    if isinstance(item, OutsideLocal):
+        return item._replace(value=torn)  # type: ignore[return-value]
+    return (item[0], torn)  # type: ignore[index, return-value]
 
 
 def layout_for(version_hex: int) -> ObjectLayout:
@@ -274,9 +302,19 @@ class ValueReader:
         self._immortal: dict[int, str] = {}
         self._immortal_texts: dict[tuple[int, int], str] = {}
         self._immortal_values: dict[int, OutsideValue] = {}
+        self._mutable: set[int] = set()
+        """ids of the values read since the last _settled() try that have mutable parts."""
+        self._keep: list[OutsideValue] = []  # keeps those ids valid
+        o_interp = o.interpreter_state
+        self._interp: int | None = None
+        self._gil_locked, self._gil_holder = o_interp.gil_runtime_state_locked, o_interp.gil_runtime_state_holder
+        self._gil_base = min(self._gil_locked, self._gil_holder)
+        self._gil_span = max(self._gil_locked + self.layout.gil_switch_number, self._gil_holder) + 8 - self._gil_base
+        self._current_frame = o.thread_state.current_frame
+        self._instr_ptr = o.interpreter_frame.instr_ptr
         self._cached_keys: dict[int, int] = {}
         """Per class (address): its shared keys (``ht_cached_keys``), read once per reader."""
-        self._immortal_bit = self.layout.immortal_bit
+        self._immortal_mask = self.layout.immortal_bits
         self._code_names: dict[int, tuple[tuple[str, ...], bytes]] = {}
         self.retries = 0
         """Variables read again because their memory changed while they were read."""
@@ -291,6 +329,9 @@ class ValueReader:
         None when the frame no longer runs that code (it returned while being read) or its code
         object cannot be read. At most ``limits["locals"]`` variables.
         """
+        return self._settled(lambda: self._frame_locals(frame_address, code_address), lambda local: local.value)
+
+    def _frame_locals(self, frame_address: int, code_address: int) -> list[OutsideLocal] | None:
         try:
             names, kinds = self._code_locals(code_address)
         except _READ_ERRORS:
@@ -314,6 +355,9 @@ class ValueReader:
 
     def module_globals(self, name: str = "__main__") -> list[tuple[str, OutsideValue]] | None:
         """The variables of module ``name`` (dunder names left out), or None when it is not imported."""
+        return self._settled(lambda: self._module_globals(name), lambda pair: pair[1])
+
+    def _module_globals(self, name: str) -> list[tuple[str, OutsideValue]] | None:
         module_dict = self.module_dict(name)
         if module_dict is None:
             return None
@@ -330,6 +374,52 @@ class ValueReader:
             if len(result) >= self.limits["module_vars"]:
                 break
         return result
+
+    def _settled(self, read: Callable[[], list[_T] | None], value_of: Callable[[_T], OutsideValue]) -> list[_T] | None:
+        """``read()``, trusting values with mutable parts only if no thread ran Python meanwhile.
+
+        Reading a value twice catches most changes, not all: a thread that refills a list in a
+        loop brings back the same sizes at the same addresses (freed memory is reused at once),
+        and one the OS stops half-way through a change shows the same half-made state twice. Only
+        the thread holding the GIL changes objects, so containers and instance dicts are kept
+        when the GIL was free, with the same last holder and switch count, and that thread's
+        frame and instruction the same, before and after the read; when the GIL was taken
+        meanwhile but is free again, the read is repeated; when a thread is running Python, those
+        values are marked torn (read again when it is quiet). Immutable values (numbers, strings,
+        bytes) need the double read only.
+        """
+        result = None
+        for _attempt in range(FRAME_ATTEMPTS):
+            before = self._python_state()
+            self._mutable.clear()
+            self._keep.clear()
+            result = read()
+            if result is None or not self._mutable:
+                return result
+            after = self._python_state()
+            if before is not None and before == after and not after[0]:
+                return result  # nobody ran Python while it was read
+            if after is None or after[0]:
+                break  # a thread runs Python now: it may be changing these very objects
+            self.retries += 1
+        assert result is not None
+        self.torn += len(self._mutable)
+        return [_as_torn(item, value_of(item)) if id(value_of(item)) in self._mutable else item for item in result]
+
+    def _python_state(self) -> tuple[int, ...] | None:
+        """(GIL locked, last holder, switch count, the holder's current frame and instruction), or None."""
+        try:
+            if self._interp is None:
+                self._interp = self.process.main_interpreter().address
+            gil = self.memory.read(self._interp + self._gil_base, self._gil_span)
+            locked = _I32.unpack_from(gil, self._gil_locked - self._gil_base)[0]
+            holder = _U64.unpack_from(gil, self._gil_holder - self._gil_base)[0]
+            switches = _U64.unpack_from(gil, self._gil_locked + self.layout.gil_switch_number - self._gil_base)[0]
+            frame = self.memory.read_u64(holder + self._current_frame) if holder else 0
+            instruction = self.memory.read_u64(frame + self._instr_ptr) if frame else 0
+        except MemoryFault:
+            return None
+        return (locked, holder, switches, frame, instruction)
 
     def module_dict(self, name: str) -> int | None:
         """The address of ``sys.modules[name].__dict__``, or None."""
@@ -381,8 +471,13 @@ class ValueReader:
             text = self._str_text(address, head, limit)[0]
         except _READ_ERRORS:
             return None
-        if _U64.unpack_from(head, 0)[0] & self._immortal_bit and len(self._immortal_texts) < MAX_CACHED:
-            self._immortal_texts[address, limit] = text
+        if self._is_immortal(head) and len(self._immortal_texts) < MAX_CACHED:
+            try:
+                settled = self.memory.read(address, len(head)) == head  # not memory in the middle of reuse
+            except MemoryFault:
+                settled = False
+            if settled:
+                self._immortal_texts[address, limit] = text
         return text
 
     def dict_items(self, address: int, limit: int) -> list[tuple[int, int]] | None:
@@ -427,9 +522,14 @@ class ValueReader:
             except _READ_ERRORS:
                 continue
             if self._unchanged(work.regions):
+                for cache, key, known in work.immortal:
+                    cache[key] = known
+                if work.mutable:
+                    self._mutable.add(id(value))  # it has parts a stopped writer could be changing
+                    self._keep.append(value)
                 return value
         self.torn += 1
-        return OutsideValue("?", "<changed while read>", address, torn=True)
+        return OutsideValue("?", TORN_TEXT, address, torn=True)
 
     # -- frames ------------------------------------------------------------------------------
 
@@ -488,7 +588,7 @@ class ValueReader:
                     return self.value(contents, slot=pointer + self.layout.cell_ref, raw=contents)
             except _READ_ERRORS:
                 self.torn += 1
-                return OutsideValue("?", "<changed while read>", pointer, torn=True)
+                return OutsideValue("?", TORN_TEXT, pointer, torn=True)
             # Before MAKE_CELL the slot holds the value itself (a frame still in its prologue).
         return self.value(pointer, slot=frame_address + self._localsplus + 8 * index, raw=raw)
 
@@ -515,6 +615,10 @@ class ValueReader:
         except MemoryFault:
             return False
         return True
+
+    def _is_immortal(self, head: bytes) -> bool:
+        """Whether an object's reference count says it is immortal (never freed)."""
+        return _U64.unpack_from(head, 0)[0] & self._immortal_mask == self._immortal_mask
 
     def _type(self, address: int) -> _Type:
         """The type of the object at ``address`` (cached by type address)."""
@@ -602,13 +706,8 @@ class ValueReader:
                     (self._key_name(key) or self._fmt(key, 1, limit, (), work), self._top(value, work, 1)) for key, value in pairs
                 )
         value = OutsideValue(kind_type.name, text, address, length, work.cut, False, attrs)
-        if (
-            kind in _IMMUTABLE_SCALARS
-            and not work.cut
-            and _U64.unpack_from(head, 0)[0] & self._immortal_bit
-            and len(self._immortal_values) < MAX_CACHED
-        ):
-            self._immortal_values[address] = value
+        if kind in _IMMUTABLE_SCALARS and not work.cut and self._is_immortal(head) and len(self._immortal_values) < MAX_CACHED:
+            work.immortal.append((self._immortal_values, address, value))
         work.cut = work.cut or cut
         return value
 
@@ -637,13 +736,17 @@ class ValueReader:
         kind_type = self._type_at(_U64.unpack_from(head, self._ob_type)[0])
         kind = kind_type.kind
         if kind in _CONTAINERS:
+            work.regions.append((address + self._ob_type, head[self._ob_type : self._ob_type + 8]))
             return self._fmt_container(address, head, kind, depth, budget, path, work)
+        # Freed objects' memory is reused at once (pymalloc hands out the last block freed): the
+        # bytes a value was made of are checked again with the rest, its type first.
+        work.regions.append((address + self._ob_type, head[self._ob_type : self._ob_type + 8]))
         if kind in _IMMUTABLE_SCALARS:
             cut = work.cut
             work.cut = False
             text = self._fmt_scalar(address, head, kind_type, budget, work)
-            if not work.cut and _U64.unpack_from(head, 0)[0] & self._immortal_bit and len(self._immortal) < MAX_CACHED:
-                self._immortal[address] = text
+            if not work.cut and self._is_immortal(head) and len(self._immortal) < MAX_CACHED:
+                work.immortal.append((self._immortal, address, text))
             work.cut = work.cut or cut
             return text
         return self._fmt_scalar(address, head, kind_type, budget, work)
@@ -654,7 +757,7 @@ class ValueReader:
         if kind == "none":
             return "None"
         if kind == "int" or kind == "bool":
-            number = self._int(address, head)
+            number = self._int(address, head, work)
             if kind == "bool":
                 if number not in (0, 1):
                     raise _Torn("a bool that is neither True nor False")
@@ -664,12 +767,15 @@ class ValueReader:
                 return f"<int with {self._int_bits(address, head)} bits>"
             return repr(number)
         if kind == "float":
+            work.regions.append((address + self._float, head[self._float : self._float + 8]))
             return repr(_F64.unpack_from(head, self._float)[0])
         if kind == "complex":
-            real, imag = _C128.unpack_from(head, self.layout.complex_cval)
+            cval = self.layout.complex_cval
+            work.regions.append((address + cval, head[cval : cval + 16]))
+            real, imag = _C128.unpack_from(head, cval)
             return repr(complex(real, imag))
         if kind == "str":
-            text, cut = self._str_text(address, head, budget + 1)
+            text, cut = self._str_text(address, head, budget + 1, work)
             if cut:
                 work.cut = True
             return repr(text)
@@ -682,8 +788,11 @@ class ValueReader:
                 work.cut = True
             end = self._bytes_data + wanted
             data = head[self._bytes_data : end] if end <= len(head) else self.memory.read(address + self._bytes_data, wanted)
+            work.regions.append((address + self._bytes_size, head[self._bytes_size : self._bytes_size + 8]))
+            work.regions.append((address + self._bytes_data, data))
             return repr(data)
         if kind == "bytearray":
+            work.mutable = True
             return self._bytearray(address, head, budget, work)
         if kind == "type":
             return f"<class '{self._type_at(address).name}'>"
@@ -697,16 +806,20 @@ class ValueReader:
                 return f"<module {name!r}>"  # the name only: the target's repr adds its file or "(built-in)"
         return f"<{kind_type.name} object at {address:#x}>"
 
-    def _int(self, address: int, head: bytes) -> int | None:
+    def _int(self, address: int, head: bytes, work: _Pass | None = None) -> int | None:
         """An int's value; None when it has more than MAX_INT_DIGITS digits."""
         tag = _U64.unpack_from(head, self._lv_tag)[0]
         sign, count = tag & 3, tag >> 3
         if sign == 3 or count > MAX_ENTRIES:
             raise _Torn(f"int tag {tag:#x}")
+        if work is not None:
+            work.regions.append((address + self._lv_tag, head[self._lv_tag : self._lv_tag + 8]))
         if count > MAX_INT_DIGITS:
             return None
         end = self._digits + 4 * count
         data = head[self._digits : end] if end <= len(head) else self.memory.read(address + self._digits, 4 * count)
+        if work is not None and data:
+            work.regions.append((address + self._digits, data))
         shift = self.layout.long_shift
         top = 1 << shift
         number = 0
@@ -727,7 +840,7 @@ class ValueReader:
         top = self.memory.read_u32(address + self._digits + 4 * (count - 1))
         return (count - 1) * self.layout.long_shift + top.bit_length()
 
-    def _str_text(self, address: int, head: bytes, limit: int) -> tuple[str, bool]:
+    def _str_text(self, address: int, head: bytes, limit: int, work: _Pass | None = None) -> tuple[str, bool]:
         """(the first ``limit`` characters of a str, whether it has more)."""
         length = _I64.unpack_from(head, self._str_length)[0]
         state = _U32.unpack_from(head, self._str_state)[0]
@@ -745,6 +858,11 @@ class ValueReader:
             data = head[offset : offset + size]
         else:
             data = self.memory.read(data_address, size)
+        if work is not None:
+            work.regions.append((address + self._str_length, head[self._str_length : self._str_length + 8]))
+            work.regions.append((address + self._str_state, head[self._str_state : self._str_state + 4]))
+            if data:
+                work.regions.append((data_address, data))
         if ascii_only:
             text = data.decode("ascii")
         elif kind == 1:
@@ -777,6 +895,8 @@ class ValueReader:
         self, address: int, head: bytes, kind: str, depth: int, budget: int, path: tuple[int, ...], work: _Pass
     ) -> str:
         open_, close = _OPEN_CLOSE[kind]
+        if kind in _MUTABLE:
+            work.mutable = True
         if address in path:
             return open_ + "..." + close  # a container that contains itself, as repr() shows it
         size = self._length(head, kind)
@@ -818,7 +938,9 @@ class ValueReader:
         count = min(size, self._items)
         read = self.memory.read
         if kind == "tuple":
+            work.regions.append((address + self._tuple_size, _I64.pack(size)))
             data = read(address + self._tuple_items, 8 * count)
+            work.regions.append((address + self._tuple_items, data))
         elif kind == "list":
             # ob_size, ob_item, allocated
             span = self.layout.list_allocated + 8 - self._list_size
@@ -832,19 +954,19 @@ class ValueReader:
             data = read(items, 8 * count)
             work.regions.append((items, data))
         else:
-            return self._set_keys(address, count, work)
+            return self._set_keys(address, size, count, work)
         pointers = struct.unpack(f"<{count}Q", data)
         if not all(pointers):
             raise _Torn(f"{kind} with a NULL item")
         return list(pointers)
 
-    def _set_keys(self, address: int, count: int, work: _Pass) -> list[int]:
+    def _set_keys(self, address: int, size: int, count: int, work: _Pass) -> list[int]:
         header = self.memory.read(address + self._set_used, max(self._set_used, self._set_mask, self._set_table) + 8 - self._set_used)
         used = _I64.unpack_from(header, 0)[0]
         mask = _I64.unpack_from(header, self._set_mask - self._set_used)[0]
         table = _U64.unpack_from(header, self._set_table - self._set_used)[0]
-        if mask < 0 or mask + 1 > MAX_ENTRIES or (mask + 1) & mask or used > mask + 1:
-            raise _Torn(f"set mask {mask}")
+        if mask < 0 or mask + 1 > MAX_ENTRIES or (mask + 1) & mask or used > mask + 1 or used != size:
+            raise _Torn(f"set mask {mask}, {used} of {size} items")
         work.regions.append((address + self._set_used, header))
         keys: list[int] = []
         block = 64
@@ -934,6 +1056,7 @@ class ValueReader:
         """(key, value) addresses of an object's instance ``__dict__``; None when it has none."""
         layout = self.layout
         flags = kind_type.flags
+        work.mutable = True  # an object's attributes can change in place
         if flags & TPFLAGS_MANAGED_DICT:
             pointer = self.memory.read_u64(address + layout.managed_dict)
             work.regions.append((address + layout.managed_dict, _U64.pack(pointer)))

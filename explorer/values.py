@@ -259,6 +259,11 @@ def _as_torn(item: _T, value: OutsideValue) -> _T:
     return (item[0], torn)  # type: ignore[index, return-value]
 
 
+def _quiet(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -> bool:
+    """Whether no thread ran Python between two ``ValueReader._python_state()`` readings."""
+    return before is not None and before == after and not after[0]
+
+
 def layout_for(version_hex: int) -> ObjectLayout:
     """The object layout of a target version; Unsupported for a minor periscope does not know."""
     key = ((version_hex >> 24) & 0xFF, (version_hex >> 16) & 0xFF)
@@ -302,6 +307,11 @@ class ValueReader:
         self._immortal: dict[int, str] = {}
         self._immortal_texts: dict[tuple[int, int], str] = {}
         self._immortal_values: dict[int, OutsideValue] = {}
+        self._validate = True
+        """Check each value by reading it again (off while the target is known to be quiet)."""
+        self._pending: list[tuple[dict[Any, Any], Any, Any]] = []
+        self._last_state: tuple[int, ...] | None = None
+        """The target's state after the previous read: the next read's "before"."""
         self._mutable: set[int] = set()
         """ids of the values read since the last _settled() try that have mutable parts."""
         self._keep: list[OutsideValue] = []  # keeps those ids valid
@@ -376,35 +386,55 @@ class ValueReader:
         return result
 
     def _settled(self, read: Callable[[], list[_T] | None], value_of: Callable[[_T], OutsideValue]) -> list[_T] | None:
-        """``read()``, trusting values with mutable parts only if no thread ran Python meanwhile.
+        """``read()``, trusting what changes in place only if no thread ran Python meanwhile.
 
-        Reading a value twice catches most changes, not all: a thread that refills a list in a
-        loop brings back the same sizes at the same addresses (freed memory is reused at once),
-        and one the OS stops half-way through a change shows the same half-made state twice. Only
-        the thread holding the GIL changes objects, so containers and instance dicts are kept
-        when the GIL was free, with the same last holder and switch count, and that thread's
-        frame and instruction the same, before and after the read; when the GIL was taken
-        meanwhile but is free again, the read is repeated; when a thread is running Python, those
-        values are marked torn (read again when it is quiet). Immutable values (numbers, strings,
-        bytes) need the double read only.
+        Only the thread holding the GIL changes objects. When the GIL was free before and after
+        the read, with the same last holder, switch count, and that thread's frame and
+        instruction, nothing changed while it was read: one read is the truth. Otherwise every
+        value is read twice, which catches most changes but not all: a loop that refills a list
+        brings back the same sizes at the same addresses (freed memory is reused at once), and a
+        writer the OS stops half-way shows the same half-made state twice. So values with parts
+        that change in place (containers, bytearrays, instance dicts) are then kept only if the
+        target was quiet around that careful read (repeated while the GIL is taken and let go
+        again), and read as torn while a thread runs Python; numbers and strings, immutable,
+        need the double read only.
         """
-        result = None
+        before = self._last_state or self._python_state()
+        self._start_try(validate=False)
+        result = read()
+        after = self._python_state()
+        self._last_state = after
+        if result is not None and _quiet(before, after):
+            for cache, key, known in self._pending:
+                cache[key] = known
+            return result
         for _attempt in range(FRAME_ATTEMPTS):
             before = self._python_state()
-            self._mutable.clear()
-            self._keep.clear()
+            self._start_try(validate=True)
             result = read()
             if result is None or not self._mutable:
-                return result
-            after = self._python_state()
-            if before is not None and before == after and not after[0]:
-                return result  # nobody ran Python while it was read
+                break
+            after = self._last_state = self._python_state()
+            if _quiet(before, after):
+                break
             if after is None or after[0]:
+                self.torn += len(self._mutable)
+                result = [_as_torn(item, value_of(item)) if id(value_of(item)) in self._mutable else item for item in result]
                 break  # a thread runs Python now: it may be changing these very objects
             self.retries += 1
-        assert result is not None
-        self.torn += len(self._mutable)
-        return [_as_torn(item, value_of(item)) if id(value_of(item)) in self._mutable else item for item in result]
+        else:
+            assert result is not None
+            self.torn += len(self._mutable)
+            result = [_as_torn(item, value_of(item)) if id(value_of(item)) in self._mutable else item for item in result]
+        self._validate = True
+        self._last_state = None
+        return result
+
+    def _start_try(self, *, validate: bool) -> None:
+        self._validate = validate
+        self._mutable.clear()
+        self._keep.clear()
+        self._pending.clear()
 
     def _python_state(self) -> tuple[int, ...] | None:
         """(GIL locked, last holder, switch count, the holder's current frame and instruction), or None."""
@@ -521,6 +551,13 @@ class ValueReader:
                 value = self._top(address, work)
             except _READ_ERRORS:
                 continue
+            if not self._validate:
+                # Read while nothing should run Python: _settled() checks that, then keeps it.
+                self._pending.extend(work.immortal)
+                if work.mutable:
+                    self._mutable.add(id(value))
+                    self._keep.append(value)
+                return value
             if self._unchanged(work.regions):
                 for cache, key, known in work.immortal:
                     cache[key] = known

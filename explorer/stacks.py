@@ -25,10 +25,11 @@ It is built to be polled while the target runs at full speed:
   :class:`~explorer.errors.PermissionDenied`, and :class:`~explorer.errors.TargetNotReady` for an
   interpreter that is still starting or already gone while the process lives.
 
-Thread names are not in the thread state. CPython 3.14 gives each ``threading`` thread an OS
-thread name (at most 15 bytes, so longer names arrive truncated), which the reader takes from
-``/proc/PID/task/TID/comm``, re-read at most once a second per thread; the main thread's name
-is None.
+Thread names are not in the thread state: they come from the target's own ``threading._active``
+(explorer.threadnames), read from memory like everything else, so they are whole (``/proc``'s
+``comm`` cuts them at 15 bytes) and the main thread has its name too. A thread state that is not
+bound to an OS thread yet or any more (native id 0, no frames: a thread being created or torn
+down) is left out.
 """
 
 from __future__ import annotations
@@ -60,8 +61,6 @@ MAX_CODE_UNITS = 1 << 24
 MAX_CACHED_CODES = 100_000
 MAX_CACHED_NAMES = 10_000
 MAX_PREFETCH = 32
-NAME_TTL = 1.0
-"""Seconds a thread's OS name is reused before /proc is read again (a thread may rename itself)."""
 
 # The frame owner values (enum _frameowner), the RESUME opcodes and the compact str header
 # differ between minors: they come from the target's explorer.versions.Layout.
@@ -94,8 +93,8 @@ class FrameInfo(namedtuple("FrameInfo", "filename function lineno is_entry", def
 class ThreadStack(
     namedtuple(
         "ThreadStack",
-        "native_id thread_id name holds_gil is_main interpreter_id frames attached torn truncated",
-        defaults=(False, False),
+        "native_id thread_id name holds_gil is_main interpreter_id frames attached torn truncated frame_refs",
+        defaults=(False, False, ()),
     )
 ):
     """One thread state of the target and its Python frames, innermost first."""
@@ -106,7 +105,7 @@ class ThreadStack(
     thread_id: int
     """``threading.get_ident()`` of the thread (its pthread_t)."""
     name: str | None
-    """The OS thread name that ``threading`` set (at most 15 bytes, so maybe truncated); None for the main thread."""
+    """The name in the target's ``threading`` module; None for a thread that ``threading`` does not list."""
     holds_gil: bool
     is_main: bool
     """The main thread of the main interpreter."""
@@ -119,6 +118,8 @@ class ThreadStack(
     """The stack kept changing while it was read: frames may be incomplete."""
     truncated: bool  # default False
     """The stack is deeper than MAX_DEPTH frames; the outermost ones are missing."""
+    frame_refs: tuple[tuple[int, int], ...]  # default ()
+    """(frame address, code object address) of each of ``frames``, for reading locals (explorer.values)."""
 
     @property
     def in_subinterpreter(self) -> bool:
@@ -155,10 +156,11 @@ class _Code:
 class _Walk:
     """The result of one attempt at a thread's stack."""
 
-    __slots__ = ("frames", "torn", "truncated", "faulted", "reason")
+    __slots__ = ("frames", "refs", "torn", "truncated", "faulted", "reason")
 
     def __init__(self) -> None:
         self.frames: list[FrameInfo] = []
+        self.refs: list[tuple[int, int]] = []
         self.torn = False
         self.truncated = False
         self.faulted = False
@@ -238,7 +240,6 @@ class StackReader:
         self._strings: dict[int, str] = {}
         self._type_is_code: dict[int, bool] = {}
         self._generations: dict[int, int] = {}
-        self._names: dict[tuple[int, int], tuple[float, str | None]] = {}
         # Per thread state: the frames outside the data stack that its last walk read one by one.
         self._outside: dict[int, list[int]] = {}
         self.samples = 0
@@ -263,8 +264,11 @@ class StackReader:
         stacks: list[ThreadStack] = []
         for interp, ref in listing:
             stack = self._read_thread(interp, ref)
-            if stack is not None:
+            if stack is not None and (stack.frames or ref.target_native_id):
                 stacks.append(stack)
+        # Names after the stacks: reading them takes a while, and the stacks come first.
+        names = self._threading_names()
+        stacks = [stack._replace(name=names.get(stack.thread_id)) if stack.interpreter_id == 0 else stack for stack in stacks]
         stacks.sort(key=lambda stack: (stack.interpreter_id != 0, not stack.is_main))
         return stacks
 
@@ -308,6 +312,16 @@ class StackReader:
             self._codes.clear()
             self._strings.clear()
 
+    def _threading_names(self) -> dict[int, str]:
+        """{ident: name} from the target's ``threading`` module; empty when it cannot be read."""
+        from explorer.threadnames import thread_names
+        from explorer.values import Unsupported, ValueReader
+
+        try:
+            return thread_names(ValueReader(self.process))
+        except (Unsupported, MemoryFault, TargetNotReady):
+            return {}
+
     def _read_thread(self, interp: InterpreterRef, ref: ThreadRef) -> ThreadStack | None:
         best: _Walk | None = None
         for attempt in range(ATTEMPTS):
@@ -331,7 +345,7 @@ class StackReader:
         return ThreadStack(
             native_id=ref.native_id,
             thread_id=ref.thread_id,
-            name=None if ref.native_id == host_pid else self._thread_name(ref),
+            name=None,
             holds_gil=ref.holds_gil,
             is_main=is_main,
             interpreter_id=ref.interpreter_id,
@@ -339,20 +353,8 @@ class StackReader:
             attached=ref.attached,
             torn=best.torn,
             truncated=best.truncated,
+            frame_refs=tuple(best.refs),
         )
-
-    def _thread_name(self, ref: ThreadRef) -> str | None:
-        """The OS thread name, re-read at most every NAME_TTL seconds per thread."""
-        now = time.monotonic()
-        key = (ref.native_id, ref.thread_id)
-        cached = self._names.get(key)
-        if cached is not None and now - cached[0] < NAME_TTL:
-            return cached[1]
-        name = _thread_name(self.process.pid, ref.native_id)
-        if len(self._names) > MAX_CACHED_NAMES:
-            self._names.clear()
-        self._names[key] = (now, name)
-        return name
 
     # -- one thread ------------------------------------------------------------------------
 
@@ -459,6 +461,7 @@ class StackReader:
                     continue
                 frame = code.frames.get(offset)
                 frames.append(frame if frame is not None else code.frame(offset))
+                walk.refs.append((frame_address, executable))
                 last = (code, offset)
                 bottom = frame_address
         except (MemoryFault, _Torn, ValueError, UnicodeDecodeError) as error:
@@ -578,15 +581,6 @@ def _first_traceable(bytecode: bytes, resume_opcodes: frozenset[int]) -> int:
         if bytecode[offset] in resume_opcodes:
             return offset
     return len(bytecode)
-
-
-def _thread_name(pid: int, tid: int) -> str | None:
-    """The OS name of thread ``tid`` (what threading set, at most 15 bytes), or None if unreadable."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/comm", "rb") as handle:
-            return handle.read().rstrip(b"\n").decode("utf-8", "replace") or None
-    except OSError:
-        return None
 
 
 def read_stacks(pid: int) -> tuple[str, list[ThreadStack]]:

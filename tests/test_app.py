@@ -453,3 +453,48 @@ async def test_a_target_that_never_runs_python_ends_in_a_dialog_not_a_hang(spawn
         assert "--via" not in dialog.message + (dialog.fix or "")  # the CLI's words stay in the CLI
         await pilot.press("enter")
         assert isinstance(app.screen, ProcessListScreen)
+
+
+SERVING = """
+def serve():
+    greeting = "hello"
+    count = 0
+    print("ready", flush=True)
+    while True:
+        line = input()
+        count += 1
+
+serve()
+"""
+
+
+async def test_waiting_shows_locals_read_from_outside_then_the_agents_live_values(spawn, target_python, history):
+    """The only thread waits in input(): the waiting screen shows its frame's locals read from
+    outside, marked so; once a line arrives the agent starts and the process screen shows the
+    same variables live."""
+    target = spawn(SERVING, python=target_python, stdin=subprocess.PIPE)
+    target.wait_for_line("ready")
+    app = PeriscopeApp(history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        app.attach(target.pid, thread=target.pid)
+        await wait_until(pilot, lambda: isinstance(app.screen, AttachScreen) and app.screen.step == "waiting", "waiting")
+        attach = app.screen
+        assert isinstance(attach, AttachScreen)
+        tree = attach.query_one("#attach-locals", VariablesTree)
+        await wait_until(pilot, lambda: ("locals", "greeting") in tree.value_paths(), "the locals read from outside")
+        paths = tree.value_paths()
+        assert paths[("locals", "greeting")].preview == "'hello'" and paths[("locals", "count")].preview == "0"
+        scope = next(node for node in tree.root.children if node.data and node.data.path == ("locals",))
+        assert str(scope.label) == "Locals of serve · read from outside, not live"
+        assert target.proc.stdin is not None
+        target.proc.stdin.write(b"one\n")
+        target.proc.stdin.flush()
+        screen = await attached_screen(pilot)
+        variables = screen.query_one(VariablesTree)
+        await wait_until(
+            pilot,
+            lambda: getattr(variables.value_paths().get(("locals", "count")), "preview", None) == "1",
+            "the agent's live value of count",
+        )
+        scope = next(node for node in variables.root.children if node.data and node.data.path == ("locals",))
+        assert "outside" not in str(scope.label)

@@ -86,8 +86,8 @@ def test_json_matches_what_the_target_reports(spawn: Spawn, tmp_path: Path, targ
             for filename, qualname, _, lineno in want["frames"]
         ]
     main = document["threads"][0]
-    assert main["native_id"] == target.pid and main["name"] is None
-    assert {thread["name"] for thread in document["threads"][1:]} == {"worker", "a-much-longer-n"}
+    assert main["native_id"] == target.pid and main["name"] == "MainThread"
+    assert {thread["name"] for thread in document["threads"][1:]} == {"worker", "a-much-longer-name"}
 
 
 def test_human_output_lists_every_thread_innermost_first(spawn: Spawn, tmp_path: Path, target_python: str) -> None:
@@ -101,7 +101,7 @@ def test_human_output_lists_every_thread_innermost_first(spawn: Spawn, tmp_path:
     blocks = [block.splitlines() for block in result.stdout.split("\n\n")[1:] if block.strip()]
     assert len(blocks) == len(document["threads"]) == 3
     for block, thread in zip(blocks, document["threads"]):
-        title = f"Thread {thread['native_id']} ({'main thread' if thread['name'] is None else thread['name']})"
+        title = f"Thread {thread['native_id']} ({'main thread' if thread['is_main'] else thread['name']})"
         assert block[0].startswith(title)
         want = expected[thread["thread_id"]]["frames"]
         assert block[1:] == [f"    {qualname} ({filename}:{lineno})" for filename, qualname, _, lineno in want]

@@ -41,10 +41,11 @@ async def test_attach_names_no_command_line_option_unless_asked(spawn):
 
 
 def test_the_cli_tells_its_own_options(spawn):
+    # eval needs the agent (snapshot reads the values from outside instead: tests/test_values.py)
     target = spawn(BLOCKED, stdin=subprocess.PIPE)
     target.wait_for_line("ready")
     done = subprocess.run(
-        [sys.executable, "-m", "explorer", "snapshot", str(target.pid), "--via", "main", "--timeout", "1"],
+        [sys.executable, "-m", "explorer", "eval", str(target.pid), "1", "--via", "main", "--timeout", "1"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -42,15 +42,16 @@ def test_snapshot_json_has_the_documented_shape(spawn):
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert doc["pid"] == target.pid and doc["python"].startswith(targets.version_prefix())
-    assert doc["modules"]["__main__"]["GREETING"] == {"type": "str", "repr": "'hello'"}
-    assert doc["modules"]["__main__"]["NUMBERS"] == {"type": "list", "repr": "[1, 2, 3]"}
+    assert doc["source"] == "agent"
+    assert doc["modules"]["__main__"]["GREETING"] == {"type": "str", "repr": "'hello'", "source": "agent"}
+    assert doc["modules"]["__main__"]["NUMBERS"] == {"type": "list", "repr": "[1, 2, 3]", "source": "agent"}
     threads = {t["native_id"]: t for t in doc["threads"]}
     assert set(threads) == {target.pid, native}
     sleeper = threads[native]
     assert sleeper["name"] == "sleeper" and sleeper["daemon"] is True and isinstance(sleeper["thread_id"], int)
     top = sleeper["frames"][0]
     assert set(top) == {"filename", "function", "lineno", "locals"}
-    assert top["function"] == "sleeper" and top["locals"]["counter"] == {"type": "int", "repr": "41"}
+    assert top["function"] == "sleeper" and top["locals"]["counter"] == {"type": "int", "repr": "41", "source": "agent"}
     assert threads[target.pid]["frames"][0]["function"] == "<module>"
 
 

@@ -122,7 +122,8 @@ def test_repl_with_results(snap_compare, scene):
 def test_waiting_for_the_target(snap_compare, scene):
     """Attaching through the main thread while it waits in input(): "Injecting the agent" ticked,
     "Waiting for the target to run Python" current, and each thread's stack read from outside
-    (MainThread at "answer = input()", worker in time.sleep)."""
+    (MainThread at "answer = input()", worker in time.sleep); on the right, the selected frame's
+    locals (none in <module>) and __main__'s config, items and title, "read from outside"."""
     target = scene("wait-input", stdin=subprocess.PIPE)
     app = app_for(None)
 
@@ -134,6 +135,7 @@ def test_waiting_for_the_target(snap_compare, scene):
             "the waiting state",
         )
         await wait_until(pilot, lambda: app.screen.query_one("ThreadList").row_count == 2, "both threads")
+        await wait_until(pilot, lambda: app.screen.locals_reads >= 1, "the values read from outside")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 

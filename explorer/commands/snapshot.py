@@ -1,5 +1,12 @@
 """``periscope snapshot PID``: attach the agent, take one full frame (threads, stacks, locals,
-module variables), detach."""
+module variables), detach.
+
+When no thread of the target takes the agent's request within ``OUTSIDE_AFTER`` seconds (all of
+them blocked in C: a sleep, ``input()``, a lock), the request is withdrawn and the frame is read
+from the target's memory instead (explorer.outside): the same threads, stacks, locals and module
+variables, marked as read from outside, in the agent's bounds. The output says which source the
+values came from (``source`` in JSON: ``agent`` or ``outside``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,9 @@ import sys
 NAME = "snapshot"
 HELP = "attach to a CPython 3.14 or 3.15 process, print one full frame (threads, stacks, locals, module variables), detach"
 
+
+OUTSIDE_AFTER = 0.5
+"""Seconds to wait for a thread to take the agent's request before reading the values from outside."""
 
 VIA_FIX = "use --via any, or --via NATIVE_ID of a thread that runs Python"
 """What the agent commands say to do when no thread of the target ran Python in time (``attach(blocked_fix=...)``)."""
@@ -83,35 +93,100 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _snapshot(args: argparse.Namespace) -> int:
-    from explorer.model import frame_json
-    from explorer.session import attach
+    import asyncio
 
-    session = await attach(
-        args.pid,
-        thread=thread_choice(args),
-        timeout=args.timeout,
-        rate=0.0,
-        modules=tuple(args.modules or ("__main__",)),
-        blocked_fix=VIA_FIX,
+    from explorer.errors import InjectionTimeout, PeriscopeError
+    from explorer.model import frame_json
+    from explorer.session import AttachProgress, AttachState, attach
+
+    modules = tuple(args.modules or ("__main__",))
+    taken = asyncio.Event()
+
+    def progress(step: AttachProgress) -> None:
+        if step.state in (AttachState.STARTING, AttachState.CONNECTED):
+            taken.set()
+
+    attaching = asyncio.ensure_future(
+        attach(
+            args.pid,
+            thread=thread_choice(args),
+            timeout=args.timeout,
+            rate=0.0,
+            modules=modules,
+            blocked_fix=VIA_FIX,
+            progress=progress,
+        )
     )
+    done, _ = await asyncio.wait({attaching}, timeout=min(OUTSIDE_AFTER, args.timeout))
+    if not done and not taken.is_set():
+        # Every thread is blocked in C: withdraw the request (cancelling does) and read from outside.
+        attaching.cancel()
+        (outcome,) = await asyncio.gather(attaching, return_exceptions=True)
+        if isinstance(outcome, (asyncio.CancelledError, PeriscopeError)):
+            return await asyncio.to_thread(_print_outside, args, modules, f"no thread ran Python within {OUTSIDE_AFTER:g} s")
+        if isinstance(outcome, BaseException):
+            raise outcome
+    try:
+        session = await attaching
+    except InjectionTimeout as error:
+        if not error.no_thread_ran:
+            raise
+        return await asyncio.to_thread(_print_outside, args, modules, "no thread ran Python within the timeout")
     try:
         frame = await session.sample()
     finally:
         await session.detach()
     if args.json:
-        print(json.dumps(frame_json(args.pid, session.hello, frame), indent=2))
+        document = frame_json(args.pid, session.hello, frame)
+        print(json.dumps(mark_source(document, "agent"), indent=2))
     else:
-        print(render_text(args.pid, session.hello, frame))
+        print(render_text(args.pid, session.hello, frame, source="values from the agent, live inside the process"))
     return 0
 
 
-def render_text(pid: int, hello, frame) -> str:  # type: ignore[no-untyped-def]
+def _print_outside(args: argparse.Namespace, modules: tuple[str, ...], why: str) -> int:
+    """Read the frame from the target's memory and print it, saying so."""
+    from explorer.model import frame_json
+    from explorer.outside import SOURCE, outside_hello, read_frame
+    from explorer.remote import RemoteProcess
+
+    with RemoteProcess.open(args.pid) as process:
+        frame = read_frame(process, modules)
+        hello = outside_hello(process)
+    if args.json:
+        document = frame_json(args.pid, hello, frame)
+        document["why"] = f"{why}: the agent could not start"
+        print(json.dumps(mark_source(document, SOURCE), indent=2))
+    else:
+        line = f"values read from outside (not live): {why}, so the agent could not start"
+        print(render_text(args.pid, hello, frame, source=line))
+    return 0
+
+
+def mark_source(document: dict, source: str) -> dict:  # type: ignore[type-arg]
+    """Add ``source`` to a ``frame_json`` document and to each of its values."""
+    document["source"] = source
+    for thread in document["threads"]:
+        for stack_frame in thread["frames"]:
+            for value in stack_frame["locals"].values():
+                value["source"] = source
+    for variables in document["modules"].values():
+        for value in variables.values():
+            value["source"] = source
+    return document
+
+
+def render_text(pid: int, hello, frame, source: str | None = None) -> str:  # type: ignore[no-untyped-def]
     """A frame as plain text: each thread's stack with locals, then the module variables.
 
-    Every string from the target (names, reprs) is shown escaped (explorer.text.visible)."""
+    ``source`` (a line saying where the values come from) follows the header. Strings from the
+    target go through ``explorer.text.visible``.
+    """
     from explorer.text import visible
 
     lines = [f"process {pid}: Python {visible(hello.python.split()[0])}"]
+    if source:
+        lines.append(source)
     for thread in frame.threads:
         if thread.is_agent:
             continue

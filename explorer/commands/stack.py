@@ -2,8 +2,9 @@
 
 A read-only dump in the spirit of ``py-spy dump``: nothing runs in the target and it is not
 stopped. Threads come main first (subinterpreters after the main interpreter), frames innermost
-first. Thread names come from the OS thread name that ``threading`` sets, which the kernel cuts
-to 15 bytes.
+first. Thread names come from the target's ``threading`` module, read from its memory.
+``--locals`` adds each frame's local variables and the variables of ``__main__``, also read from
+memory (explorer.values), like ``py-spy dump --locals``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from explorer.stacks import ThreadStack
+    from explorer.values import OutsideValue
 
 NAME = "stack"
 HELP = "print every thread's Python stack of a running CPython 3.14 or 3.15 process (read-only, like py-spy dump)"
@@ -30,25 +32,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help='print JSON: {"pid", "python", "threads": [{"native_id", "thread_id", "name", "holds_gil", "frames": [...]}]}',
     )
+    parser.add_argument(
+        "--locals",
+        action="store_true",
+        help="also print each frame's local variables and the variables of __main__, read from the target's memory",
+    )
 
 
 MAX_QUICK_PID_DIGITS = 18
 
 
 def parse_quick(argv: list[str]) -> SimpleNamespace | None:
-    """The arguments after ``stack`` in their plain forms, ``PID``, ``--json PID`` and ``PID --json``,
-    parsed without argparse, whose import and set-up take longer than the rest of the command.
+    """The arguments after ``stack`` in their plain forms, ``PID`` with ``--json`` and ``--locals``
+    before or after it, parsed without argparse, whose import and set-up take longer than the
+    rest of the command.
 
     The result has the attributes and values argparse would give; anything else (other
-    spellings, help, mistakes) returns None, and argparse parses it with its usual messages.
+    spellings, help, mistakes, a repeated option) returns None, and argparse parses it with its
+    usual messages.
     """
-    rest = [arg for arg in argv if arg != "--json"]
-    if len(rest) != 1 or len(argv) > 2:
+    flags = [arg for arg in argv if arg in ("--json", "--locals")]
+    rest = [arg for arg in argv if arg not in ("--json", "--locals")]
+    if len(rest) != 1 or len(set(flags)) != len(flags):
         return None
     pid = rest[0]
     if not (pid.isascii() and pid.isdigit() and len(pid) <= MAX_QUICK_PID_DIGITS):
         return None
-    return SimpleNamespace(command=NAME, pid=int(pid), json=len(argv) == 2, run=run)
+    return SimpleNamespace(command=NAME, pid=int(pid), json="--json" in flags, locals="--locals" in flags, run=run)
 
 
 def run(args: argparse.Namespace | SimpleNamespace) -> int:
@@ -60,6 +70,7 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         stacks = StackReader(process).read()
         version = process.version
         executable = process.image.path
+        variables = read_variables(process, stacks) if getattr(args, "locals", False) else None
     finally:
         process.close()
     # Names from the target may hold lone surrogates (undecodable file names): never fail on them.
@@ -68,12 +79,70 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
     if args.json:
         import json
 
-        json.dump(stacks_to_json(args.pid, version, stacks), sys.stdout, ensure_ascii=False)
+        document = stacks_to_json(args.pid, version, stacks)
+        if variables is not None:
+            add_variables_json(document, variables)
+        json.dump(document, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(format_stacks(args.pid, version, executable, _cmdline(args.pid), stacks))
+        sys.stdout.write(format_stacks(args.pid, version, executable, _cmdline(args.pid), stacks, variables))
     sys.stdout.flush()
     return 0
+
+
+class Variables:
+    """What ``--locals`` read: each thread's frames' locals (None: unreadable) and ``__main__``'s globals."""
+
+    def __init__(self, frames: dict[int, list[list[Any] | None]], main: list[tuple[str, OutsideValue]] | None) -> None:
+        self.frames = frames
+        """Per thread (native id): per frame, its locals (``explorer.values.OutsideLocal``) or None."""
+        self.main = main
+        """The variables of ``__main__`` (None when it is not imported or unreadable)."""
+
+
+def read_variables(process: Any, stacks: list[ThreadStack]) -> Variables:
+    """Every frame's locals and ``__main__``'s variables, read from the target's memory."""
+    from explorer.values import Unsupported, ValueReader
+
+    try:
+        reader = ValueReader(process)
+    except Unsupported as error:
+        raise SystemExit(f"periscope: {error}; run periscope stack without --locals") from None
+    frames = {
+        stack.native_id: [reader.frame_locals(address, code) for address, code in stack.frame_refs] for stack in stacks
+    }
+    return Variables(frames, reader.module_globals("__main__"))
+
+
+def value_to_json(value: OutsideValue) -> dict[str, Any]:
+    """One value read from outside: ``{"type", "repr", "address", "cut", "torn"}``, plus ``len`` and ``attrs``."""
+    document: dict[str, Any] = {
+        "type": value.type_name,
+        "repr": value.repr,
+        "address": value.address,
+        "cut": value.cut,
+        "torn": value.torn,
+    }
+    if value.length is not None:
+        document["len"] = value.length
+    if value.attrs is not None:
+        document["attrs"] = [{"name": name, **value_to_json(attr)} for name, attr in value.attrs]
+    return document
+
+
+def add_variables_json(document: dict[str, Any], variables: Variables) -> None:
+    """Put each frame's ``locals`` (a list, or null when unreadable) and ``globals`` into a ``--json`` document."""
+    for thread in document["threads"]:
+        per_frame = variables.frames.get(thread["native_id"], [])
+        for frame, local_variables in zip(thread["frames"], per_frame):
+            frame["locals"] = (
+                None
+                if local_variables is None
+                else [{"name": local.name, "argument": local.argument, **value_to_json(local.value)} for local in local_variables]
+            )
+    document["globals"] = {
+        "__main__": None if variables.main is None else [{"name": name, **value_to_json(value)} for name, value in variables.main]
+    }
 
 
 def stacks_to_json(pid: int, version: str, stacks: list[ThreadStack]) -> dict[str, Any]:
@@ -101,11 +170,16 @@ def stacks_to_json(pid: int, version: str, stacks: list[ThreadStack]) -> dict[st
     }
 
 
-def format_stacks(pid: int, version: str, executable: str, cmdline: str, stacks: list[ThreadStack]) -> str:
+def format_stacks(
+    pid: int, version: str, executable: str, cmdline: str, stacks: list[ThreadStack], variables: Variables | None = None
+) -> str:
     """The human-readable dump: a header, then each thread and its frames, innermost first.
 
-    Every name from the target (command line, thread, file and function names) is shown escaped
-    (explorer.text.visible): a control character in them is written out, never obeyed."""
+    With ``variables`` (``--locals``), each frame's arguments and locals follow it, and the
+    variables of ``__main__`` close the dump; every name and value from the target
+    (command line, thread, file and function names) goes through ``explorer.text.visible``: a control
+    character in them is written out, never obeyed.
+    """
     from explorer.text import visible
 
     lines = [f"Process {pid}: {visible(cmdline)}", f"Python v{visible(version)} ({visible(executable)})", ""]
@@ -122,15 +196,49 @@ def format_stacks(pid: int, version: str, executable: str, cmdline: str, stacks:
         if stack.torn:
             title += " [stack changed while reading: frames may be missing]"
         lines.append(title)
-        for frame in stack.frames:
+        per_frame = variables.frames.get(stack.native_id, []) if variables is not None else []
+        for index, frame in enumerate(stack.frames):
             where = frame.filename if frame.lineno is None else f"{frame.filename}:{frame.lineno}"
             lines.append(f"    {visible(frame.function)} ({visible(where)})")
+            if index < len(per_frame):
+                lines.extend(_format_locals(per_frame[index]))
         if stack.truncated:
             lines.append("    ... (outer frames not shown: the stack is deeper than periscope follows)")
         if not stack.frames and not stack.truncated:
             lines.append("    (no Python frames)")
         lines.append("")
+    if variables is not None:
+        if variables.main is None:
+            lines.append("Module __main__: not readable")
+        else:
+            lines.append("Module __main__")
+            lines.extend(f"    {visible(name)} = {_format_value(value)}" for name, value in variables.main)
+        lines.append("")
     return "\n".join(lines)
+
+
+def _format_locals(local_variables: list[Any] | None) -> list[str]:
+    from explorer.text import visible
+
+    if local_variables is None:
+        return ["        (locals not readable: the frame changed while it was read)"]
+    lines = []
+    for heading, want in (("Arguments:", True), ("Locals:", False)):
+        chosen = [local for local in local_variables if local.argument is want]
+        if chosen:
+            lines.append(f"        {heading}")
+            lines.extend(f"            {visible(local.name)} = {_format_value(local.value)}" for local in chosen)
+    return lines
+
+
+def _format_value(value: OutsideValue) -> str:
+    """One value on one line: its repr, and an object's instance attributes."""
+    from explorer.text import visible
+
+    text = visible(value.repr)
+    if value.attrs:
+        text += " with " + ", ".join(f"{visible(name)}={visible(attr.repr)}" for name, attr in value.attrs)
+    return text
 
 
 def _cmdline(pid: int) -> str:

@@ -2,7 +2,9 @@
 
 Attaching injects the agent through one thread and waits for that thread to run Python. A
 thread blocked in C (a sleep, a lock, a socket read) does not, so while it waits the screen shows
-every thread's stack, read-only, and lets the user inject through another thread or cancel.
+every thread's stack and the locals of the selected frame, read-only from the target's memory
+(marked "read from outside"), and lets the user inject through another thread or cancel. Once the
+agent starts, the process screen replaces them with its live values.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from widgets._format import MASK, display_command
 from widgets.attach_progress import AttachProgress
 from widgets.stack_view import StackEntry, StackView
 from widgets.thread_list import ThreadList, ThreadRow
+from widgets.variables import ValueView, VariablesTree
 
 STACK_INTERVAL = 0.5
 """Seconds between two reads of the stacks while waiting."""
@@ -110,11 +113,22 @@ async def default_connector(
 class StacksRead(Message):
     """The latest read-only stacks of the target; a newer read replaces a queued older one."""
 
-    def __init__(self, stacks: list[Any], error: str | None = None) -> None:
+    def __init__(
+        self,
+        stacks: list[Any],
+        error: str | None = None,
+        locals: dict[int, list[Any]] | None = None,
+        module: tuple[Any, ...] | None = None,
+    ) -> None:
         self.stacks = stacks
         """``explorer.stacks.ThreadStack`` objects, one per thread."""
         self.error = error
         """Why the stacks could not be read this time, if they could not."""
+        self.locals = locals
+        """Per native thread id, each frame's locals read from outside (``explorer.model.Variable``
+        tuples, None for a frame that changed while read); None when this read has none."""
+        self.module = module
+        """The variables of ``__main__`` read from outside, if this read has them."""
         super().__init__()
 
     def can_replace(self, message: Message) -> bool:
@@ -182,9 +196,17 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
         """The current attach step (tests wait on it)."""
         self.stack_reads = 0
         """How many stack reads have been shown (tests wait on it)."""
+        self.locals_reads = 0
+        """How many reads of the selected thread's locals have been shown (tests wait on it)."""
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._sources = SourceLines(pid)
         self._stacks: dict[int, Any] = {}
+        self._locals: dict[int, list[Any]] = {}
+        self._selected: int | None = None
+        """The thread whose locals the reader reads (None: the main thread); set on the UI thread."""
+        self._frame_index = 0
+        self._module: tuple[Any, ...] | None = None
 
     def compose(self) -> ComposeResult:
         pid = MASK if self.mask_noise else str(self.pid)
@@ -202,7 +224,9 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
                 thread_list = ThreadList(id="attach-threads", compact=True)
                 thread_list.mask_noise = self.mask_noise
                 yield thread_list
-                yield StackView(id="attach-stack")
+                with Vertical(id="attach-right"):
+                    yield StackView(id="attach-stack")
+                    yield VariablesTree(id="attach-locals")
         yield Footer()
 
     def _describe(self) -> str:
@@ -219,6 +243,7 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
 
     def on_unmount(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         forward_failure(event, self.post_message)
@@ -244,17 +269,33 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
 
     @work(thread=True, name="read-stacks", exit_on_error=False, exclusive=True, group="read-stacks")
     def read_stacks(self) -> None:
-        """Read every thread's stack from outside, twice a second, until attached or cancelled."""
-        from explorer.stacks import read_stacks
+        """Read every thread's stack and the selected thread's locals from outside, twice a
+        second (at once when another thread is selected), until attached or cancelled."""
+        from explorer.model import Variable
+        from explorer.outside import frame_locals, to_value
+        from explorer.remote import RemoteProcess
+        from explorer.stacks import StackReader
+        from explorer.values import Unsupported, ValueReader
 
         while not self._stop.is_set():
             try:
-                _version, stacks = read_stacks(self.pid)
+                with RemoteProcess.open(self.pid) as process:
+                    stacks = StackReader(process).read()
+                    selected = self._selected
+                    chosen = [s for s in stacks if s.native_id == selected] or [s for s in stacks if s.is_main]
+                    try:
+                        reader = ValueReader(process)
+                        found = {stack.native_id: frame_locals(reader, stack) for stack in chosen[:1]}
+                        main = reader.module_globals("__main__")
+                        module = tuple(Variable(name, to_value(value)) for name, value in main or ())
+                    except Unsupported:
+                        found, module = {}, None
             except PeriscopeError as error:
                 self.post_message(StacksRead([], error=str(error)))
             else:
-                self.post_message(StacksRead(list(stacks)))
-            self._stop.wait(STACK_INTERVAL)
+                self.post_message(StacksRead(list(stacks), locals=found, module=module))
+            self._wake.wait(STACK_INTERVAL)
+            self._wake.clear()
 
     # --- messages ------------------------------------------------------------------------------
 
@@ -272,6 +313,11 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
             self.query_one(AttachProgress).detail = f"cannot read stacks: {message.error}"
             return
         self._stacks = {stack.native_id: stack for stack in message.stacks}
+        if message.locals is not None:
+            self._locals = message.locals
+            self.locals_reads += 1
+        if message.module is not None:
+            self._module = message.module
         rows = [
             ThreadRow(
                 native_id=stack.native_id,
@@ -289,11 +335,50 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
             thread_list = self.query_one(ThreadList)
             thread_list.update_threads(rows)
             self._show_stack(thread_list.selected_id)
+            self._show_locals(thread_list.selected_id, track_changes=True)
 
     @on(ThreadList.ThreadSelected)
     def _on_thread_selected(self, message: ThreadList.ThreadSelected) -> None:
         message.stop()
+        if message.native_id != self._selected:
+            self._selected = message.native_id
+            self._frame_index = 0
+            self._wake.set()  # read that thread's locals now
         self._show_stack(message.native_id)
+        self._show_locals(message.native_id, track_changes=False)
+
+    @on(StackView.FrameSelected)
+    def _on_frame_selected(self, message: StackView.FrameSelected) -> None:
+        message.stop()
+        self._frame_index = message.index
+        self._show_locals(self.query_one(ThreadList).selected_id, track_changes=False)
+
+    def _show_locals(self, native_id: int | None, *, track_changes: bool) -> None:
+        """The selected frame's locals and ``__main__``'s data, as last read from outside (the
+        agent is not running yet)."""
+        from explorer.screens.process import module_views
+        from explorer.text import visible
+
+        tree = self.query_one("#attach-locals", VariablesTree)
+        stack = self._stacks.get(native_id) if native_id is not None else None
+        views: list[ValueView] = []
+        if stack is None or not stack.frames:
+            title, track_changes = "Locals (no Python frame)", False
+        else:
+            index = min(self._frame_index, len(stack.frames) - 1)
+            function = visible(stack.frames[index].function)
+            per_frame = self._locals.get(stack.native_id)
+            if per_frame is None or index >= len(per_frame):
+                title, track_changes = f"Locals of {function} (reading from outside…)", False
+            elif per_frame[index] is None:
+                title, track_changes = f"Locals of {function}: changed while read", False
+            else:
+                title, views = f"Locals of {function} · read from outside, not live", _views(per_frame[index])
+        tree.show_scope("locals", title, views, track_changes=track_changes)
+        if self._module is not None:
+            data, hidden = module_views(_views(self._module), show_definitions=False)
+            more = f" · {hidden} modules/functions/classes hidden" if hidden else ""
+            tree.show_scope("module", f"Module __main__ · read from outside{more}", data, track_changes=track_changes)
 
     def _show_stack(self, native_id: int | None) -> None:
         stack = self._stacks.get(native_id) if native_id is not None else None
@@ -323,3 +408,13 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
         self._stop.set()
         self.workers.cancel_node(self)
         self.dismiss(None)
+
+
+def _views(variables: tuple[Any, ...]) -> list[ValueView]:
+    """The variables tree's views of values read from outside (their text shown, never obeyed)."""
+    from explorer.text import visible
+
+    return [
+        ValueView(name=visible(variable.name), type_name=visible(variable.value.type_name), preview=visible(variable.value.repr))
+        for variable in variables
+    ]

@@ -37,6 +37,7 @@ from widgets._format import MASK, display_command
 from widgets.repl import ReplEntry, ReplInput, ReplPane
 from widgets.stack_view import StackEntry, StackView
 from widgets.status_bar import StatusBar
+from widgets.task_list import TaskList, rows_from_snapshot
 from widgets.thread_list import ThreadList, ThreadRow
 from widgets.variables import ValueView, VariablesTree
 
@@ -51,6 +52,9 @@ PAGE = 100
 
 STATUS_INTERVAL = 0.5
 """Seconds between two redraws of the status bar's figures."""
+
+TASKS_INTERVAL = 1.0
+"""Seconds between two reads of the asyncio tasks (from outside)."""
 
 DETACH_TIMEOUT = 6.0
 """Seconds detaching may take before the connection is simply dropped (the agent then leaves on its own)."""
@@ -147,6 +151,22 @@ class ThreadTimes(Message):
         return isinstance(message, ThreadTimes)
 
 
+class TasksRead(Message):
+    """The target's asyncio tasks, read from outside, or why they cannot be read."""
+
+    def __init__(self, snapshot: Any, reason: str | None, imported: bool) -> None:
+        self.snapshot = snapshot
+        """An explorer.tasks.TaskSnapshot, or None."""
+        self.reason = reason
+        """Why there are no tasks to show (no asyncio, a build without the task layout), or None."""
+        self.imported = imported
+        """The target has imported asyncio."""
+        super().__init__()
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, TasksRead)
+
+
 class WatchModuleDialog(ModalScreen[str | None]):
     """Asks which module's variables to watch."""
 
@@ -195,6 +215,7 @@ class ProcessScreen(Screen[None]):
     | ctrl+t | Run REPL code in the selected frame / in the module. |
     | w | Watch another module. |
     | a | Show / hide the watched module's modules, functions and classes. |
+    | k | Show / hide the asyncio tasks (shown by itself once the target imports asyncio). |
     | d | Detach from this process. |
     | escape | Back to the process list (stays attached). |
 
@@ -209,6 +230,7 @@ class ProcessScreen(Screen[None]):
         Binding("ctrl+t", "toggle_repl_scope", "REPL: frame/module", show=False),
         Binding("w", "watch_module", "Watch module"),
         Binding("a", "toggle_definitions", "Show/hide modules, functions, classes", show=False),
+        Binding("k", "toggle_tasks", "Show/hide asyncio tasks", show=False),
         Binding("d", "detach", "Detach"),
         Binding("escape", "back", "Process list"),
     ]
@@ -279,6 +301,13 @@ class ProcessScreen(Screen[None]):
         self._shown_key: tuple[int | None, int, str] | None = None
         self._status_shown = 0.0
         self._stack_title = ""
+        self.tasks: Any = None
+        """The latest explorer.tasks.TaskSnapshot (None until asyncio is seen)."""
+        self.tasks_reason: str | None = None
+        """Why no tasks are shown, when none are."""
+        self.selected_task: int | None = None
+        """Id of the task whose coroutine stack is shown (None: the selected thread's stack is)."""
+        self._tasks_wanted: bool | None = None
 
     # --- layout ----------------------------------------------------------------------------------
 
@@ -290,6 +319,10 @@ class ProcessScreen(Screen[None]):
                 thread_list = ThreadList(id="threads")
                 thread_list.mask_noise = self.mask_noise
                 yield thread_list
+                yield Label("Tasks", classes="section", id="tasks-title")
+                task_list = TaskList(id="tasks")
+                task_list.mask_noise = self.mask_noise
+                yield task_list
                 yield Label("Stack", classes="section", id="stack-title")
                 yield StackView(id="stack")
             with Vertical(id="process-right"):
@@ -331,8 +364,11 @@ class ProcessScreen(Screen[None]):
         if self.history_path is not None:
             repl.history = load_history(self.history_path)
         self.query_one(ThreadList).focus()
+        self.query_one("#tasks-title").display = False
+        self.query_one(TaskList).display = False
         self.read_stream()
         self.read_cpu_times()
+        self.read_tasks()
 
     async def on_unmount(self) -> None:
         self._stop.set()
@@ -402,6 +438,66 @@ class ProcessScreen(Screen[None]):
         finally:
             if remote is not None:
                 remote.close()
+
+    @work(thread=True, name="tasks", exit_on_error=False, exclusive=True, group="tasks")
+    def read_tasks(self) -> None:
+        """Every TASKS_INTERVAL: the asyncio tasks, read from outside (works while the loop is blocked)."""
+        from explorer.remote import RemoteProcess
+        from explorer.tasks import AsyncioUnavailable, TaskReader
+
+        remote: RemoteProcess | None = None
+        reader: TaskReader | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if remote is None or reader is None:
+                        remote = RemoteProcess.open(self.pid)
+                        reader = TaskReader(remote)
+                    self.post_message(TasksRead(reader.read(), None, True))
+                except AsyncioUnavailable as error:
+                    reader = None  # asyncio may be imported later: look for its table again
+                    self.post_message(TasksRead(None, error.reason, error.imported))
+                except (PeriscopeError, OSError):
+                    if remote is not None:
+                        remote.close()
+                    remote = reader = None
+                self._stop.wait(TASKS_INTERVAL)
+        finally:
+            if remote is not None:
+                remote.close()
+
+    def on_tasks_read(self, message: TasksRead) -> None:
+        self.tasks = message.snapshot
+        self.tasks_reason = message.reason
+        if self.paused:
+            return
+        with self.app.batch_update():
+            self._show_tasks()
+            if self.selected_task is not None and self.frame is not None:
+                self._show_selection(self.frame)
+
+    def _show_tasks(self) -> None:
+        title = self.query_one("#tasks-title", Label)
+        task_list = self.query_one(TaskList)
+        shown = self._tasks_wanted if self._tasks_wanted is not None else (self.tasks is not None or self.tasks_reason is not None and "has not imported" not in self.tasks_reason)
+        title.display = shown
+        task_list.display = shown and self.tasks is not None and bool(self.tasks.tasks)
+        if not shown:
+            return
+        if self.tasks is None:
+            title.update(f"Tasks: {self.tasks_reason or 'not read yet'}")
+            return
+        count = len(self.tasks.tasks)
+        title.update(f"Tasks ({count})" + (" · the list changed while read" if self.tasks.torn else "") if count else "Tasks: none (no task exists now)")
+        task_list.update_tasks(rows_from_snapshot(self.tasks))
+
+    def action_toggle_tasks(self) -> None:
+        """Show or hide the asyncio tasks."""
+        title = self.query_one("#tasks-title")
+        self._tasks_wanted = not title.display
+        self._show_tasks()
+        if self._tasks_wanted and self.query_one(TaskList).display:
+            self.query_one(TaskList).focus()
 
     def on_thread_times(self, message: ThreadTimes) -> None:
         self._cpu_times = message.times
@@ -480,7 +576,37 @@ class ProcessScreen(Screen[None]):
         index = min(self.selected_frame, len(thread.frames) - 1)
         return thread, thread.frames[index]
 
+    def _show_task_selection(self, frame: Frame) -> bool:
+        """Show the selected task's coroutine stack; False when that task is gone (show the thread again)."""
+        task = self.tasks.by_id().get(self.selected_task) if self.tasks is not None else None
+        if task is None:
+            self.selected_task = None
+            return False
+        stack = self.query_one(StackView)
+        stack.update_frames(
+            [StackEntry(item.function, item.filename, item.lineno or 0, self._sources.line(item.filename, item.lineno or 0)) for item in task.coroutine_stack]
+        )
+        title = f"Coroutine stack of task {task.name} ({task.state or '?'})"
+        if title != self._stack_title:
+            self._stack_title = title
+            self.query_one("#stack-title", Label).update(title)
+        if stack.frames and stack.selected_index != self.selected_frame:
+            self.selected_frame = stack.selected_index
+        variables = self.query_one(VariablesTree)
+        if task.coroutine_stack:
+            item = task.coroutine_stack[min(self.selected_frame, len(task.coroutine_stack) - 1)]
+            variables.show_scope("locals", f"Locals of {item.function}() in task {task.name}: read with the agent (not yet)", [], track_changes=False)
+        else:
+            variables.show_scope("locals", f"Task {task.name} has no coroutine frame", [], track_changes=False)
+        self.query_one(ReplPane).frame_scope = ""
+        return True
+
     def _show_selection(self, frame: Frame, *, moved: bool = False) -> None:
+        if self.selected_task is None or not self._show_task_selection(frame):
+            self._show_thread_selection(frame, moved=moved)
+        self._show_module(frame)
+
+    def _show_thread_selection(self, frame: Frame, *, moved: bool) -> None:
         thread, stack_frame = self._selected(frame)
         stack = self.query_one(StackView)
         stack.update_frames(
@@ -508,6 +634,10 @@ class ProcessScreen(Screen[None]):
             variables.show_scope("locals", title, value_views(stack_frame.locals or ()), track_changes=track)
         else:
             variables.show_scope("locals", "Locals (no Python frame)", [], track_changes=False)
+        self.query_one(ReplPane).frame_scope = f"{stack_frame.qualname or stack_frame.function}() in {thread_name}" if stack_frame else ""
+
+    def _show_module(self, frame: Frame) -> None:
+        variables = self.query_one(VariablesTree)
         module = frame.module(self.watched_module)
         if module is None or module.missing:
             variables.show_scope("module", f"Module {self.watched_module} (not imported)", [], track_changes=False)
@@ -518,21 +648,32 @@ class ProcessScreen(Screen[None]):
             if hidden:
                 more += f" · {hidden} modules/functions/classes hidden (a)"
             variables.show_scope("module", f"Module {module.name}{more}", views)
-        repl = self.query_one(ReplPane)
-        repl.module_scope = self.watched_module
-        repl.frame_scope = f"{stack_frame.qualname or stack_frame.function}() in {thread_name}" if stack_frame else ""
+        self.query_one(ReplPane).module_scope = self.watched_module
 
     # --- selection -----------------------------------------------------------------------------
 
     @on(ThreadList.ThreadSelected)
     def _on_thread_selected(self, message: ThreadList.ThreadSelected) -> None:
         message.stop()
-        if message.native_id == self.selected_thread:
+        if message.native_id == self.selected_thread and self.selected_task is None:
             return
+        self.selected_task = None
         self.selected_thread = message.native_id
         self.selected_frame = 0
         self.query_one(StackView).select_frame(0)
         self.query_one(ReplPane).eval_in = "module"  # until the user picks a frame of this thread
+        if self.frame is not None:
+            with self.app.batch_update():
+                self._show_selection(self.frame, moved=True)
+
+    @on(TaskList.TaskSelected)
+    def _on_task_selected(self, message: TaskList.TaskSelected) -> None:
+        message.stop()
+        if message.task_id == self.selected_task:
+            return
+        self.selected_task = message.task_id
+        self.selected_frame = 0
+        self.query_one(StackView).select_frame(0)
         if self.frame is not None:
             with self.app.batch_update():
                 self._show_selection(self.frame, moved=True)
@@ -570,7 +711,7 @@ class ProcessScreen(Screen[None]):
         if self.history_path is not None:
             save_history(self.history_path, message.pane.history)
         native_id = frame_index = None
-        if message.eval_in == "frame" and self.frame is not None:
+        if message.eval_in == "frame" and self.frame is not None and self.selected_task is None:
             selected, stack_frame = self._selected(self.frame)
             if selected is not None and stack_frame is not None:
                 native_id, frame_index = selected.native_id, self.selected_frame

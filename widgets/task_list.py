@@ -67,10 +67,7 @@ def rows_from_snapshot(snapshot: TaskSnapshot) -> list[TaskRow]:
                 continue
             placed.add(current)
             task = tasks[current]
-            top = task.coroutine_stack[0] if task.coroutine_stack else None
-            where = f"{top.function}:{top.lineno}" if top is not None else ""
-            if task.waiting_on:
-                where += f" ({task.waiting_on})" if where else task.waiting_on
+            where = _where(task.coroutine_stack) or task.waiting_on or ""
             awaited_by = ", ".join(tasks[parent].name for parent in task.awaited_by if parent in tasks)
             rows.append(TaskRow(current, task.name, level, task.state or "?", where, awaited_by))
             stack.extend((child, level + 1) for child in reversed(children.get(current, ())))
@@ -81,6 +78,18 @@ def rows_from_snapshot(snapshot: TaskSnapshot) -> list[TaskRow]:
     for task in snapshot.tasks:  # what is left is in cycles
         add(task.id, 0)
     return rows
+
+
+def _where(stack: Sequence) -> str:
+    """The innermost frame of the program's own code, and the library call it waits in:
+    ``handle:8 › sleep`` (asyncio's own frames say little on their own)."""
+    if not stack:
+        return ""
+    own = next((frame for frame in stack if "/asyncio/" not in frame.filename), stack[-1])
+    where = f"{own.function}:{own.lineno}"
+    if own is not stack[0]:
+        where += f" › {stack[0].function}"
+    return where
 
 
 class TaskList(KeyedTable[TaskRow]):
@@ -105,7 +114,7 @@ class TaskList(KeyedTable[TaskRow]):
     DEFAULT_CSS = """
     TaskList {
         height: auto;
-        max-height: 14;
+        max-height: 9;
         overflow-x: hidden;
     }
     TaskList > .task-list--running {

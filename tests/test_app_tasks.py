@@ -6,10 +6,12 @@ import pytest
 
 from explorer.app import PeriscopeApp
 from tests.screenshots import SIZE, wait_until
-from tests.test_app import attached_screen
+from tests.test_app import attached_screen, last_result, result_text, type_at_once
 from tests.test_tasks import NESTED
+from widgets.repl import ReplPane
 from widgets.stack_view import StackView
 from widgets.task_list import TaskList
+from widgets.variables import VariablesTree
 
 
 @pytest.fixture
@@ -39,6 +41,19 @@ async def test_the_tasks_pane_lists_tasks_as_a_tree_and_shows_a_task_s_coroutine
         await wait_until(pilot, lambda: [f.function for f in stack.frames] == ["Lock.acquire", "_ContextManagerMixin.__aenter__", "blocked"], "the coroutine stack")
         assert stack.frames[-1].source == "async with lock:"
         assert "Coroutine stack of task lock-waiter (pending)" in str(screen.query_one("#stack-title").render())
+        # The locals of the coroutine frame picked (from the agent), and the REPL runs there.
+        stack.focus()
+        await pilot.press("down", "down")
+        tree = screen.query_one(VariablesTree)
+        await wait_until(pilot, lambda: {("locals", "lock"), ("locals", "held")} <= set(tree.value_paths()), "blocked()'s locals")
+        repl = screen.query_one(ReplPane)
+        await wait_until(pilot, lambda: repl.eval_in == "frame", "the coroutine frame picked")
+        type_at_once(app, "e", "f'{type(lock).__name__} {lock.locked()}'", "enter")
+        entry = await last_result(pilot, repl, 1)
+        assert entry.scope == "frame blocked() in task lock-waiter" and result_text(entry) == "'Lock True'"
+        await pilot.press("escape")
+        task_list.focus()
+        await pilot.pause()
         # Rows are diffed by task id: a later read keeps the cursor on the same task.
         reads = screen.tasks
         await wait_until(pilot, lambda: screen.tasks is not reads, "another read of the tasks")

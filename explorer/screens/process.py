@@ -308,6 +308,8 @@ class ProcessScreen(Screen[None]):
         self.selected_task: int | None = None
         """Id of the task whose coroutine stack is shown (None: the selected thread's stack is)."""
         self._tasks_wanted: bool | None = None
+        self._task_locals: tuple[int, tuple[StackFrame, ...] | None, str | None] | None = None
+        """(task id, its coroutine frames with locals from the agent, or why there are none)."""
 
     # --- layout ----------------------------------------------------------------------------------
 
@@ -475,6 +477,21 @@ class ProcessScreen(Screen[None]):
             self._show_tasks()
             if self.selected_task is not None and self.frame is not None:
                 self._show_selection(self.frame)
+        if self.selected_task is not None:
+            self.load_task_frames(self.selected_task)
+
+    @work(name="task-frames", exit_on_error=False, exclusive=True, group="task-frames")
+    async def load_task_frames(self, task_id: int) -> None:
+        """Ask the agent for the locals of the selected task's coroutine frames."""
+        try:
+            frames = await self.session.task_frames(task_id)
+        except PeriscopeError as error:
+            self._task_locals = (task_id, None, str(error))
+        else:
+            self._task_locals = (task_id, frames, None)
+        if self.selected_task == task_id and self.frame is not None and not self.paused:
+            with self.app.batch_update():
+                self._show_selection(self.frame)
 
     def _show_tasks(self) -> None:
         title = self.query_one("#tasks-title", Label)
@@ -593,12 +610,26 @@ class ProcessScreen(Screen[None]):
         if stack.frames and stack.selected_index != self.selected_frame:
             self.selected_frame = stack.selected_index
         variables = self.query_one(VariablesTree)
-        if task.coroutine_stack:
-            item = task.coroutine_stack[min(self.selected_frame, len(task.coroutine_stack) - 1)]
-            variables.show_scope("locals", f"Locals of {item.function}() in task {task.name}: read with the agent (not yet)", [], track_changes=False)
-        else:
+        repl = self.query_one(ReplPane)
+        if not task.coroutine_stack:
             variables.show_scope("locals", f"Task {task.name} has no coroutine frame", [], track_changes=False)
-        self.query_one(ReplPane).frame_scope = ""
+            repl.frame_scope = ""
+            return True
+        index = min(self.selected_frame, len(task.coroutine_stack) - 1)
+        item = task.coroutine_stack[index]
+        key = (-task.id, index, item.function)
+        track = key == self._shown_key
+        self._shown_key = key
+        known = self._task_locals if self._task_locals is not None and self._task_locals[0] == task.id else None
+        frames = known[1] if known is not None else None
+        if frames is not None and index < len(frames):
+            shown = frames[index]
+            variables.show_scope("locals", f"Locals of {shown.qualname or shown.function}() in task {task.name}", value_views(shown.locals or ()), track_changes=track)
+        elif known is not None and known[2]:
+            variables.show_scope("locals", f"Locals of {item.function}(): {known[2]}", [], track_changes=False)
+        else:
+            variables.show_scope("locals", f"Locals of {item.function}() in task {task.name} (reading…)", [], track_changes=False)
+        repl.frame_scope = f"{item.function}() in task {task.name}"
         return True
 
     def _show_selection(self, frame: Frame, *, moved: bool = False) -> None:
@@ -674,6 +705,7 @@ class ProcessScreen(Screen[None]):
         self.selected_task = message.task_id
         self.selected_frame = 0
         self.query_one(StackView).select_frame(0)
+        self.load_task_frames(message.task_id)
         if self.frame is not None:
             with self.app.batch_update():
                 self._show_selection(self.frame, moved=True)
@@ -710,18 +742,24 @@ class ProcessScreen(Screen[None]):
         message.stop()
         if self.history_path is not None:
             save_history(self.history_path, message.pane.history)
-        native_id = frame_index = None
-        if message.eval_in == "frame" and self.frame is not None and self.selected_task is None:
+        native_id = frame_index = task_id = None
+        if message.eval_in == "frame" and self.selected_task is not None:
+            task_id, frame_index = self.selected_task, self.selected_frame
+        elif message.eval_in == "frame" and self.frame is not None:
             selected, stack_frame = self._selected(self.frame)
             if selected is not None and stack_frame is not None:
                 native_id, frame_index = selected.native_id, self.selected_frame
-        self.evaluate(message.entry, message.code, self.watched_module, native_id, frame_index)
+        self.evaluate(message.entry, message.code, self.watched_module, native_id, frame_index, task_id)
 
     @work(name="eval", exit_on_error=False, group="eval")
-    async def evaluate(self, entry: ReplEntry, code: str, module: str, native_id: int | None, frame_index: int | None) -> None:
+    async def evaluate(
+        self, entry: ReplEntry, code: str, module: str, native_id: int | None, frame_index: int | None, task_id: int | None = None
+    ) -> None:
         """Run ``code`` in the target and show the outcome in ``entry`` (printed output as it comes)."""
         try:
-            if native_id is not None:
+            if task_id is not None:
+                handle = self.session.start_eval(code, task=task_id, frame=frame_index or 0, on_output=lambda out: entry.add_output(out.text))
+            elif native_id is not None:
                 handle = self.session.start_eval(code, thread=native_id, frame=frame_index or 0, on_output=lambda out: entry.add_output(out.text))
             else:
                 handle = self.session.start_eval(code, module=module, on_output=lambda out: entry.add_output(out.text))

@@ -177,7 +177,9 @@ async def _waiting(pilot: Pilot[Any], demo_pid: int) -> None:
 
 async def _tasks(pilot: Pilot[Any], server_pid: int) -> None:
     from explorer.screens.process import ProcessScreen
+    from widgets.stack_view import StackView
     from widgets.task_list import TaskList
+    from widgets.variables import VariablesTree
 
     await _attached(pilot)
     screen = pilot.app.screen
@@ -189,7 +191,13 @@ async def _tasks(pilot: Pilot[Any], server_pid: int) -> None:
     await pilot.pause()
     while not tasks.tasks[tasks.cursor_row].where.startswith("handle"):
         await pilot.press("down")
-    await pilot.pause(0.3)
+    stack = screen.query_one(StackView)
+    await wait_until(pilot, lambda: len(stack.frames) > 1, "the request's coroutine stack")
+    stack.focus()
+    await pilot.press("down")  # handle(): the request's own code
+    tree = screen.query_one(VariablesTree)
+    await wait_until(pilot, lambda: ("locals", "path") in tree.value_paths(), "handle()'s locals")
+    tasks.focus()
 
 
 def _walk(node: Any) -> Any:
@@ -255,7 +263,8 @@ def _start_loaded_server() -> tuple[Any, Any]:
     from tests import targets
     from tests.third_party import UVICORN_APP, LoopbackLoad, venv_with
 
-    server = targets.spawn(UVICORN_APP, python=venv_with(_demo_python(), "uvicorn==0.54.0"), script_name="service.py")
+    # Requests of 5 s: a task picked in the list is still there when its locals arrive.
+    server = targets.spawn(UVICORN_APP, python=venv_with(_demo_python(), "uvicorn==0.54.0"), script_name="service.py", args=["5"])
     port = int(server.wait_for_line("port").split()[1])
     return server, LoopbackLoad(port, clients=12, requests=20000, seconds=90).start()
 

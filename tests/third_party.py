@@ -55,9 +55,11 @@ UVICORN_APP = '''
 import asyncio, socket, sys
 import uvicorn
 
+DELAY = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
+
 async def handle(path):
     # A request that takes a while: under load, many are in flight at once, each in its own task.
-    delay = 0.2
+    delay = DELAY
     await asyncio.sleep(delay)
     return f"done {path}".encode()
 
@@ -83,7 +85,7 @@ async def main():
 
 asyncio.run(main())
 '''
-"""An ASGI app served by uvicorn on 127.0.0.1 (a free port it prints as ``port N``); each request sleeps 0.2 s."""
+"""An ASGI app served by uvicorn on 127.0.0.1 (a free port it prints as ``port N``); each request sleeps 1 s (or argv[1] seconds)."""
 
 
 class LoopbackLoad:

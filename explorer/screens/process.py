@@ -308,6 +308,7 @@ class ProcessScreen(Screen[None]):
         self.selected_task: int | None = None
         """Id of the task whose coroutine stack is shown (None: the selected thread's stack is)."""
         self._tasks_wanted: bool | None = None
+        self._tasks_latest: TasksRead | None = None
         self._task_locals: tuple[int, tuple[StackFrame, ...] | None, str | None] | None = None
         """(task id, its coroutine frames with locals from the agent, or why there are none)."""
 
@@ -469,10 +470,11 @@ class ProcessScreen(Screen[None]):
                 remote.close()
 
     def on_tasks_read(self, message: TasksRead) -> None:
+        self._tasks_latest = message
+        if self.paused:
+            return  # the panes show one moment: these tasks wait for the resume
         self.tasks = message.snapshot
         self.tasks_reason = message.reason
-        if self.paused:
-            return
         with self.app.batch_update():
             self._show_tasks()
             if self.selected_task is not None and self.frame is not None:
@@ -489,7 +491,7 @@ class ProcessScreen(Screen[None]):
             self._task_locals = (task_id, None, str(error))
         else:
             self._task_locals = (task_id, frames, None)
-        if self.selected_task == task_id and self.frame is not None and not self.paused:
+        if self.selected_task == task_id and self.frame is not None:  # the user's own pick: also while paused
             with self.app.batch_update():
                 self._show_selection(self.frame)
 
@@ -797,6 +799,8 @@ class ProcessScreen(Screen[None]):
             return
         self.query_one(StatusBar).state = "paused" if paused else "attached"
         self.sub_title = "paused" if paused else ""
+        if not paused and self._tasks_latest is not None:
+            self.on_tasks_read(self._tasks_latest)
         if not paused and self.latest is not None:
             with self.app.batch_update():
                 self.apply_frame(self.latest)

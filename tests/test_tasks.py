@@ -73,9 +73,10 @@ async def sleeper(n):
 
 async def main():
     tasks = [asyncio.create_task(sleeper(n), name=f"sleeper-{n}") for n in range(1000)]
+    gathering = asyncio.gather(*tasks)  # registers this task as the awaiter of all 1,000
     await asyncio.sleep(0.1)
     print("ready", len(asyncio.all_tasks()), flush=True)
-    await asyncio.gather(*tasks)
+    await gathering
 
 asyncio.run(main())
 """

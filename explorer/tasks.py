@@ -42,6 +42,12 @@ from explorer.memory import MemoryFault
 from explorer.remote import InterpreterRef, RemoteProcess, ThreadRef
 from explorer.stacks import FrameInfo
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+    from explorer.elf import Mapping
+
 ASYNCIO_SECTION = b".AsyncioDebug"
 ASYNCIO_TABLE_SIZE = 13 * 8
 MAX_TASKS = 1_000_000
@@ -51,6 +57,8 @@ MAX_CHAIN = 1024
 MAX_AWAITERS_TABLE = 1 << 16
 """Slots of an ``awaited_by`` set read at most."""
 MAX_NAME_CHARS = 1024
+NAME_PEEK = 64
+"""Bytes of a task name's characters read with its header."""
 MAX_STRING_CHARS = 1 << 20
 MAX_LINETABLE = 1 << 24
 MAX_CODE_UNITS = 1 << 24
@@ -229,7 +237,9 @@ def _elf_section(path: str, name: bytes) -> tuple[int, int, tuple[tuple[int, int
     return result
 
 
-def _parse_elf_section(handle, file_size: int, name: bytes) -> tuple[int, int, tuple[tuple[int, int, int], ...]] | None:
+def _parse_elf_section(handle: BinaryIO, file_size: int, name: bytes) -> tuple[int, int, tuple[tuple[int, int, int], ...]] | None:
+    """What :func:`_elf_section` returns, from an open file of ``file_size`` bytes."""
+
     def read_at(offset: int, size: int) -> bytes | None:
         if offset < 0 or size < 0 or offset + size > file_size:
             return None
@@ -285,7 +295,7 @@ def find_asyncio_section(process: RemoteProcess) -> int | None:
     ``/proc/PID/map_files`` for a deleted one).
     """
     pid = process.pid
-    by_file: dict[str, list] = {}
+    by_file: dict[str, list[Mapping]] = {}
     for mapping in read_maps(pid):
         if mapping.path.startswith("/") and mapping.inode:
             by_file.setdefault(mapping.path, []).append(mapping)
@@ -314,7 +324,8 @@ def find_asyncio_section(process: RemoteProcess) -> int | None:
     return None
 
 
-def _openable(pid: int, path: str, mappings: list) -> list[str]:
+def _openable(pid: int, path: str, mappings: list[Mapping]) -> list[str]:
+    """Paths to open a mapped file by, as the target sees it."""
     first = mappings[0]
     paths = [] if first.deleted else [f"/proc/{pid}/root{path}"]
     paths.append(f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}")
@@ -359,6 +370,8 @@ class _Torn(Exception):
 
 
 class _Code:
+    """What the reader keeps of one code object."""
+
     __slots__ = ("filename", "qualname", "start", "size", "lines")
 
     def __init__(self, filename: str, qualname: str, start: int, size: int, lines: LineTable) -> None:
@@ -503,7 +516,8 @@ class TaskReader:
                 self.memory.ensure_alive()  # a thread state freed while the list was followed
         raise TargetNotReady(f"process {self.process.pid}: its thread list kept changing while being read; try again")
 
-    def _check_generations(self, interpreters: dict) -> None:
+    def _check_generations(self, interpreters: dict[int, InterpreterRef]) -> None:
+        """Drop the code cache when a code object was destroyed in the target (its address may be reused)."""
         current = {address: self.process.code_object_generation(interp) for address, interp in interpreters.items()}
         if current != self._generations or len(self._codes) > MAX_CACHED_CODES:
             self._codes.clear()
@@ -608,14 +622,29 @@ class TaskReader:
         return TaskInfo(address, name, thread, interpreter_id, state, cancels, tuple(frames), awaited_by, waiting_on, torn)
 
     def _task_name(self, address: int) -> str:
+        """``Task-N`` for a lazily numbered task, else its name; usually one read (names are short)."""
         if not address:
             raise _Torn("task without a name")
-        flags = self._flags(self.memory.read_u64(address + self._ob_type))
+        length_at, state_at, header = self._str
+        try:
+            raw = self.memory.read(address, header + NAME_PEEK)
+        except MemoryFault:  # the object ends right before an unmapped page: read it piece by piece
+            raw = b""
+        type_address = _U64.unpack_from(raw, self._ob_type)[0] if raw else self.memory.read_u64(address + self._ob_type)
+        flags = self._flags(type_address)
         if flags & PY_TPFLAGS_LONG_SUBCLASS:
-            return f"Task-{self._read_int(address)}"
-        if flags & PY_TPFLAGS_UNICODE_SUBCLASS:
-            return self._read_str(address, MAX_NAME_CHARS)
-        raise _Torn("task name neither int nor str")
+            number = self._read_int(address)
+            if number <= 0:  # CPython numbers tasks from 1: this one is still being set up
+                raise _Torn("a task whose name is not set yet")
+            return f"Task-{number}"
+        if not flags & PY_TPFLAGS_UNICODE_SUBCLASS:
+            raise _Torn("task name neither int nor str")
+        if raw:
+            length = _I64.unpack_from(raw, length_at)[0]
+            state = _U32.unpack_from(raw, state_at)[0]
+            if 0 <= length <= NAME_PEEK and state & 0x60 == 0x60:  # compact ASCII, wholly in the copy
+                return raw[header : header + length].decode("ascii")
+        return self._read_str(address, MAX_NAME_CHARS)
 
     def _coro_chain(self, coro: int, frames: list[FrameInfo]) -> None:
         """Append the frames of ``coro`` and of the coroutines it awaits, outermost first."""

@@ -182,6 +182,8 @@ def test_names_are_shown_escaped_and_kept_exact_in_json(spawn, target_python):
 import asyncio
 async def main():
     asyncio.create_task(asyncio.sleep(3600), name="evil\\x1b]0;pwned\\x07")
+    asyncio.create_task(asyncio.sleep(3600), name="café-αβγ-🙂")
+    asyncio.create_task(asyncio.sleep(3600), name="long-" + "x" * 300)
     await asyncio.sleep(0.05)
     print("ready", flush=True)
     await asyncio.sleep(3600)
@@ -195,7 +197,8 @@ asyncio.run(main())
         document = json.loads(periscope("tasks", str(target.pid), "--json").stdout)
     assert "\x1b" not in text.stdout and "evil\\x1b]0;pwned\\x07" in text.stdout
     assert "\x1b" not in tree.stdout and "evil\\x1b]0;pwned\\x07" in tree.stdout
-    assert "evil\x1b]0;pwned\x07" in {task["name"] for task in document["tasks"]}
+    names = {task["name"] for task in document["tasks"]}
+    assert {"evil\x1b]0;pwned\x07", "café-αβγ-🙂", "long-" + "x" * 300} <= names
 
 
 def test_the_reader_agrees_with_itself_across_reads_and_the_tree_draws_cycles(spawn, target_python):
@@ -274,3 +277,43 @@ def test_a_uvicorn_server_under_loopback_load_agrees_with_asyncio_ps_and_pstree(
     finally:
         load.stop()
     assert load.done > 0
+
+
+CHURN = """
+import asyncio, random
+
+async def short(n):
+    await asyncio.sleep(random.random() / 100)
+    return n
+
+async def main():
+    print("ready", flush=True)
+    n = 0
+    while True:
+        n += 1
+        async with asyncio.TaskGroup() as tg:
+            for k in range(50):
+                tg.create_task(short(k), name=f"churn-{n}-{k}")
+
+asyncio.run(main())
+"""
+
+
+def test_reading_a_target_that_creates_and_ends_tasks_all_the_time_never_fails(spawn, target_python):
+    """Tasks freed while the list is walked: every read returns (torn or not), with sane tasks."""
+    target = spawn(CHURN, python=target_python)
+    target.wait_for_line("ready")
+    process = RemoteProcess.open(target.pid)
+    try:
+        reader = TaskReader(process)
+        seen = 0
+        for _ in range(300):
+            snapshot = reader.read()
+            seen += len(snapshot.tasks)
+            for task in snapshot.tasks:
+                assert isinstance(task.name, str) and task.id > 0
+                assert task.name == "Task-1" or task.name.startswith("churn-") or task.torn
+                assert len(task.coroutine_stack) < 64
+    finally:
+        process.close()
+    assert seen > 0

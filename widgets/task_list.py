@@ -9,6 +9,7 @@ from typing import ClassVar
 from rich.text import Text
 from textual.message import Message
 from textual.reactive import reactive
+from textual.widgets import DataTable
 
 from widgets._format import MASK
 from widgets._keyed_table import Column, KeyedTable
@@ -202,7 +203,7 @@ class TaskList(KeyedTable[TaskRow]):
             self.selected_id = task_id
             self.post_message(self.TaskSelected(self, task_id))
 
-    def _row_selected(self, event) -> None:
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
         if not self._is_current(event) or event.row_key is None or event.row_key.value is None:
             return
         self.selected_id = int(event.row_key.value)

@@ -124,3 +124,45 @@ async def test_top_level_await_runs_in_the_target_s_loop(spawn, target_python):
         assert "did not finish within 0.5s" in result.traceback
     finally:
         await session.detach()
+
+
+DONE = '''
+import asyncio
+
+async def ok():
+    return 42
+
+async def boom():
+    raise ValueError("bad value")
+
+async def main():
+    global finished, failed, cancelled
+    finished = asyncio.create_task(ok(), name="finished")
+    failed = asyncio.create_task(boom(), name="failed")
+    cancelled = asyncio.create_task(asyncio.sleep(3600), name="cancelled")
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    await asyncio.sleep(0.01)
+    print("ready", finished.result(), type(failed.exception()).__name__, cancelled.cancelled(), flush=True)
+    while True:
+        await asyncio.sleep(0.02)
+
+asyncio.run(main())
+'''
+
+
+async def test_done_tasks_still_referenced_show_their_result_exception_or_cancellation(spawn, target_python):
+    """Finished tasks leave CPython's task lists, so only the agent sees them, through what holds them."""
+    target = spawn(DONE, python=target_python)
+    assert target.wait_for_line("ready") == "ready 42 ValueError True"
+    assert {task for task in task_ids(target.pid)} == {"Task-1"}  # not in the lists any more
+    session = await attach(target.pid, rate=0)
+    try:
+        frame = await session.sample()
+        module = frame.module("__main__")
+        assert module is not None
+        assert "finished" in module.get("finished").repr and "result=42" in module.get("finished").repr
+        assert "exception=ValueError('bad value')" in module.get("failed").repr
+        assert "cancelled" in module.get("cancelled").repr
+    finally:
+        await session.detach()

@@ -98,7 +98,8 @@ class TaskList(KeyedTable[TaskRow]):
 
     The first column is the state: ``●`` running now, ``·`` waiting, ``×`` cancelled or being
     cancelled. Give it rows with ``update_tasks()``; rows are updated in place by task id and the
-    cursor stays on the same task. ``TaskSelected`` is posted when the user moves the cursor.
+    cursor stays on the same task. ``TaskSelected`` is posted when the user moves the cursor, and
+    when the selected task finishes (the cursor then stays on its row, now another task's).
 
     | Key | Action |
     | :- | :- |
@@ -194,7 +195,12 @@ class TaskList(KeyedTable[TaskRow]):
             self._order = list(wanted)
         if self.row_count:
             if self.selected_id is None or str(self.selected_id) not in wanted:
-                self.selected_id = self._tasks[0].task_id
+                # The task under the cursor finished: the cursor stays on the row where it was.
+                gone = self.selected_id is not None
+                index = min(max(self.cursor_row, 0), len(self._tasks) - 1) if gone else 0
+                self.selected_id = self._tasks[index].task_id
+                if gone:
+                    self.post_message(self.TaskSelected(self, self.selected_id))
             self._cursor_to(self.get_row_index(str(self.selected_id)))
 
     def _row_highlighted(self, key: str) -> None:

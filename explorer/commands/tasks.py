@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import sys
+from types import SimpleNamespace
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
@@ -35,7 +36,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--tree", action="store_true", help="print the await graph as a tree (like python -m asyncio pstree)")
 
 
-def run(args: argparse.Namespace) -> int:
+MAX_QUICK_PID_DIGITS = 18
+
+
+def parse_quick(argv: list[str]) -> SimpleNamespace | None:
+    """``PID``, ``PID --json`` and ``PID --tree`` (either order) without argparse, as ``periscope
+    stack`` does; anything else returns None and argparse parses it with its usual messages."""
+    options = [arg for arg in argv if arg in ("--json", "--tree")]
+    rest = [arg for arg in argv if arg not in ("--json", "--tree")]
+    if len(rest) != 1 or len(options) > 1:
+        return None
+    pid = rest[0]
+    if not (pid.isascii() and pid.isdigit() and len(pid) <= MAX_QUICK_PID_DIGITS):
+        return None
+    return SimpleNamespace(command=NAME, pid=int(pid), json="--json" in options, tree="--tree" in options, run=run)
+
+
+def run(args: argparse.Namespace | SimpleNamespace) -> int:
     from explorer.remote import RemoteProcess
     from explorer.screens.sources import SourceLines
     from explorer.tasks import AsyncioUnavailable, TaskReader

@@ -26,7 +26,7 @@ async def test_the_tasks_pane_lists_tasks_as_a_tree_and_shows_a_task_s_coroutine
     async with app.run_test(size=SIZE) as pilot:
         screen = await attached_screen(pilot)
         task_list = screen.query_one(TaskList)
-        await wait_until(pilot, lambda: task_list.display and len(task_list.tasks) == 23, "23 tasks in the pane")
+        await wait_until(pilot, lambda: task_list.display and len(task_list.tasks) == 23, "23 tasks in the pane", timeout=60)
         rows = {row.name: row for row in task_list.tasks}
         assert rows["tg-root"].depth == 0 and rows["tg1-r.a"].depth == 1 and rows["leaf-r.a.b.a"].depth == 3
         order = [row.name for row in task_list.tasks]
@@ -38,16 +38,16 @@ async def test_the_tasks_pane_lists_tasks_as_a_tree_and_shows_a_task_s_coroutine
         while task_list.selected_id != rows["lock-waiter"].task_id:
             await pilot.press("down")
         stack = screen.query_one(StackView)
-        await wait_until(pilot, lambda: [f.function for f in stack.frames] == ["Lock.acquire", "_ContextManagerMixin.__aenter__", "blocked"], "the coroutine stack")
+        await wait_until(pilot, lambda: [f.function for f in stack.frames] == ["Lock.acquire", "_ContextManagerMixin.__aenter__", "blocked"], "the coroutine stack", timeout=60)
         assert stack.frames[-1].source == "async with lock:"
         assert "Coroutine stack of task lock-waiter (pending)" in str(screen.query_one("#stack-title").render())
         # The locals of the coroutine frame picked (from the agent), and the REPL runs there.
         stack.focus()
         await pilot.press("down", "down")
         tree = screen.query_one(VariablesTree)
-        await wait_until(pilot, lambda: {("locals", "lock"), ("locals", "held")} <= set(tree.value_paths()), "blocked()'s locals")
+        await wait_until(pilot, lambda: {("locals", "lock"), ("locals", "held")} <= set(tree.value_paths()), "blocked()'s locals", timeout=60)
         repl = screen.query_one(ReplPane)
-        await wait_until(pilot, lambda: repl.eval_in == "frame", "the coroutine frame picked")
+        await wait_until(pilot, lambda: repl.eval_in == "frame", "the coroutine frame picked", timeout=60)
         type_at_once(app, "e", "f'{type(lock).__name__} {lock.locked()}'", "enter")
         entry = await last_result(pilot, repl, 1)
         assert entry.scope == "frame blocked() in task lock-waiter" and result_text(entry) == "'Lock True'"
@@ -56,7 +56,7 @@ async def test_the_tasks_pane_lists_tasks_as_a_tree_and_shows_a_task_s_coroutine
         await pilot.pause()
         # Rows are diffed by task id: a later read keeps the cursor on the same task.
         reads = screen.tasks
-        await wait_until(pilot, lambda: screen.tasks is not reads, "another read of the tasks")
+        await wait_until(pilot, lambda: screen.tasks is not reads, "another read of the tasks", timeout=60)
         assert task_list.selected_id == rows["lock-waiter"].task_id
         assert task_list.tasks[task_list.cursor_row].name == "lock-waiter"
 
@@ -67,7 +67,7 @@ async def test_a_target_without_asyncio_hides_the_pane_and_says_why_when_asked(s
     app = PeriscopeApp(pid=target.pid, history_path=history)
     async with app.run_test(size=SIZE) as pilot:
         screen = await attached_screen(pilot)
-        await wait_until(pilot, lambda: screen.tasks_reason is not None, "a read of the tasks")
+        await wait_until(pilot, lambda: screen.tasks_reason is not None, "a read of the tasks", timeout=60)
         title = screen.query_one("#tasks-title")
         assert not title.display and not screen.query_one(TaskList).display
         await pilot.press("k")

@@ -224,6 +224,11 @@ async def test_task_list_orders_tasks_as_an_await_tree_and_follows_its_task() ->
     rows = rows_from_snapshot(snapshot)
     assert [(row.name, row.depth) for row in rows] == [("root", 0), ("middle", 1), ("leaf", 2), ("other", 0)]
     assert rows[1].where == "work:7 › sleep" and rows[2].awaited_by == "middle"
+    # The target's strings go through the caller's escaping.
+    from explorer.text import visible
+
+    hostile = TaskSnapshot((), (task(5, "evil\x1b]0;title\x07"),), False)
+    assert rows_from_snapshot(hostile, visible)[0].name == "evil\\x1b]0;title\\x07"
     # Tasks awaiting each other still each get one row.
     cycle = TaskSnapshot((), (task(1, "a", (2,)), task(2, "b", (1,))), False)
     assert sorted(row.name for row in rows_from_snapshot(cycle)) == ["a", "b"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -45,11 +45,12 @@ _COLUMNS: tuple[Column, ...] = (
 _GLYPHS = {"running": "●", "pending": "·", "cancelling": "×", "cancelled": "×", "done": "✓", "failed": "!"}
 
 
-def rows_from_snapshot(snapshot: TaskSnapshot) -> list[TaskRow]:
+def rows_from_snapshot(snapshot: TaskSnapshot, text: Callable[[str], str] = str) -> list[TaskRow]:
     """The rows of a snapshot in tree order: each task, then (indented) the tasks it awaits.
 
     A task is under the task that awaits it; one awaited by several is shown under the first;
-    a cycle is cut where it closes.
+    a cycle is cut where it closes. ``text`` makes the target's strings safe to show (the caller's
+    ``explorer.text.visible``: widgets do not import periscope's core).
     """
     tasks = {task.id: task for task in snapshot.tasks}
     children: dict[int, list[int]] = {}
@@ -70,7 +71,7 @@ def rows_from_snapshot(snapshot: TaskSnapshot) -> list[TaskRow]:
             task = tasks[current]
             where = _where(task.coroutine_stack) or task.waiting_on or ""
             awaited_by = ", ".join(tasks[parent].name for parent in task.awaited_by if parent in tasks)
-            rows.append(TaskRow(current, task.name, level, task.state or "?", where, awaited_by))
+            rows.append(TaskRow(current, text(task.name), level, task.state or "?", text(where), text(awaited_by)))
             stack.extend((child, level + 1) for child in reversed(children.get(current, ())))
 
     for task in snapshot.tasks:
@@ -91,6 +92,13 @@ def _where(stack: Sequence) -> str:
     if own is not stack[0]:
         where += f" › {stack[0].function}"
     return where
+
+
+def _indent(depth: int) -> str:
+    """``└ `` under the awaiting task, ``│ `` per level above (guides, not leading spaces, which
+    an SVG screenshot collapses)."""
+    depth = min(depth, 8)
+    return "│ " * (depth - 1) + "└ " if depth else ""
 
 
 class TaskList(KeyedTable[TaskRow]):
@@ -173,7 +181,7 @@ class TaskList(KeyedTable[TaskRow]):
         where = MASK if self.mask_noise and row.state == "running" else row.where
         return [
             state,
-            Text("  " * min(row.depth, 8) + row.name, no_wrap=True, overflow="ellipsis"),
+            Text(_indent(row.depth) + row.name, no_wrap=True, overflow="ellipsis"),
             Text(row.state),
             Text(where, no_wrap=True, overflow="ellipsis"),
         ]

@@ -33,6 +33,7 @@ from explorer.errors import PeriscopeError
 from explorer.model import Frame, StackFrame, ThreadInfo, Value, Variable
 from explorer.screens.dialogs import forward_failure
 from explorer.screens.sources import SourceLines
+from explorer.text import visible
 from widgets._format import MASK, display_command
 from widgets.repl import ReplEntry, ReplInput, ReplPane
 from widgets.stack_view import StackEntry, StackView
@@ -58,6 +59,11 @@ TASKS_INTERVAL = 1.0
 
 DETACH_TIMEOUT = 6.0
 """Seconds detaching may take before the connection is simply dropped (the agent then leaves on its own)."""
+
+
+def _visible_or_none(text: str | None) -> str | None:
+    """``visible(text)``, keeping None (no source line)."""
+    return None if text is None else visible(text)
 
 
 def history_file() -> Path:
@@ -504,11 +510,11 @@ class ProcessScreen(Screen[None]):
         if not shown:
             return
         if self.tasks is None:
-            title.update(f"Tasks: {self.tasks_reason or 'not read yet'}")
+            title.update(f"Tasks: {visible(self.tasks_reason or 'not read yet')}")
             return
         count = len(self.tasks.tasks)
         title.update(f"Tasks ({count})" + (" · the list changed while read" if self.tasks.torn else "") if count else "Tasks: none (no task exists now)")
-        task_list.update_tasks(rows_from_snapshot(self.tasks))
+        task_list.update_tasks(rows_from_snapshot(self.tasks, visible))
 
     def action_toggle_tasks(self) -> None:
         """Show or hide the asyncio tasks."""
@@ -603,9 +609,13 @@ class ProcessScreen(Screen[None]):
             return False
         stack = self.query_one(StackView)
         stack.update_frames(
-            [StackEntry(item.function, item.filename, item.lineno or 0, self._sources.line(item.filename, item.lineno or 0)) for item in task.coroutine_stack]
+            [
+                StackEntry(visible(item.function), visible(item.filename), item.lineno or 0, _visible_or_none(self._sources.line(item.filename, item.lineno or 0)))
+                for item in task.coroutine_stack
+            ]
         )
-        title = f"Coroutine stack of task {task.name} ({task.state or '?'})"
+        name = visible(task.name)
+        title = f"Coroutine stack of task {name} ({task.state or '?'})"
         if title != self._stack_title:
             self._stack_title = title
             self.query_one("#stack-title", Label).update(title)
@@ -614,7 +624,7 @@ class ProcessScreen(Screen[None]):
         variables = self.query_one(VariablesTree)
         repl = self.query_one(ReplPane)
         if not task.coroutine_stack:
-            variables.show_scope("locals", f"Task {task.name} has no coroutine frame", [], track_changes=False)
+            variables.show_scope("locals", f"Task {name} has no coroutine frame", [], track_changes=False)
             repl.frame_scope = ""
             return True
         index = min(self.selected_frame, len(task.coroutine_stack) - 1)
@@ -626,12 +636,13 @@ class ProcessScreen(Screen[None]):
         frames = known[1] if known is not None else None
         if frames is not None and index < len(frames):
             shown = frames[index]
-            variables.show_scope("locals", f"Locals of {shown.qualname or shown.function}() in task {task.name}", value_views(shown.locals or ()), track_changes=track)
+            function = visible(shown.qualname or shown.function)
+            variables.show_scope("locals", f"Locals of {function}() in task {name}", value_views(shown.locals or ()), track_changes=track)
         elif known is not None and known[2]:
-            variables.show_scope("locals", f"Locals of {item.function}(): {known[2]}", [], track_changes=False)
+            variables.show_scope("locals", f"Locals of {visible(item.function)}(): {visible(known[2])}", [], track_changes=False)
         else:
-            variables.show_scope("locals", f"Locals of {item.function}() in task {task.name} (reading…)", [], track_changes=False)
-        repl.frame_scope = f"{item.function}() in task {task.name}"
+            variables.show_scope("locals", f"Locals of {visible(item.function)}() in task {name} (reading…)", [], track_changes=False)
+        repl.frame_scope = f"{visible(item.function)}() in task {name}"
         return True
 
     def _show_selection(self, frame: Frame, *, moved: bool = False) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from explorer.commands.tasks import format_tree
 from explorer.remote import RemoteProcess
-from explorer.tasks import TaskReader, parse_asyncio_offsets
+from explorer.asyncio_debug import parse_asyncio_offsets
+from explorer.tasks import TaskReader
 from tests.asyncio_ps import assert_agree, frozen, periscope, views
 
 NESTED = """
@@ -238,7 +239,7 @@ def test_an_asyncio_table_that_is_not_plausible_is_refused():
 
 @pytest.mark.parametrize("data", [b"", b"\x7fELF", b"\x7fELF\x02\x01" + b"\xff" * 58, bytes(range(256)) * 8])
 def test_the_elf_section_parser_survives_garbage(tmp_path, data):
-    from explorer.tasks import ASYNCIO_SECTION, _elf_section
+    from explorer.asyncio_debug import ASYNCIO_SECTION, _elf_section
 
     path = tmp_path / "garbage.so"
     path.write_bytes(data)

@@ -47,6 +47,7 @@ from explorer.model import (
     Hello,
     Output,
     Response,
+    StackFrame,
 )
 
 SOCKET_NAME = "agent.sock"
@@ -1367,20 +1368,29 @@ class Session:
         """Change preview limits (see PROTOCOL.md); returns the limits now in force."""
         return wire.decode_limits(await self.request("configure", limits=limits))
 
+    async def task_frames(self, task: int, timeout: float = 30.0) -> tuple[StackFrame, ...]:
+        """The coroutine frames of the asyncio task ``task`` (its id), with their locals, innermost first."""
+        return wire.decode_task_frames(await self.request("task_frames", task=task, timeout=timeout))
+
     def start_eval(
         self,
         code: str,
         *,
         module: str | None = None,
         thread: int | None = None,
+        task: int | None = None,
         frame: int = 0,
         repr_chars: int | None = None,
         on_output: Callable[[Output], None] | None = None,
     ) -> EvalHandle:
-        """Start evaluating ``code`` in a module's globals (default ``__main__``) or in a frame of a
-        thread (``thread`` = native id as the target sees it, ``frame`` = 0 for the innermost)."""
+        """Start evaluating ``code`` in a module's globals (default ``__main__``), in a frame of a
+        thread (``thread`` = native id as the target sees it, ``frame`` = 0 for the innermost), or
+        in a coroutine frame of an asyncio task (``task`` = its id). Where an event loop runs, a
+        top-level ``await`` runs in it."""
         arguments: dict[str, Any] = {"code": code}
-        if thread is not None:
+        if task is not None:
+            arguments.update(task=task, frame=frame)
+        elif thread is not None:
             arguments.update(thread=thread, frame=frame)
         elif module is not None:
             arguments["module"] = module

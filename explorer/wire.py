@@ -182,6 +182,12 @@ def _stack_frame(data: Any) -> StackFrame:
     )
 
 
+def decode_task_frames(data: Any) -> tuple[StackFrame, ...]:
+    """The ``task_frames`` result: a task's coroutine frames with their locals, innermost first."""
+    data = _map(data, "task frames")
+    return tuple(_stack_frame(f) for f in _list(data.get("stack", []), "task frames.stack"))
+
+
 def _thread(data: Any) -> ThreadInfo:
     data = _map(data, "thread")
     return ThreadInfo(

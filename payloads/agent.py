@@ -553,6 +553,7 @@ DEFAULT_LIMITS = {
     "module_cpu": 0.005,  # CPU seconds per frame of the agent's own work on watched modules' variables
     "refs": 50000,  # objects held for lazy expansion
     "eval_output": 1 << 20,  # characters of print output kept per eval
+    "await_timeout": 30.0,  # seconds an eval's top-level await may run in the target's loop
 }
 
 _ELLIPSIS = "\u2026"
@@ -587,6 +588,21 @@ _dict_get = dict.get
 _exception_args = BaseException.__dict__["args"].__get__
 _getset_type = type(type.__dict__["__qualname__"])
 _member_type = type(type(sys).__dict__["__dict__"])
+
+
+_GeneratorType = type((lambda: (yield))())
+
+
+async def _coroutine_probe():
+    pass
+
+
+_probe = _coroutine_probe()
+_CoroutineType = type(_probe)
+_probe.close()
+del _probe
+_CO_COROUTINE = 0x80
+_PyCF_ALLOW_TOP_LEVEL_AWAIT = 0x2000
 
 
 class Abandoned(BaseException):
@@ -1151,6 +1167,7 @@ class EvalRecord:
         self.started = time.monotonic()
         self.outcome = None  # ("ok", mode, value) | ("raised", mode, exc, traceback_text)
         self.capture = None
+        self.loop = None  # the event loop a top-level await runs in (None: no running loop)
 
 
 def _module_repr(module):
@@ -1486,7 +1503,7 @@ class Agent:
         self.refs.limit = self.limits["refs"]
 
     def _hello(self):
-        capabilities = ["frame", "sample", "expand", "eval", "interrupt", "watch", "rate", "configure", "print_capture"]
+        capabilities = ["frame", "sample", "expand", "eval", "interrupt", "watch", "rate", "configure", "print_capture", "tasks"]
         if sys.version_info >= (3, 13):
             capabilities.append("frame_locals_write")
         return {
@@ -1653,6 +1670,94 @@ class Agent:
     def op_detach(self, request_id, message):
         self.reply(request_id, {"detached": True})
         self.stopping = True
+
+    # ---- asyncio tasks -------------------------------------------------------------------
+    # periscope reads tasks from outside (explorer/tasks.py); the agent adds what only the
+    # target can give: the locals of a task's coroutine frames, and a loop to run `await` in.
+
+    def op_task_frames(self, request_id, message):
+        task_id = message.get("task")
+        if type(task_id) is not int:
+            raise ValueError("task must be a task id (an int)")
+
+        def job(worker):
+            task, _loop = self._find_task(task_id)
+            previews = self._previews(worker)
+            budget = self.limits["frame_bytes"]
+            stack = []
+            for frame in self._coroutine_frames(task)[: self.limits["stack_depth"]]:
+                code = frame.f_code
+                names = frame.f_locals
+                items = list(_dict_items(names)) if type(names) is dict else list(names.items())
+                variables = []
+                for key, value in items[: self.limits["locals"]]:
+                    if previews.bytes > budget:
+                        break
+                    key = str(key)
+                    previews.bytes += len(key) + 8
+                    # Pinned: the pane asks again once a second, while frames expire refs faster.
+                    variables.append([key, previews.preview(value, pin=True)])
+                stack.append(
+                    {"file": code.co_filename, "line": frame.f_lineno, "func": code.co_name,
+                     "qualname": code.co_qualname, "locals": variables, "nlocals": len(items)}
+                )
+            state = "cancelled" if task.cancelled() else ("done" if task.done() else "pending")
+            return {"task": task_id, "name": str(task.get_name()), "state": state, "stack": stack}
+
+        self.reply(request_id, self.run_job(job))
+
+    def _event_loops(self):
+        """The event loops running in the target's threads, found in their stacks (the ``self`` of
+        BaseEventLoop.run_forever), as (thread ident, loop)."""
+        base = sys.modules.get("asyncio.base_events")
+        if base is None:
+            return []
+        run_forever = _type_dict(base.BaseEventLoop).get("run_forever")
+        code = run_forever.__code__ if type(run_forever) is type(_coroutine_probe) else None
+        loops = []
+        for ident, frame in list(sys._current_frames().items()):
+            if ident in self.service_idents:
+                continue
+            depth = 0
+            while frame is not None and depth < 4096:
+                if frame.f_code is code:
+                    loop = frame.f_locals.get("self")
+                    if loop is not None and not any(loop is known for _, known in loops):
+                        loops.append((ident, loop))
+                    break
+                frame = frame.f_back
+                depth += 1
+        return loops
+
+    def _find_task(self, task_id):
+        """The task whose id is ``task_id`` and its loop; ValueError when no running loop has it."""
+        native = sys.modules.get("_asyncio")
+        if native is None:
+            raise ValueError("the target has not imported asyncio")
+        for _ident, loop in self._event_loops():
+            for task in native.all_tasks(loop):
+                if id(task) == task_id:
+                    return task, loop
+        raise ValueError("no running event loop has a task %#x (it finished, or its loop stopped)" % task_id)
+
+    @staticmethod
+    def _coroutine_frames(task):
+        """The frames of a task's coroutine and of the coroutines it awaits, innermost first."""
+        coro = task.get_coro()
+        frames = []
+        while coro is not None and len(frames) < 1024:
+            kind = type(coro)
+            if kind is _CoroutineType:
+                frame, coro = coro.cr_frame, coro.cr_await
+            elif kind is _GeneratorType:
+                frame, coro = coro.gi_frame, coro.gi_yieldfrom
+            else:
+                break
+            if frame is None:
+                break
+            frames.append(frame)
+        frames.reverse()
+        return frames
 
     # ---- frames --------------------------------------------------------------------------
 
@@ -2013,7 +2118,24 @@ class Agent:
         if type(repr_chars) is not int or not 0 < repr_chars <= 1 << 20:
             raise ValueError("repr_chars must be between 1 and 1048576")
         thread = message.get("thread")
-        if thread is not None:
+        task = message.get("task")
+        loop = None
+        if task is not None:
+            index = message.get("frame", 0)
+            if type(task) is not int or type(index) is not int or index < 0:
+                raise ValueError("task must be a task id and frame an index >= 0")
+
+            def job(worker):
+                found, found_loop = self._find_task(task)
+                frames = self._coroutine_frames(found)
+                if index >= len(frames):
+                    raise ValueError("task %#x has %d coroutine frames, not %d" % (task, len(frames), index + 1))
+                return frames[index], found_loop
+
+            frame, loop = self.run_job(job)
+            globals_, locals_ = frame.f_globals, frame.f_locals
+            del frame
+        elif thread is not None:
             frame = self._find_frame(thread, message.get("frame", 0))
             globals_, locals_ = frame.f_globals, frame.f_locals
             del frame
@@ -2027,6 +2149,7 @@ class Agent:
                 raise ValueError("sys.modules[%r] has no namespace to run in" % (name,))
             locals_ = None
         record = EvalRecord(request_id, code, globals_, locals_, repr_chars)
+        record.loop = loop if loop is not None else self._loop_for(thread)
         record.capture = Capture(request_id, self.limits["eval_output"])
         self._install_routers()
         self.evals[request_id] = record
@@ -2094,32 +2217,118 @@ class Agent:
 
     def _run_user_code(self, record):
         mode = "eval"
+        # With an event loop running in the target, top-level `await` is allowed: it runs there.
+        flags = _PyCF_ALLOW_TOP_LEVEL_AWAIT if record.loop is not None else 0
         try:
             try:
-                code = compile(record.code, "<periscope>", "eval")
+                code = compile(record.code, "<periscope>", "eval", flags)
             except SyntaxError:
                 mode = "exec"
-                code, last = self._compile_statements(record.code)
+                code, last = self._compile_statements(record.code, flags)
             if mode == "eval":
-                value = eval(code, record.globals, record.locals)
+                value = self._evaluate(code, record)
+            elif code.co_flags & _CO_COROUTINE and last is not None:
+                value = self._await_statements(record, flags)
             else:
-                exec(code, record.globals, record.locals)
-                value = eval(last, record.globals, record.locals) if last is not None else None
+                self._evaluate(code, record)
+                value = self._evaluate(last, record) if last is not None else None
             return ("ok", mode, value, None)
         except BaseException as error:
             return ("raised", mode, error, self._format_exception(error))
 
+    def _evaluate(self, code, record):
+        """Run one compiled piece of an eval: code that awaits as a task of the target's loop (where
+        asyncio.all_tasks(), current_task() and get_running_loop() work as in that loop's thread),
+        the rest here, in the eval's own thread, where a loop that hangs cannot hold up the target's.
+
+        (Making this thread's running loop the target's would not do: asyncio.all_tasks() then
+        lists this thread's tasks only, none.)"""
+        if code.co_flags & _CO_COROUTINE:
+            return self._await_in_loop(eval(code, record.globals, record.locals), record)
+        try:
+            return eval(code, record.globals, record.locals)
+        except RuntimeError as error:
+            if record.loop is not None and str(error) == "no running event loop":
+                raise RuntimeError(
+                    "no running event loop in periscope's eval thread: code that awaits runs in the target's "
+                    "loop, so write it with await (await asyncio.sleep(0); asyncio.all_tasks())"
+                ) from None
+            raise
+
+    def _await_statements(self, record, flags):
+        """Statements that await and end in an expression: one coroutine that also keeps the
+        expression's value (under a name of its own, taken out again afterwards)."""
+        import _ast
+
+        name = "__periscope_result_%d__" % record.id
+        tree = compile(record.code, "<periscope>", "exec", _ast.PyCF_ONLY_AST | flags)
+        last = tree.body.pop()
+        where = {"lineno": last.lineno, "col_offset": last.col_offset, "end_lineno": last.end_lineno, "end_col_offset": last.end_col_offset}
+        target = _ast.Name(id=name, ctx=_ast.Store(), **where)
+        tree.body.append(_ast.Assign(targets=[target], value=last.value, **where))
+        self._evaluate(compile(tree, "<periscope>", "exec", flags), record)
+        namespace = record.locals if record.locals is not None else record.globals
+        value = namespace[name]
+        try:
+            del namespace[name]
+        except (KeyError, TypeError, ValueError):
+            pass  # a frame's locals that refuse deletion: the name stays, harmless
+        return value
+
+    def _await_in_loop(self, coroutine, record):
+        """Run ``coroutine`` as a task in the target's loop and wait for it; cancel it on
+        interrupt (Ctrl+C in periscope) or after the await_timeout limit."""
+        future = sys.modules["asyncio.tasks"].run_coroutine_threadsafe(coroutine, record.loop)
+        deadline = time.monotonic() + self.limits["await_timeout"]
+        try:
+            while True:
+                try:
+                    return future.result(timeout=0.05)  # short waits: an interrupt lands between them
+                except TimeoutError:
+                    if future.done():
+                        raise
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            "the awaited code did not finish within %gs (is the event loop blocked?): cancelled"
+                            % self.limits["await_timeout"]
+                        ) from None
+        finally:
+            if not future.done():
+                future.cancel()
+
+    def _loop_for(self, native_id):
+        """The event loop running in thread ``native_id`` (or, for None, in the main thread or any)."""
+        if "asyncio" not in sys.modules:
+            return None
+        loops = self._event_loops()
+        if not loops:
+            return None
+        wanted = None
+        if native_id is not None:
+            threading = sys.modules.get("threading")
+            for ident, thread in list(getattr(threading, "_active", {}).items()) if threading else ():
+                if thread.__dict__.get("_native_id") == native_id:
+                    wanted = ident
+            if wanted is None and native_id == os.getpid():
+                wanted = _thread._get_main_thread_ident()
+        else:
+            wanted = _thread._get_main_thread_ident()
+        for ident, loop in loops:
+            if ident == wanted:
+                return loop
+        return loops[0][1] if native_id is None else None
+
     @staticmethod
-    def _compile_statements(source):
+    def _compile_statements(source, flags=0):
         """Statements, with a final expression split off so that its value is the result."""
         import _ast
 
-        tree = compile(source, "<periscope>", "exec", _ast.PyCF_ONLY_AST)
+        tree = compile(source, "<periscope>", "exec", _ast.PyCF_ONLY_AST | flags)
         last = None
         if tree.body and type(tree.body[-1]) is _ast.Expr:
             expression = _ast.Expression(tree.body.pop().value)
-            last = compile(expression, "<periscope>", "eval")
-        return compile(tree, "<periscope>", "exec"), last
+            last = compile(expression, "<periscope>", "eval", flags)
+        return compile(tree, "<periscope>", "exec", flags), last
 
     def _format_exception(self, error):
         try:

@@ -175,6 +175,31 @@ async def _waiting(pilot: Pilot[Any], demo_pid: int) -> None:
     )
 
 
+async def _tasks(pilot: Pilot[Any], server_pid: int) -> None:
+    from explorer.screens.process import ProcessScreen
+    from widgets.stack_view import StackView
+    from widgets.task_list import TaskList
+    from widgets.variables import VariablesTree
+
+    await _attached(pilot)
+    screen = pilot.app.screen
+    assert isinstance(screen, ProcessScreen)
+    tasks = screen.query_one(TaskList)
+    await wait_until(pilot, lambda: sum(row.where.startswith("handle") for row in tasks.tasks) >= 6, "requests in flight")
+    await pilot.press("p")  # pause: the picture of one moment
+    tasks.focus()
+    await pilot.pause()
+    while not tasks.tasks[tasks.cursor_row].where.startswith("handle"):
+        await pilot.press("down")
+    stack = screen.query_one(StackView)
+    await wait_until(pilot, lambda: len(stack.frames) > 1, "the request's coroutine stack")
+    stack.focus()
+    await pilot.press("down")  # handle(): the request's own code
+    tree = screen.query_one(VariablesTree)
+    await wait_until(pilot, lambda: ("locals", "path") in tree.value_paths(), "handle()'s locals")
+    tasks.focus()
+
+
 def _walk(node: Any) -> Any:
     yield node
     for child in node.children:
@@ -186,22 +211,23 @@ SHOTS: dict[str, tuple[str, Callable[[Pilot[Any], int], Awaitable[None]]]] = {
     "process-screen": ("attach", _process_screen),
     "repl": ("attach", _repl),
     "waiting-for-target": ("waiting", _waiting),
+    "tasks": ("server", _tasks),
 }
 """name -> (how the app starts, what to do before the screenshot)."""
 
 
-def take(name: str, demo_pid: int, waiting_pid: int | None = None) -> Path:
+def take(name: str, demo_pid: int, waiting_pid: int | None = None, server_pid: int | None = None) -> Path:
     """Run the app, drive it, and save ``screenshots/NAME.svg``."""
     from textual._doc import take_svg_screenshot  # what pytest-textual-snapshot uses too
 
     from explorer.app import PeriscopeApp
 
     start, drive = SHOTS[name]
-    pid = {"list": None, "attach": demo_pid, "waiting": waiting_pid}[start]
+    pid = {"list": None, "attach": demo_pid, "waiting": waiting_pid, "server": server_pid}[start]
     app = PeriscopeApp(pid=pid, history_path=Path(tempfile.mkdtemp()) / "history")
 
     async def run_before(pilot: Pilot[Any]) -> None:
-        await drive(pilot, demo_pid)
+        await drive(pilot, server_pid if start == "server" else demo_pid)
 
     svg = take_svg_screenshot(app=app, terminal_size=SIZE, run_before=run_before)
     SCREENSHOTS.mkdir(exist_ok=True)
@@ -232,6 +258,17 @@ def _start_blocked_demo() -> subprocess.Popen[bytes]:
     )
 
 
+def _start_loaded_server() -> tuple[Any, Any]:
+    """The uvicorn app of the tests (tests.third_party) with a bounded loopback load on it."""
+    from tests import targets
+    from tests.third_party import UVICORN_APP, LoopbackLoad, venv_with
+
+    # Requests of 5 s: a task picked in the list is still there when its locals arrive.
+    server = targets.spawn(UVICORN_APP, python=venv_with(_demo_python(), "uvicorn==0.54.0"), script_name="service.py", args=["5"])
+    port = int(server.wait_for_line("port").split()[1])
+    return server, LoopbackLoad(port, clients=12, requests=20000, seconds=90).start()
+
+
 def _wait_for_threads(pid: int, count: int, timeout: float = 10.0) -> None:
     import psutil
 
@@ -247,15 +284,22 @@ def main(argv: list[str] | None = None) -> int:
     names = (argv if argv is not None else sys.argv[1:]) or list(SHOTS)
     demo = start_demo()
     blocked = _start_blocked_demo()
+    server = load = None
     try:
         _wait_for_threads(blocked.pid, 2)
+        if "tasks" in names:
+            server, load = _start_loaded_server()
         for name in names:
-            path = take(name, demo.pid, blocked.pid)
+            path = take(name, demo.pid, blocked.pid, server.pid if server is not None else None)
             print(f"wrote {path.relative_to(ROOT)}")
     finally:
+        if load is not None:
+            load.stop()
         for process in (demo, blocked):
             process.kill()
             process.wait()
+        if server is not None:
+            server.stop()
     return 0
 
 

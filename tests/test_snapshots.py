@@ -177,3 +177,53 @@ def test_help_screen(snap_compare, scene):
         await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def _tasks_scene() -> Path:
+    """The nested-TaskGroup target of tests/test_tasks.py in a fixed directory (stable paths)."""
+    import os
+
+    from tests.test_tasks import NESTED
+
+    folder = SCENE_DIR.parent / "periscope-tasks-scene"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tasks_scene.py"
+    if not path.exists() or path.read_text() != NESTED:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(NESTED)
+        tmp.replace(path)
+    return path
+
+
+def test_tasks_pane_with_a_coroutine_frame_and_its_locals(snap_compare, spawn, target_python):
+    """Attached to an asyncio program: the Tasks pane (23 tasks) as an await tree: tg-root, under it
+    tg1-r.a and its groups down to leaf tasks, the gatherer and its three children, lock-holder,
+    lock-waiter and ticker; the leaf task leaf-r.a.a.a selected, its coroutine stack (sleep in
+    tasks.py, then leaf at "await asyncio.sleep(3600)") with leaf() picked, and its locals
+    (label = 'r.a.a.a') from the agent; the REPL runs in that frame."""
+    script = _tasks_scene()
+    target = spawn(argv=[target_python, str(script)], cwd=str(script.parent))
+    target.wait_for_line("ready")
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        from widgets.stack_view import StackView
+        from widgets.task_list import TaskList
+
+        app = pilot.app
+        await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen) and app.screen.frames_applied >= 1, "frames", timeout=60)
+        screen = app.screen
+        tasks = screen.query_one(TaskList)
+        await wait_until(pilot, lambda: len(tasks.tasks) == 23, "the tasks", timeout=60)
+        tasks.focus()
+        await pilot.pause()
+        while tasks.tasks[tasks.cursor_row].name != "leaf-r.a.a.a":
+            await pilot.press("down")
+        stack = screen.query_one(StackView)
+        await wait_until(pilot, lambda: [f.function for f in stack.frames] == ["sleep", "leaf"], "the leaf's coroutine stack", timeout=60)
+        stack.focus()
+        await pilot.press("down")
+        tree = screen.query_one(VariablesTree)
+        await wait_until(pilot, lambda: ("locals", "label") in tree.value_paths(), "leaf()'s locals", timeout=60)
+        await pilot.press("p")
+
+    assert snap_compare(app_for(target.pid), terminal_size=SIZE, run_before=run_before)

@@ -12,6 +12,7 @@ from tests.screenshots import wait_until
 from widgets.process_table import ProcessTable
 from widgets.repl import ReplInput, ReplPane, is_complete
 from widgets.stack_view import StackEntry, StackView
+from widgets.task_list import TaskList, rows_from_snapshot
 from widgets.thread_list import ThreadList, ThreadRow
 from widgets.variables import ValueView, VariablesTree
 
@@ -53,6 +54,9 @@ class Harness(App[None]):
         self.messages.append(message)
 
     def on_stack_view_frame_selected(self, message: StackView.FrameSelected) -> None:
+        self.messages.append(message)
+
+    def on_task_list_task_selected(self, message: TaskList.TaskSelected) -> None:
         self.messages.append(message)
 
 
@@ -206,6 +210,44 @@ async def test_repl_input_runs_complete_code_and_walks_the_history() -> None:
         await wait_until(pilot, lambda: len(app.messages) == 3, "the third eval request")
         assert app.messages[-1].eval_in == "frame"
         assert pane.entries[-1].scope == "frame f() in MainThread"
+
+
+async def test_task_list_orders_tasks_as_an_await_tree_and_follows_its_task() -> None:
+    from explorer.stacks import FrameInfo
+    from explorer.tasks import TaskInfo, TaskSnapshot
+
+    def task(task_id: int, name: str, awaited_by: tuple[int, ...] = ()) -> TaskInfo:
+        stack = (FrameInfo("/usr/lib/python3.14/asyncio/tasks.py", "sleep", 716), FrameInfo("/srv/app.py", "work", 7))
+        return TaskInfo(task_id, name, 1, 0, "pending", 0, stack, awaited_by, "_asyncio.Future", False)
+
+    snapshot = TaskSnapshot((), (task(3, "leaf", (2,)), task(1, "root"), task(2, "middle", (1,)), task(4, "other")), False)
+    rows = rows_from_snapshot(snapshot)
+    assert [(row.name, row.depth) for row in rows] == [("root", 0), ("middle", 1), ("leaf", 2), ("other", 0)]
+    assert rows[1].where == "work:7 › sleep" and rows[2].awaited_by == "middle"
+    # The target's strings go through the caller's escaping.
+    from explorer.text import visible
+
+    hostile = TaskSnapshot((), (task(5, "evil\x1b]0;title\x07"),), False)
+    assert rows_from_snapshot(hostile, visible)[0].name == "evil\\x1b]0;title\\x07"
+    # Tasks awaiting each other still each get one row.
+    cycle = TaskSnapshot((), (task(1, "a", (2,)), task(2, "b", (1,))), False)
+    assert sorted(row.name for row in rows_from_snapshot(cycle)) == ["a", "b"]
+
+    tasks = TaskList()
+    app = Harness(tasks)
+    async with app.run_test() as pilot:
+        tasks.update_tasks(rows)
+        await pilot.pause()
+        assert tasks.selected_id == 1
+        tasks.focus()
+        await pilot.press("down", "down")
+        await wait_until(pilot, lambda: tasks.selected_id == 3, "the leaf selected")
+        app.messages.clear()
+        tasks.update_tasks([rows[3], *rows[:3]])  # reordered: the cursor follows task 3
+        assert tasks.tasks[tasks.cursor_row].task_id == 3 and app.messages == []
+        tasks.update_tasks([row for row in rows if row.task_id != 3])  # task 3 finished
+        await wait_until(pilot, lambda: app.messages, "the task now under the cursor selected")
+        assert app.messages[-1].task_id == tasks.selected_id == tasks.tasks[tasks.cursor_row].task_id
 
 
 def test_widgets_load_no_process_or_socket_code() -> None:

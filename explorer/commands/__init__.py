@@ -8,6 +8,7 @@ Commands import their heavy dependencies inside ``run`` so that ``periscope --he
 COMMANDS = (
     "ps",
     "stack",
+    "tasks",
     "target_python",
     "exec",
     "snapshot",
@@ -23,6 +24,10 @@ SUMMARIES = {
     "stack": (
         "stack",
         "print every thread's Python stack of a running CPython 3.14 or 3.15 process (read-only, like py-spy dump)",
+    ),
+    "tasks": (
+        "tasks",
+        "print every asyncio task of a running CPython 3.14 process: state, coroutine stack, who awaits it (read-only)",
     ),
     "target_python": (
         "target-python",

@@ -39,6 +39,7 @@ from widgets._format import MASK, display_command
 from widgets.repl import ReplEntry, ReplInput, ReplPane
 from widgets.stack_view import StackEntry, StackView
 from widgets.status_bar import StatusBar
+from widgets.task_list import TaskList, rows_from_snapshot
 from widgets.thread_list import ThreadList, ThreadRow
 from widgets.variables import ValueView, VariablesTree
 
@@ -54,8 +55,16 @@ PAGE = 100
 STATUS_INTERVAL = 0.5
 """Seconds between two redraws of the status bar's figures."""
 
+TASKS_INTERVAL = 1.0
+"""Seconds between two reads of the asyncio tasks (from outside)."""
+
 DETACH_TIMEOUT = 6.0
 """Seconds detaching may take before the connection is simply dropped (the agent then leaves on its own)."""
+
+
+def _visible_or_none(text: str | None) -> str | None:
+    """``visible(text)``, keeping None (no source line)."""
+    return None if text is None else visible(text)
 
 
 def history_file() -> Path:
@@ -149,6 +158,22 @@ class ThreadTimes(Message):
         return isinstance(message, ThreadTimes)
 
 
+class TasksRead(Message):
+    """The target's asyncio tasks, read from outside, or why they cannot be read."""
+
+    def __init__(self, snapshot: Any, reason: str | None, imported: bool) -> None:
+        self.snapshot = snapshot
+        """An explorer.tasks.TaskSnapshot, or None."""
+        self.reason = reason
+        """Why there are no tasks to show (no asyncio, a build without the task layout), or None."""
+        self.imported = imported
+        """The target has imported asyncio."""
+        super().__init__()
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, TasksRead)
+
+
 class WatchModuleDialog(ModalScreen[str | None]):
     """Asks which module's variables to watch."""
 
@@ -206,6 +231,7 @@ class ProcessScreen(Screen[None]):
     | ctrl+t | Run REPL code in the selected frame / in the module. |
     | w | Watch another module. |
     | a | Show / hide the watched module's modules, functions and classes. |
+    | k | Show / hide the asyncio tasks (shown by itself once the target imports asyncio). |
     | d | Detach from this process. |
     | escape | Back to the process list (stays attached). |
 
@@ -220,6 +246,7 @@ class ProcessScreen(Screen[None]):
         Binding("ctrl+t", "toggle_repl_scope", "REPL: frame/module", show=False),
         Binding("w", "watch_module", "Watch module"),
         Binding("a", "toggle_definitions", "Show/hide modules, functions, classes", show=False),
+        Binding("k", "toggle_tasks", "Show/hide asyncio tasks", show=False),
         Binding("d", "detach", "Detach"),
         Binding("escape", "back", "Process list"),
     ]
@@ -290,6 +317,16 @@ class ProcessScreen(Screen[None]):
         self._shown_key: tuple[int | None, int, str] | None = None
         self._status_shown = 0.0
         self._stack_title = ""
+        self.tasks: Any = None
+        """The latest explorer.tasks.TaskSnapshot (None until asyncio is seen)."""
+        self.tasks_reason: str | None = None
+        """Why no tasks are shown, when none are."""
+        self.selected_task: int | None = None
+        """Id of the task whose coroutine stack is shown (None: the selected thread's stack is)."""
+        self._tasks_wanted: bool | None = None
+        self._tasks_latest: TasksRead | None = None
+        self._task_locals: tuple[int, tuple[StackFrame, ...] | None, str | None] | None = None
+        """(task id, its coroutine frames with locals from the agent, or why there are none)."""
 
     # --- layout ----------------------------------------------------------------------------------
 
@@ -301,6 +338,10 @@ class ProcessScreen(Screen[None]):
                 thread_list = ThreadList(id="threads")
                 thread_list.mask_noise = self.mask_noise
                 yield thread_list
+                yield Label("Tasks", classes="section", id="tasks-title")
+                task_list = TaskList(id="tasks")
+                task_list.mask_noise = self.mask_noise
+                yield task_list
                 yield Label("Stack", classes="section", id="stack-title")
                 yield StackView(id="stack")
             with Vertical(id="process-right"):
@@ -342,8 +383,11 @@ class ProcessScreen(Screen[None]):
         if self.history_path is not None:
             repl.history = load_history(self.history_path)
         self.query_one(ThreadList).focus()
+        self.query_one("#tasks-title").display = False
+        self.query_one(TaskList).display = False
         self.read_stream()
         self.read_cpu_times()
+        self.read_tasks()
 
     async def on_unmount(self) -> None:
         self._stop.set()
@@ -413,6 +457,82 @@ class ProcessScreen(Screen[None]):
         finally:
             if remote is not None:
                 remote.close()
+
+    @work(thread=True, name="tasks", exit_on_error=False, exclusive=True, group="tasks")
+    def read_tasks(self) -> None:
+        """Every TASKS_INTERVAL: the asyncio tasks, read from outside (works while the loop is blocked)."""
+        from explorer.remote import RemoteProcess
+        from explorer.tasks import AsyncioUnavailable, TaskReader
+
+        remote: RemoteProcess | None = None
+        reader: TaskReader | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if remote is None or reader is None:
+                        remote = RemoteProcess.open(self.pid)
+                        reader = TaskReader(remote)
+                    self.post_message(TasksRead(reader.read(), None, True))
+                except AsyncioUnavailable as error:
+                    reader = None  # asyncio may be imported later: look for its table again
+                    self.post_message(TasksRead(None, error.reason, error.imported))
+                except (PeriscopeError, OSError):
+                    if remote is not None:
+                        remote.close()
+                    remote = reader = None
+                self._stop.wait(TASKS_INTERVAL)
+        finally:
+            if remote is not None:
+                remote.close()
+
+    def on_tasks_read(self, message: TasksRead) -> None:
+        self._tasks_latest = message
+        if self.paused:
+            return  # the panes show one moment: these tasks wait for the resume
+        self.tasks = message.snapshot
+        self.tasks_reason = message.reason
+        with self.app.batch_update():
+            self._show_tasks()
+            if self.selected_task is not None and self.frame is not None:
+                self._show_selection(self.frame)
+        if self.selected_task is not None:
+            self.load_task_frames(self.selected_task)
+
+    @work(name="task-frames", exit_on_error=False, exclusive=True, group="task-frames")
+    async def load_task_frames(self, task_id: int) -> None:
+        """Ask the agent for the locals of the selected task's coroutine frames."""
+        try:
+            frames = await self.session.task_frames(task_id)
+        except PeriscopeError as error:
+            self._task_locals = (task_id, None, str(error))
+        else:
+            self._task_locals = (task_id, frames, None)
+        if self.selected_task == task_id and self.frame is not None:  # the user's own pick: also while paused
+            with self.app.batch_update():
+                self._show_selection(self.frame)
+
+    def _show_tasks(self) -> None:
+        title = self.query_one("#tasks-title", Label)
+        task_list = self.query_one(TaskList)
+        shown = self._tasks_wanted if self._tasks_wanted is not None else (self.tasks is not None or self.tasks_reason is not None and "has not imported" not in self.tasks_reason)
+        title.display = shown
+        task_list.display = shown and self.tasks is not None and bool(self.tasks.tasks)
+        if not shown:
+            return
+        if self.tasks is None:
+            title.update(f"Tasks: {visible(self.tasks_reason or 'not read yet')}")
+            return
+        count = len(self.tasks.tasks)
+        title.update(f"Tasks ({count})" + (" · the list changed while read" if self.tasks.torn else "") if count else "Tasks: none (no task exists now)")
+        task_list.update_tasks(rows_from_snapshot(self.tasks, visible))
+
+    def action_toggle_tasks(self) -> None:
+        """Show or hide the asyncio tasks."""
+        title = self.query_one("#tasks-title")
+        self._tasks_wanted = not title.display
+        self._show_tasks()
+        if self._tasks_wanted and self.query_one(TaskList).display:
+            self.query_one(TaskList).focus()
 
     def on_thread_times(self, message: ThreadTimes) -> None:
         self._cpu_times = message.times
@@ -491,7 +611,56 @@ class ProcessScreen(Screen[None]):
         index = min(self.selected_frame, len(thread.frames) - 1)
         return thread, thread.frames[index]
 
+    def _show_task_selection(self, frame: Frame) -> bool:
+        """Show the selected task's coroutine stack; False when that task is gone (show the thread again)."""
+        task = self.tasks.by_id().get(self.selected_task) if self.tasks is not None else None
+        if task is None:
+            self.selected_task = None
+            return False
+        stack = self.query_one(StackView)
+        stack.update_frames(
+            [
+                StackEntry(visible(item.function), visible(item.filename), item.lineno or 0, _visible_or_none(self._sources.line(item.filename, item.lineno or 0)))
+                for item in task.coroutine_stack
+            ]
+        )
+        name = visible(task.name)
+        title = f"Coroutine stack of task {name} ({task.state or '?'})"
+        if title != self._stack_title:
+            self._stack_title = title
+            self.query_one("#stack-title", Label).update(title)
+        if stack.frames and stack.selected_index != self.selected_frame:
+            self.selected_frame = stack.selected_index
+        variables = self.query_one(VariablesTree)
+        repl = self.query_one(ReplPane)
+        if not task.coroutine_stack:
+            variables.show_scope("locals", f"Task {name} has no coroutine frame", [], track_changes=False)
+            repl.frame_scope = ""
+            return True
+        index = min(self.selected_frame, len(task.coroutine_stack) - 1)
+        item = task.coroutine_stack[index]
+        key = (-task.id, index, item.function)
+        track = key == self._shown_key
+        self._shown_key = key
+        known = self._task_locals if self._task_locals is not None and self._task_locals[0] == task.id else None
+        frames = known[1] if known is not None else None
+        if frames is not None and index < len(frames):
+            shown = frames[index]
+            function = visible(shown.qualname or shown.function)
+            variables.show_scope("locals", f"Locals of {function}() in task {name}", value_views(shown.locals or ()), track_changes=track)
+        elif known is not None and known[2]:
+            variables.show_scope("locals", f"Locals of {visible(item.function)}(): {visible(known[2])}", [], track_changes=False)
+        else:
+            variables.show_scope("locals", f"Locals of {visible(item.function)}() in task {name} (reading…)", [], track_changes=False)
+        repl.frame_scope = f"{visible(item.function)}() in task {name}"
+        return True
+
     def _show_selection(self, frame: Frame, *, moved: bool = False) -> None:
+        if self.selected_task is None or not self._show_task_selection(frame):
+            self._show_thread_selection(frame, moved=moved)
+        self._show_module(frame)
+
+    def _show_thread_selection(self, frame: Frame, *, moved: bool) -> None:
         thread, stack_frame = self._selected(frame)
         stack = self.query_one(StackView)
         stack.update_frames(
@@ -519,6 +688,10 @@ class ProcessScreen(Screen[None]):
             variables.show_scope("locals", title, value_views(stack_frame.locals or ()), track_changes=track)
         else:
             variables.show_scope("locals", "Locals (no Python frame)", [], track_changes=False)
+        self.query_one(ReplPane).frame_scope = f"{stack_frame.qualname or stack_frame.function}() in {thread_name}" if stack_frame else ""
+
+    def _show_module(self, frame: Frame) -> None:
+        variables = self.query_one(VariablesTree)
         module = frame.module(self.watched_module)
         if module is None or module.missing:
             variables.show_scope("module", f"Module {self.watched_module} (not imported)", [], track_changes=False)
@@ -529,21 +702,33 @@ class ProcessScreen(Screen[None]):
             if hidden:
                 more += f" · {hidden} modules/functions/classes hidden (a)"
             variables.show_scope("module", f"Module {module.name}{more}", views)
-        repl = self.query_one(ReplPane)
-        repl.module_scope = self.watched_module
-        repl.frame_scope = f"{stack_frame.qualname or stack_frame.function}() in {thread_name}" if stack_frame else ""
+        self.query_one(ReplPane).module_scope = self.watched_module
 
     # --- selection -----------------------------------------------------------------------------
 
     @on(ThreadList.ThreadSelected)
     def _on_thread_selected(self, message: ThreadList.ThreadSelected) -> None:
         message.stop()
-        if message.native_id == self.selected_thread:
+        if message.native_id == self.selected_thread and self.selected_task is None:
             return
+        self.selected_task = None
         self.selected_thread = message.native_id
         self.selected_frame = 0
         self.query_one(StackView).select_frame(0)
         self.query_one(ReplPane).eval_in = "module"  # until the user picks a frame of this thread
+        if self.frame is not None:
+            with self.app.batch_update():
+                self._show_selection(self.frame, moved=True)
+
+    @on(TaskList.TaskSelected)
+    def _on_task_selected(self, message: TaskList.TaskSelected) -> None:
+        message.stop()
+        if message.task_id == self.selected_task:
+            return
+        self.selected_task = message.task_id
+        self.selected_frame = 0
+        self.query_one(StackView).select_frame(0)
+        self.load_task_frames(message.task_id)
         if self.frame is not None:
             with self.app.batch_update():
                 self._show_selection(self.frame, moved=True)
@@ -580,18 +765,24 @@ class ProcessScreen(Screen[None]):
         message.stop()
         if self.history_path is not None:
             save_history(self.history_path, message.pane.history)
-        native_id = frame_index = None
-        if message.eval_in == "frame" and self.frame is not None:
+        native_id = frame_index = task_id = None
+        if message.eval_in == "frame" and self.selected_task is not None:
+            task_id, frame_index = self.selected_task, self.selected_frame
+        elif message.eval_in == "frame" and self.frame is not None:
             selected, stack_frame = self._selected(self.frame)
             if selected is not None and stack_frame is not None:
                 native_id, frame_index = selected.native_id, self.selected_frame
-        self.evaluate(message.entry, message.code, self.watched_module, native_id, frame_index)
+        self.evaluate(message.entry, message.code, self.watched_module, native_id, frame_index, task_id)
 
     @work(name="eval", exit_on_error=False, group="eval")
-    async def evaluate(self, entry: ReplEntry, code: str, module: str, native_id: int | None, frame_index: int | None) -> None:
+    async def evaluate(
+        self, entry: ReplEntry, code: str, module: str, native_id: int | None, frame_index: int | None, task_id: int | None = None
+    ) -> None:
         """Run ``code`` in the target and show the outcome in ``entry`` (printed output as it comes)."""
         try:
-            if native_id is not None:
+            if task_id is not None:
+                handle = self.session.start_eval(code, task=task_id, frame=frame_index or 0, on_output=lambda out: entry.add_output(out.text))
+            elif native_id is not None:
                 handle = self.session.start_eval(code, thread=native_id, frame=frame_index or 0, on_output=lambda out: entry.add_output(out.text))
             else:
                 handle = self.session.start_eval(code, module=module, on_output=lambda out: entry.add_output(out.text))
@@ -629,6 +820,8 @@ class ProcessScreen(Screen[None]):
             return
         self.query_one(StatusBar).state = "paused" if paused else "attached"
         self.sub_title = "paused" if paused else ""
+        if not paused and self._tasks_latest is not None:
+            self.on_tasks_read(self._tasks_latest)
         if not paused and self.latest is not None:
             with self.app.batch_update():
                 self.apply_frame(self.latest)

@@ -103,8 +103,11 @@ def stop_demo(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
-def run_app(pid: int | None, demo: bool) -> int:
-    """Run the TUI: the process list, ``pid``'s screen, or the demo's; returns the exit status."""
+def run_app(pid: int | None, demo: bool, profile: tuple[str, float] | None = None) -> int:
+    """Run the TUI: the process list, ``pid``'s screen, or the demo's; returns the exit status.
+
+    ``profile`` (mode, rate) opens ``pid``'s Profile view instead of attaching (``periscope top``).
+    """
     from explorer.app import PeriscopeApp
 
     if pid is not None and pid <= 0:
@@ -118,7 +121,7 @@ def run_app(pid: int | None, demo: bool) -> int:
         for signum in (signal.SIGHUP, signal.SIGTERM):
             signal.signal(signum, _exit_on_hangup)
     try:
-        app = PeriscopeApp(pid=demo_process.pid if demo_process else pid)
+        app = PeriscopeApp(pid=demo_process.pid if demo_process else pid, profile=profile)
         result = app.run()
         if app.return_code not in (None, 0):
             return int(app.return_code or 1)

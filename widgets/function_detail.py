@@ -47,12 +47,20 @@ class FunctionDetailView(Static):
     }
     """
 
+    detail: FunctionDetail | None = None
+    """The function on show (None: nothing)."""
+
+    sources: Mapping[int, str | None] = {}
+    """The source text of its lines, by line number, as shown."""
+
     def show_nothing(self, why: str) -> None:
         """No function to show (nothing sampled yet, or nothing selected)."""
+        self.detail, self.sources = None, {}
         self.update(Text(why, style=self.get_component_rich_style("function-detail--muted", partial=True)))
 
     def show(self, detail: FunctionDetail, total: int, sources: Mapping[int, str | None]) -> None:
         """Show ``detail``."""
+        self.detail, self.sources = detail, sources
         title = self.get_component_rich_style("function-detail--title", partial=True)
         muted = self.get_component_rich_style("function-detail--muted", partial=True)
         function, filename = detail.key

@@ -13,8 +13,9 @@ The sampler never stops the target (no ptrace, no signal): each tick it reads, t
 
 The thread list is read again every :data:`LIST_INTERVAL` seconds (and at once when the GIL
 holder is a thread it does not know yet). Ticks are scheduled on the clock; a tick that comes too
-late is counted as *missed* rather than crowding the next ones. Each tick falls at a random
-moment of its slot (see ``Sampler._run``). Torn reads are retried by the
+late (the sampler thread was not scheduled in time) is still taken, and the ones behind it too
+up to :data:`CATCH_UP` slots; beyond that slots are counted as *missed*. Each tick falls at a
+random moment of its slot (see ``Sampler._run``). Torn reads are retried by the
 stack reader and counted here.
 """
 
@@ -39,6 +40,8 @@ MAX_RATE = 1000.0
 """The highest rate the sampler accepts."""
 LIST_INTERVAL = 0.2
 """Seconds between two reads of the thread list."""
+CATCH_UP = 2
+"""Slots a late sampler may still catch up on (taking their ticks at once) before it counts them missed."""
 STOP_TIMEOUT = 5.0
 """Seconds :meth:`Sampler.stop` waits for the sampling thread."""
 
@@ -209,10 +212,12 @@ class Sampler:
                 if now < due and self._stop.wait(due - now):
                     break
                 now = time.monotonic()
-                late = int((now - due) / interval)  # whole slots that went by since this tick was due
-                if late:
-                    self._missed += late
-                    slot += late * interval
+                # A tick woken late (a loaded machine) is still taken, and so are the ones of the
+                # next CATCH_UP slots, back to back; slots further behind are missed.
+                behind = int((now - slot) / interval) - CATCH_UP
+                if behind > 0:
+                    self._missed += behind
+                    slot += behind * interval
                 self.tick(now)
                 self._last_tick = now
                 slot += interval

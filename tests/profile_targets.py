@@ -13,6 +13,7 @@ SHARES_TARGET = '''
 import random, sys, threading, time
 
 spent = {"share_sixty": 0.0, "share_thirty": 0.0, "share_ten": 0.0}
+work = [0]  # loop iterations done since the last reset: the target's throughput
 lock = threading.Lock()
 chance = random.Random(1)
 
@@ -45,10 +46,12 @@ def commands():
             if line.strip() == "reset":
                 for name in spent:
                     spent[name] = 0.0
+                work[0] = 0
                 print("reset done", flush=True)
             elif line.strip() == "report":
                 total = sum(spent.values()) or 1.0
-                print("shares " + " ".join(f"{name}={100 * value / total:.3f}" for name, value in spent.items()), flush=True)
+                shares = " ".join(f"{name}={100 * value / total:.3f}" for name, value in spent.items())
+                print(f"shares {shares} work={work[0]}", flush=True)
 
 
 threading.Thread(target=commands, name="commands", daemon=True).start()
@@ -64,6 +67,7 @@ while True:
         elapsed = clock() - start
         with lock:
             spent[function.__name__] += elapsed
+            work[0] += unit * weight
 '''
 """A CPU-bound main thread that spends known shares of its time (SHARES) in three functions,
 timed by its own counters; answers 'reset' and 'report' on stdin."""
@@ -84,7 +88,8 @@ def reset_counts(target: Target) -> None:
 
 
 def reported_shares(target: Target) -> dict[str, float]:
-    """The target's own share of time (percent) per function since the last reset."""
+    """The target's own share of time (percent) per function since the last reset, and ``work``:
+    the loop iterations it did since then."""
     target.lines.clear()
     _send(target, "report")
     line = target.wait_for_line("shares ")

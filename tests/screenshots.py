@@ -175,6 +175,23 @@ async def _waiting(pilot: Pilot[Any], demo_pid: int) -> None:
     )
 
 
+async def _profile(pilot: Pilot[Any], demo_pid: int) -> None:
+    from explorer.screens.profile import ProfileScreen
+
+    app = pilot.app
+    await wait_until(pilot, lambda: isinstance(app.screen, ProfileScreen), "the Profile view")
+    screen = app.screen
+    assert isinstance(screen, ProfileScreen)
+    await wait_until(
+        pilot,
+        lambda: sum(row.self_samples for row in screen.rows) >= 150 and screen.rows[0].function == "is_prime",
+        "the cruncher's is_prime at the top",
+        timeout=30,
+    )
+    updates = screen.updates
+    await wait_until(pilot, lambda: screen.updates > updates, "the detail of is_prime")
+
+
 def _walk(node: Any) -> Any:
     yield node
     for child in node.children:
@@ -186,6 +203,7 @@ SHOTS: dict[str, tuple[str, Callable[[Pilot[Any], int], Awaitable[None]]]] = {
     "process-screen": ("attach", _process_screen),
     "repl": ("attach", _repl),
     "waiting-for-target": ("waiting", _waiting),
+    "profile": ("profile", _profile),
 }
 """name -> (how the app starts, what to do before the screenshot)."""
 
@@ -197,8 +215,9 @@ def take(name: str, demo_pid: int, waiting_pid: int | None = None) -> Path:
     from explorer.app import PeriscopeApp
 
     start, drive = SHOTS[name]
-    pid = {"list": None, "attach": demo_pid, "waiting": waiting_pid}[start]
-    app = PeriscopeApp(pid=pid, history_path=Path(tempfile.mkdtemp()) / "history")
+    pid = {"list": None, "attach": demo_pid, "waiting": waiting_pid, "profile": demo_pid}[start]
+    profile = ("cpu", 100.0) if start == "profile" else None
+    app = PeriscopeApp(pid=pid, history_path=Path(tempfile.mkdtemp()) / "history", profile=profile)
 
     async def run_before(pilot: Pilot[Any]) -> None:
         await drive(pilot, demo_pid)

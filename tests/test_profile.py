@@ -54,7 +54,10 @@ def test_self_shares_match_the_targets_own_counters(spawn):
     truth = reported_shares(target)
     counts = sampler.profile.counts("cpu", thread=_main_thread(sampler))
     assert counts.samples >= 150, counts.samples
-    measured = {row.function: row.self_percent for row in counts.summary()}
+    own = {row.function: row.self_samples for row in counts.summary()}
+    # The target's counters time only the three functions: their shares of the three's samples.
+    three = sum(own.get(name, 0) for name in SHARES)
+    measured = {name: 100.0 * own.get(name, 0) / three for name in SHARES}
     for name, expected in SHARES.items():
         assert abs(truth[name] - expected) < 10, truth  # the target did what it says
         assert abs(measured.get(name, 0.0) - truth[name]) <= ACCURACY_BOUND, (name, measured, truth)
@@ -261,3 +264,16 @@ def test_record_refuses_bad_arguments_in_one_line(arguments, message, tmp_path, 
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("periscope: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_top_refuses_what_it_cannot_profile_in_one_line(spawn, capsys):
+    """``periscope top`` checks the process before it opens the TUI."""
+    not_python = spawn(argv=["sleep", "60"])
+    for argv, status, message in (
+        (["top", str(not_python.pid)], 1, "not a CPython process"),
+        (["top", "0"], 2, "0 is not a process id"),
+        (["top", str(not_python.pid), "--rate", "5000"], 2, "--rate must be between 1 and 1000"),
+    ):
+        assert cli.main(argv) == status
+        err = capsys.readouterr().err
+        assert err.startswith("periscope: ") and err.count("\n") == 1 and message in err, err

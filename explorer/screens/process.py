@@ -211,7 +211,7 @@ class ProcessScreen(Screen[None]):
         Binding("w", "watch_module", "Watch module"),
         Binding("a", "toggle_definitions", "Show/hide modules, functions, classes", show=False),
         Binding("d", "detach", "Detach"),
-        Binding("f", "profile", "Profile"),
+        Binding("f", "profile", "Profile", show=False),
         Binding("escape", "back", "Process list"),
     ]
 

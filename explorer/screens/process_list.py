@@ -58,7 +58,7 @@ class ProcessListScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "attach", "Attach", show=True),
         Binding("ctrl+s", "cycle_sort", "Sort CPU/mem/pid"),
-        Binding("ctrl+f", "profile", "Profile"),
+        Binding("ctrl+f", "profile", "Profile", show=False),
         Binding("escape", "clear_filter", "Clear filter"),
         Binding("ctrl+r", "rescan", "Rescan", show=False),
         Binding("down", "cursor_down", show=False),

@@ -64,7 +64,7 @@ class FunctionDetailView(Static):
         title = self.get_component_rich_style("function-detail--title", partial=True)
         muted = self.get_component_rich_style("function-detail--muted", partial=True)
         function, filename = detail.key
-        heading = Text.assemble((visible(function), title), ("  " + visible(filename), muted))
+        heading = Text.assemble((visible(function), title), (" · ", muted), (visible(filename), muted))
         neighbours = Table.grid(padding=(0, 2), expand=True)
         neighbours.add_column(ratio=1)
         neighbours.add_column(ratio=1)

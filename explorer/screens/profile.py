@@ -132,8 +132,9 @@ class ProfileScreen(Screen[None]):
         self._stopped = threading.Event()
 
     def compose(self) -> ComposeResult:
-        yield Static(self._title(), id="title")
-        yield Label("starting the sampler…", id="profile-status")
+        # markup=False: the command line and thread names are the target's, not periscope's markup.
+        yield Static(self._title(), id="title", markup=False)
+        yield Label("starting the sampler…", id="profile-status", markup=False)
         with Vertical(id="profile-body"):
             yield ProfileTable(id="profile-table")
             with ContentSwitcher(initial="profile-detail", id="profile-lower"):
@@ -144,7 +145,7 @@ class ProfileScreen(Screen[None]):
     def _title(self) -> str:
         pid = MASK if self.mask_noise else str(self.pid)
         command = display_command(self.process.cmdline, self.process.name) if self.process is not None else ""
-        return visible(f"periscope · profile · {pid} · {command}")
+        return visible(f"periscope · profile · {pid}" + (f" · {command}" if command else ""))
 
     def describe(self) -> str:
         """The process in a few words (command palette)."""
@@ -177,6 +178,14 @@ class ProfileScreen(Screen[None]):
             return
         self.sampler = sampler
         sampler.start()
+        if self.process is None:
+            from explorer.discovery import ProcessScanner
+
+            self.process = ProcessScanner().inspect(self.pid)
+            self.app.call_from_thread(self._show_title)
+
+    def _show_title(self) -> None:
+        self.query_one("#title", Static).update(self._title())
 
     # --- updates ---------------------------------------------------------------------------------
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 import time
-from array import array
 from collections import Counter, deque
 from dataclasses import dataclass, field
 

@@ -208,9 +208,14 @@ async def test_repl_input_runs_complete_code_and_walks_the_history() -> None:
         assert pane.entries[-1].scope == "frame f() in MainThread"
 
 
+PURE_MODULES = ["explorer", "explorer.profile", "explorer.text"]
+"""explorer modules widgets may load: plain model objects and the escaping of target strings."""
+
+
 def test_widgets_load_no_process_or_socket_code() -> None:
     """widgets/ take model objects and post messages: importing them loads none of explorer's
-    process, memory, injection or session code (checked in a fresh interpreter)."""
+    process, memory, injection or session code (checked in a fresh interpreter), only its plain
+    model and text modules."""
     import json
     import subprocess
     import sys
@@ -221,4 +226,4 @@ def test_widgets_load_no_process_or_socket_code() -> None:
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('explorer') or m in ('psutil', 'msgpack'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == []
+    assert [name for name in json.loads(out.stdout) if name not in PURE_MODULES] == []

@@ -14,8 +14,11 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from explorer.profile import FlameNode, FunctionKey
 from explorer.text import visible
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from explorer.profile import FlameNode, FunctionKey
 
 _PALETTE = ("#b35c00", "#d08a10", "#a33f1f", "#c9702e", "#8f5200", "#d4651a", "#b07800", "#b0402a")
 

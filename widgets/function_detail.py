@@ -10,8 +10,11 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from explorer.profile import FunctionDetail
 from explorer.text import visible
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from explorer.profile import FunctionDetail
 
 MAX_NEIGHBOURS = 8
 """Callers and callees listed (the ones with most samples)."""

@@ -12,9 +12,12 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import DataTable
 
-from explorer.profile import FunctionKey, FunctionRow
 from explorer.text import visible
 from widgets._keyed_table import Column, KeyedTable, fit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from explorer.profile import FunctionKey, FunctionRow
 
 SORTS = ("self", "total", "samples", "name")
 """The orders the table can show its rows in (``s`` goes to the next)."""
@@ -39,7 +42,7 @@ def _row_key(key: FunctionKey) -> str:
     return f"{key[1]}\0{key[0]}"
 
 
-class ProfileTable(KeyedTable[FunctionRow]):
+class ProfileTable(KeyedTable["FunctionRow"]):
     """Functions of a profile, hottest first; the cursor selects the function the detail pane shows.
 
     Rows are keyed by (file, function) and diffed, so the cursor stays on its function while

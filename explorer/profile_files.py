@@ -199,6 +199,17 @@ def write_profile(profile: Profile, recording: Recording, path: str, fmt: str) -
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        written = _write(profile, recording, tmp, fmt)
+        os.replace(tmp, path)
+    except BaseException:  # also Ctrl+C while writing: no half-written temporary file is left
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return written
+
+
+def _write(profile: Profile, recording: Recording, tmp: str, fmt: str) -> int:
     written = 0
     with open(tmp, "w", encoding="utf-8") as handle:
         if fmt == "speedscope":
@@ -213,7 +224,6 @@ def write_profile(profile: Profile, recording: Recording, path: str, fmt: str) -
             for line in collapsed_lines(profile, recording):
                 handle.write(line + "\n")
                 written += int(line.rsplit(" ", 1)[1])
-    os.replace(tmp, path)
     return written
 
 

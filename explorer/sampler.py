@@ -142,6 +142,7 @@ class Sampler:
         self._interpreters: list[InterpreterRef] = []
         self._next_listing = 0.0
         self._stack_ids: dict[tuple[FrameInfo, ...], int] = {}
+        self._frames: dict[FrameInfo, ProfileFrame] = {}  # one ProfileFrame per frame, shared by its stacks
         self._started = 0.0
         self._last_tick = 0.0
         self._ticks = 0
@@ -332,8 +333,14 @@ class Sampler:
             state.meta = ThreadMeta(state.ref.native_id, name, state.meta.is_main)
         stack_id = self._stack_ids.get(stack.frames)
         if stack_id is None:
-            frames: Stack = tuple(ProfileFrame(frame.function, frame.filename, frame.lineno or 0) for frame in stack.frames)
-            stack_id = self._stack_ids[stack.frames] = self.profile.intern(frames)
+            known = self._frames
+            frames: list[ProfileFrame] = []
+            for frame in stack.frames:
+                converted = known.get(frame)
+                if converted is None:
+                    converted = known[frame] = ProfileFrame(frame.function, frame.filename, frame.lineno or 0)
+                frames.append(converted)
+            stack_id = self._stack_ids[stack.frames] = self.profile.intern(tuple(frames))
         return stack_id
 
     def _list(self, now: float) -> None:
@@ -356,8 +363,9 @@ class Sampler:
         for address in [address for address in self._threads if address not in seen]:
             self._threads.pop(address).close()
         self._interpreters = list(interpreters.values())
-        if len(self._stack_ids) > 100_000:
-            self._stack_ids.clear()  # the profile keeps its own interning; this is only a shortcut
+        if len(self._stack_ids) > 100_000 or len(self._frames) > 100_000:
+            self._stack_ids.clear()  # the profile keeps its own interning; these are only shortcuts
+            self._frames.clear()
 
     def _close(self) -> None:
         for state in self._threads.values():

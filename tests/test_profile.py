@@ -277,3 +277,32 @@ def test_top_refuses_what_it_cannot_profile_in_one_line(spawn, capsys):
         assert cli.main(argv) == status
         err = capsys.readouterr().err
         assert err.startswith("periscope: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_sampling_never_stops_the_target(spawn):
+    """At the highest rate, no thread of the target is ever traced or stopped, and it keeps working."""
+    target = start_shares_target(spawn)
+    reset_counts(target)
+    sampler = Sampler(target.pid, rate=1000, mode="wall", profile=Profile())
+    sampler.start()
+    states: set[bytes] = set()
+    tracers: set[bytes] = set()
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            for task in os.listdir(f"/proc/{target.pid}/task"):
+                try:
+                    with open(f"/proc/{target.pid}/task/{task}/stat", "rb") as handle:
+                        stat = handle.read()
+                    with open(f"/proc/{target.pid}/task/{task}/status", "rb") as handle:
+                        tracer = next(line for line in handle if line.startswith(b"TracerPid:"))
+                except (FileNotFoundError, ProcessLookupError):
+                    continue
+                states.add(stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3])
+                tracers.add(tracer.split()[1])
+    finally:
+        sampler.stop()
+    assert sampler.stats().ticks > 500
+    assert not states & {b"t", b"T"}, states
+    assert tracers == {b"0"}
+    assert reported_shares(target)["work"] > 0

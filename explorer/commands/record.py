@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             interrupted = True
     finally:
         sampler.stop()
+        process.close()
         if tty:
             sys.stderr.write("\r\x1b[K")
     stats = sampler.stats()

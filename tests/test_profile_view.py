@@ -100,3 +100,28 @@ async def test_the_profile_view_opens_from_a_process_screen_and_is_in_the_palett
         assert target.pid in app.attached
         list_screen = next(screen for screen in app.screen_stack if isinstance(screen, ProcessListScreen))
         assert "Profile" in {command.title for command in app.get_system_commands(list_screen)}
+
+
+EXITS_SOON = '''
+import time
+def busy_until(deadline):
+    x = 0
+    while time.monotonic() < deadline:
+        x += 1
+print("ready", flush=True)
+busy_until(time.monotonic() + 2.0)
+'''
+
+
+async def test_the_view_keeps_what_it_sampled_when_the_process_exits(spawn):
+    target = spawn(EXITS_SOON)
+    target.wait_for_line("ready")
+    app = _app(target.pid)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ProfileScreen), "the Profile view")
+        screen = app.screen
+        assert isinstance(screen, ProfileScreen)
+        status = screen.query_one("#profile-status")
+        await wait_until(pilot, lambda: "the process exited" in str(status.render()), "the exit in the status line", 30)
+        assert screen.rows and screen.rows[0].function == "busy_until"
+        assert isinstance(app.screen, ProfileScreen)  # no dialog: the profile stays on show

@@ -26,8 +26,10 @@ from explorer.screens.dialogs import ErrorDialog, WorkerFailed, forward_failure
 from explorer.screens.help import HelpScreen, KeySection, key_rows
 from explorer.screens.process import ProcessScreen, history_file
 from explorer.screens.process_list import ProcessListScreen
+from explorer.screens.profile import ProfileScreen
 from widgets._format import MASK
 from widgets.process_table import ProcessTable
+from widgets.profile_table import ProfileTable
 
 
 class PeriscopeApp(App[int]):
@@ -59,8 +61,11 @@ class PeriscopeApp(App[int]):
         scanner_factory: Callable[[], ProcessScanner] = ProcessScanner,
         history_path: Path | None = None,
         mask_noise: bool = False,
+        profile: tuple[str, float] | None = None,
     ) -> None:
         super().__init__()
+        self.start_profile = profile
+        """(mode, rate): open ``pid``'s Profile view at start instead of attaching (``periscope top``)."""
         self.start_pid = pid
         """Attach to this process at start (``periscope PID``); None opens the process list only."""
         self.connector = connector or default_connector
@@ -89,8 +94,14 @@ class PeriscopeApp(App[int]):
             loop = asyncio.get_running_loop()
             signals.install(lambda: loop.call_soon_threadsafe(self._quit_on_signal))
         self.push_screen(self.process_list)
-        if self.start_pid is not None:
+        if self.start_pid is not None and self.start_profile is not None:
+            self.show_profile(self.start_pid, mode=self.start_profile[0], rate=self.start_profile[1])
+        elif self.start_pid is not None:
             self.attach(self.start_pid)
+
+    def show_profile(self, pid: int, process: ProcessInfo | None = None, *, mode: str = "cpu", rate: float = 100.0) -> None:
+        """Open the Profile view of ``pid`` (read from outside: no agent needed)."""
+        self.push_screen(ProfileScreen(pid, process, mode=mode, rate=rate, mask_noise=self.mask_noise))
 
     async def action_quit(self) -> None:
         """Detach from every process, then quit."""
@@ -226,6 +237,8 @@ class PeriscopeApp(App[int]):
             "interrupt": "Cannot interrupt",
             "watch-module": "Cannot watch that module",
             "thread-cpu": "Cannot read thread times",
+            "profile-start": "Cannot profile",
+            "profile-sums": "Cannot sum the profile",
         }.get(worker.name, f"{worker.name} failed")
         if not isinstance(error, PeriscopeError):
             self.log.error(f"worker {worker.name} failed: {error!r}")
@@ -246,6 +259,7 @@ class PeriscopeApp(App[int]):
         sections.append(("Process list", key_rows(ProcessListScreen.BINDINGS)))
         sections.append(("Attaching", key_rows(AttachScreen.BINDINGS)))
         sections.append(("Process screen", key_rows(ProcessScreen.BINDINGS)))
+        sections.append(("Profile", key_rows(ProfileScreen.BINDINGS) + key_rows(ProfileTable.BINDINGS)))
         for title, bindings in ProcessScreen.pane_bindings():
             sections.append((title, key_rows(bindings)))
         return sections

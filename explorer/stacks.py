@@ -272,6 +272,22 @@ class StackReader:
         stacks.sort(key=lambda stack: (stack.interpreter_id != 0, not stack.is_main))
         return stacks
 
+    def list_threads(self) -> list[tuple[InterpreterRef, ThreadRef]]:
+        """Every thread state of every interpreter, without their stacks (the cheap first step of :meth:`read`).
+
+        Also drops the code cache when a code object was destroyed. A sampler lists the threads
+        now and then and reads single stacks with :meth:`read_thread` in between.
+        """
+        return self._list_threads()
+
+    def check_code_cache(self, interpreters: list[InterpreterRef]) -> None:
+        """Drop the code cache if a code object of these interpreters was destroyed since the last check."""
+        self._check_generations(interpreters)
+
+    def read_thread(self, interp: InterpreterRef, ref: ThreadRef) -> ThreadStack | None:
+        """The stack of one thread of :meth:`list_threads` (retried while torn); None when that thread is gone."""
+        return self._read_thread(interp, ref)
+
     def _list_threads(self) -> list[tuple[InterpreterRef, ThreadRef]]:
         start = time.monotonic()
         deadline = start + NOT_READY_WAIT

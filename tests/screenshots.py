@@ -200,6 +200,23 @@ async def _tasks(pilot: Pilot[Any], server_pid: int) -> None:
     tasks.focus()
 
 
+async def _profile(pilot: Pilot[Any], demo_pid: int) -> None:
+    from explorer.screens.profile import ProfileScreen
+
+    app = pilot.app
+    await wait_until(pilot, lambda: isinstance(app.screen, ProfileScreen), "the Profile view")
+    screen = app.screen
+    assert isinstance(screen, ProfileScreen)
+    await wait_until(
+        pilot,
+        lambda: sum(row.self_samples for row in screen.rows) >= 300 and screen.rows[0].function in ("Tokenizer.split_words", "count_words"),
+        "the busy service's hottest function at the top",
+        timeout=30,
+    )
+    updates = screen.updates
+    await wait_until(pilot, lambda: screen.updates > updates, "the detail of is_prime")
+
+
 def _walk(node: Any) -> Any:
     yield node
     for child in node.children:
@@ -212,19 +229,21 @@ SHOTS: dict[str, tuple[str, Callable[[Pilot[Any], int], Awaitable[None]]]] = {
     "repl": ("attach", _repl),
     "waiting-for-target": ("waiting", _waiting),
     "tasks": ("server", _tasks),
+    "profile": ("profile", _profile),
 }
 """name -> (how the app starts, what to do before the screenshot)."""
 
 
-def take(name: str, demo_pid: int, waiting_pid: int | None = None, server_pid: int | None = None) -> Path:
+def take(name: str, demo_pid: int, waiting_pid: int | None = None, server_pid: int | None = None, busy_pid: int | None = None) -> Path:
     """Run the app, drive it, and save ``screenshots/NAME.svg``."""
     from textual._doc import take_svg_screenshot  # what pytest-textual-snapshot uses too
 
     from explorer.app import PeriscopeApp
 
     start, drive = SHOTS[name]
-    pid = {"list": None, "attach": demo_pid, "waiting": waiting_pid, "server": server_pid}[start]
-    app = PeriscopeApp(pid=pid, history_path=Path(tempfile.mkdtemp()) / "history")
+    pid = {"list": None, "attach": demo_pid, "waiting": waiting_pid, "server": server_pid, "profile": busy_pid}[start]
+    profile = ("cpu", 100.0) if start == "profile" else None
+    app = PeriscopeApp(pid=pid, history_path=Path(tempfile.mkdtemp()) / "history", profile=profile)
 
     async def run_before(pilot: Pilot[Any]) -> None:
         await drive(pilot, server_pid if start == "server" else demo_pid)
@@ -269,6 +288,70 @@ def _start_loaded_server() -> tuple[Any, Any]:
     return server, LoopbackLoad(port, clients=12, requests=20000, seconds=90).start()
 
 
+BUSY_SERVICE = '''\
+"""A report builder: two workers tokenize, count and checksum documents; the others idle."""
+import hashlib, threading, time, zlib
+
+
+class Tokenizer:
+    def split_words(self, text):
+        words, word = [], []
+        for char in text:
+            if char.isalnum():
+                word.append(char)
+            elif word:
+                words.append("".join(word))
+                word = []
+        return words
+
+
+def count_words(words):
+    counts = {}
+    for word in words:
+        counts[word.lower()] = counts.get(word.lower(), 0) + 1
+    return counts
+
+
+def checksum(counts):
+    digest = hashlib.sha256()
+    for word in sorted(counts):
+        digest.update(word.encode())
+    return zlib.crc32(digest.digest())
+
+
+def build_report(document):
+    words = Tokenizer().split_words(document)
+    return checksum(count_words(words))
+
+
+def worker(document):
+    while True:
+        build_report(document)
+
+
+def heartbeat():
+    while True:
+        time.sleep(0.5)
+
+
+text = "The quick brown fox, 42 lazy dogs; and a report on periscope. " * 200
+for name in ("worker-1", "worker-2"):
+    threading.Thread(target=worker, args=(text,), name=name, daemon=True).start()
+threading.Thread(target=heartbeat, name="heartbeat", daemon=True).start()
+while True:
+    time.sleep(1)
+'''
+
+
+def _start_busy_service() -> subprocess.Popen[bytes]:
+    """A CPU-bound target for the Profile view's screenshot."""
+    folder = Path(tempfile.gettempdir()) / "periscope-busy"  # fixed: the path shows in the screenshot
+    folder.mkdir(exist_ok=True)
+    script = folder / "report_builder.py"
+    script.write_text(BUSY_SERVICE)
+    return subprocess.Popen([_demo_python(), str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _wait_for_threads(pid: int, count: int, timeout: float = 10.0) -> None:
     import psutil
 
@@ -284,18 +367,20 @@ def main(argv: list[str] | None = None) -> int:
     names = (argv if argv is not None else sys.argv[1:]) or list(SHOTS)
     demo = start_demo()
     blocked = _start_blocked_demo()
+    busy = _start_busy_service()
     server = load = None
     try:
         _wait_for_threads(blocked.pid, 2)
+        _wait_for_threads(busy.pid, 4)
         if "tasks" in names:
             server, load = _start_loaded_server()
         for name in names:
-            path = take(name, demo.pid, blocked.pid, server.pid if server is not None else None)
+            path = take(name, demo.pid, blocked.pid, server.pid if server is not None else None, busy.pid)
             print(f"wrote {path.relative_to(ROOT)}")
     finally:
         if load is not None:
             load.stop()
-        for process in (demo, blocked):
+        for process in (demo, blocked, busy):
             process.kill()
             process.wait()
         if server is not None:

@@ -14,6 +14,8 @@ COMMANDS = (
     "snapshot",
     "watch",
     "eval",
+    "top",
+    "record",
 )
 
 # Module name -> (NAME, HELP), copied from each module, so that ``periscope --help`` and the choice
@@ -40,4 +42,9 @@ SUMMARIES = {
     ),
     "watch": ("watch", "attach to a CPython 3.14 or 3.15 process and print one JSON line per frame until Ctrl+C (or --count)"),
     "eval": ("eval", "evaluate an expression or statements inside a CPython 3.14 or 3.15 process and print the result's repr"),
+    "top": ("top", "a live profile of a CPython 3.14 or 3.15 process in the TUI: where its time goes, sampled from outside"),
+    "record": (
+        "record",
+        "sample a CPython 3.14 or 3.15 process's stacks from outside (it is never stopped) and write a profile: speedscope, collapsed or JSON",
+    ),
 }

@@ -103,8 +103,11 @@ def stop_demo(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
-def run_app(pid: int | None, demo: bool) -> int:
-    """Run the TUI: the process list, ``pid``'s screen, or the demo's; returns the exit status."""
+def run_app(pid: int | None, demo: bool, profile: tuple[str, float] | None = None) -> int:
+    """Run the TUI: the process list, ``pid``'s screen, or the demo's; returns the exit status.
+
+    ``profile`` (mode, rate) opens ``pid``'s Profile view instead of attaching (``periscope top``).
+    """
     from explorer.app import PeriscopeApp
 
     if pid is not None and pid <= 0:
@@ -120,7 +123,7 @@ def run_app(pid: int | None, demo: bool) -> int:
     try:
         from explorer import signals
 
-        app = PeriscopeApp(pid=demo_process.pid if demo_process else pid)
+        app = PeriscopeApp(pid=demo_process.pid if demo_process else pid, profile=profile)
         app.quit_on_signals = True
         try:
             result = app.run()

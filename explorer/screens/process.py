@@ -233,6 +233,7 @@ class ProcessScreen(Screen[None]):
     | a | Show / hide the watched module's modules, functions and classes. |
     | k | Show / hide the asyncio tasks (shown by itself once the target imports asyncio). |
     | d | Detach from this process. |
+    | f | Profile: where the time goes (sampled from outside). |
     | escape | Back to the process list (stays attached). |
 
     ``e`` is a priority binding that moves the focus at once: keys typed right behind it then go
@@ -248,6 +249,7 @@ class ProcessScreen(Screen[None]):
         Binding("a", "toggle_definitions", "Show/hide modules, functions, classes", show=False),
         Binding("k", "toggle_tasks", "Show/hide asyncio tasks", show=False),
         Binding("d", "detach", "Detach"),
+        Binding("f", "profile", "Profile", show=False),
         Binding("escape", "back", "Process list"),
     ]
 
@@ -862,6 +864,10 @@ class ProcessScreen(Screen[None]):
         self.watched_module = name
         self.query_one(StatusBar).watched = name
         self.query_one(VariablesTree).remove_scope("module")
+
+    def action_profile(self) -> None:
+        """Open the Profile view of this process."""
+        self.app.show_profile(self.pid, self.process)  # type: ignore[attr-defined]
 
     def action_detach(self) -> None:
         """Detach from this process."""

@@ -50,6 +50,7 @@ class ProcessListScreen(Screen[None]):
     | enter | Attach to the selected process (or show it, when attached). |
     | up/down, pageup/pagedown | Move the list's cursor. |
     | ctrl+s | Sort by CPU, then memory, then pid. |
+    | ctrl+f | Profile the selected process (sampled from outside: no attaching). |
     | escape | Clear the filter. |
     | ctrl+r | Scan again now. |
     """
@@ -57,6 +58,7 @@ class ProcessListScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "attach", "Attach", show=True),
         Binding("ctrl+s", "cycle_sort", "Sort CPU/mem/pid"),
+        Binding("ctrl+f", "profile", "Profile", show=False),
         Binding("escape", "clear_filter", "Clear filter"),
         Binding("ctrl+r", "rescan", "Rescan", show=False),
         Binding("down", "cursor_down", show=False),
@@ -191,6 +193,13 @@ class ProcessListScreen(Screen[None]):
             # Posted here, not through the table: a message created while this screen handles an
             # event has the screen as sender, and bubbling stops at its sender.
             self.post_message(ProcessTable.AttachRequested(table, process))
+
+    def action_profile(self) -> None:
+        """Open the Profile view of the process under the cursor (no agent needed)."""
+        process = self.query_one(ProcessTable).selected_process
+        if process is None:
+            return
+        self.app.show_profile(process.pid, process)  # type: ignore[attr-defined]
 
     def action_sort(self, column: str) -> None:
         """Order the list by ``column``: "cpu", "memory" or "pid"."""

@@ -1,4 +1,4 @@
-"""The periscope agent: injected into a CPython 3.14 target, it streams threads, stacks, locals and
+"""The periscope agent: injected into a CPython 3.14 or 3.15 target, it streams threads, stacks, locals and
 module variables over a Unix socket and evaluates code on request (payloads/PROTOCOL.md).
 
 Rules this file lives by, because it runs inside someone else's process:

@@ -29,7 +29,7 @@ SUMMARIES = {
     ),
     "tasks": (
         "tasks",
-        "print every asyncio task of a running CPython 3.14 process: state, coroutine stack, who awaits it (read-only)",
+        "print every asyncio task of a running CPython 3.14 or 3.15 process: state, coroutine stack, who awaits it (read-only)",
     ),
     "target_python": (
         "target-python",

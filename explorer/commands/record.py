@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from explorer.sampler import SamplerStats
 
 NAME = "record"
-HELP = "sample a CPython 3.14 process's stacks from outside (it is never stopped) and write a profile: speedscope, collapsed or JSON"
+HELP = "sample a CPython 3.14 or 3.15 process's stacks from outside (it is never stopped) and write a profile: speedscope, collapsed or JSON"
 
 PROGRESS_INTERVAL = 0.25
 """Seconds between two updates of the progress line."""

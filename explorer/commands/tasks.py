@@ -21,11 +21,11 @@ if TYPE_CHECKING:
     from explorer.tasks import TaskInfo, TaskSnapshot
 
 NAME = "tasks"
-HELP = "print every asyncio task of a running CPython 3.14 process: state, coroutine stack, who awaits it (read-only)"
+HELP = "print every asyncio task of a running CPython 3.14 or 3.15 process: state, coroutine stack, who awaits it (read-only)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pid", type=int, help="process id of the CPython 3.14 process")
+    parser.add_argument("pid", type=int, help="process id of the CPython 3.14 or 3.15 process")
     output = parser.add_mutually_exclusive_group()
     output.add_argument(
         "--json",

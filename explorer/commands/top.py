@@ -7,7 +7,7 @@ import math
 import sys
 
 NAME = "top"
-HELP = "a live profile of a CPython 3.14 process in the TUI: where its time goes, sampled from outside"
+HELP = "a live profile of a CPython 3.14 or 3.15 process in the TUI: where its time goes, sampled from outside"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

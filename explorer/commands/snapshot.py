@@ -100,9 +100,13 @@ async def _snapshot(args: argparse.Namespace) -> int:
     from explorer.session import AttachProgress, AttachState, attach
 
     modules = tuple(args.modules or ("__main__",))
+    loop = asyncio.get_running_loop()
     taken = asyncio.Event()
+    injected_at: list[float] = []
 
     def progress(step: AttachProgress) -> None:
+        if step.state is AttachState.INJECTED and not injected_at:
+            injected_at.append(loop.time())
         if step.state in (AttachState.STARTING, AttachState.CONNECTED):
             taken.set()
 
@@ -117,15 +121,19 @@ async def _snapshot(args: argparse.Namespace) -> int:
             progress=progress,
         )
     )
-    done, _ = await asyncio.wait({attaching}, timeout=min(OUTSIDE_AFTER, args.timeout))
-    if not done and not taken.is_set():
-        # Every thread is blocked in C: withdraw the request (cancelling does) and read from outside.
-        attaching.cancel()
-        (outcome,) = await asyncio.gather(attaching, return_exceptions=True)
-        if isinstance(outcome, (asyncio.CancelledError, PeriscopeError)):
-            return await asyncio.to_thread(_print_outside, args, modules, f"no thread ran Python within {OUTSIDE_AFTER:g} s")
-        if isinstance(outcome, BaseException):
-            raise outcome
+    # OUTSIDE_AFTER counts from the moment the request is in a thread, not from the start: staging
+    # and compiling the agent take their own time on a loaded machine.
+    while not attaching.done() and not taken.is_set():
+        await asyncio.wait({attaching}, timeout=0.02)
+        if injected_at and not taken.is_set() and loop.time() - injected_at[0] >= min(OUTSIDE_AFTER, args.timeout):
+            # Every thread is blocked in C: withdraw the request (cancelling does) and read from outside.
+            attaching.cancel()
+            (outcome,) = await asyncio.gather(attaching, return_exceptions=True)
+            if isinstance(outcome, (asyncio.CancelledError, PeriscopeError)):
+                return await asyncio.to_thread(_print_outside, args, modules, f"no thread ran Python within {OUTSIDE_AFTER:g} s")
+            if isinstance(outcome, BaseException):
+                raise outcome
+            break
     try:
         session = await attaching
     except InjectionTimeout as error:

@@ -22,6 +22,7 @@ import pytest
 
 from explorer import session as session_module
 from explorer.session import attach
+from explorer.remote import RemoteProcess
 from tests.attacker import as_user, needs_root, owned_dir, unused_uid, user_python
 
 pytestmark = needs_root
@@ -363,10 +364,12 @@ def test_periscopes_own_interpreter_compiles_for_everyone_only_where_nobody_else
     target = _spawn_as(spawn, stranger, IDLE, "idle-own.py")
     monkeypatch.setenv("PERISCOPE_TARGET_PYTHON", python)
     session_module._local_python.cache_clear()
+    with RemoteProcess.open(target.pid) as process:
+        version_hex = process.offsets.version_hex
 
     def owners() -> list[tuple[int | None, tuple[int, int] | None]]:
         session_module._local_python.cache_clear()
-        return [(c.for_uid, c.run_as) for c in session_module._compilers(target.pid)]
+        return [(c.for_uid, c.run_as) for c in session_module._compilers(target.pid, version_hex)]
 
     # The user's own executable compiles as the user, for the user; periscope's for everyone.
     assert owners() == [(uid, (uid, uid)), (None, None)]
@@ -389,7 +392,6 @@ def test_periscopes_own_interpreter_compiles_for_everyone_only_where_nobody_else
 
 def test_a_cache_directory_another_user_owns_is_never_read(spawn, cache):
     # A HOME kept across sudo -E: the cache would be the user's, and so would its entries.
-    from explorer.remote import RemoteProcess
 
     target = spawn(IDLE)
     target.wait_for_line("ready")

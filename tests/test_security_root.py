@@ -410,3 +410,53 @@ def test_a_cache_directory_another_user_owns_is_never_read(spawn, cache):
     os.chown(entries, 0, 0)  # the directory is ours again, but the entry is still the user's
     session_module._code_memo.clear()
     assert session_module.agent_code(target.pid, version_hex, compile_now=False) is None
+
+
+NAMER = """
+import sys, threading, time
+# Frames whose file names the user chose: a root-only file, a FIFO, /dev/zero and a readable control.
+for index, name in enumerate(sys.argv[1:]):
+    code = compile("def wait():\\n    while True:\\n        time.sleep(0.05)\\n", name, "exec")
+    scope = {"time": time}
+    exec(code, scope)
+    threading.Thread(target=scope["wait"], name=f"namer-{index}", daemon=True).start()
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_source_lines_are_only_what_the_target_could_read_and_never_block(spawn, stranger, tmp_path):
+    import threading
+
+    from explorer.screens.sources import SourceLines
+
+    secret = tmp_path / "secret.py"
+    secret.write_text(SECRET_TEXT + "\n")
+    secret.chmod(0o600)
+    fifo = tmp_path / "pipe.py"
+    os.mkfifo(fifo)
+    control = tmp_path / "control.py"
+    control.write_text("def wait():\n    while True:\n        time.sleep(0.05)  # control\n")
+    control.chmod(0o644)
+    os.chmod(tmp_path, 0o755)
+    names = [str(secret), str(fifo), "/dev/zero", str(control)]
+    target = _spawn_as(spawn, stranger, NAMER, "namer.py", args=names)
+    from explorer.stacks import read_stacks
+
+    _version, stacks = read_stacks(target.pid)
+    seen = {frame.filename: frame.lineno for stack in stacks for frame in stack.frames}
+    assert set(names) <= set(seen), seen
+    sources = SourceLines(target.pid)
+    shown: dict[str, str | None] = {}
+
+    def read_all() -> None:
+        for name in names:
+            shown[name] = sources.line(name, seen[name])
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
+    reader.join(20)
+    assert not reader.is_alive(), "reading a frame's source blocked"
+    assert shown[str(secret)] is None and shown[str(fifo)] is None and shown["/dev/zero"] is None, shown
+    assert shown[str(control)] == "time.sleep(0.05)  # control", shown

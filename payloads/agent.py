@@ -2250,7 +2250,9 @@ class Agent:
                 worker.wake.release()
             except RuntimeError:
                 pass  # it is running a job: it sees ``stopping`` when the job ends
-            worker.exited.acquire(timeout=1.0)
+            if not worker.exited.acquire(timeout=1.0) and worker.call_type is not None:
+                # Still in the target's code, with no watchdog from now on: stop it like a hung one.
+                self._abandon(worker, worker.call_type)
         for zombie in self.zombies:
             # Abandoned workers still in target code exit when it returns (Worker.call).
             try:

@@ -3,17 +3,20 @@ module variables over a Unix socket and evaluates code on request (payloads/PROT
 
 Rules this file lives by, because it runs inside someone else's process:
 
-- Standard library only, and mostly builtin C modules (``_thread``, ``_socket``, ``_struct``).
-  ``threading`` is used only when the target already imported it; ``ctypes`` only to interrupt
-  an eval or stop a runaway ``__repr__``; ``traceback`` only to format an eval's exception.
+- Standard library only, and mostly builtin C modules, built afresh from the interpreter's own
+  definitions (``_original``) so that a monkey-patched or replaced ``_thread``, ``socket`` or
+  ``time`` is never used. ``threading`` is used only when the target already imported it and it
+  starts OS threads; ``ctypes`` only to interrupt an eval; ``traceback`` only to format an
+  eval's exception. A module the target imported as ``msgpack`` is never called.
 - The injected script (see ``build_script``) returns at once: it claims one module entry,
   ``sys.modules["_periscope_agent"]``, starts one thread and leaves. Everything else happens in
   that thread.
-- Nothing raises into the target. Errors the agent has to swallow are counted and reported in
-  the next frame.
-- Every call into the target's own code (``__repr__``, properties, ``__dict__``) happens in a
-  worker thread that the agent's main thread watches with a time budget, so a ``__repr__`` that
-  hangs costs one budget and never stops the stream.
+- Nothing raises into the target, and no asynchronous exception is ever sent to a thread.
+  Errors the agent has to swallow are counted and reported in the next frame.
+- Every touch of a target object is a C-level read that cannot run Python code, or a call
+  through ``Worker.call`` in the worker thread, which the agent's main thread watches with a
+  CPU-time budget (``Agent.run_job``); a ``__repr__`` that hangs costs one budget and never
+  stops the stream.
 - On detach, on a dropped connection or when nobody connects in time, the agent removes itself:
   thread gone, socket closed and unlinked, files removed, module entry removed, stdout/stderr
   given back.
@@ -2467,7 +2470,9 @@ class Agent:
                 worker.wake.release()
             except RuntimeError:
                 pass  # it is running a job: it sees ``stopping`` when the job ends
-            worker.exited.acquire(timeout=1.0)
+            if not worker.exited.acquire(timeout=1.0) and worker.call_type is not None:
+                # Still in the target's code, with no watchdog from now on: stop it like a hung one.
+                self._abandon(worker, worker.call_type)
         for zombie in self.zombies:
             # Abandoned workers still in target code exit when it returns (Worker.call).
             try:

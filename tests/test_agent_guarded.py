@@ -255,3 +255,62 @@ async def test_gc_callbacks_and_finalisers_never_see_the_agent_and_fast_reprs_ne
     _hooks(target)  # collect what the target printed
     assert not [line for line in target.lines if line.startswith("unraisable")], target.lines
     assert target.proc.poll() is None
+
+
+STUCK = '''
+import sys, threading, time
+
+def make(n):
+    class Stuck:
+        def __repr__(self):
+            time.sleep(6)  # in C: the watchdog cannot end it, only leave it
+            return "stuck"
+    Stuck.__name__ = Stuck.__qualname__ = "Stuck%d" % n
+    return Stuck()
+
+STUCK = [make(n) for n in range(6)]
+PLAIN = 12345
+
+class Fine:
+    def __repr__(self):
+        return "Fine()"
+
+FINE = Fine()
+sys.stdout.write("ready\\n")
+while True:
+    time.sleep(0.01)
+'''
+
+
+async def test_values_pause_while_target_code_does_not_return_and_stacks_go_on(spawn):
+    target = spawn(STUCK)
+    target.wait_for_line("ready")
+    before = _tasks(target.pid)
+    session = await attach(target.pid, rate=2)
+    try:
+        paused = None
+        for _ in range(120):
+            frame = await session.next_frame(timeout=60)
+            if frame.paused is not None:
+                paused = frame
+                break
+        assert paused is not None and paused.paused == "values paused: target code does not return"
+        main = paused.main_thread
+        assert main is not None and main.frames, "stacks keep coming"
+        fine = paused.module("__main__").get("FINE")
+        assert fine.failed and "values paused" in fine.repr
+        assert paused.module("__main__").get("PLAIN").repr == "12345"  # the agent's own formatting goes on
+        # Abandoned workers are bounded: at most 4 of them, plus the agent's two threads.
+        assert len(_tasks(target.pid) - before) <= 6
+        # Once the sleeps return, values come back.
+        for _ in range(120):
+            frame = await session.next_frame(timeout=60)
+            if frame.paused is None:
+                break
+        assert frame.paused is None and frame.module("__main__").get("FINE").repr == "Fine()"
+    finally:
+        await asyncio.wait_for(session.detach(), 30)
+    deadline = time.monotonic() + 20
+    while _tasks(target.pid) != before:
+        assert time.monotonic() < deadline, (before, _tasks(target.pid), _stacks(target.pid))
+        await asyncio.sleep(0.1)

@@ -50,6 +50,9 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
     COMPARE_STYLE: ClassVar[bool] = True
     """Rewrite a cell whose style changed (not only its text)."""
 
+    REBUILD_ROWS: ClassVar[int] = 200
+    """Above this many rows a resize rebuilds the rows instead of re-measuring them (see on_resize)."""
+
     def __init__(
         self,
         *,
@@ -102,11 +105,12 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
             # The flexible column is as wide as the table allows, whatever the rows seen so far.
             self._flex_width = width
             key, label, _ = next(column for column in self._columns if column[2] is None)
-            # Without rows: DataTable re-measures a whole column for each cell of a column added
-            # to a table that has rows (seconds with a thousand threads); rows added afterwards
-            # are measured once each.
-            self.clear()
-            self._shown.clear()
+            if self.row_count > self.REBUILD_ROWS:
+                # DataTable re-measures a whole column for each cell of a column added to a table
+                # that has rows (seconds with a thousand threads): add it to an empty table, then
+                # the rows again, measured once each. Small tables keep their rows throughout.
+                self.clear()
+                self._shown.clear()
             self.remove_column(key)
             self.add_column(label, key=key, width=width)
             self._sync(force=True)

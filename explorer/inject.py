@@ -122,7 +122,8 @@ class ScriptDir:
         return True
 
     def read_note(self, name: str, limit: int = NOTE_LIMIT) -> str | None:
-        """The text of the note ``name`` the agent left in the directory, or None when there is none.
+        """The text of the note ``name`` the agent left in the directory, or None when there is none
+        (or it is still empty).
 
         The directory belongs to the target's user, who may plant anything in it: the note is
         opened relative to the directory's descriptor with ``O_NOFOLLOW | O_NONBLOCK`` (a symlink
@@ -155,6 +156,8 @@ class ScriptDir:
             os.close(fd)
         if len(data) > limit:
             raise self._tampered(name, f"more than a note's {limit} bytes")
+        if not data:
+            return None  # created, not written yet (the agent opens, then writes): look again later
         return data.decode("utf-8", "replace")
 
     def open_socket(self, name: str) -> int | None:

@@ -27,6 +27,7 @@ up in the microseconds between our last check and the withdrawal, it runs althou
 from __future__ import annotations
 
 import errno
+import math
 import os
 import secrets
 import shutil
@@ -482,10 +483,13 @@ def write_script(script_dir: ScriptDir, name: str, source: str | bytes) -> tuple
 
 
 _LAUNCHER = """\
-# periscope: remove the staged copy of a script, then run it (this file is removed too).
-import io as _io, os as _os
-with _io.open_code({script!r}) as _file:
-    _source = _file.read()
+# periscope: remove the staged copy of a script, then run it (this file is removed too); picked up
+# after periscope stopped waiting (it was killed before it could withdraw the request), only remove.
+import io as _io, os as _os, time as _time
+_late = {not_after!r} is not None and _time.time() > {not_after!r}
+if not _late:
+    with _io.open_code({script!r}) as _file:
+        _source = _file.read()
 for _path in ({script!r}, {launcher!r}):
     try:
         _os.unlink(_path)
@@ -495,7 +499,8 @@ try:
     _os.rmdir({directory!r})
 except OSError:
     pass  # not empty or already gone: periscope removes it
-exec(compile(_source, {label!r}, "exec", dont_inherit=True), {{}})
+if not _late:
+    exec(compile(_source, {label!r}, "exec", dont_inherit=True), {{}})
 """
 STAGED_SCRIPT_NAME = "script.py"
 STAGED_LAUNCHER_NAME = "launch.py"
@@ -529,7 +534,7 @@ class StagedScript:
             pause = min(0.05, pause * 1.5)
 
 
-def stage_script(script_dir: ScriptDir, source: str | bytes, label: str) -> StagedScript:
+def stage_script(script_dir: ScriptDir, source: str | bytes, label: str, *, not_after: float | None = None) -> StagedScript:
     """Stage ``source`` in ``script_dir`` for :func:`remote_exec`, behind a self-removing launcher.
 
     The target runs the launcher, which reads the script through ``io.open_code`` (so the target's
@@ -538,9 +543,13 @@ def stage_script(script_dir: ScriptDir, source: str | bytes, label: str) -> Stag
     and ``linecache`` never tries to open) in a fresh empty namespace, as ``sys.remote_exec``
     would run it, so the original line numbers, coding cookie and ``from __future__`` imports
     all hold. Exceptions go to the target's stderr, as for any remote-exec script.
+
+    ``not_after`` (wall-clock time): a thread that picks the launcher up later only removes the
+    files, so a request a killed periscope could not withdraw does not run the script hours later.
     """
     _, script_path = write_script(script_dir, STAGED_SCRIPT_NAME, source)
     launcher = _LAUNCHER.format(
+        not_after=float(not_after) if not_after is not None and math.isfinite(not_after) else None,
         script=script_path,
         launcher=f"{script_dir.target_path}/{STAGED_LAUNCHER_NAME}",
         directory=script_dir.target_path,

@@ -71,6 +71,8 @@ class SessionTampered(PeriscopeError):
     """Something other than the agent put a file in the session directory (a symlink, a FIFO, a device)."""
 
 
+CLEANUP_PASSES = 3
+"""Times ScriptDir.cleanup empties the directory when something appeared in it meanwhile."""
 NOTE_LIMIT = 4096
 """Bytes a note of the agent (``busy``, ``failed``) may hold; a bigger one was not written by the agent."""
 
@@ -207,29 +209,41 @@ class ScriptDir:
                 pass
             return
         try:
-            for entry in os.listdir(self._dir_fd):
-                try:
-                    if stat.S_ISDIR(os.stat(entry, dir_fd=self._dir_fd, follow_symlinks=False).st_mode):
-                        shutil.rmtree(entry, dir_fd=self._dir_fd)
-                    else:
-                        os.unlink(entry, dir_fd=self._dir_fd)
-                except FileNotFoundError:
-                    pass  # the script removed itself meanwhile
             assert self._parent_fd is not None
             name = os.path.basename(self.target_path)
-            try:
-                current = os.stat(name, dir_fd=self._parent_fd, follow_symlinks=False)
-                # Remove the name only if it still is our directory (the target's user may rename it).
-                if (current.st_dev, current.st_ino) == self._inode:
-                    os.rmdir(name, dir_fd=self._parent_fd)
-            except FileNotFoundError:
-                pass  # the launcher removed the directory itself
+            for attempt in range(CLEANUP_PASSES):
+                self._empty()
+                try:
+                    current = os.stat(name, dir_fd=self._parent_fd, follow_symlinks=False)
+                    # Remove the name only if it still is our directory (the target's user may rename it).
+                    if (current.st_dev, current.st_ino) == self._inode:
+                        os.rmdir(name, dir_fd=self._parent_fd)
+                except FileNotFoundError:
+                    pass  # the launcher removed the directory itself
+                except OSError as error:
+                    # An agent that is still starting made its socket after the listing: again.
+                    if error.errno == errno.ENOTEMPTY and attempt + 1 < CLEANUP_PASSES:
+                        continue
+                    raise
+                break
             leftovers.forget(name)
         finally:
             os.close(self._dir_fd)
             if self._parent_fd is not None:
                 os.close(self._parent_fd)
             self._dir_fd = self._parent_fd = None
+
+    def _empty(self) -> None:
+        """Remove everything in the directory, without following any symlink."""
+        assert self._dir_fd is not None
+        for entry in os.listdir(self._dir_fd):
+            try:
+                if stat.S_ISDIR(os.stat(entry, dir_fd=self._dir_fd, follow_symlinks=False).st_mode):
+                    shutil.rmtree(entry, dir_fd=self._dir_fd)
+                else:
+                    os.unlink(entry, dir_fd=self._dir_fd)
+            except FileNotFoundError:
+                pass  # the script removed itself meanwhile
 
     def __enter__(self) -> ScriptDir:
         return self

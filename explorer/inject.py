@@ -27,6 +27,7 @@ up in the microseconds between our last check and the withdrawal, it runs althou
 from __future__ import annotations
 
 import errno
+import math
 import os
 import secrets
 import shutil
@@ -70,6 +71,8 @@ class SessionTampered(PeriscopeError):
     """Something other than the agent put a file in the session directory (a symlink, a FIFO, a device)."""
 
 
+CLEANUP_PASSES = 3
+"""Times ScriptDir.cleanup empties the directory when something appeared in it meanwhile."""
 NOTE_LIMIT = 4096
 """Bytes a note of the agent (``busy``, ``failed``) may hold; a bigger one was not written by the agent."""
 
@@ -122,7 +125,8 @@ class ScriptDir:
         return True
 
     def read_note(self, name: str, limit: int = NOTE_LIMIT) -> str | None:
-        """The text of the note ``name`` the agent left in the directory, or None when there is none.
+        """The text of the note ``name`` the agent left in the directory, or None when there is none
+        (or it is still empty).
 
         The directory belongs to the target's user, who may plant anything in it: the note is
         opened relative to the directory's descriptor with ``O_NOFOLLOW | O_NONBLOCK`` (a symlink
@@ -155,6 +159,8 @@ class ScriptDir:
             os.close(fd)
         if len(data) > limit:
             raise self._tampered(name, f"more than a note's {limit} bytes")
+        if not data:
+            return None  # created, not written yet (the agent opens, then writes): look again later
         return data.decode("utf-8", "replace")
 
     def open_socket(self, name: str) -> int | None:
@@ -203,29 +209,41 @@ class ScriptDir:
                 pass
             return
         try:
-            for entry in os.listdir(self._dir_fd):
-                try:
-                    if stat.S_ISDIR(os.stat(entry, dir_fd=self._dir_fd, follow_symlinks=False).st_mode):
-                        shutil.rmtree(entry, dir_fd=self._dir_fd)
-                    else:
-                        os.unlink(entry, dir_fd=self._dir_fd)
-                except FileNotFoundError:
-                    pass  # the script removed itself meanwhile
             assert self._parent_fd is not None
             name = os.path.basename(self.target_path)
-            try:
-                current = os.stat(name, dir_fd=self._parent_fd, follow_symlinks=False)
-                # Remove the name only if it still is our directory (the target's user may rename it).
-                if (current.st_dev, current.st_ino) == self._inode:
-                    os.rmdir(name, dir_fd=self._parent_fd)
-            except FileNotFoundError:
-                pass  # the launcher removed the directory itself
+            for attempt in range(CLEANUP_PASSES):
+                self._empty()
+                try:
+                    current = os.stat(name, dir_fd=self._parent_fd, follow_symlinks=False)
+                    # Remove the name only if it still is our directory (the target's user may rename it).
+                    if (current.st_dev, current.st_ino) == self._inode:
+                        os.rmdir(name, dir_fd=self._parent_fd)
+                except FileNotFoundError:
+                    pass  # the launcher removed the directory itself
+                except OSError as error:
+                    # An agent that is still starting made its socket after the listing: again.
+                    if error.errno == errno.ENOTEMPTY and attempt + 1 < CLEANUP_PASSES:
+                        continue
+                    raise
+                break
             leftovers.forget(name)
         finally:
             os.close(self._dir_fd)
             if self._parent_fd is not None:
                 os.close(self._parent_fd)
             self._dir_fd = self._parent_fd = None
+
+    def _empty(self) -> None:
+        """Remove everything in the directory, without following any symlink."""
+        assert self._dir_fd is not None
+        for entry in os.listdir(self._dir_fd):
+            try:
+                if stat.S_ISDIR(os.stat(entry, dir_fd=self._dir_fd, follow_symlinks=False).st_mode):
+                    shutil.rmtree(entry, dir_fd=self._dir_fd)
+                else:
+                    os.unlink(entry, dir_fd=self._dir_fd)
+            except FileNotFoundError:
+                pass  # the script removed itself meanwhile
 
     def __enter__(self) -> ScriptDir:
         return self
@@ -479,10 +497,13 @@ def write_script(script_dir: ScriptDir, name: str, source: str | bytes) -> tuple
 
 
 _LAUNCHER = """\
-# periscope: remove the staged copy of a script, then run it (this file is removed too).
-import io as _io, os as _os
-with _io.open_code({script!r}) as _file:
-    _source = _file.read()
+# periscope: remove the staged copy of a script, then run it (this file is removed too); picked up
+# after periscope stopped waiting (it was killed before it could withdraw the request), only remove.
+import io as _io, os as _os, time as _time
+_late = {not_after!r} is not None and _time.time() > {not_after!r}
+if not _late:
+    with _io.open_code({script!r}) as _file:
+        _source = _file.read()
 for _path in ({script!r}, {launcher!r}):
     try:
         _os.unlink(_path)
@@ -492,7 +513,8 @@ try:
     _os.rmdir({directory!r})
 except OSError:
     pass  # not empty or already gone: periscope removes it
-exec(compile(_source, {label!r}, "exec", dont_inherit=True), {{}})
+if not _late:
+    exec(compile(_source, {label!r}, "exec", dont_inherit=True), {{}})
 """
 STAGED_SCRIPT_NAME = "script.py"
 STAGED_LAUNCHER_NAME = "launch.py"
@@ -526,7 +548,7 @@ class StagedScript:
             pause = min(0.05, pause * 1.5)
 
 
-def stage_script(script_dir: ScriptDir, source: str | bytes, label: str) -> StagedScript:
+def stage_script(script_dir: ScriptDir, source: str | bytes, label: str, *, not_after: float | None = None) -> StagedScript:
     """Stage ``source`` in ``script_dir`` for :func:`remote_exec`, behind a self-removing launcher.
 
     The target runs the launcher, which reads the script through ``io.open_code`` (so the target's
@@ -535,9 +557,13 @@ def stage_script(script_dir: ScriptDir, source: str | bytes, label: str) -> Stag
     and ``linecache`` never tries to open) in a fresh empty namespace, as ``sys.remote_exec``
     would run it, so the original line numbers, coding cookie and ``from __future__`` imports
     all hold. Exceptions go to the target's stderr, as for any remote-exec script.
+
+    ``not_after`` (wall-clock time): a thread that picks the launcher up later only removes the
+    files, so a request a killed periscope could not withdraw does not run the script hours later.
     """
     _, script_path = write_script(script_dir, STAGED_SCRIPT_NAME, source)
     launcher = _LAUNCHER.format(
+        not_after=float(not_after) if not_after is not None and math.isfinite(not_after) else None,
         script=script_path,
         launcher=f"{script_dir.target_path}/{STAGED_LAUNCHER_NAME}",
         directory=script_dir.target_path,

@@ -204,6 +204,7 @@ def test_what_the_user_plants_in_the_session_directory_is_never_followed(spawn, 
     env = {**os.environ, "XDG_CACHE_HOME": str(cache.parent)}
     timeout = 5.0
     rss_file = tmp_path / "maxrss"
+    before = _dirs_of(stranger[0])
     started = time.monotonic()
     # Through a small parent of its own: a child's peak RSS starts from its parent's at fork
     # (this test process's), so periscope is forked from a fresh interpreter that reports it.
@@ -222,6 +223,20 @@ def test_what_the_user_plants_in_the_session_directory_is_never_followed(spawn, 
     assert "Traceback" not in err
     assert elapsed < timeout + 8, elapsed  # the attach timeout, plus periscope's own start-up on a loaded machine
     assert maxrss_kib < 100 * 1024, maxrss_kib
+    # And the session directory went, whatever the agent (still starting meanwhile) put in it.
+    assert _dirs_of(stranger[0]) <= before
+
+
+def _dirs_of(uid: int) -> set[str]:
+    """The periscope-* directories in /tmp that ``uid`` owns."""
+    found = set()
+    for name in _periscope_dirs("/tmp"):
+        try:
+            if os.lstat(f"/tmp/{name}").st_uid == uid:
+                found.add(name)
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def _periscope_dirs(folder: str) -> set[str]:

@@ -137,3 +137,37 @@ def test_the_tui_killed_while_waiting_withdraws_its_request(blocked, terminal, t
         terminal.tmux("kill-server")  # the terminal goes: SIGHUP to everything in it
     _wait_gone(periscope)
     _check_target_untouched(blocked)
+
+
+IDLE = """
+import sys, time
+sys.stdout.write("ready\\n")
+while True:
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["in time", "too late"])
+def test_a_script_exec_staged_runs_only_when_picked_up_in_time(spawn, late):
+    # A periscope exec killed with SIGKILL cannot withdraw its request; a thread that picks it up
+    # after periscope's wait must not run the script then.
+    from explorer.inject import prepare_script_dir, remote_exec, stage_script
+
+    target = spawn(IDLE)
+    target.wait_for_line("ready")
+    script_dir = prepare_script_dir(target.pid)
+    try:
+        staged = stage_script(
+            script_dir, "print('the script ran', flush=True)\n", "<test>", not_after=time.time() + (-1 if late else 60)
+        )
+        assert remote_exec(target.pid, staged.launcher_path, wait=30).picked_up
+        assert staged.wait_until_started(30)
+        if late:
+            time.sleep(0.5)
+            with pytest.raises(TimeoutError):
+                target.wait_for_line("the script ran", timeout=0.5)
+        else:
+            target.wait_for_line("the script ran", timeout=30)
+        assert not script_dir.contains("launch.py")
+    finally:
+        script_dir.cleanup()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 NAME = "exec"
 HELP = "run a Python file inside a running CPython 3.14 or 3.15 process (remote exec, PEP 768)"
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
             select_thread(process, args.thread)
             script_dir = prepare_script_dir(args.pid)
             try:
-                staged = stage_script(script_dir, source, label)
+                # Picked up after the wait (periscope killed before it could withdraw): not run.
+                staged = stage_script(script_dir, source, label, not_after=time.time() + args.wait + 2.0)
                 result = remote_exec(process, staged.launcher_path, native_id=args.thread, wait=args.wait)
                 if not result.picked_up:
                     threads: str | None

@@ -430,6 +430,12 @@ class ValueReader:
         self._last_state = None
         return result
 
+    def quiet_read(self, read: Callable[[], _T]) -> tuple[_T, bool]:
+        """``read()``, and whether no thread ran Python while it ran (what it read did not change)."""
+        before = self._python_state()
+        result = read()
+        return result, _quiet(before, self._python_state())
+
     def _start_try(self, *, validate: bool) -> None:
         self._validate = validate
         self._mutable.clear()

@@ -252,11 +252,34 @@ TORN_TEXT = "<changed while read>"
 
 
 def _as_torn(item: _T, value: OutsideValue) -> _T:
-    """``item`` (a local or a (name, value) pair) with its value replaced by a torn mark."""
+    """``item`` (a local, a (name, value) pair or a (frame, local) pair) with its value marked torn."""
     torn = OutsideValue(value.type_name, TORN_TEXT, value.address, torn=True)
     if isinstance(item, OutsideLocal):
         return item._replace(value=torn)  # type: ignore[return-value]
+    if isinstance(item[1], OutsideLocal):  # type: ignore[index]
+        return (item[0], item[1]._replace(value=torn))  # type: ignore[index, return-value]
     return (item[0], torn)  # type: ignore[index, return-value]
+
+
+def _bytearray_repr(data: bytes) -> str:
+    """``repr(bytearray(data))`` as CPython writes it (Objects/bytearrayobject.c), which differs
+    from bytes' repr: a ``'`` is always escaped, even between double quotes."""
+    quote = '"' if b"'" in data and b'"' not in data else "'"
+    out = []
+    for byte in data:
+        if byte in (0x27, 0x5C):  # ' and \
+            out.append("\\" + chr(byte))
+        elif byte == 0x09:
+            out.append("\\t")
+        elif byte == 0x0A:
+            out.append("\\n")
+        elif byte == 0x0D:
+            out.append("\\r")
+        elif byte < 0x20 or byte >= 0x7F:
+            out.append(f"\\x{byte:02x}")
+        else:
+            out.append(chr(byte))
+    return f"bytearray(b{quote}{''.join(out)}{quote})"
 
 
 def _quiet(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -> bool:
@@ -340,6 +363,28 @@ class ValueReader:
         object cannot be read. At most ``limits["locals"]`` variables.
         """
         return self._settled(lambda: self._frame_locals(frame_address, code_address), lambda local: local.value)
+
+    def stack_locals(self, frame_refs: tuple[tuple[int, int], ...]) -> list[list[OutsideLocal] | None]:
+        """:meth:`frame_locals` of every frame of one thread (``ThreadStack.frame_refs``), read
+        together: the check that no thread ran Python meanwhile is made once for the stack."""
+        per_frame: list[list[OutsideLocal] | None] = []
+
+        def read() -> list[tuple[int, OutsideLocal]]:
+            per_frame.clear()
+            flat: list[tuple[int, OutsideLocal]] = []
+            for frame_address, code_address in frame_refs:
+                found = self._frame_locals(frame_address, code_address)
+                per_frame.append(found)
+                flat.extend((len(per_frame) - 1, local) for local in found or ())
+            return flat
+
+        flat = self._settled(read, lambda pair: pair[1].value) or []
+        result: list[list[OutsideLocal] | None] = [None if found is None else [] for found in per_frame]
+        for index, local in flat:
+            frame_result = result[index]
+            if frame_result is not None:
+                frame_result.append(local)
+        return result
 
     def _frame_locals(self, frame_address: int, code_address: int) -> list[OutsideLocal] | None:
         try:
@@ -930,7 +975,7 @@ class ValueReader:
         data = self.memory.read(start, wanted) if wanted else b""
         if wanted:
             work.regions.append((start, data))
-        return f"bytearray({data!r})"
+        return _bytearray_repr(data)
 
     # -- containers --------------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ class ObjectLayout(namedtuple(
     "values_capacity values_size values_valid values_items "
     "complex_cval bytearray_start list_allocated cell_ref module_dict module_name function_qualname "
     "tp_basicsize tp_dict tp_dictoffset ht_qualname ht_cached_keys managed_dict "
-    "compact_unicode_size legacy_unicode_data immortal_bits gil_switch_number",
+    "compact_unicode_size legacy_unicode_data immortal_bits gil_switch_number bytearray_escapes_quote",
 )):
     """Offsets (bytes) and constants of one CPython minor's objects."""
 
@@ -86,13 +86,15 @@ _LAYOUT_3_14 = ObjectLayout(
     # tests the top bit; both are required here, and the read must check out, before trusting it)
     immortal_bits=3 << 30,
     gil_switch_number=8,  # _gil_runtime_state.switch_number, after "locked" (int, padded)
+    bytearray_escapes_quote=True,  # bytearray's own repr: b"'" shows as bytearray(b"\'")
 )
 
 OBJECT_LAYOUTS: dict[tuple[int, int], ObjectLayout] = {
     (3, 14): _LAYOUT_3_14,
     # 3.15 inserts one pointer into PyHeapTypeObject before ht_name (ht_name 864, ht_qualname 880).
     # PyModuleObject loses a field before md_name (md_name 40).
-    (3, 15): _LAYOUT_3_14._replace(ht_qualname=880, ht_cached_keys=888, module_name=40),
+    # 3.15 writes a bytearray's repr with bytes' repr: b"'" shows as bytearray(b"'").
+    (3, 15): _LAYOUT_3_14._replace(ht_qualname=880, ht_cached_keys=888, module_name=40, bytearray_escapes_quote=False),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -975,7 +977,7 @@ class ValueReader:
         data = self.memory.read(start, wanted) if wanted else b""
         if wanted:
             work.regions.append((start, data))
-        return _bytearray_repr(data)
+        return _bytearray_repr(data) if self.layout.bytearray_escapes_quote else f"bytearray({data!r})"
 
     # -- containers --------------------------------------------------------------------------
 

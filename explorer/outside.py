@@ -31,8 +31,7 @@ def to_value(value: OutsideValue) -> Value:
 def frame_locals(reader: ValueReader, stack: ThreadStack) -> list[tuple[Variable, ...] | None]:
     """Each frame's locals of one thread, as model variables (None for a frame that changed while read)."""
     result: list[tuple[Variable, ...] | None] = []
-    for address, code in stack.frame_refs:
-        local_variables = reader.frame_locals(address, code)
+    for local_variables in reader.stack_locals(stack.frame_refs):
         result.append(
             None if local_variables is None else tuple(Variable(local.name, to_value(local.value)) for local in local_variables)
         )

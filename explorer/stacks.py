@@ -61,6 +61,9 @@ MAX_CODE_UNITS = 1 << 24
 MAX_CACHED_CODES = 100_000
 MAX_CACHED_NAMES = 10_000
 MAX_PREFETCH = 32
+NAME_TTL = 1.0
+"""Seconds thread names are reused before threading._active is read again (threads may rename
+themselves); a thread not seen at the last read makes it read at once."""
 
 # The frame owner values (enum _frameowner), the RESUME opcodes and the compact str header
 # differ between minors: they come from the target's explorer.versions.Layout.
@@ -240,6 +243,9 @@ class StackReader:
         self._strings: dict[int, str] = {}
         self._type_is_code: dict[int, bool] = {}
         self._generations: dict[int, int] = {}
+        self._names: dict[int, str] = {}
+        self._names_for: set[int] = set()
+        self._names_read = -NAME_TTL
         # Per thread state: the frames outside the data stack that its last walk read one by one.
         self._outside: dict[int, list[int]] = {}
         self.samples = 0
@@ -267,7 +273,7 @@ class StackReader:
             if stack is not None and (stack.frames or ref.target_native_id):
                 stacks.append(stack)
         # Names after the stacks: reading them takes a while, and the stacks come first.
-        names = self._threading_names()
+        names = self._threading_names({stack.thread_id for stack in stacks})
         stacks = [stack._replace(name=names.get(stack.thread_id)) if stack.interpreter_id == 0 else stack for stack in stacks]
         stacks.sort(key=lambda stack: (stack.interpreter_id != 0, not stack.is_main))
         return stacks
@@ -328,15 +334,21 @@ class StackReader:
             self._codes.clear()
             self._strings.clear()
 
-    def _threading_names(self) -> dict[int, str]:
-        """{ident: name} from the target's ``threading`` module; empty when it cannot be read."""
+    def _threading_names(self, idents: set[int]) -> dict[int, str]:
+        """{ident: name} from the target's ``threading`` module (at most NAME_TTL old, unless a
+        new thread appeared); empty when it cannot be read."""
         from explorer.threadnames import thread_names
         from explorer.values import Unsupported, ValueReader
 
+        now = time.monotonic()
+        if now - self._names_read < NAME_TTL and idents <= self._names_for:
+            return self._names
         try:
-            return thread_names(ValueReader(self.process))
+            self._names = thread_names(ValueReader(self.process))
         except (Unsupported, MemoryFault, TargetNotReady):
-            return {}
+            self._names = {}
+        self._names_for, self._names_read = idents, now
+        return self._names
 
     def _read_thread(self, interp: InterpreterRef, ref: ThreadRef) -> ThreadStack | None:
         best: _Walk | None = None

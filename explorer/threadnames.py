@@ -5,8 +5,9 @@ state's ``thread_id``) to its Thread object, whose ``_name`` is the full name (`
 (_run_loop)``, ``MainThread``), where the OS thread name in ``/proc/PID/task/TID/comm`` is cut to
 15 bytes and the main thread has none. A thread that is not in ``_active`` is still starting
 (not registered yet), already exiting, or was not started by ``threading``: it has no name here.
-Nothing runs in the target. The dict is read twice and only the names both reads agree on are
-kept (threads come and go while it is read); a read that fails gives no names.
+Nothing runs in the target. Unless no thread ran Python while it was read, the dict is read again
+and only the names both reads agree on are kept (threads come and go while it is read); a read
+that fails gives no names.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ ATTEMPTS = 3
 
 def thread_names(reader: ValueReader) -> dict[int, str]:
     """{thread ident: name} of the threads in the target's ``threading._active`` (empty if unreadable)."""
-    first = _read_names(reader)
+    first, quiet = reader.quiet_read(lambda: _read_names(reader))
+    if quiet:
+        return first
+    second = first
     for _ in range(ATTEMPTS):
         second = _read_names(reader)
         if second == first:

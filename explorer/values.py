@@ -55,7 +55,7 @@ class ObjectLayout(namedtuple(
     "values_capacity values_size values_valid values_items "
     "complex_cval bytearray_start list_allocated cell_ref module_dict module_name function_qualname "
     "tp_basicsize tp_dict tp_dictoffset ht_qualname ht_cached_keys managed_dict "
-    "compact_unicode_size legacy_unicode_data immortal_bits gil_switch_number",
+    "compact_unicode_size legacy_unicode_data immortal_bits gil_switch_number bytearray_escapes_quote",
 )):
     """Offsets (bytes) and constants of one CPython minor's objects."""
 
@@ -86,13 +86,15 @@ _LAYOUT_3_14 = ObjectLayout(
     # tests the top bit; both are required here, and the read must check out, before trusting it)
     immortal_bits=3 << 30,
     gil_switch_number=8,  # _gil_runtime_state.switch_number, after "locked" (int, padded)
+    bytearray_escapes_quote=True,  # bytearray's own repr: b"'" shows as bytearray(b"\'")
 )
 
 OBJECT_LAYOUTS: dict[tuple[int, int], ObjectLayout] = {
     (3, 14): _LAYOUT_3_14,
     # 3.15 inserts one pointer into PyHeapTypeObject before ht_name (ht_name 864, ht_qualname 880).
     # PyModuleObject loses a field before md_name (md_name 40).
-    (3, 15): _LAYOUT_3_14._replace(ht_qualname=880, ht_cached_keys=888, module_name=40),
+    # 3.15 writes a bytearray's repr with bytes' repr: b"'" shows as bytearray(b"'").
+    (3, 15): _LAYOUT_3_14._replace(ht_qualname=880, ht_cached_keys=888, module_name=40, bytearray_escapes_quote=False),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -252,11 +254,34 @@ TORN_TEXT = "<changed while read>"
 
 
 def _as_torn(item: _T, value: OutsideValue) -> _T:
-    """``item`` (a local or a (name, value) pair) with its value replaced by a torn mark."""
+    """``item`` (a local, a (name, value) pair or a (frame, local) pair) with its value marked torn."""
     torn = OutsideValue(value.type_name, TORN_TEXT, value.address, torn=True)
     if isinstance(item, OutsideLocal):
         return item._replace(value=torn)  # type: ignore[return-value]
+    if isinstance(item[1], OutsideLocal):  # type: ignore[index]
+        return (item[0], item[1]._replace(value=torn))  # type: ignore[index, return-value]
     return (item[0], torn)  # type: ignore[index, return-value]
+
+
+def _bytearray_repr(data: bytes) -> str:
+    """``repr(bytearray(data))`` as CPython writes it (Objects/bytearrayobject.c), which differs
+    from bytes' repr: a ``'`` is always escaped, even between double quotes."""
+    quote = '"' if b"'" in data and b'"' not in data else "'"
+    out = []
+    for byte in data:
+        if byte in (0x27, 0x5C):  # ' and \
+            out.append("\\" + chr(byte))
+        elif byte == 0x09:
+            out.append("\\t")
+        elif byte == 0x0A:
+            out.append("\\n")
+        elif byte == 0x0D:
+            out.append("\\r")
+        elif byte < 0x20 or byte >= 0x7F:
+            out.append(f"\\x{byte:02x}")
+        else:
+            out.append(chr(byte))
+    return f"bytearray(b{quote}{''.join(out)}{quote})"
 
 
 def _quiet(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -> bool:
@@ -340,6 +365,28 @@ class ValueReader:
         object cannot be read. At most ``limits["locals"]`` variables.
         """
         return self._settled(lambda: self._frame_locals(frame_address, code_address), lambda local: local.value)
+
+    def stack_locals(self, frame_refs: tuple[tuple[int, int], ...]) -> list[list[OutsideLocal] | None]:
+        """:meth:`frame_locals` of every frame of one thread (``ThreadStack.frame_refs``), read
+        together: the check that no thread ran Python meanwhile is made once for the stack."""
+        per_frame: list[list[OutsideLocal] | None] = []
+
+        def read() -> list[tuple[int, OutsideLocal]]:
+            per_frame.clear()
+            flat: list[tuple[int, OutsideLocal]] = []
+            for frame_address, code_address in frame_refs:
+                found = self._frame_locals(frame_address, code_address)
+                per_frame.append(found)
+                flat.extend((len(per_frame) - 1, local) for local in found or ())
+            return flat
+
+        flat = self._settled(read, lambda pair: pair[1].value) or []
+        result: list[list[OutsideLocal] | None] = [None if found is None else [] for found in per_frame]
+        for index, local in flat:
+            frame_result = result[index]
+            if frame_result is not None:
+                frame_result.append(local)
+        return result
 
     def _frame_locals(self, frame_address: int, code_address: int) -> list[OutsideLocal] | None:
         try:
@@ -429,6 +476,12 @@ class ValueReader:
         self._validate = True
         self._last_state = None
         return result
+
+    def quiet_read(self, read: Callable[[], _T]) -> tuple[_T, bool]:
+        """``read()``, and whether no thread ran Python while it ran (what it read did not change)."""
+        before = self._python_state()
+        result = read()
+        return result, _quiet(before, self._python_state())
 
     def _start_try(self, *, validate: bool) -> None:
         self._validate = validate
@@ -924,7 +977,7 @@ class ValueReader:
         data = self.memory.read(start, wanted) if wanted else b""
         if wanted:
             work.regions.append((start, data))
-        return f"bytearray({data!r})"
+        return _bytearray_repr(data) if self.layout.bytearray_escapes_quote else f"bytearray({data!r})"
 
     # -- containers --------------------------------------------------------------------------
 

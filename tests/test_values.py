@@ -102,7 +102,7 @@ hold(*values)
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
 )
 @given(values=st.lists(_value, min_size=1, max_size=6))
-@example(values=["\ud83d\ude00", "αβγ", "😀", "é", "\x00\x1b[31m", b"\x00'\"", bytearray(b"\xff"), -0.0, complex(-0.0, -1.5)])
+@example(values=["\ud83d\ude00", "αβγ", "😀", "é", "\x00\x1b[31m", b"\x00'\"", bytearray(b"\xff"), bytearray(b"'"), -0.0, complex(-0.0, -1.5)])
 @example(values=[2**4000 + 7, -(2**100), 0, True, False, None, float("inf"), float("nan"), (1,), (), frozenset(), set()])
 @example(values=[{"a": [1, (2, 3)]}, {"b": [frozenset({4})]}, [[[[]]]], {(): {}}, {"k": (1, {2: 3})}])
 def test_locals_equal_the_targets_own_repr(values: list[Any], tmp_path_factory: pytest.TempPathFactory, target_python: str) -> None:

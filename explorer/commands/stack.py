@@ -108,9 +108,7 @@ def read_variables(process: Any, stacks: list[ThreadStack]) -> Variables:
         reader = ValueReader(process)
     except Unsupported as error:
         raise SystemExit(f"periscope: {error}; run periscope stack without --locals") from None
-    frames = {
-        stack.native_id: [reader.frame_locals(address, code) for address, code in stack.frame_refs] for stack in stacks
-    }
+    frames: dict[int, list[list[Any] | None]] = {stack.native_id: list(reader.stack_locals(stack.frame_refs)) for stack in stacks}
     return Variables(frames, reader.module_globals("__main__"))
 
 

@@ -117,7 +117,7 @@ def _in_process(pid: int, label: str) -> None:
 
         def read_all() -> int:
             reader = ValueReader(process)
-            return sum(len(reader.frame_locals(address, code) or ()) for stack in stacks for address, code in stack.frame_refs)
+            return sum(len(found or ()) for stack in stacks for found in reader.stack_locals(stack.frame_refs))
 
         count = read_all()
         timings = time_calls(read_all, IN_PROCESS_RUNS, warmup=2)

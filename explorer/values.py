@@ -22,8 +22,8 @@ thread sits in C (a long ``time.sleep``, ``input()``, a lock), when the agent ca
   read again: a variable whose memory changed is read again a few times and, if it never reads
   the same twice, comes back with ``torn=True`` rather than a value that never existed.
 
-Facts about the object layout that ``_Py_DebugOffsets`` does not give live in one table,
-:data:`OBJECT_LAYOUTS`, keyed by (major, minor).
+Facts about the object layout that ``_Py_DebugOffsets`` does not give live in the version layer
+(:data:`explorer.versions.OBJECT_LAYOUTS`), like every other per-minor fact.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from collections import namedtuple
 
 from explorer.memory import MemoryFault
 from explorer.remote import RemoteProcess
+from explorer.versions import OBJECT_LAYOUTS, ObjectLayout, object_layout_for, split_version
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
@@ -42,60 +43,6 @@ if TYPE_CHECKING:
 
     _T = TypeVar("_T")
 
-# ---------------------------------------------------------------------------------------------
-# Per-minor object layout facts not in _Py_DebugOffsets (x86-64, GIL build). Each was checked on
-# the real binaries with ctypes (3.14.10, 3.15.2). At merge time this table belongs in the version
-# layer; nothing else in this module compares versions.
-# ---------------------------------------------------------------------------------------------
-
-
-class ObjectLayout(namedtuple(
-    "ObjectLayout",
-    "long_shift dk_log2_size dk_log2_index_bytes dk_kind dk_nentries dk_indices "
-    "values_capacity values_size values_valid values_items "
-    "complex_cval bytearray_start list_allocated cell_ref module_dict module_name function_qualname "
-    "tp_basicsize tp_dict tp_dictoffset ht_qualname ht_cached_keys managed_dict "
-    "compact_unicode_size legacy_unicode_data immortal_bits gil_switch_number bytearray_escapes_quote",
-)):
-    """Offsets (bytes) and constants of one CPython minor's objects."""
-
-    __slots__ = ()
-
-
-_LAYOUT_3_14 = ObjectLayout(
-    long_shift=30,  # PYLONG_BITS_IN_DIGIT on 64-bit builds (configure --enable-big-digits=30)
-    # PyDictKeysObject: dk_refcnt, dk_log2_size (u8), dk_log2_index_bytes (u8), dk_kind (u8),
-    # dk_version (u32), dk_usable, dk_nentries, dk_indices[]; entries after the indices.
-    dk_log2_size=8, dk_log2_index_bytes=9, dk_kind=10, dk_nentries=24, dk_indices=32,
-    # PyDictValues: capacity, size, embedded, valid (u8 each), then values[capacity], then the
-    # insertion order (size bytes).
-    values_capacity=0, values_size=1, values_valid=3, values_items=8,
-    complex_cval=16,  # PyComplexObject.cval: real, imag (double)
-    bytearray_start=40,  # PyByteArrayObject.ob_start
-    list_allocated=32,  # PyListObject.allocated
-    cell_ref=16,  # PyCellObject.ob_ref
-    module_dict=16,  # PyModuleObject.md_dict
-    module_name=48,  # PyModuleObject.md_name
-    function_qualname=40,  # PyFunctionObject.func_qualname
-    tp_basicsize=32, tp_dict=264, tp_dictoffset=288,
-    ht_qualname=872, ht_cached_keys=880,  # PyHeapTypeObject
-    managed_dict=-24,  # MANAGED_DICT_OFFSET: the dict pointer in the pre-header
-    compact_unicode_size=0x38,  # PyCompactUnicodeObject (asciiobject_size + utf8_length + utf8)
-    legacy_unicode_data=0x38,  # PyUnicodeObject.data.any (str subclasses)
-    # _Py_IMMORTAL_INITIAL_REFCNT (3 << 30) in the low 32 bits of ob_refcnt (_Py_IsImmortal
-    # tests the top bit; both are required here, and the read must check out, before trusting it)
-    immortal_bits=3 << 30,
-    gil_switch_number=8,  # _gil_runtime_state.switch_number, after "locked" (int, padded)
-    bytearray_escapes_quote=True,  # bytearray's own repr: b"'" shows as bytearray(b"\'")
-)
-
-OBJECT_LAYOUTS: dict[tuple[int, int], ObjectLayout] = {
-    (3, 14): _LAYOUT_3_14,
-    # 3.15 inserts one pointer into PyHeapTypeObject before ht_name (ht_name 864, ht_qualname 880).
-    # PyModuleObject loses a field before md_name (md_name 40).
-    # 3.15 writes a bytearray's repr with bytes' repr: b"'" shows as bytearray(b"'").
-    (3, 15): _LAYOUT_3_14._replace(ht_qualname=880, ht_cached_keys=888, module_name=40, bytearray_escapes_quote=False),
-}
 
 # ---------------------------------------------------------------------------------------------
 
@@ -219,7 +166,7 @@ class OutsideLocal(namedtuple("OutsideLocal", "name value argument")):
 
 
 class Unsupported(Exception):
-    """The target's CPython minor has no entry in OBJECT_LAYOUTS."""
+    """The target's CPython minor has no entry in explorer.versions.OBJECT_LAYOUTS."""
 
 
 class _Torn(Exception):
@@ -290,12 +237,12 @@ def _quiet(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -> boo
 
 
 def layout_for(version_hex: int) -> ObjectLayout:
-    """The object layout of a target version; Unsupported for a minor periscope does not know."""
-    key = ((version_hex >> 24) & 0xFF, (version_hex >> 16) & 0xFF)
-    try:
-        return OBJECT_LAYOUTS[key]
-    except KeyError:
-        raise Unsupported(f"reading values of CPython {key[0]}.{key[1]} is not supported") from None
+    """The object layout of a target version (explorer.versions); Unsupported for one periscope does not know."""
+    layout = object_layout_for(version_hex)
+    if layout is None:
+        major, minor = split_version(version_hex)
+        raise Unsupported(f"reading values of CPython {major}.{minor} is not supported")
+    return layout
 
 
 class ValueReader:

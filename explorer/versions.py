@@ -279,6 +279,69 @@ def layout_for(version_hex: int, free_threaded: bool) -> Layout | None:
     return LAYOUTS[(major, minor, bool(free_threaded))]
 
 
+# Object layouts for reading values from outside (explorer.values): the offsets and constants of
+# the builtin objects that _Py_DebugOffsets does not give (x86-64, GIL build). Each was checked on
+# the real binaries with ctypes (3.14.10, 3.15.2).
+
+
+class ObjectLayout(namedtuple(
+    "ObjectLayout",
+    "long_shift dk_log2_size dk_log2_index_bytes dk_kind dk_nentries dk_indices "
+    "values_capacity values_size values_valid values_items "
+    "complex_cval bytearray_start list_allocated cell_ref module_dict module_name function_qualname "
+    "tp_basicsize tp_dict tp_dictoffset ht_qualname ht_cached_keys managed_dict "
+    "compact_unicode_size legacy_unicode_data immortal_bits gil_switch_number bytearray_escapes_quote",
+)):
+    """Offsets (bytes) and constants of one CPython minor's objects."""
+
+    __slots__ = ()
+
+
+_LAYOUT_3_14 = ObjectLayout(
+    long_shift=30,  # PYLONG_BITS_IN_DIGIT on 64-bit builds (configure --enable-big-digits=30)
+    # PyDictKeysObject: dk_refcnt, dk_log2_size (u8), dk_log2_index_bytes (u8), dk_kind (u8),
+    # dk_version (u32), dk_usable, dk_nentries, dk_indices[]; entries after the indices.
+    dk_log2_size=8, dk_log2_index_bytes=9, dk_kind=10, dk_nentries=24, dk_indices=32,
+    # PyDictValues: capacity, size, embedded, valid (u8 each), then values[capacity], then the
+    # insertion order (size bytes).
+    values_capacity=0, values_size=1, values_valid=3, values_items=8,
+    complex_cval=16,  # PyComplexObject.cval: real, imag (double)
+    bytearray_start=40,  # PyByteArrayObject.ob_start
+    list_allocated=32,  # PyListObject.allocated
+    cell_ref=16,  # PyCellObject.ob_ref
+    module_dict=16,  # PyModuleObject.md_dict
+    module_name=48,  # PyModuleObject.md_name
+    function_qualname=40,  # PyFunctionObject.func_qualname
+    tp_basicsize=32, tp_dict=264, tp_dictoffset=288,
+    ht_qualname=872, ht_cached_keys=880,  # PyHeapTypeObject
+    managed_dict=-24,  # MANAGED_DICT_OFFSET: the dict pointer in the pre-header
+    compact_unicode_size=0x38,  # PyCompactUnicodeObject (asciiobject_size + utf8_length + utf8)
+    legacy_unicode_data=0x38,  # PyUnicodeObject.data.any (str subclasses)
+    # _Py_IMMORTAL_INITIAL_REFCNT (3 << 30) in the low 32 bits of ob_refcnt (_Py_IsImmortal
+    # tests the top bit; both are required here, and the read must check out, before trusting it)
+    immortal_bits=3 << 30,
+    gil_switch_number=8,  # _gil_runtime_state.switch_number, after "locked" (int, padded)
+    bytearray_escapes_quote=True,  # bytearray's own repr: b"'" shows as bytearray(b"\'")
+)
+
+OBJECT_LAYOUTS: dict[tuple[int, int, bool], ObjectLayout] = {
+    (3, 14, False): _LAYOUT_3_14,
+    # 3.15 inserts one pointer into PyHeapTypeObject before ht_name (ht_name 864, ht_qualname 880).
+    # PyModuleObject loses a field before md_name (md_name 40).
+    # 3.15 writes a bytearray's repr with bytes' repr: b"'" shows as bytearray(b"'").
+    (3, 15, False): _LAYOUT_3_14._replace(ht_qualname=880, ht_cached_keys=888, module_name=40, bytearray_escapes_quote=False),
+}
+"""Object layouts, keyed like :data:`LAYOUTS`."""
+
+
+def object_layout_for(version_hex: int, free_threaded: bool = False) -> ObjectLayout | None:
+    """The object layout of a supported version and build; None otherwise."""
+    if unsupported(version_hex, free_threaded) is not None:
+        return None
+    major, minor = split_version(version_hex)
+    return OBJECT_LAYOUTS.get((major, minor, bool(free_threaded)))
+
+
 def _text(version_hex: int) -> str:
     major, minor = split_version(version_hex)
     micro = (version_hex >> 8) & 0xFF

@@ -106,6 +106,7 @@ def test_supported_minors_all_have_a_layout() -> None:
         assert layout.minor == minor and layout.name == versions.minor_name(minor)
         assert versions.layout_for(minor[0] << 24 | minor[1] << 16 | 0xF0, False) is layout
         assert versions.layout_for(minor[0] << 24 | minor[1] << 16 | 0xF0, True) is None  # free-threaded
+        assert versions.object_layout_for(minor[0] << 24 | minor[1] << 16 | 0xF0) is versions.OBJECT_LAYOUTS[(*minor, False)]
     assert versions.SUPPORTED_TEXT == "CPython 3.14 and 3.15"
     assert versions.LARGEST_TABLE == 888
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgpack
@@ -54,9 +55,21 @@ async def test_progress_states_and_the_thread_running_python(spawn):
         await session.detach()
 
 
+def _wait_until_asleep(pid: int, timeout: float = 20.0) -> None:
+    """Wait until the main thread sits in time.sleep (the kernel's nanosleep), not just before it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/wchan") as handle:
+            if "nanosleep" in handle.read():
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} never went to sleep")
+
+
 async def test_waiting_for_a_sleeping_main_thread_shows_the_stacks(spawn):
     target = spawn(SLEEPY_MAIN)
     target.wait_for_line("ready")
+    _wait_until_asleep(target.pid)  # on a loaded machine, "ready" can come well before the sleep
     steps = []
     session = await attach(target.pid, thread="main", rate=0, progress=steps.append)
     try:

@@ -23,6 +23,7 @@ from explorer.screens.dialogs import ErrorDialog
 from explorer.screens.help import HelpScreen
 from explorer.screens.process import ProcessScreen
 from explorer.screens.process_list import ProcessListScreen
+from explorer.versions import minor_name
 from tests.screenshots import SCENE_DIR, SIZE, scene_script, wait_until
 from widgets.process_table import ProcessTable
 from widgets.repl import ReplPane
@@ -63,8 +64,9 @@ async def attached(pilot: Pilot[Any]) -> ProcessScreen:
     return screen
 
 
-def test_process_list(snap_compare, scene):
-    """The process list filtered to the scene target: one attachable row ("✓") of the minor (3.14.10 or 3.15.2),
+def test_process_list(snap_compare, scene, target_minor):
+    """The process list filtered to the scene target of the minor ("python3.15 /tmp/periscope-scene/scene.py list"):
+    one attachable row ("✓") of that minor (3.14.10 or 3.15.2),
     its command line, and below it the verdict "can attach (CPython 3.14.10): press Enter" (or 3.15.2)."""
     scene("list")
 
@@ -72,7 +74,8 @@ def test_process_list(snap_compare, scene):
         screen = pilot.app.screen
         assert isinstance(screen, ProcessListScreen)
         table = screen.query_one(ProcessTable)
-        await pilot.press(*"periscope-scene list")
+        # The interpreter's name in the filter: the scene of the other minor may be running too.
+        await pilot.press(*f"python{minor_name(target_minor)} {SCENE_DIR / 'scene.py'} list")
         await wait_until(pilot, lambda: len(table.shown_pids) == 1, "the scene in the list")
         await pilot.press("down")
 
@@ -115,6 +118,15 @@ def test_repl_with_results(snap_compare, scene):
         await wait_until(pilot, lambda: len(repl.entries) == 3 and not repl.running(), "three results")
         await pilot.pause()
         await wait_until(pilot, lambda: repl.at_end, "the newest output in view")
+        # The input gets the focus back after each result; then its cursor is shown steadily
+        # (its blinking is presentation noise).
+        repl_input = screen.query_one("#repl-input")
+        await wait_until(pilot, lambda: repl_input.has_focus, "the focus back in the input")
+        repl_input.cursor_blink = False
+        # An edit redraws the input line, with the steady cursor, now: not at whichever repaint
+        # something else causes (on a loaded machine that decided whether the cursor showed).
+        await pilot.press("x", "backspace")
+        await pilot.pause()
 
     assert snap_compare(app_for(target.pid), terminal_size=SIZE, run_before=run_before)
 

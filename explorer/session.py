@@ -355,8 +355,10 @@ def _own_compiler(exe: os.stat_result | None, version_hex: int | None) -> Compil
     from explorer.versions import DEFAULT_MINOR, split_version
 
     minor = split_version(version_hex) if version_hex else DEFAULT_MINOR
+    # Everything find_target_python looks at is in the key: an answer for another cache or PATH is no answer.
     local = _local_python(
-        minor, os.environ.get("PERISCOPE_TARGET_PYTHON"), os.environ.get(env_var(minor)), os.environ.get("PATH")
+        minor,
+        tuple(os.environ.get(name) for name in ("PERISCOPE_TARGET_PYTHON", env_var(minor), "PATH", "XDG_CACHE_HOME", "HOME")),
     )
     if local is None:
         return None
@@ -376,8 +378,8 @@ def _own_compiler(exe: os.stat_result | None, version_hex: int | None) -> Compil
 
 
 @functools.lru_cache(maxsize=4)
-def _local_python(minor: tuple[int, int], _setting: str | None, _specific: str | None, _path: str | None) -> str | None:
-    """explorer.pythons.find_target_python for ``minor`` without provisioning, once per minor, setting and PATH."""
+def _local_python(minor: tuple[int, int], _environment: tuple[str | None, ...]) -> str | None:
+    """explorer.pythons.find_target_python for ``minor`` without provisioning, once per minor and environment."""
     from explorer.pythons import find_target_python
 
     try:

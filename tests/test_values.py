@@ -294,7 +294,11 @@ def test_a_target_mutating_its_containers_reads_correct_or_torn(spawn: Spawn, ta
     settled: set[str] = set()
     with RemoteProcess.open(target.pid) as process:
         stacks = StackReader(process)
-        for _ in range(150):
+        # n and counter change on every turn of the loop: read until each has once read true
+        # (at least 150 reads, at most 2,000: on a loaded machine a read rarely falls between turns).
+        for attempt in range(2000):
+            if attempt >= 150 and {"n", "k", "counter"} <= settled:
+                break
             main = next(stack for stack in stacks.read() if stack.is_main)
             for (address, code), frame in zip(main.frame_refs, main.frames):
                 if frame.function != "mutate":

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from explorer.errors import TargetNotReady
 from explorer.memory import MemoryFault
-from explorer.profile import FLAG_CPU, FLAG_GIL, MODES, Profile, ProfileFrame, Stack, ThreadMeta
+from explorer.profile import FLAG_CPU, FLAG_GIL, MODES, Profile, ProfileFrame, ThreadMeta
 from explorer.remote import InterpreterRef, RemoteProcess, ThreadRef
 from explorer.stacks import FrameInfo, StackReader
 

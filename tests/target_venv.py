@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 
 from explorer.pythons import cache_dir
 

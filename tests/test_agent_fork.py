@@ -4,7 +4,6 @@ session goes on and detaches without waiting for the child."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from explorer.errors import InjectionTimeout, PeriscopeError
+from explorer.errors import InjectionTimeout
 from explorer.session import AgentRefused, AttachState, attach
 from explorer.stacks import read_stacks
 from tests.agent_helpers import COUNTER, start_watched

@@ -3,9 +3,7 @@ errors a user can meet, a target that exits, and a target that already uses msgp
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -6,12 +6,17 @@ awaiters in an ELF section, ``.AsyncioDebug`` (13 uint64: the layout ``python -m
 reads), and links every live task into a list per thread (the thread that created it) and one
 per interpreter (tasks whose thread has exited). The reader
 
+* tells whether the target imported asyncio by looking for the key ``"asyncio"`` in its
+  ``sys.modules`` (explorer.values), since a built-in ``_asyncio`` (3.15) has its section there
+  from the start;
 * takes that table from explorer.asyncio_debug, which finds it (in the mapped ``_asyncio``
   extension, or in the interpreter's own binary when ``_asyncio`` is built in, as in 3.15) and
   validates it as untrusted input;
 * walks each list (bounded, loop-checked, each node's ``prev`` checked against the node before
   it, so that a task freed while it is read ends the walk as torn instead of leading into freed
-  memory), and decodes each task from one copy of its object;
+  memory), and decodes each task from one copy of its object, reading the object again after
+  following its pointers (a task that ended meanwhile is reported as torn, with nothing of what
+  was read through it);
 * follows each task's coroutine and the coroutines it awaits (``await`` targets of the same
   coroutine type, the way CPython's own tool does), innermost first, with file, line and the
   qualified function name;
@@ -48,6 +53,7 @@ from explorer.linetable import LineTable
 from explorer.memory import MemoryFault
 from explorer.remote import InterpreterRef, RemoteProcess, ThreadRef
 from explorer.stacks import FrameInfo
+from explorer.values import ValueReader
 
 
 MAX_TASKS = 1_000_000
@@ -271,9 +277,12 @@ class TaskReader:
         if self._table is not None:
             return self._table
         pid = self.process.pid
+        imported = self._asyncio_in_sys_modules()
+        if imported is False:
+            raise AsyncioUnavailable(f"process {pid} has not imported asyncio: it has no tasks", imported=False)
         address = find_asyncio_section(self.process)
         if address is None:
-            if asyncio_imported(pid):
+            if imported or asyncio_imported(pid):
                 raise AsyncioUnavailable(
                     f"process {pid} imported asyncio, but its _asyncio module has no {ASYNCIO_SECTION.decode()} "
                     "section (a build without it), so its tasks cannot be read from outside",
@@ -299,6 +308,20 @@ class TaskReader:
                   table.task_awaited_by_is_set, table.task_coro, table.task_node)
         self._facts = facts if facts is not None and facts.task_layout == layout else None
         return table
+
+    def _asyncio_in_sys_modules(self) -> bool | None:
+        """Whether ``"asyncio"`` is a key of the target's ``sys.modules`` (None: it kept changing while read).
+
+        The ``.AsyncioDebug`` section cannot tell: where ``_asyncio`` is built into the interpreter
+        (3.15) it is there before any import.
+        """
+        values = ValueReader(self.process)
+        for _ in range(LIST_ATTEMPTS):
+            imported = values.module_imported("asyncio")
+            if imported is not None:
+                return imported
+            self.memory.ensure_alive()
+        return None
 
     @property
     def facts(self) -> VersionFacts | None:
@@ -458,7 +481,29 @@ class TaskReader:
                     torn = True
         elif address in current:
             state = "running"
+        if not torn and not self._unchanged(address, raw):
+            # Ended (and perhaps reused) after the list was walked: what was read through its
+            # pointers may come from freed memory, so none of it is shown.
+            return TaskInfo(address, "?", thread, interpreter_id, None, None, (), (), None, True)
         return TaskInfo(address, name, thread, interpreter_id, state, cancels, tuple(frames), awaited_by, waiting_on, torn)
+
+    def _unchanged(self, address: int, raw: bytes) -> bool:
+        """The task at ``address`` still has the type, name, coroutine and awaiters of ``raw`` and is still linked.
+
+        A task clears those fields and leaves its list when it is freed, so a task that ended
+        while it was decoded fails this; one reused for a new task has a new name.
+        """
+        table = self._table
+        assert table is not None
+        try:
+            now = self.memory.read(address, table.task_size)
+        except MemoryFault:
+            return False
+        for field in (self._ob_type, table.task_name, table.task_coro, table.task_awaited_by):
+            if now[field : field + 8] != raw[field : field + 8]:
+                return False
+        next_node, prev_node = struct.unpack_from("<QQ", now, table.task_node)
+        return bool(next_node and prev_node)
 
     def _task_name(self, address: int) -> str:
         """``Task-N`` for a lazily numbered task, else its name; usually one read (names are short)."""

@@ -158,7 +158,11 @@ def _openable(pid: int, path: str, mappings: list[Mapping]) -> list[str]:
 
 
 def asyncio_imported(pid: int) -> bool:
-    """Whether the target has the ``_asyncio`` extension mapped (it imported asyncio)."""
+    """Whether the target has an ``_asyncio`` extension file mapped.
+
+    Only a fallback, for when the target's ``sys.modules`` cannot be read: where ``_asyncio`` is
+    built into the interpreter (3.15) no such file exists even after ``import asyncio``.
+    """
     try:
         return any(os.path.basename(mapping.path).startswith("_asyncio") for mapping in read_maps(pid))
     except PeriscopeError:

@@ -1387,8 +1387,9 @@ class Session:
     ) -> EvalHandle:
         """Start evaluating ``code`` in a module's globals (default ``__main__``), in a frame of a
         thread (``thread`` = native id as the target sees it, ``frame`` = 0 for the innermost), or
-        in a coroutine frame of an asyncio task (``task`` = its id). Where an event loop runs, a
-        top-level ``await`` runs in it."""
+        in a coroutine frame of an asyncio task (``task`` = its id). Where an event loop runs, code
+        that awaits, names asyncio or runs in a task's frame runs in the loop's thread, stoppable
+        by :meth:`EvalHandle.interrupt` and ``await_timeout`` (payloads/PROTOCOL.md)."""
         arguments: dict[str, Any] = {"code": code}
         if task is not None:
             arguments.update(task=task, frame=frame)

@@ -6,12 +6,17 @@ awaiters in an ELF section, ``.AsyncioDebug`` (13 uint64: the layout ``python -m
 reads), and links every live task into a list per thread (the thread that created it) and one
 per interpreter (tasks whose thread has exited). The reader
 
+* tells whether the target imported asyncio by looking for the key ``"asyncio"`` in its
+  ``sys.modules`` (explorer.values), since a built-in ``_asyncio`` (3.15) has its section there
+  from the start;
 * takes that table from explorer.asyncio_debug, which finds it (in the mapped ``_asyncio``
   extension, or in the interpreter's own binary when ``_asyncio`` is built in, as in 3.15) and
   validates it as untrusted input;
 * walks each list (bounded, loop-checked, each node's ``prev`` checked against the node before
   it, so that a task freed while it is read ends the walk as torn instead of leading into freed
-  memory), and decodes each task from one copy of its object;
+  memory), and decodes each task from one copy of its object, reading the object again after
+  following its pointers (a task that ended meanwhile is reported as torn, with nothing of what
+  was read through it);
 * follows each task's coroutine and the coroutines it awaits (``await`` targets of the same
   coroutine type, the way CPython's own tool does), innermost first, with file, line and the
   qualified function name;
@@ -21,7 +26,8 @@ per interpreter (tasks whose thread has exited). The reader
 
 A few facts the debug tables do not give (the future's state and cancel count, the generator
 frame states, where an awaited object sits on a suspended frame's stack) differ between CPython
-minors: they live in :data:`VERSION_FACTS`, the one table keyed by (major, minor) here.
+minors: the reader takes them from the target's layout in the version layer
+(:class:`explorer.versions.AsyncioFacts`) and compares no versions itself.
 
 Every pointer, length and count read from the target is bounded; a task or list that changes
 while it is read is reported (``torn``), never raised. The errors are
@@ -48,6 +54,8 @@ from explorer.linetable import LineTable
 from explorer.memory import MemoryFault
 from explorer.remote import InterpreterRef, RemoteProcess, ThreadRef
 from explorer.stacks import FrameInfo
+from explorer.versions import AsyncioFacts
+from explorer.values import ValueReader
 
 
 MAX_TASKS = 1_000_000
@@ -66,66 +74,13 @@ MAX_TYPE_NAME = 256
 MAX_CACHED_CODES = 100_000
 LIST_ATTEMPTS = 4
 """Reads of one task list in a row before its best copy is returned as torn."""
-TAG_MASK = 3  # _PyStackRef tag bits (GIL build)
-OWNER_GENERATOR = 1
 PY_TPFLAGS_LONG_SUBCLASS = 1 << 24
 PY_TPFLAGS_UNICODE_SUBCLASS = 1 << 28
-COMPACT_UNICODE_EXTRA = 16  # utf8_length and utf8 after PyASCIIObject for compact non-ASCII strings
 
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 _I32 = struct.Struct("<i")
 _U32 = struct.Struct("<I")
-
-
-# -- the one per-minor table --------------------------------------------------------------------
-
-
-class VersionFacts(namedtuple(
-    "VersionFacts",
-    "task_layout fut_state num_cancels fut_waiter exception frame_yield_from frame_executing frame_cleared await_slot",
-)):
-    """Layout facts that neither ``_Py_DebugOffsets`` nor ``.AsyncioDebug`` give, for one CPython minor."""
-
-    __slots__ = ()
-    task_layout: tuple[int, int, int, int, int, int, int]
-    """The task fields of ``.AsyncioDebug`` these facts were measured with (size, name, awaited_by,
-    is_task, awaited_by_is_set, coro, node): the task offsets below are used only when the
-    target's table says the same."""
-    fut_state: int
-    """int32 ``fut_state`` in the task: 0 pending, 1 cancelled, 2 finished."""
-    num_cancels: int
-    """int32 ``task_num_cancels_requested``."""
-    fut_waiter: int
-    """``task_fut_waiter``: the future the task waits on, or NULL."""
-    exception: int
-    """``fut_exception``: the exception of a finished task, or NULL."""
-    frame_yield_from: int
-    """``gi_frame_state`` of a coroutine suspended in an ``await``."""
-    frame_executing: int
-    """``gi_frame_state`` of a coroutine running now."""
-    frame_cleared: int
-    """``gi_frame_state`` of a coroutine that finished (its frame is gone)."""
-    await_slot: int
-    """Bytes below a suspended frame's ``stackpointer`` where the awaited object is."""
-
-
-# Measured on Debian's 3.14.10 and on 3.15.2 (in-process with ctypes against task.cancel(),
-# task._fut_waiter, task.exception(), cr_suspended, and out of process against
-# `python -m asyncio ps`). The task object layout is the same in both; the frame states were
-# renumbered in 3.15 and its suspended frames keep one more slot above the awaited object.
-VERSION_FACTS: dict[tuple[int, int], VersionFacts] = {
-    (3, 14): VersionFacts(
-        task_layout=(0xA8, 0x88, 0x60, 0x6C, 0x6D, 0x80, 0x98),
-        fut_state=0x68, num_cancels=0x70, fut_waiter=0x78, exception=0x30,
-        frame_yield_from=-1, frame_executing=0, frame_cleared=4, await_slot=8,
-    ),
-    (3, 15): VersionFacts(
-        task_layout=(0xA8, 0x88, 0x60, 0x6C, 0x6D, 0x80, 0x98),
-        fut_state=0x68, num_cancels=0x70, fut_waiter=0x78, exception=0x30,
-        frame_yield_from=2, frame_executing=4, frame_cleared=5, await_slot=16,
-    ),
-}
 
 
 # -- records --------------------------------------------------------------------------------------
@@ -228,10 +183,14 @@ class TaskReader:
         self.process = process
         self.memory = process.memory
         o = process.offsets
-        major, minor = (o.version_hex >> 24) & 0xFF, (o.version_hex >> 16) & 0xFF
-        self.version = (major, minor)
+        layout = o.layout
+        self._known = layout.asyncio
+        self._untag = ~layout.stackref_tag_mask
+        """Mask that clears a ``_PyStackRef``'s tag bits (harmless on a plain object pointer)."""
+        self._owner_generator = layout.owner_generator
+        self._compact_extra = layout.compact_unicode_extra
         self._table: AsyncioOffsets | None = None
-        self._facts: VersionFacts | None = None
+        self._facts: AsyncioFacts | None = None
         self._ob_type = o.pyobject.ob_type
         self._ob_size = o.pyobject.size
         self._tp_name = o.type_object.tp_name
@@ -271,9 +230,12 @@ class TaskReader:
         if self._table is not None:
             return self._table
         pid = self.process.pid
+        imported = self._asyncio_in_sys_modules()
+        if imported is False:
+            raise AsyncioUnavailable(f"process {pid} has not imported asyncio: it has no tasks", imported=False)
         address = find_asyncio_section(self.process)
         if address is None:
-            if asyncio_imported(pid):
+            if imported or asyncio_imported(pid):
                 raise AsyncioUnavailable(
                     f"process {pid} imported asyncio, but its _asyncio module has no {ASYNCIO_SECTION.decode()} "
                     "section (a build without it), so its tasks cannot be read from outside",
@@ -294,14 +256,28 @@ class TaskReader:
                 imported=True,
             )
         self._table = table
-        facts = VERSION_FACTS.get(self.version)
+        facts = self._known
         layout = (table.task_size, table.task_name, table.task_awaited_by, table.task_is_task,
                   table.task_awaited_by_is_set, table.task_coro, table.task_node)
-        self._facts = facts if facts is not None and facts.task_layout == layout else None
+        self._facts = facts if facts.task_layout == layout else None
         return table
 
+    def _asyncio_in_sys_modules(self) -> bool | None:
+        """Whether ``"asyncio"`` is a key of the target's ``sys.modules`` (None: it kept changing while read).
+
+        The ``.AsyncioDebug`` section cannot tell: where ``_asyncio`` is built into the interpreter
+        (3.15) it is there before any import.
+        """
+        values = ValueReader(self.process)
+        for _ in range(LIST_ATTEMPTS):
+            imported = values.module_imported("asyncio")
+            if imported is not None:
+                return imported
+            self.memory.ensure_alive()
+        return None
+
     @property
-    def facts(self) -> VersionFacts | None:
+    def facts(self) -> AsyncioFacts | None:
         """The per-minor facts in use (None: states are not shown), once the table was read."""
         return self._facts
 
@@ -412,11 +388,11 @@ class TaskReader:
         torn = False
         name = "?"
         try:
-            name = self._task_name(_U64.unpack_from(raw, table.task_name)[0] & ~TAG_MASK)
+            name = self._task_name(_U64.unpack_from(raw, table.task_name)[0] & self._untag)
         except (MemoryFault, _Torn, UnicodeDecodeError):
             torn = True
         frames: list[FrameInfo] = []
-        coro = _U64.unpack_from(raw, table.task_coro)[0] & ~TAG_MASK
+        coro = _U64.unpack_from(raw, table.task_coro)[0] & self._untag
         if coro:
             try:
                 self._coro_chain(coro, frames)
@@ -424,7 +400,7 @@ class TaskReader:
                 torn = True
         frames.reverse()
         awaited_by: tuple[int, ...] = ()
-        pointer = _U64.unpack_from(raw, table.task_awaited_by)[0] & ~TAG_MASK
+        pointer = _U64.unpack_from(raw, table.task_awaited_by)[0] & self._untag
         if pointer:
             if raw[table.task_awaited_by_is_set]:
                 try:
@@ -458,7 +434,29 @@ class TaskReader:
                     torn = True
         elif address in current:
             state = "running"
+        if not torn and not self._unchanged(address, raw):
+            # Ended (and perhaps reused) after the list was walked: what was read through its
+            # pointers may come from freed memory, so none of it is shown.
+            return TaskInfo(address, "?", thread, interpreter_id, None, None, (), (), None, True)
         return TaskInfo(address, name, thread, interpreter_id, state, cancels, tuple(frames), awaited_by, waiting_on, torn)
+
+    def _unchanged(self, address: int, raw: bytes) -> bool:
+        """The task at ``address`` still has the type, name, coroutine and awaiters of ``raw`` and is still linked.
+
+        A task clears those fields and leaves its list when it is freed, so a task that ended
+        while it was decoded fails this; one reused for a new task has a new name.
+        """
+        table = self._table
+        assert table is not None
+        try:
+            now = self.memory.read(address, table.task_size)
+        except MemoryFault:
+            return False
+        for field in (self._ob_type, table.task_name, table.task_coro, table.task_awaited_by):
+            if now[field : field + 8] != raw[field : field + 8]:
+                return False
+        next_node, prev_node = struct.unpack_from("<QQ", now, table.task_node)
+        return bool(next_node and prev_node)
 
     def _task_name(self, address: int) -> str:
         """``Task-N`` for a lazily numbered task, else its name; usually one read (names are short)."""
@@ -505,7 +503,7 @@ class TaskReader:
             if facts is not None and state == facts.frame_cleared:
                 return
             frame = self._gi_iframe
-            executable = _U64.unpack_from(raw, frame + self._fr_executable)[0] & ~TAG_MASK
+            executable = _U64.unpack_from(raw, frame + self._fr_executable)[0] & self._untag
             if not executable:
                 return
             code = self._code(executable)
@@ -514,12 +512,12 @@ class TaskReader:
             frames.append(FrameInfo(code.filename, code.qualname, line))
             if facts is None or state != facts.frame_yield_from:
                 return
-            if raw[frame + self._fr_owner] != OWNER_GENERATOR:
+            if raw[frame + self._fr_owner] != self._owner_generator:
                 raise _Torn("a suspended coroutine that does not own its frame")
-            stackpointer = _U64.unpack_from(raw, frame + self._fr_stackpointer)[0] & ~TAG_MASK
+            stackpointer = _U64.unpack_from(raw, frame + self._fr_stackpointer)[0] & self._untag
             if not stackpointer:
                 return
-            coro = self.memory.read_u64(stackpointer - facts.await_slot) & ~TAG_MASK
+            coro = self.memory.read_u64(stackpointer - facts.await_slot) & self._untag
 
     def _set_members(self, address: int) -> tuple[int, ...]:
         size, used_at, table_at, mask_at = self._set
@@ -535,7 +533,7 @@ class TaskReader:
         for index in range(slots):
             key, key_hash = struct.unpack_from("<Qq", data, 16 * index)
             if key and key_hash != -1:  # -1: the dummy left where a member was discarded
-                members.append(key & ~TAG_MASK)
+                members.append(key & self._untag)
         return tuple(members)
 
     # -- objects --------------------------------------------------------------------------------
@@ -586,7 +584,7 @@ class TaskReader:
         count = min(length, limit)
         if ascii_only:
             return self.memory.read(address + header, count).decode("ascii")
-        data = self.memory.read(address + header + COMPACT_UNICODE_EXTRA, count * kind)
+        data = self.memory.read(address + header + self._compact_extra, count * kind)
         return data.decode({1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind], "surrogatepass")
 
     def _code(self, address: int) -> _Code:
@@ -638,6 +636,5 @@ __all__ = [
     "TaskInfo",
     "TaskReader",
     "TaskSnapshot",
-    "VERSION_FACTS",
     "read_tasks",
 ]

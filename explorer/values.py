@@ -463,6 +463,22 @@ class ValueReader:
         except _READ_ERRORS:
             return None
 
+    def module_imported(self, name: str) -> bool | None:
+        """Whether ``name`` is a key of the main interpreter's ``sys.modules``; None when it cannot be read now.
+
+        One bounded walk of the dict (its keys compared as text, never trusted as anything else).
+        """
+        try:
+            interp = self.process.main_interpreter()
+            modules = self.memory.read_u64(interp.address + self.process.offsets.interpreter_state.imports_modules)
+            if not modules:
+                return False  # the import system is not set up yet
+            if self._type(modules).kind != "dict":
+                return None
+            return any(self._key_name(key) == name for key, _ in self._dict_pairs(modules, MAX_ENTRIES, _Pass()))
+        except _READ_ERRORS:
+            return None
+
     def dict_lookup(self, dict_address: int, key: str) -> int | None:
         """The value stored under the str ``key`` in a dict of the target (read once), or None."""
         for key_address, value in self._dict_pairs(dict_address, MAX_ENTRIES, _Pass()):

@@ -104,12 +104,53 @@ DEBUG_OFFSETS_3_15: TableLayout = (
 )
 
 
+class AsyncioFacts(namedtuple(
+    "AsyncioFacts",
+    "task_layout fut_state num_cancels fut_waiter exception frame_yield_from frame_executing frame_cleared await_slot",
+)):
+    """Task and coroutine layout facts that neither ``_Py_DebugOffsets`` nor ``.AsyncioDebug`` give (explorer.tasks)."""
+
+    __slots__ = ()
+    task_layout: tuple[int, int, int, int, int, int, int]
+    """The task fields of ``.AsyncioDebug`` these facts were measured with (size, name, awaited_by,
+    is_task, awaited_by_is_set, coro, node): the task offsets below are used only when the
+    target's table says the same."""
+    fut_state: int
+    """int32 ``fut_state`` in the task: 0 pending, 1 cancelled, 2 finished."""
+    num_cancels: int
+    """int32 ``task_num_cancels_requested``."""
+    fut_waiter: int
+    """``task_fut_waiter``: the future the task waits on, or NULL."""
+    exception: int
+    """``fut_exception``: the exception of a finished task, or NULL."""
+    frame_yield_from: int
+    """``gi_frame_state`` of a coroutine suspended in an ``await``."""
+    frame_executing: int
+    """``gi_frame_state`` of a coroutine running now."""
+    frame_cleared: int
+    """``gi_frame_state`` of a coroutine that finished (its frame is gone)."""
+    await_slot: int
+    """Bytes below a suspended frame's ``stackpointer`` where the awaited object is."""
+
+
+# Measured on Debian's 3.14.10 and on 3.15.2 (in-process with ctypes against task.cancel(),
+# task._fut_waiter, task.exception(), cr_suspended, and out of process against
+# `python -m asyncio ps`). The task object layout is the same in both; the frame states were
+# renumbered in 3.15 and its suspended frames keep one more slot above the awaited object.
+ASYNCIO_3_14 = AsyncioFacts(
+    task_layout=(0xA8, 0x88, 0x60, 0x6C, 0x6D, 0x80, 0x98),
+    fut_state=0x68, num_cancels=0x70, fut_waiter=0x78, exception=0x30,
+    frame_yield_from=-1, frame_executing=0, frame_cleared=4, await_slot=8,
+)
+ASYNCIO_3_15 = ASYNCIO_3_14._replace(frame_yield_from=2, frame_executing=4, frame_cleared=5, await_slot=16)
+
+
 class Layout(
     namedtuple(
         "Layout",
         "minor debug_offsets owner_generator owner_interpreter owner_max resume_opcodes magic "
         "compact_unicode_extra outside_sizes stackref_tag_mask stackref_pointer_tags root_frame_offset "
-        "data_stack_chunk_size status_active",
+        "data_stack_chunk_size status_active asyncio",
     )
 ):
     """What periscope must know about one CPython minor beyond what its debug-offsets table says."""
@@ -144,6 +185,8 @@ class Layout(
     """``DATA_STACK_CHUNK_SIZE``: the smallest data-stack chunk CPython allocates."""
     status_active: int
     """The ``_status.active`` bit of a thread state: attached to its interpreter."""
+    asyncio: AsyncioFacts
+    """What the asyncio task reader needs beyond the target's ``.AsyncioDebug`` table."""
 
     @property
     def name(self) -> str:
@@ -172,6 +215,7 @@ LAYOUTS: dict[tuple[int, int, bool], Layout] = {
         root_frame_offset=3 * 8 + 8,
         data_stack_chunk_size=16 * 1024,
         status_active=1 << 4,
+        asyncio=ASYNCIO_3_14,
     ),
     (3, 15, False): Layout(
         minor=(3, 15),
@@ -191,6 +235,7 @@ LAYOUTS: dict[tuple[int, int, bool], Layout] = {
         root_frame_offset=3 * 8 + 8,
         data_stack_chunk_size=16 * 1024,
         status_active=1 << 4,
+        asyncio=ASYNCIO_3_15,
     ),
 }
 """Layouts periscope knows, keyed by (major, minor, free_threaded)."""

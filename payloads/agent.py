@@ -556,7 +556,7 @@ DEFAULT_LIMITS = {
     "module_cpu": 0.005,  # CPU seconds per frame of the agent's own work on watched modules' variables
     "refs": 50000,  # objects held for lazy expansion
     "eval_output": 1 << 20,  # characters of print output kept per eval
-    "await_timeout": 30.0,  # seconds an eval's top-level await may run in the target's loop
+    "await_timeout": 30.0,  # seconds eval code may run in the target's loop thread before it is stopped
 }
 
 _ELLIPSIS = "\u2026"
@@ -606,6 +606,49 @@ _probe.close()
 del _probe
 _CO_COROUTINE = 0x80
 _PyCF_ALLOW_TOP_LEVEL_AWAIT = 0x2000
+
+
+_LOOP_NAMES = frozenset({"asyncio", "all_tasks", "current_task", "get_running_loop", "get_event_loop", "_get_running_loop"})
+"""Names that make an eval's code run in the target's event loop thread (see Agent._evaluate)."""
+_STOP_GRACE = 1.0
+"""Seconds an eval waits for its code in the loop thread to stop once asked to."""
+
+
+def _code_tree(code):
+    """``{id(code): code}`` of ``code`` and of every code object nested in its constants."""
+    found = {}
+    pending = [code]
+    while pending:
+        item = pending.pop()
+        if type(item) is not _code_type or id(item) in found:
+            continue
+        found[id(item)] = item
+        pending.extend(c for c in item.co_consts if type(c) is _code_type)
+    return found
+
+
+class LoopRun:
+    """One piece of an eval's code run in the target's event loop thread, and how to stop it."""
+
+    def __init__(self, codes):
+        self.codes = codes  # {id(code): code}: the code run and the code nested in it
+        self.lock = _thread.allocate_lock()
+        self.done = _thread.allocate_lock()
+        self.done.acquire()  # released when the code has returned or raised
+        self.state = "queued"  # -> "running" -> "finished", or "dropped" before it ran
+        self.ident = None  # the loop's thread, once the code runs
+        self.frame = None  # the agent's frame that called the code, while it runs
+        self.outcome = None  # (True, value) or (False, exception)
+        self.stopping = False
+
+    def inside(self, frame):
+        """Whether ``frame`` runs on behalf of this run (the agent's frame that called it is below)."""
+        root = self.frame
+        while frame is not None:
+            if frame is root:
+                return True
+            frame = frame.f_back
+        return False
 
 
 class Abandoned(BaseException):
@@ -1171,6 +1214,9 @@ class EvalRecord:
         self.outcome = None  # ("ok", mode, value) | ("raised", mode, exc, traceback_text)
         self.capture = None
         self.loop = None  # the event loop a top-level await runs in (None: no running loop)
+        self.task_scope = False  # the scope is a frame of one of the loop's tasks
+        self.in_loop = False  # the code runs in the loop's thread (see Agent._evaluate)
+        self.codes = {}  # {id(code): code} of the input's code objects: what a stop watches
 
 
 def _module_repr(module):
@@ -1242,6 +1288,7 @@ class Agent:
         self.stops = {}  # abandoned worker's ident -> the frame of the target's code it is to leave
         self.monitored = {}  # id(code) -> code with sys.monitoring JUMP events on (see _on_jump)
         self.monitor_tool = None
+        self.loop_stops = {}  # id(code) -> LoopRun: eval code in a loop thread that is to stop (see _on_jump)
         self.service_idents = set()
         self.zombies = []
         self.worker = None
@@ -2049,7 +2096,7 @@ class Agent:
             alive = {z.ident for z in self.zombies}
             for ident in [i for i in self.stops if i not in alive]:
                 del self.stops[ident]
-            if not self.stops:
+            if not self.stops and not self.loop_stops:
                 self._end_monitoring()
 
     # A worker abandoned in the target's code is stopped without an asynchronous exception:
@@ -2059,15 +2106,11 @@ class Agent:
     # next line once a slow callee returns. A GC callback or finaliser that runs in the worker
     # meanwhile is another frame: it is never interrupted.
 
-    def _stop_at_own_bytecode(self, worker):
+    def _monitoring_tool(self, where):
+        """The sys.monitoring tool id the agent's stops use (taken on first use), or None."""
         monitoring = getattr(sys, "monitoring", None)
-        frame = sys._current_frames().get(worker.ident)
-        root = None
-        while frame is not None and id(frame.f_code) not in self.own_codes:
-            root, frame = frame, frame.f_back
-        frame = None
-        if monitoring is None or root is None:
-            return  # in C (a sleep, a lock): the worker exits when that call returns
+        if monitoring is None:
+            return None
         if self.monitor_tool is None:
             for tool in (4, 3):
                 if monitoring.get_tool(tool) is None:
@@ -2080,8 +2123,20 @@ class Agent:
                     monitoring.register_callback(tool, monitoring.events.LINE, self._on_jump)
                     break
             else:
-                self.note_error("stopping a hung call", RuntimeError("no free sys.monitoring tool id"))
-                return
+                self.note_error(where, RuntimeError("no free sys.monitoring tool id"))
+        return self.monitor_tool
+
+    def _stop_at_own_bytecode(self, worker):
+        frame = sys._current_frames().get(worker.ident)
+        root = None
+        while frame is not None and id(frame.f_code) not in self.own_codes:
+            root, frame = frame, frame.f_back
+        frame = None
+        if root is None:
+            return  # in C (a sleep, a lock): the worker exits when that call returns
+        if self._monitoring_tool("stopping a hung call") is None:
+            return
+        monitoring = sys.monitoring
         code = root.f_code
         self.stops[worker.ident] = root
         if id(code) not in self.monitored:
@@ -2093,10 +2148,14 @@ class Agent:
         root = self.stops.get(_thread.get_ident())
         if root is not None and sys._getframe(1) is root:
             raise Abandoned()
+        run = self.loop_stops.get(id(code))
+        if run is not None and run.stopping and run.ident == _thread.get_ident() and run.inside(sys._getframe(1)):
+            raise KeyboardInterrupt  # caught by the agent's frame below (_call_in_loop_thread, _guarded)
 
     def _end_monitoring(self):
         """Give back the sys.monitoring tool id and switch its events off (after the stops, or on detach)."""
         self.stops = {}
+        self.loop_stops = {}
         tool, self.monitor_tool = self.monitor_tool, None
         codes, self.monitored = self.monitored, {}
         if tool is None:
@@ -2153,6 +2212,7 @@ class Agent:
             locals_ = None
         record = EvalRecord(request_id, code, globals_, locals_, repr_chars)
         record.loop = loop if loop is not None else self._loop_for(thread)
+        record.task_scope = loop is not None
         record.capture = Capture(request_id, self.limits["eval_output"])
         self._install_routers()
         self.evals[request_id] = record
@@ -2215,6 +2275,7 @@ class Agent:
         self.captures.pop(_thread.get_ident(), None)
         record.outcome = outcome
         record.globals = record.locals = None
+        record.codes = {}
         with self.outbox_lock:
             self.outbox.append(record)
 
@@ -2228,6 +2289,15 @@ class Agent:
             except SyntaxError:
                 mode = "exec"
                 code, last = self._compile_statements(record.code, flags)
+            if record.loop is not None:
+                # Decided for the whole input: its final expression runs where its statements did,
+                # and a stop watches the functions the statements define.
+                record.codes = _code_tree(code)
+                if mode == "exec" and last is not None:
+                    record.codes.update(_code_tree(last))
+                record.in_loop = record.task_scope or any(
+                    not _LOOP_NAMES.isdisjoint(item.co_names) for item in record.codes.values()
+                )
             if mode == "eval":
                 value = self._evaluate(code, record)
             elif code.co_flags & _CO_COROUTINE and last is not None:
@@ -2240,21 +2310,25 @@ class Agent:
             return ("raised", mode, error, self._format_exception(error))
 
     def _evaluate(self, code, record):
-        """Run one compiled piece of an eval: code that awaits as a task of the target's loop (where
-        asyncio.all_tasks(), current_task() and get_running_loop() work as in that loop's thread),
-        the rest here, in the eval's own thread, where a loop that hangs cannot hold up the target's.
+        """Run one compiled piece of an eval, where it would run in the target.
+
+        With an event loop running in the target, code that awaits, names asyncio's loop
+        functions (``asyncio``, ``all_tasks``, ``current_task``, ``get_running_loop``, ...) or runs
+        in a task's frame runs in that loop's thread (see :meth:`_run_in_loop`), where
+        asyncio.all_tasks(), current_task() and get_running_loop() work as there. The rest runs
+        here, in the eval's own thread, where a loop that hangs cannot hold up the target's.
 
         (Making this thread's running loop the target's would not do: asyncio.all_tasks() then
         lists this thread's tasks only, none.)"""
-        if code.co_flags & _CO_COROUTINE:
-            return self._await_in_loop(eval(code, record.globals, record.locals), record)
+        if record.loop is not None and (record.in_loop or code.co_flags & _CO_COROUTINE):
+            return self._run_in_loop(code, {**record.codes, **_code_tree(code)}, record)
         try:
             return eval(code, record.globals, record.locals)
         except RuntimeError as error:
             if record.loop is not None and str(error) == "no running event loop":
                 raise RuntimeError(
-                    "no running event loop in periscope's eval thread: code that awaits runs in the target's "
-                    "loop, so write it with await (await asyncio.sleep(0); asyncio.all_tasks())"
+                    "no running event loop in periscope's eval thread: code runs in the target's loop when it "
+                    "awaits or names asyncio (asyncio.get_running_loop() ...)"
                 ) from None
             raise
 
@@ -2278,26 +2352,141 @@ class Agent:
             pass  # a frame's locals that refuse deletion: the name stays, harmless
         return value
 
-    def _await_in_loop(self, coroutine, record):
-        """Run ``coroutine`` as a task in the target's loop and wait for it; cancel it on
-        interrupt (Ctrl+C in periscope) or after the await_timeout limit."""
-        future = sys.modules["asyncio.tasks"].run_coroutine_threadsafe(coroutine, record.loop)
-        deadline = time.monotonic() + self.limits["await_timeout"]
+    def _run_in_loop(self, code, codes, record):
+        """Run ``code`` in the thread of the target's loop and wait for it.
+
+        Code that awaits runs as a task of the loop (``run_coroutine_threadsafe``), the rest as
+        one callback (``call_soon_threadsafe``: asyncio.current_task() is None there, as in any
+        callback). Either way the agent's frame that calls it catches everything it raises, so
+        nothing reaches the loop. On interrupt (Ctrl+C in periscope) or past ``await_timeout``
+        the task is cancelled and the code is stopped at its own next line or jump (a loop
+        that never awaits included): see :meth:`_stop_run`."""
+        run = LoopRun(codes)
+        globals_, locals_ = record.globals, record.locals
+        future = None
+        if code.co_flags & _CO_COROUTINE:
+            coroutine = eval(code, globals_, locals_)
+            future = sys.modules["asyncio.tasks"].run_coroutine_threadsafe(self._guarded(coroutine, run), record.loop)
+        else:
+            record.loop.call_soon_threadsafe(self._call_in_loop_thread, code, globals_, locals_, run)
+        limit = self.limits["await_timeout"]
+        deadline = time.monotonic() + limit
         try:
-            while True:
-                try:
-                    return future.result(timeout=0.05)  # short waits: an interrupt lands between them
-                except TimeoutError:
-                    if future.done():
-                        raise
-                    if time.monotonic() > deadline:
+            # Short waits: an interrupt sent to this thread lands between them.
+            while not run.done.acquire(timeout=0.05):
+                if future is not None and future.done():
+                    break  # cancelled before its first step
+                if time.monotonic() > deadline:
+                    ended = self._stop_run(run, future)
+                    if ended == "dropped":
                         raise TimeoutError(
-                            "the awaited code did not finish within %gs (is the event loop blocked?): cancelled"
-                            % self.limits["await_timeout"]
-                        ) from None
+                            "the target's event loop did not get to the code within %gs (is the loop blocked?): "
+                            "dropped" % limit
+                        )
+                    raise TimeoutError(
+                        "the code did not finish within %gs in the target's event loop: %s"
+                        % (limit, ended or "asked to stop; it is inside a call that has not returned")
+                    )
+        except KeyboardInterrupt:
+            if self._stop_run(run, future) is None:
+                raise KeyboardInterrupt(
+                    "asked to stop; it still runs in the target's event loop, inside a call that has not returned"
+                ) from None
+            raise
+        if run.outcome is None:
+            return future.result(timeout=0)  # raises why the task ended without running the code
+        ok, value = run.outcome
+        run.outcome = None
+        if ok:
+            return value
+        raise value
+
+    def _call_in_loop_thread(self, code, globals_, locals_, run):
+        """The loop callback of :meth:`_run_in_loop`: runs the code unless the eval gave up on it."""
+        if not self._begin_run(run):
+            return
+        try:
+            run.outcome = (True, eval(code, globals_, locals_))
+        except BaseException as error:
+            run.outcome = (False, error)
         finally:
-            if not future.done():
-                future.cancel()
+            self._end_run(run)
+
+    async def _guarded(self, coroutine, run):
+        """The task of :meth:`_run_in_loop` for code that awaits: only a cancel ends it by raising."""
+        if not self._begin_run(run):
+            coroutine.close()
+            return None
+        try:
+            run.outcome = (True, await coroutine)
+        except sys.modules["asyncio"].CancelledError:
+            raise
+        except BaseException as error:
+            run.outcome = (False, error)
+        finally:
+            self._end_run(run)
+
+    def _begin_run(self, run):
+        with run.lock:
+            if run.state != "queued":
+                return False
+            run.state = "running"
+            run.ident = _thread.get_ident()
+            run.frame = sys._getframe(1)
+            return True
+
+    def _end_run(self, run):
+        with run.lock:
+            run.state = "finished"
+            run.frame = None
+            if run.stopping:
+                self._disarm(run)
+        run.done.release()
+
+    def _stop_run(self, run, future):
+        """Stop the eval's code in the loop thread: "stopped", "dropped" (it never started), or None
+        when it still runs.
+
+        A queued callback is dropped, a task cancelled. Code that runs is stopped without an
+        asynchronous exception, as an abandoned worker is (see _stop_at_own_bytecode): JUMP and
+        LINE events on the eval's own code objects, whose callback raises KeyboardInterrupt only
+        in the loop thread and only in frames called by this run, where the agent's frame below
+        catches it. Code inside a call that does not return (a sleep in C) stops when it returns."""
+        if future is not None:
+            future.cancel()
+        with run.lock:
+            if run.state == "queued":
+                run.state = "dropped"
+                return "dropped"
+            if run.state != "running":
+                return "stopped"
+            run.stopping = True
+            tool = self._monitoring_tool("stopping eval code in the event loop")
+            if tool is not None:
+                events = sys.monitoring.events.JUMP | sys.monitoring.events.LINE
+                for key, code in run.codes.items():
+                    self.loop_stops[key] = run
+                    self.monitored[key] = code
+                    sys.monitoring.set_local_events(tool, code, events)
+        if run.done.acquire(timeout=_STOP_GRACE):
+            run.done.release()
+            return "stopped"
+        return None
+
+    def _disarm(self, run):
+        """Switch the stop of a finished run off (and give the tool id back when nothing else needs it)."""
+        tool = self.monitor_tool
+        for key, code in run.codes.items():
+            if self.loop_stops.get(key) is run:
+                del self.loop_stops[key]
+                self.monitored.pop(key, None)
+                if tool is not None:
+                    try:
+                        sys.monitoring.set_local_events(tool, code, 0)
+                    except ValueError as error:
+                        self.note_error("sys.monitoring", error)
+        if tool is not None and not self.stops and not self.loop_stops:
+            self._end_monitoring()
 
     def _loop_for(self, native_id):
         """The event loop running in thread ``native_id`` (or, for None, in the main thread or any)."""

@@ -28,6 +28,9 @@ async def ticker():
     while True:  # wakes the idle loop now and then, as servers' timers do
         await asyncio.sleep(0.02)
 
+def running_loop():  # asyncio reached through the target's own code
+    return asyncio.get_running_loop()
+
 async def answer(x):
     await asyncio.sleep(0.01)
     return x * 2
@@ -96,10 +99,13 @@ async def test_top_level_await_runs_in_the_target_s_loop(spawn, target_python):
     tasks = int(target.wait_for_line("ready").split()[1])
     session = await attach(target.pid, rate=0)
     try:
-        # Code that awaits runs in the target's loop, where asyncio.all_tasks() works; without an
-        # await it runs in periscope's thread, and the error says how to write it.
+        # Code that names asyncio runs in the target's loop thread, as a callback: no task of its own.
         result = await session.eval("len(asyncio.all_tasks())")
-        assert not result.ok and "write it with await (await asyncio.sleep(0); asyncio.all_tasks())" in result.traceback
+        assert result.ok and result.value.repr == str(tasks), result
+        # Code that neither awaits nor names asyncio runs in periscope's thread, and an asyncio
+        # call deep inside says where code has to be to reach the loop.
+        result = await session.eval("running_loop()")
+        assert not result.ok and "code runs in the target's loop when it awaits or names asyncio" in result.traceback
         # With await, the code runs as a task of the target's loop.
         result = await session.eval("await answer(21)")
         assert result.ok and result.value.repr == "42"
@@ -164,5 +170,96 @@ async def test_done_tasks_still_referenced_show_their_result_exception_or_cancel
         assert "finished" in module.get("finished").repr and "result=42" in module.get("finished").repr
         assert "exception=ValueError('bad value')" in module.get("failed").repr
         assert "cancelled" in module.get("cancelled").repr
+    finally:
+        await session.detach()
+
+
+BUSY = '''
+import asyncio
+
+ticks = 0
+
+async def ticker():
+    global ticks
+    while True:
+        ticks += 1
+        await asyncio.sleep(0.01)
+
+async def idle():
+    await asyncio.sleep(3600)
+
+async def main():
+    asyncio.create_task(ticker(), name="ticker")
+    asyncio.create_task(idle(), name="idle")
+    await asyncio.sleep(0.05)
+    print("ready", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+'''
+
+
+async def ticking(session) -> None:
+    """Wait until the target's loop has ticked again (``ticks`` read from periscope's own thread)."""
+    first = (await session.eval("ticks")).value.repr
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        result = await session.eval("ticks")
+        assert result.ok, result
+        if result.value.repr != first:
+            return
+    raise AssertionError("the target's event loop stopped ticking")
+
+
+async def test_asyncio_calls_without_await_run_in_the_loop_thread(spawn, target_python):
+    target = spawn(BUSY, python=target_python)
+    target.wait_for_line("ready")
+    session = await attach(target.pid, rate=0)
+    try:
+        result = await session.eval("sorted(task.get_name() for task in asyncio.all_tasks())")
+        assert result.ok and result.value.repr == repr(sorted(task_ids(target.pid))) == "['Task-1', 'idle', 'ticker']"
+        result = await session.eval(
+            "loop = asyncio.get_running_loop()\n"
+            "loop is asyncio.get_event_loop(), asyncio.current_task(), loop.is_running()"
+        )
+        assert result.ok and result.value.repr == "(True, None, True)", result
+        # An exception of the code comes back as the eval's own; the loop goes on.
+        result = await session.eval("asyncio.get_running_loop()\n1 / 0")
+        assert not result.ok and result.exception == "ZeroDivisionError"
+        await ticking(session)
+    finally:
+        await session.detach()
+
+
+async def test_a_busy_loop_in_the_loop_thread_is_stopped_by_interrupt_and_by_the_timeout(spawn, target_python):
+    """Code that never awaits holds the target's loop: Ctrl+C and await_timeout stop it at its own bytecode."""
+    target = spawn(BUSY, python=target_python)
+    target.wait_for_line("ready")
+    session = await attach(target.pid, rate=0)
+    try:
+        spins = [
+            "asyncio.get_running_loop()\nwhile True:\n    pass",
+            # In a function of its own, called from the eval's code.
+            "def spin():\n    n = 0\n    while True:\n        n += 1\nasyncio.all_tasks()\nspin()",
+            # After an await: cancelling the task alone would not end it.
+            "await asyncio.sleep(0)\nwhile True:\n    pass",
+        ]
+        for code in spins:
+            handle = session.start_eval(code)
+            await asyncio.sleep(0.3)
+            assert await handle.interrupt()
+            outcome = await handle.result()
+            assert outcome.status == "interrupted", (code, outcome)
+            await ticking(session)
+        await session.configure(await_timeout=0.5)
+        for code in spins:
+            result = await session.eval(code)
+            assert not result.ok and result.exception == "TimeoutError", (code, result)
+            assert "did not finish within 0.5s in the target's event loop" in result.traceback
+            assert result.traceback.rstrip().endswith("stopped"), result.traceback
+            await ticking(session)
+        # The stops are gone: code in the loop thread runs to its end again.
+        result = await session.eval("n = 0\nfor _ in range(100000):\n    n += 1\nasyncio.get_running_loop() and n")
+        assert result.ok and result.value.repr == "100000", result
     finally:
         await session.detach()

@@ -179,6 +179,25 @@ def test_a_target_without_asyncio_has_no_tasks_and_says_why(spawn, target_python
     assert document["asyncio"] is False and document["tasks"] == [] and "not imported asyncio" in document["reason"]
 
 
+def test_imported_asyncio_is_told_by_sys_modules_not_by_a_look_alike_name(spawn, target_python):
+    """On 3.15 ``_asyncio`` is in the binary itself: only ``sys.modules`` says whether asyncio was imported."""
+    look_alike = spawn(
+        "import sys, time\nsys.modules['asyncio_helpers'] = type(sys)('asyncio_helpers')\n"
+        "print('ready', flush=True)\ntime.sleep(3600)\n",
+        python=target_python,
+    )
+    importer = spawn("import asyncio, time\nprint('ready', flush=True)\ntime.sleep(3600)\n", python=target_python)
+    look_alike.wait_for_line("ready")
+    importer.wait_for_line("ready")
+    document = json.loads(periscope("tasks", str(look_alike.pid), "--json").stdout)
+    assert document["asyncio"] is False and "not imported asyncio" in document["reason"]
+    result = periscope("tasks", str(importer.pid), "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["asyncio"] is True and document["tasks"] == []
+    assert all(not thread["running_loop"] for thread in document["threads"])
+
+
 def test_names_are_shown_escaped_and_kept_exact_in_json(spawn, target_python):
     source = """
 import asyncio

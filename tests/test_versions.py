@@ -117,3 +117,69 @@ def test_common_facts_are_shared_or_refused() -> None:
     assert versions.common("root_frame_offset") == 32
     with pytest.raises(LookupError, match="magic"):
         versions.common("magic")
+
+
+ASYNCIO_FACTS = """
+import asyncio, ctypes, json, sys
+gi_frame_state, fut_state, num_cancels, fut_waiter, exception = map(int, sys.argv[1:6])
+
+def i32(obj, at):
+    return ctypes.c_int32.from_address(id(obj) + at).value
+
+def ptr(obj, at):
+    return ctypes.c_void_p.from_address(id(obj) + at).value or 0
+
+def frame_state(coro):
+    return ctypes.c_int8.from_address(id(coro) + gi_frame_state).value
+
+seen = {}
+
+async def parked(future):
+    await future
+
+async def runs():
+    seen["executing"] = frame_state(me)
+
+async def fails():
+    raise ValueError
+
+async def main():
+    global me
+    future = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(parked(future))
+    await asyncio.sleep(0)
+    seen["yield_from"] = frame_state(task.get_coro())
+    seen["pending"] = i32(task, fut_state)
+    seen["waiter"] = ptr(task, fut_waiter) == id(future)
+    task.cancel()
+    seen["cancels"] = i32(task, num_cancels)
+    await asyncio.gather(task, return_exceptions=True)
+    seen["cancelled"] = i32(task, fut_state)
+    me = runs()
+    await me
+    seen["cleared"] = frame_state(me)
+    failed = asyncio.create_task(fails())
+    await asyncio.gather(failed, return_exceptions=True)
+    seen["finished"] = i32(failed, fut_state)
+    seen["exception"] = ptr(failed, exception) == id(failed.exception())
+
+asyncio.run(main())
+print(json.dumps(seen))
+"""
+
+
+def test_asyncio_facts_are_the_interpreters_own(target_python: str, target_minor: tuple[int, int]) -> None:
+    """The task reader's per-minor facts, read in a process of that minor from its own tasks and coroutines."""
+    info = elf.inspect_elf(target_python)
+    assert info is not None
+    table = offsets.parse(info.static_header, section_size=info.section_size)
+    facts = versions.LAYOUTS[(*target_minor, False)].asyncio
+    where = [table.gen_object.gi_frame_state, facts.fut_state, facts.num_cancels, facts.fut_waiter, facts.exception]
+    done = subprocess.run(
+        [target_python, "-I", "-c", ASYNCIO_FACTS, *map(str, where)], capture_output=True, text=True, timeout=60, check=True
+    )
+    seen = json.loads(done.stdout)
+    assert seen == {
+        "yield_from": facts.frame_yield_from, "pending": 0, "waiter": True, "cancels": 1, "cancelled": 1,
+        "executing": facts.frame_executing, "cleared": facts.frame_cleared, "finished": 2, "exception": True,
+    }

@@ -2,6 +2,7 @@
 
 Exit status 1 when the code raised (its traceback goes to stderr). What the code prints comes
 back here, not to the target's stdout. Ctrl+C interrupts the code (KeyboardInterrupt in the target).
+Where an event loop runs in the target, asyncio code runs in its thread (see :data:`EPILOG`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ NAME = "eval"
 HELP = "evaluate an expression or statements inside a CPython 3.14 or 3.15 process and print the result's repr"
 
 
+EPILOG = (
+    "Where an asyncio event loop runs in the target, code that awaits or names asyncio "
+    "(asyncio.all_tasks(), asyncio.get_running_loop(), ...) runs in that loop's thread: code that awaits "
+    "as a task of the loop, the rest as one callback of it. Ctrl+C, or 30 s without finishing, stops it at its "
+    "own next line (a loop that never awaits included), and the target's loop goes on. Other code runs in "
+    "periscope's own thread in the target."
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
     parser.add_argument("pid", type=int, help="process id of the target")
     parser.add_argument("code", help="an expression or statements ('-' reads them from stdin)")
     where = parser.add_mutually_exclusive_group()

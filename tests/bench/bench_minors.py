@@ -73,7 +73,15 @@ def _in_process(pid: int) -> float:
 
 def _one_minor(minor: tuple[int, int]) -> None:
     name = minor_name(minor)
+    previous = targets.current_minor()
     targets.use_minor(minor)
+    try:
+        _measure_minor(minor, name)
+    finally:
+        targets.use_minor(previous)  # the benchmarks that follow start their targets under the default minor
+
+
+def _measure_minor(minor: tuple[int, int], name: str) -> None:
     python = targets.target_python()
     print(f"\nCPython {name} ({python}), target: 50 threads x 10 frames, {COMMAND_RUNS} runs each, interleaved:")
     target = targets.spawn(TARGET, args=["50", "10"])

@@ -9,6 +9,7 @@ target (threads parked at known lines with known values, for snapshot tests) and
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -385,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             process.wait()
         if server is not None:
             server.stop()
+        shutil.rmtree(Path(blocked.args[1]).parent, ignore_errors=True)  # the blocked service's script
     return 0
 
 

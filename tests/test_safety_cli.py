@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,19 @@ COMMANDS = {
     "watch": lambda pid: ["watch", pid, "--count", "1", "--timeout", "5"],
     "eval": lambda pid: ["eval", pid, "1 + 1", "--timeout", "5"],
     "exec": lambda pid: ["exec", pid, "/dev/null", "--wait", "2"],
-    "record": lambda pid: ["record", pid, "--duration", "0.3", "-o", os.path.join(tempfile.gettempdir(), f"periscope-safety-{os.getpid()}.json")],
+    "record": lambda pid: ["record", pid, "--duration", "0.3", "-o", RECORDED],
 }
+RECORDED = os.path.join(tempfile.gettempdir(), f"periscope-safety-{os.getpid()}.json")
+"""Where ``record`` writes (removed after each test)."""
+
+
+@pytest.fixture(autouse=True)
+def _no_recording_left_behind() -> Iterator[None]:
+    yield
+    try:
+        os.unlink(RECORDED)
+    except FileNotFoundError:
+        pass
 READ_ONLY = ("stack", "record")
 """Commands that read from outside: remote debugging being disabled does not stop them."""
 

@@ -285,18 +285,24 @@ class Sampler:
         self._samples += len(samples)
         self.profile.add_tick(now, samples)
 
-    def _kernel_state(self, state: _Thread) -> tuple[bool, bool]:
-        """(the thread ran since the last tick, it is on a CPU now), from /proc/PID/task/TID."""
-        tid = state.ref.native_id
+    def _task_file(self, state: _Thread, slot: str, name: str, size: int) -> bytes:
+        """Up to ``size`` bytes of /proc/PID/task/TID/``name``, through a descriptor kept in ``state.<slot>``;
+        _ThreadGone when the thread (or the process: ProcessGone) is gone."""
         try:
-            if state.sched_fd is None:
-                state.sched_fd = os.open(f"/proc/{self.pid}/task/{tid}/schedstat", os.O_RDONLY | os.O_CLOEXEC)
-            sched = os.pread(state.sched_fd, 128, 0)
+            fd = getattr(state, slot)
+            if fd is None:
+                fd = os.open(f"/proc/{self.pid}/task/{state.ref.native_id}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                setattr(state, slot, fd)
+            return os.pread(fd, size, 0)
         except OSError as error:
             if error.errno in (errno.ENOENT, errno.ESRCH):
                 self.process.memory.ensure_alive()
                 raise _ThreadGone from None
             raise
+
+    def _kernel_state(self, state: _Thread) -> tuple[bool, bool]:
+        """(the thread ran since the last tick, it is on a CPU now), from /proc/PID/task/TID."""
+        sched = self._task_file(state, "sched_fd", "schedstat", 128)
         if not sched:
             self.process.memory.ensure_alive()
             raise _ThreadGone
@@ -307,15 +313,7 @@ class Sampler:
         state.sched = sched
         running = False
         if ran:
-            try:
-                if state.stat_fd is None:
-                    state.stat_fd = os.open(f"/proc/{self.pid}/task/{tid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-                stat = os.pread(state.stat_fd, 512, 0)
-            except OSError as error:
-                if error.errno in (errno.ENOENT, errno.ESRCH):
-                    self.process.memory.ensure_alive()
-                    raise _ThreadGone from None
-                raise
+            stat = self._task_file(state, "stat_fd", "stat", 512)
             # The command name (field 2) may hold spaces and parentheses: the state follows the last ')'.
             close = stat.rfind(b")")
             running = close >= 0 and stat[close + 2 : close + 3] == b"R"

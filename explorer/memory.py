@@ -308,3 +308,81 @@ class ProcessMemory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+PAGE = 4096
+"""Bytes of one cached page: the kernel's unit of mapping, so a page reads whole or not at all."""
+MAX_PAGES = 4096
+"""Pages a :class:`PageCache` keeps (16 MiB) before it starts again empty."""
+MAX_PAGED_READ = 4 * PAGE
+"""Reads larger than this go to the process directly, uncached."""
+
+
+class PageCache:
+    """Reads of one process served from whole pages, each read once: many small reads become a few.
+
+    A page copied once goes on being served as it was: the cache is a picture of the target at the
+    moment each page was first read, and is only right while nothing in the target writes to
+    those pages. The owner knows when that holds (explorer.values: no thread ran Python) and
+    calls :meth:`clear` when it may not. A page that cannot be read raises MemoryFault, as the
+    small read in it would (mappings and their permissions are whole pages).
+    """
+
+    def __init__(self, memory: ProcessMemory) -> None:
+        self.memory = memory
+        self.pid = memory.pid
+        self._pages: dict[int, bytes] = {}
+        self.page_reads = 0
+        """Pages read from the process so far."""
+
+    def clear(self) -> None:
+        """Forget every page (the target may have changed)."""
+        self._pages.clear()
+
+    def read(self, address: int, size: int) -> bytes:
+        """``size`` bytes at ``address``, from the cached pages (read on first use); MemoryFault if unreadable."""
+        if size <= 0:
+            return b""
+        if not 0 < address < 1 << 63 or size > MAX_READ:
+            raise MemoryFault(errno.EFAULT, f"bad read of {size} bytes at {address:#x}")
+        first = address & ~(PAGE - 1)
+        offset = address - first
+        if offset + size <= PAGE:
+            page = self._pages.get(first)
+            if page is None:
+                page = self._page(first)
+            return page[offset : offset + size]
+        if size > MAX_PAGED_READ:
+            return self.memory.read(address, size)
+        pages = []
+        for start in range(first, address + size, PAGE):
+            page = self._pages.get(start)
+            pages.append(page if page is not None else self._page(start))
+        return b"".join(pages)[offset : offset + size]
+
+    def _page(self, start: int) -> bytes:
+        if len(self._pages) >= MAX_PAGES:
+            self._pages.clear()
+        page = self._pages[start] = self.memory.read(start, PAGE)
+        self.page_reads += 1
+        return page
+
+    def read_u64(self, address: int) -> int:
+        """An unsigned 64-bit integer (also pointers)."""
+        return _U64.unpack(self.read(address, 8))[0]
+
+    def read_i64(self, address: int) -> int:
+        """A signed 64-bit integer."""
+        return _I64.unpack(self.read(address, 8))[0]
+
+    def read_u32(self, address: int) -> int:
+        """An unsigned 32-bit integer."""
+        return _U32.unpack(self.read(address, 4))[0]
+
+    def read_i32(self, address: int) -> int:
+        """A signed 32-bit integer."""
+        return _I32.unpack(self.read(address, 4))[0]
+
+    def ensure_alive(self) -> None:
+        """Raise ProcessGone if the process exited (as ProcessMemory.ensure_alive)."""
+        self.memory.ensure_alive()

@@ -32,7 +32,7 @@ import math
 import struct
 from collections import namedtuple
 
-from explorer.memory import MemoryFault
+from explorer.memory import MemoryFault, PageCache
 from explorer.remote import RemoteProcess
 from explorer.versions import OBJECT_LAYOUTS, ObjectLayout, object_layout_for, split_version
 
@@ -250,7 +250,16 @@ class ValueReader:
 
     def __init__(self, process: RemoteProcess, limits: dict[str, int] | None = None) -> None:
         self.process = process
-        self.memory = process.memory
+        self._direct = process.memory
+        self._pages = PageCache(process.memory)
+        """Pages of the target read during one read that is checked as a whole (see _paged)."""
+        self.memory: Any = self._direct
+        """What reads go through: the process itself, or the pages during a read that is checked as a whole."""
+        self._spell_values: dict[tuple[int, int], tuple[OutsideValue, bool]] = {}
+        """Values formatted from the pages ((address, depth) -> (value, has mutable parts)): an
+        object that several frames or threads name is formatted once per read (see _paged)."""
+        self._spell_texts: dict[int, str] = {}
+        """The same for numbers and strings inside containers: address -> repr (not cut)."""
         o = process.offsets
         self.layout = layout_for(o.version_hex)
         self.limits = {**DEFAULT_LIMITS, **(limits or {})}
@@ -316,23 +325,37 @@ class ValueReader:
     def stack_locals(self, frame_refs: tuple[tuple[int, int], ...]) -> list[list[OutsideLocal] | None]:
         """:meth:`frame_locals` of every frame of one thread (``ThreadStack.frame_refs``), read
         together: the check that no thread ran Python meanwhile is made once for the stack."""
+        return self.stacks_locals([frame_refs])[0]
+
+    def stacks_locals(self, stacks: list[tuple[tuple[int, int], ...]]) -> list[list[list[OutsideLocal] | None]]:
+        """:meth:`stack_locals` of several threads (one ``frame_refs`` each), read together: the
+        check that no thread ran Python meanwhile is made once, and an object that several
+        frames or threads name is read once."""
         per_frame: list[list[OutsideLocal] | None] = []
 
         def read() -> list[tuple[int, OutsideLocal]]:
             per_frame.clear()
             flat: list[tuple[int, OutsideLocal]] = []
-            for frame_address, code_address in frame_refs:
-                found = self._frame_locals(frame_address, code_address)
-                per_frame.append(found)
-                flat.extend((len(per_frame) - 1, local) for local in found or ())
+            for frame_refs in stacks:
+                for frame_address, code_address in frame_refs:
+                    found = self._frame_locals(frame_address, code_address)
+                    per_frame.append(found)
+                    if found:
+                        index = len(per_frame) - 1
+                        flat.extend([(index, local) for local in found])
             return flat
 
         flat = self._settled(read, lambda pair: pair[1].value) or []
-        result: list[list[OutsideLocal] | None] = [None if found is None else [] for found in per_frame]
+        every_frame: list[list[OutsideLocal] | None] = [None if found is None else [] for found in per_frame]
         for index, local in flat:
-            frame_result = result[index]
+            frame_result = every_frame[index]
             if frame_result is not None:
                 frame_result.append(local)
+        result = []
+        start = 0
+        for frame_refs in stacks:
+            result.append(every_frame[start : start + len(frame_refs)])
+            start += len(frame_refs)
         return result
 
     def _frame_locals(self, frame_address: int, code_address: int) -> list[OutsideLocal] | None:
@@ -353,7 +376,8 @@ class ValueReader:
             if value is not None:
                 result.append(OutsideLocal(names[index], value, bool(kind & CO_FAST_ARGUMENT)))
         # A frame that returned meanwhile may have had its memory reused by another function.
-        if self._read_slots(frame_address, code_address, 0) is None:
+        # (Read from the pages, the frame is as it was: the check of the whole read covers it.)
+        if self.memory is not self._pages and self._read_slots(frame_address, code_address, 0) is None:
             return None
         return result
 
@@ -395,7 +419,7 @@ class ValueReader:
         """
         before = self._last_state or self._python_state()
         self._start_try(validate=False)
-        result = read()
+        result = self._paged(before, read)
         after = self._python_state()
         self._last_state = after
         if result is not None and _quiet(before, after):
@@ -427,8 +451,30 @@ class ValueReader:
     def quiet_read(self, read: Callable[[], _T]) -> tuple[_T, bool]:
         """``read()``, and whether no thread ran Python while it ran (what it read did not change)."""
         before = self._python_state()
-        result = read()
+        result = self._paged(before, read)
         return result, _quiet(before, self._python_state())
+
+    def _paged(self, state: tuple[int, ...] | None, read: Callable[[], _T]) -> _T:
+        """``read()`` through the page cache, when the target was quiet (``state``) before it.
+
+        A read whose result is kept only if no thread ran Python around it (the first try of
+        :meth:`_settled`, :meth:`quiet_read`) reads each page of the target once and formats each
+        object once: if the check after it finds the target quiet, nothing changed meanwhile
+        and a page copied at the start of the read is what the target holds at its end. The
+        pages live for this one read only (a target that runs and comes back to the very same
+        state between two reads would pass the check with pages from before). Reads checked
+        byte by byte against the target (the validated tries) never go through the cache.
+        """
+        if state is None or state[0]:
+            return read()  # a thread holds the GIL: this read will not be trusted as a whole
+        self.memory = self._pages
+        try:
+            return read()
+        finally:
+            self.memory = self._direct
+            self._pages.clear()
+            self._spell_values.clear()
+            self._spell_texts.clear()
 
     def _start_try(self, *, validate: bool) -> None:
         self._validate = validate
@@ -441,12 +487,12 @@ class ValueReader:
         try:
             if self._interp is None:
                 self._interp = self.process.main_interpreter().address
-            gil = self.memory.read(self._interp + self._gil_base, self._gil_span)
+            gil = self._direct.read(self._interp + self._gil_base, self._gil_span)
             locked = _I32.unpack_from(gil, self._gil_locked - self._gil_base)[0]
             holder = _U64.unpack_from(gil, self._gil_holder - self._gil_base)[0]
             switches = _U64.unpack_from(gil, self._gil_locked + self.layout.gil_switch_number - self._gil_base)[0]
-            frame = self.memory.read_u64(holder + self._current_frame) if holder else 0
-            instruction = self.memory.read_u64(frame + self._instr_ptr) if frame else 0
+            frame = self._direct.read_u64(holder + self._current_frame) if holder else 0
+            instruction = self._direct.read_u64(frame + self._instr_ptr) if frame else 0
         except MemoryFault:
             return None
         return (locked, holder, switches, frame, instruction)
@@ -519,7 +565,8 @@ class ValueReader:
             return None
         if self._is_immortal(head) and len(self._immortal_texts) < MAX_CACHED:
             try:
-                settled = self.memory.read(address, len(head)) == head  # not memory in the middle of reuse
+                # Not memory in the middle of reuse: read again from the target, never from the pages.
+                settled = self._direct.read(address, len(head)) == head
             except MemoryFault:
                 settled = False
             if settled:
@@ -738,6 +785,23 @@ class ValueReader:
         known = self._immortal_values.get(address)
         if known is not None:
             return known
+        if self.memory is self._pages:
+            spell = self._spell_values.get((address, depth))
+            if spell is not None:
+                value, mutable = spell
+                work.cut = work.cut or value.cut
+                work.mutable = work.mutable or mutable
+                return value
+            mutable = work.mutable
+            work.mutable = False
+            value = self._format_top(address, work, depth)
+            if len(self._spell_values) < MAX_CACHED:
+                self._spell_values[address, depth] = (value, work.mutable)
+            work.mutable = work.mutable or mutable
+            return value
+        return self._format_top(address, work, depth)
+
+    def _format_top(self, address: int, work: _Pass, depth: int) -> OutsideValue:
         head = self._head(address)
         kind_type = self._type_at(_U64.unpack_from(head, self._ob_type)[0])
         limit = self._repr_chars
@@ -785,6 +849,12 @@ class ValueReader:
         cached = self._immortal.get(address)
         if cached is not None:
             return cached
+        if self.memory is self._pages:
+            # A number or string met before in this read (a text shorter than the budget is
+            # what any budget at least as large gives).
+            cached = self._spell_texts.get(address)
+            if cached is not None and len(cached) <= budget:
+                return cached
         head = head or self._head(address)
         kind_type = self._type_at(_U64.unpack_from(head, self._ob_type)[0])
         kind = kind_type.kind
@@ -798,8 +868,11 @@ class ValueReader:
             cut = work.cut
             work.cut = False
             text = self._fmt_scalar(address, head, kind_type, budget, work)
-            if not work.cut and self._is_immortal(head) and len(self._immortal) < MAX_CACHED:
-                work.immortal.append((self._immortal, address, text))
+            if not work.cut:
+                if self._is_immortal(head) and len(self._immortal) < MAX_CACHED:
+                    work.immortal.append((self._immortal, address, text))
+                if self.memory is self._pages and len(self._spell_texts) < MAX_CACHED:
+                    self._spell_texts[address] = text
             work.cut = work.cut or cut
             return text
         return self._fmt_scalar(address, head, kind_type, budget, work)

@@ -108,7 +108,8 @@ def read_variables(process: Any, stacks: list[ThreadStack]) -> Variables:
         reader = ValueReader(process)
     except Unsupported as error:
         raise SystemExit(f"periscope: {error}; run periscope stack without --locals") from None
-    frames: dict[int, list[list[Any] | None]] = {stack.native_id: list(reader.stack_locals(stack.frame_refs)) for stack in stacks}
+    every_thread = reader.stacks_locals([stack.frame_refs for stack in stacks])
+    frames: dict[int, list[list[Any] | None]] = {stack.native_id: found for stack, found in zip(stacks, every_thread)}
     return Variables(frames, reader.module_globals("__main__"))
 
 

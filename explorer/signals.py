@@ -12,10 +12,15 @@ No Textual here.
 from __future__ import annotations
 
 import os
-import signal
-import threading
-from collections.abc import Callable
-from types import FrameType
+
+# The C module: the signal module wraps the same functions to return enums, and importing it
+# (with enum) is the largest part of ``periscope stack``'s start-up after Python's own.
+import _signal as signal
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
 
 ENDING = (signal.SIGTERM, signal.SIGHUP)
 """The signals that end periscope like Ctrl+C."""
@@ -56,6 +61,8 @@ def forget_terminal() -> None:
 
 def _end_after(seconds: float) -> None:
     """End the process after ``seconds`` if it is still there (the status names the signal)."""
+    import threading
+
     timer = threading.Timer(seconds, lambda: os._exit(exit_status()))
     timer.daemon = True
     timer.start()

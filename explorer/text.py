@@ -9,13 +9,27 @@ need it (JSON escapes control characters itself).
 
 from __future__ import annotations
 
-import re
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import re
 
 # Bidirectional controls reorder what is shown around them (the "Trojan Source" trick): shown, not obeyed.
 _BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 # C0 controls, DEL, C1 controls, lone surrogates, bidi controls, and the line and paragraph separators.
-_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{_BIDI}\u2028\u2029]")
-_UNSAFE_KEEP_LINES = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff{_BIDI}\u2028\u2029]")
+_UNSAFE_CLASS = f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{_BIDI}\u2028\u2029]"
+_UNSAFE_KEEP_LINES_CLASS = f"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff{_BIDI}\u2028\u2029]"
+_patterns: dict[bool, re.Pattern[str]] = {}
+"""The compiled classes, by ``keep_lines``: compiled on first use, as most text is printable
+and ``periscope stack`` should not pay for importing ``re``."""
+
+
+def _pattern(keep_lines: bool) -> re.Pattern[str]:
+    pattern = _patterns.get(keep_lines)
+    if pattern is None:
+        import re
+
+        pattern = _patterns[keep_lines] = re.compile(_UNSAFE_KEEP_LINES_CLASS if keep_lines else _UNSAFE_CLASS)
+    return pattern
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -40,11 +54,10 @@ def visible(text: str, *, keep_lines: bool = False) -> str:
     """
     if text.isprintable():
         return text
-    pattern = _UNSAFE_KEEP_LINES if keep_lines else _UNSAFE
-    return pattern.sub(_escape, text)
+    return _pattern(keep_lines).sub(_escape, text)
 
 
 def is_visible(text: str) -> bool:
     """Whether ``text`` is already safe to show as one line (nothing :func:`visible` would change)."""
-    return _UNSAFE.search(text) is None
+    return text.isprintable() or _pattern(False).search(text) is None
 

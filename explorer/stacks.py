@@ -43,6 +43,10 @@ from explorer.linetable import LineTable
 from explorer.memory import MemoryFault
 from explorer.remote import InterpreterRef, RemoteProcess, ThreadRef
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from explorer.values import ValueReader
+
 MAX_DEPTH = 4096
 """Frames followed per thread before the stack is reported as truncated."""
 ATTEMPTS = 8
@@ -194,9 +198,12 @@ def _frame_struct(fields: dict[str, tuple[int, str]]) -> tuple[struct.Struct, di
 class StackReader:
     """Reads all threads' stacks of one target again and again, keeping caches between samples."""
 
-    def __init__(self, process: RemoteProcess) -> None:
+    def __init__(self, process: RemoteProcess, values: ValueReader | None = None) -> None:
         self.process = process
         self.memory = process.memory
+        self._values = values
+        """The value reader thread names are read with (its caches shared with the caller's reads
+        of locals); None: a new one for each read of the names."""
         o = process.offsets
         ts, fr, co = o.thread_state, o.interpreter_frame, o.code_object
         # Plain ints: attribute access on the offsets table is too slow for the frame loop.
@@ -344,7 +351,7 @@ class StackReader:
         if now - self._names_read < NAME_TTL and idents <= self._names_for:
             return self._names
         try:
-            self._names = thread_names(ValueReader(self.process))
+            self._names = thread_names(self._values or ValueReader(self.process))
         except (Unsupported, MemoryFault, TargetNotReady):
             self._names = {}
         self._names_for, self._names_read = idents, now

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from explorer.stacks import ThreadStack
-    from explorer.values import OutsideValue
+    from explorer.values import OutsideValue, ValueReader
 
 NAME = "stack"
 HELP = "print every thread's Python stack of a running CPython 3.14 or 3.15 process (read-only, like py-spy dump)"
@@ -67,10 +67,11 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
 
     process = RemoteProcess.open(args.pid)
     try:
-        stacks = StackReader(process).read()
+        values = _value_reader(process) if getattr(args, "locals", False) else None
+        stacks = StackReader(process, values=values).read()
         version = process.version
         executable = process.image.path
-        variables = read_variables(process, stacks) if getattr(args, "locals", False) else None
+        variables = read_variables(process, stacks, values) if values is not None else None
     finally:
         process.close()
     # Names from the target may hold lone surrogates (undecodable file names): never fail on them.
@@ -100,14 +101,21 @@ class Variables:
         """The variables of ``__main__`` (None when it is not imported or unreadable)."""
 
 
-def read_variables(process: Any, stacks: list[ThreadStack]) -> Variables:
-    """Every frame's locals and ``__main__``'s variables, read from the target's memory."""
+def _value_reader(process: Any) -> ValueReader:
+    """A value reader of the target, or the exit with the reason when its minor has none."""
     from explorer.values import Unsupported, ValueReader
 
     try:
-        reader = ValueReader(process)
+        return ValueReader(process)
     except Unsupported as error:
         raise SystemExit(f"periscope: {error}; run periscope stack without --locals") from None
+
+
+def read_variables(process: Any, stacks: list[ThreadStack], reader: ValueReader | None = None) -> Variables:
+    """Every frame's locals and ``__main__``'s variables, read from the target's memory
+    (with ``reader``, the one that read the thread names: its caches are warm)."""
+    if reader is None:
+        reader = _value_reader(process)
     every_thread = reader.stacks_locals([stack.frame_refs for stack in stacks])
     frames: dict[int, list[list[Any] | None]] = {stack.native_id: found for stack, found in zip(stacks, every_thread)}
     return Variables(frames, reader.module_globals("__main__"))
@@ -182,6 +190,34 @@ def format_stacks(
     from explorer.text import visible
 
     lines = [f"Process {pid}: {visible(cmdline)}", f"Python v{visible(version)} ({visible(executable)})", ""]
+    # Threads share frames (FrameInfo objects) and values (the reader formats an object once):
+    # their lines are made once too, by identity. Every object stays alive while these are used.
+    frame_lines: dict[int, str] = {}
+    local_lines: dict[tuple[str, int], str] = {}
+    value_texts: dict[int, str] = {}
+
+    def value_text(value: OutsideValue) -> str:
+        text = value_texts.get(id(value))
+        if text is None:
+            text = value_texts[id(value)] = _format_value(value)
+        return text
+
+    def locals_lines(local_variables: list[Any] | None) -> list[str]:
+        if local_variables is None:
+            return ["        (locals not readable: the frame changed while it was read)"]
+        found = []
+        for heading, want in (("Arguments:", True), ("Locals:", False)):
+            chosen = [local for local in local_variables if local.argument is want]
+            if chosen:
+                found.append(f"        {heading}")
+                for local in chosen:
+                    key = (local.name, id(local.value))
+                    line = local_lines.get(key)
+                    if line is None:
+                        line = local_lines[key] = f"            {visible(local.name)} = {value_text(local.value)}"
+                    found.append(line)
+        return found
+
     for stack in stacks:
         title = f"Thread {stack.native_id}"
         if stack.is_main:
@@ -197,10 +233,13 @@ def format_stacks(
         lines.append(title)
         per_frame = variables.frames.get(stack.native_id, []) if variables is not None else []
         for index, frame in enumerate(stack.frames):
-            where = frame.filename if frame.lineno is None else f"{frame.filename}:{frame.lineno}"
-            lines.append(f"    {visible(frame.function)} ({visible(where)})")
+            line = frame_lines.get(id(frame))
+            if line is None:
+                where = frame.filename if frame.lineno is None else f"{frame.filename}:{frame.lineno}"
+                line = frame_lines[id(frame)] = f"    {visible(frame.function)} ({visible(where)})"
+            lines.append(line)
             if index < len(per_frame):
-                lines.extend(_format_locals(per_frame[index]))
+                lines.extend(locals_lines(per_frame[index]))
         if stack.truncated:
             lines.append("    ... (outer frames not shown: the stack is deeper than periscope follows)")
         if not stack.frames and not stack.truncated:
@@ -214,20 +253,6 @@ def format_stacks(
             lines.extend(f"    {visible(name)} = {_format_value(value)}" for name, value in variables.main)
         lines.append("")
     return "\n".join(lines)
-
-
-def _format_locals(local_variables: list[Any] | None) -> list[str]:
-    from explorer.text import visible
-
-    if local_variables is None:
-        return ["        (locals not readable: the frame changed while it was read)"]
-    lines = []
-    for heading, want in (("Arguments:", True), ("Locals:", False)):
-        chosen = [local for local in local_variables if local.argument is want]
-        if chosen:
-            lines.append(f"        {heading}")
-            lines.extend(f"            {visible(local.name)} = {_format_value(local.value)}" for local in chosen)
-    return lines
 
 
 def _format_value(value: OutsideValue) -> str:

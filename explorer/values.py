@@ -599,6 +599,14 @@ class ValueReader:
         and ``raw`` what that pointer held when read: it is checked again with the object's own
         memory, and followed anew when it changed.
         """
+        if self.memory is self._pages:
+            spell = self._spell_values.get((address, 0))
+            if spell is not None:  # named by another frame or thread in this same read
+                known, mutable = spell
+                if mutable:
+                    self._mutable.add(id(known))
+                    self._keep.append(known)
+                return known
         for attempt in range(ATTEMPTS):
             if attempt:
                 self.retries += 1

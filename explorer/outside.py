@@ -14,7 +14,7 @@ import time
 from explorer.model import Frame, Hello, ModuleVariables, StackFrame, ThreadInfo, Value, Variable
 from explorer.remote import RemoteProcess
 from explorer.stacks import StackReader, ThreadStack
-from explorer.values import OutsideValue, ValueReader
+from explorer.values import OutsideLocal, OutsideValue, ValueReader
 
 SOURCE = "outside"
 """The ``source`` periscope reports for values read from the target's memory (the agent's: ``agent``)."""
@@ -30,12 +30,14 @@ def to_value(value: OutsideValue) -> Value:
 
 def frame_locals(reader: ValueReader, stack: ThreadStack) -> list[tuple[Variable, ...] | None]:
     """Each frame's locals of one thread, as model variables (None for a frame that changed while read)."""
-    result: list[tuple[Variable, ...] | None] = []
-    for local_variables in reader.stack_locals(stack.frame_refs):
-        result.append(
-            None if local_variables is None else tuple(Variable(local.name, to_value(local.value)) for local in local_variables)
-        )
-    return result
+    return _as_variables(reader.stack_locals(stack.frame_refs))
+
+
+def _as_variables(per_frame: list[list[OutsideLocal] | None]) -> list[tuple[Variable, ...] | None]:
+    return [
+        None if local_variables is None else tuple(Variable(local.name, to_value(local.value)) for local in local_variables)
+        for local_variables in per_frame
+    ]
 
 
 def read_frame(process: RemoteProcess, modules: tuple[str, ...] = ("__main__",), stacks: StackReader | None = None) -> Frame:
@@ -43,8 +45,10 @@ def read_frame(process: RemoteProcess, modules: tuple[str, ...] = ("__main__",),
     stack_list = (stacks or StackReader(process)).read()
     reader = ValueReader(process)
     threads = []
-    for stack in stack_list:
-        per_frame = frame_locals(reader, stack)
+    # Every thread's locals in one read: checked once, and an object several frames name read once.
+    every_thread = reader.stacks_locals([stack.frame_refs for stack in stack_list])
+    for stack, found in zip(stack_list, every_thread):
+        per_frame = _as_variables(found)
         frames = tuple(
             StackFrame(
                 filename=frame.filename,

@@ -60,12 +60,12 @@ def median_ms(timings: Sequence[float]) -> float:
 
 
 def describe(timings: Sequence[float]) -> str:
-    """``median 1.23 ms (min 1.10, p90 1.50, n=50)``."""
+    """``median 1.23 ms (min 1.10, p90 1.50, max 1.90, n=50)``."""
     ordered = sorted(timings)
     p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
     return (
         f"median {median_ms(ordered):8.2f} ms (min {ordered[0] * 1000:.2f}, "
-        f"p90 {p90 * 1000:.2f}, n={len(ordered)})"
+        f"p90 {p90 * 1000:.2f}, max {ordered[-1] * 1000:.2f}, n={len(ordered)})"
     )
 
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import struct
 from collections import namedtuple
-from collections.abc import Mapping
-from types import MappingProxyType
 
 from explorer import versions
 from explorer.elf import COOKIE, version_string
 from explorer.errors import UnsupportedPython
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+MappingProxyType = type(type.__dict__)  # as the types module defines it, without importing types (start-up time)
 
 # The field lists live in the version layer; these names stay for readers of this module.
 LAYOUT_3_14 = versions.DEBUG_OFFSETS_3_14

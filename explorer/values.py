@@ -28,7 +28,6 @@ Facts about the object layout that ``_Py_DebugOffsets`` does not give live in th
 
 from __future__ import annotations
 
-import math
 import struct
 from collections import namedtuple
 
@@ -61,6 +60,7 @@ MAX_SCAN_BYTES = 1 << 20
 MAX_INT_DIGITS = 20_000
 """Digits (30 bits each) of an int decoded; bigger ones show as ``<int with N bits>``."""
 MAX_INT_STR_DIGITS = 4300  # sys.get_int_max_str_digits(): the target's own repr() refuses beyond it
+_LOG2_10 = 3.321928094887362  # math.log2(10), without importing math (start-up time)
 MAX_NAME = 256
 """Bytes of a type's C name (tp_name) read."""
 HEAD = 64
@@ -896,7 +896,7 @@ class ValueReader:
                 if number not in (0, 1):
                     raise _Torn("a bool that is neither True nor False")
                 return "True" if number else "False"
-            if number is None or abs(number).bit_length() > MAX_INT_STR_DIGITS * math.log2(10):
+            if number is None or abs(number).bit_length() > MAX_INT_STR_DIGITS * _LOG2_10:
                 work.cut = True
                 return f"<int with {self._int_bits(address, head)} bits>"
             return repr(number)

@@ -147,3 +147,40 @@ def test_quick_parse_takes_the_plain_forms() -> None:
         quick = stack_command.parse_quick(argv)
         assert quick is not None and vars(quick) == argparse_result(argv)
         assert (quick.pid, quick.json) == (42, json)
+
+
+# Standard-library modules that ``periscope stack --locals`` does without (each costs start-up
+# time, and the command is measured against py-spy's): patterns are compiled only for text that
+# is not printable, signal handlers are installed through _signal (the signal module imports
+# enum), no thread is started.
+STACK_PATH_UNUSED = ("re", "enum", "signal", "threading", "math", "types", "typing", "dataclasses", "argparse", "json", "ctypes")
+
+
+def test_stack_locals_imports_only_what_it_uses(spawn: Spawn, tmp_path: Path) -> None:
+    """``stack --locals`` of a target whose names and values are all printable imports none of
+    STACK_PATH_UNUSED beyond what the bare interpreter imports. Run without site, as a wheel's
+    console script imports nothing of the environment on this path either (the editable
+    install's finder would import re and pathlib itself)."""
+    target = spawn("def wait():\n    note = 'plain'\n    print('ready', flush=True)\n    __import__('time').sleep(120)\nwait()\n")
+    target.wait_for_line("ready")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    report = tmp_path / "modules.txt"
+
+    def modules_of(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+        result = subprocess.run(
+            [sys.executable, "-S", "-c", PROBE, str(report), *args], capture_output=True, text=True, env=env, timeout=60
+        )
+        return result, set(report.read_text().split("\n"))
+
+    bare = set(
+        subprocess.run(
+            [sys.executable, "-S", "-c", "import sys; print('\\n'.join(sys.modules))"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.split()
+    )
+    filled, _ = run_periscope(tmp_path, "stack", str(target.pid))  # fills the ELF cache (with pyelftools, from site)
+    assert filled.returncode == 0, filled.stderr
+    result, modules = modules_of("stack", "--locals", str(target.pid))
+    assert result.returncode == 0, result.stderr
+    assert "note = 'plain'" in result.stdout
+    assert [name for name in STACK_PATH_UNUSED if name in modules - bare] == []

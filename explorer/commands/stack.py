@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import sys
-from types import SimpleNamespace
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
@@ -42,7 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 MAX_QUICK_PID_DIGITS = 18
 
 
-def parse_quick(argv: list[str]) -> SimpleNamespace | None:
+class QuickArgs:
+    """The arguments :func:`parse_quick` read, as attributes named as argparse names them
+    (types.SimpleNamespace without importing types: start-up time)."""
+
+    def __init__(self, **attributes: Any) -> None:
+        self.__dict__.update(attributes)
+
+
+def parse_quick(argv: list[str]) -> QuickArgs | None:
     """The arguments after ``stack`` in their plain forms, ``PID`` with ``--json`` and ``--locals``
     before or after it, parsed without argparse, whose import and set-up take longer than the
     rest of the command.
@@ -58,10 +65,10 @@ def parse_quick(argv: list[str]) -> SimpleNamespace | None:
     pid = rest[0]
     if not (pid.isascii() and pid.isdigit() and len(pid) <= MAX_QUICK_PID_DIGITS):
         return None
-    return SimpleNamespace(command=NAME, pid=int(pid), json="--json" in flags, locals="--locals" in flags, run=run)
+    return QuickArgs(command=NAME, pid=int(pid), json="--json" in flags, locals="--locals" in flags, run=run)
 
 
-def run(args: argparse.Namespace | SimpleNamespace) -> int:
+def run(args: argparse.Namespace | QuickArgs) -> int:
     from explorer.remote import RemoteProcess
     from explorer.stacks import StackReader
 

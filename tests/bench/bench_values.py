@@ -203,6 +203,7 @@ def main() -> None:
             many.stop()
             deep = targets.spawn(MANY, args=["100", "15"])
             deep.wait_for_line("ready", timeout=120)
+            print("\nIn-process (reader already attached):")
             _in_process(deep.pid, "100 threads x 20")
             deeper = _whole_commands("100-thread target, 20 frames a thread", deep.pid, installed, installed_env, editable_env)
             deep.stop()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import struct
 from collections import namedtuple
 
-from explorer.memory import MemoryFault, PageCache
+from explorer.memory import MemoryFault, PageCache, process_cpu_ns
 from explorer.remote import RemoteProcess
 from explorer.versions import OBJECT_LAYOUTS, ObjectLayout, object_layout_for, split_version
 
@@ -408,7 +408,8 @@ class ValueReader:
 
         Only the thread holding the GIL changes objects. When the GIL was free before and after
         the read, with the same last holder, switch count, and that thread's frame and
-        instruction, nothing changed while it was read: one read is the truth. Otherwise every
+        instruction, and the target used no CPU time meanwhile, nothing changed while it was
+        read: one read is the truth. Otherwise every
         value is read twice, which catches most changes but not all: a loop that refills a list
         brings back the same sizes at the same addresses (freed memory is reused at once), and a
         writer the OS stops half-way shows the same half-made state twice. So values with parts
@@ -483,7 +484,16 @@ class ValueReader:
         self._pending.clear()
 
     def _python_state(self) -> tuple[int, ...] | None:
-        """(GIL locked, last holder, switch count, the holder's current frame and instruction), or None."""
+        """(GIL locked, last holder, switch count, the holder's current frame and instruction,
+        the CPU time the target used), or None.
+
+        The GIL fields alone miss a holder that took the GIL again, ran, and came back to the
+        same call (a loop around ``time.sleep``): the switch count only moves when the holder
+        changes. Its CPU time moves whenever any of its threads ran.
+        """
+        cpu = process_cpu_ns(self.process.pid)
+        if cpu is None:
+            return None
         try:
             if self._interp is None:
                 self._interp = self.process.main_interpreter().address
@@ -495,7 +505,7 @@ class ValueReader:
             instruction = self._direct.read_u64(frame + self._instr_ptr) if frame else 0
         except MemoryFault:
             return None
-        return (locked, holder, switches, frame, instruction)
+        return (locked, holder, switches, frame, instruction, cpu)
 
     def module_dict(self, name: str) -> int | None:
         """The address of ``sys.modules[name].__dict__``, or None."""

@@ -319,6 +319,72 @@ def test_a_target_mutating_its_containers_reads_correct_or_torn(spawn: Spawn, ta
     assert "ready" in target.lines
 
 
+SHARED_MUTATOR = """
+import threading, time
+
+def parked(shared_list, shared_dict, shared_set):
+    threading.Event().wait()
+
+def mutate():
+    shared_list = []
+    shared_dict = {}
+    shared_set = set()
+    for _ in range(3):  # threads whose frames name the very containers the loop changes
+        threading.Thread(target=parked, args=(shared_list, shared_dict, shared_set), daemon=True).start()
+    n = 0
+    print("ready", flush=True)
+    while True:
+        n += 1
+        k = n % 7
+        shared_list[:] = [n] * k
+        shared_dict.clear()
+        shared_dict.update({f"k{i}": n for i in range(k)})
+        shared_set.clear()
+        shared_set.update(range(n, n + k))
+        counter = n
+        if n % 200 == 0:
+            time.sleep(0.002)  # quiet now and then: some reads fall in a pause
+
+mutate()
+"""
+
+
+def test_every_threads_locals_read_at_once_are_correct_or_torn(spawn: Spawn, target_python: str) -> None:
+    """stacks_locals reads every thread in one pass (through the page cache when the target is
+    quiet, an object several frames name formatted once): while one thread changes containers
+    that three other threads' frames also name, each of them reads as a state the target had or
+    as torn, and within one read every thread that names a container shows the same text."""
+    target = spawn(SHARED_MUTATOR, python=target_python)
+    target.wait_for_line("ready", timeout=60)
+    reads = torn = 0
+    settled: set[str] = set()
+    with RemoteProcess.open(target.pid) as process:
+        stacks = StackReader(process)
+        for attempt in range(2000):
+            if attempt >= 150 and {"n", "counter"} <= settled:
+                break
+            every_stack = [stack for stack in stacks.read() if stack.frame_refs]
+            every_thread = ValueReader(process).stacks_locals([stack.frame_refs for stack in every_stack])
+            seen: dict[int, str] = {}
+            for stack, per_frame in zip(every_stack, every_thread):
+                for frame, found in zip(stack.frames, per_frame):
+                    if frame.function not in ("mutate", "parked"):
+                        continue
+                    for local in found or ():
+                        reads += 1
+                        if local.value.torn:
+                            torn += 1
+                            assert local.value.repr == "<changed while read>"
+                            continue
+                        assert _consistent({"name": local.name, "repr": local.value.repr}), local
+                        settled.add(local.name)
+                        if local.name.startswith("shared_"):
+                            assert seen.setdefault(local.value.address, local.value.repr) == local.value.repr, local
+    assert reads > 100
+    assert {"n", "counter"} <= settled
+    assert target.proc.poll() is None, "the target died"
+
+
 def test_values_of_a_target_in_input(spawn: Spawn, target_python: str) -> None:
     """A thread blocked in input(): its frame's locals are readable from outside."""
     source = textwrap.dedent(

@@ -79,6 +79,8 @@ class ThreadInfo:
     """The full stack depth (``frames`` may be cut at the agent's stack_depth limit)."""
     stack_omitted: bool = False
     """The frame left this thread's stack out (more threads than the agent's ``threads`` limit)."""
+    brief: bool = False
+    """Not the thread in periscope's view: ``frames`` holds the innermost frame only, without locals."""
 
 
 @dataclass(frozen=True)
@@ -226,13 +228,20 @@ class AgentError:
 
 
 @dataclass(frozen=True)
+class OutOfStep:
+    """A delta frame on frame ``base``, which periscope does not hold: it asks the agent to resync."""
+
+    base: int
+
+
+@dataclass(frozen=True)
 class Bye:
     """The agent has removed itself from the target."""
 
     reason: str
 
 
-Message = Hello | Frame | Response | Output | AgentError | Bye
+Message = Hello | Frame | Response | Output | AgentError | Bye | OutOfStep
 
 
 def value_json(value: Value) -> dict[str, str]:

@@ -23,6 +23,7 @@ from explorer.model import (
     Hello,
     Message,
     ModuleVariables,
+    OutOfStep,
     Output,
     Response,
     StackFrame,
@@ -31,7 +32,7 @@ from explorer.model import (
     Variable,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_MESSAGE = 64 * 1024 * 1024
 """Largest message accepted from an agent (a frame is bounded at a few MiB by the agent)."""
 MAX_OBJECTS = 2_000_000
@@ -56,6 +57,8 @@ class Decoder:
     """
 
     def __init__(self, max_message: int = MAX_MESSAGE, max_objects: int = MAX_OBJECTS) -> None:
+        self.frames = FrameAssembler()
+        """Puts the stream's delta frames together (only ever used by the thread that iterates)."""
         self._max_message = max_message
         self._max_objects = max_objects
         self._budget = max_objects  # objects left for the message being decoded
@@ -95,7 +98,11 @@ class Decoder:
             except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
                 raise ProtocolError(f"the agent's stream is malformed ({error}); detached") from None
             self._budget = self._max_objects
-            yield decode_message(raw)
+            if type(raw) is dict and raw.get("t") == "frame":
+                frame = self.frames.apply(raw)
+                yield frame if frame is not None else OutOfStep(_get(raw, "base", int, "frame"))
+            else:
+                yield decode_message(raw)
 
 
 # -- validation helpers -------------------------------------------------------------------------
@@ -200,6 +207,7 @@ def _thread(data: Any) -> ThreadInfo:
         frames=tuple(_stack_frame(f) for f in _list(data.get("stack", []), "thread.stack")),
         depth=_get(data, "depth", int, "thread", optional=True, default=0),
         stack_omitted=_get(data, "stack_omitted", bool, "thread", optional=True, default=False),
+        brief=_get(data, "brief", bool, "thread", optional=True, default=False),
     )
 
 
@@ -213,25 +221,112 @@ def _module(data: Any) -> ModuleVariables:
     )
 
 
-def decode_frame(data: Any) -> Frame:
-    """A ``frame`` message (or the result of a ``sample`` request) as a Frame."""
-    data = _map(data, "frame")
+def _frame_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A frame's own fields (everything but its threads and modules)."""
     log = _list(data.get("error_log", []), "frame.error_log")
     if not all(type(line) is str for line in log):
         raise _fail("frame.error_log holds something other than strings")
+    return {
+        "seq": _get(data, "seq", int, "frame"),
+        "time": _get(data, "time", _NUMBER, "frame"),
+        "agent_cpu": _get(data, "cpu", _NUMBER, "frame", optional=True, default=0.0),
+        "truncated": _get(data, "truncated", bool, "frame", optional=True, default=False),
+        "build_ms": _get(data, "build_ms", _NUMBER, "frame", optional=True, default=0.0),
+        "errors": _get(data, "errors", int, "frame", optional=True, default=0),
+        "error_log": tuple(log),
+        "encode_ms": _get(data, "encode_ms", _NUMBER, "frame", optional=True, default=0.0),
+        "paused": _get(data, "paused", str, "frame", optional=True),
+    }
+
+
+def decode_frame(data: Any) -> Frame:
+    """A full ``frame`` message (or the result of a ``sample`` request) as a Frame."""
+    data = _map(data, "frame")
+    if data.get("base") is not None:
+        raise _fail("a delta frame where a full one belongs")
     return Frame(
-        seq=_get(data, "seq", int, "frame"),
-        time=_get(data, "time", _NUMBER, "frame"),
-        agent_cpu=_get(data, "cpu", _NUMBER, "frame", optional=True, default=0.0),
         threads=tuple(_thread(t) for t in _list(data.get("threads", []), "frame.threads")),
         modules=tuple(_module(m) for m in _list(data.get("modules", []), "frame.modules")),
-        truncated=_get(data, "truncated", bool, "frame", optional=True, default=False),
-        build_ms=_get(data, "build_ms", _NUMBER, "frame", optional=True, default=0.0),
-        errors=_get(data, "errors", int, "frame", optional=True, default=0),
-        error_log=tuple(log),
-        encode_ms=_get(data, "encode_ms", _NUMBER, "frame", optional=True, default=0.0),
-        paused=_get(data, "paused", str, "frame", optional=True),
+        **_frame_fields(data),
     )
+
+
+def _order(data: dict[str, Any], key: str, kind: type) -> list[Any] | None:
+    if data.get(key) is None:
+        return None
+    order = _list(data[key], f"frame.{key}")
+    if not all(type(item) is kind for item in order) or len(set(order)) != len(order):
+        raise _fail(f"frame.{key} holds something other than distinct {kind.__name__}s")
+    return order
+
+
+class FrameAssembler:
+    """The stream's frames put together (PROTOCOL.md, *Deltas and the view*): a full frame as it
+    is, a delta applied to the frame before it. A thread or module that did not change is the very
+    object of the previous frame (and the threads tuple too, when none changed), so ``is`` tells
+    what changed."""
+
+    def __init__(self) -> None:
+        self.frame: Frame | None = None
+        """The last frame put together (None before the first full one, and after a delta that did not fit)."""
+
+    def apply(self, data: Any) -> Frame | None:
+        """The frame ``data`` makes; None when it is a delta on a frame this assembler does not hold
+        (the client then asks the agent to ``resync``)."""
+        data = _map(data, "frame")
+        base = _get(data, "base", int, "frame", optional=True)
+        if base is None:
+            frame = decode_frame(data)
+            if len({t.thread_id for t in frame.threads}) != len(frame.threads) or len({m.name for m in frame.modules}) != len(frame.modules):
+                raise _fail("a frame lists a thread or a module twice")
+            self.frame = frame
+            return frame
+        previous = self.frame
+        if previous is None or base != previous.seq:
+            self.frame = None  # out of step until the next full frame
+            return None
+        fields = _frame_fields(data)
+        changed = [_thread(t) for t in _list(data.get("threads", []), "frame.threads")]
+        order = _order(data, "order", int)
+        if not changed and order is None:
+            threads = previous.threads
+        else:
+            by_id = {t.thread_id: t for t in previous.threads}
+            new = {t.thread_id: t for t in changed}
+            if len(new) != len(changed):
+                raise _fail("a delta lists a thread twice")
+            if order is None:
+                if not new.keys() <= by_id.keys():
+                    raise _fail("a delta adds a thread without saying the new order")
+                threads = tuple(new.get(t.thread_id, t) for t in previous.threads)
+            else:
+                by_id.update(new)
+                try:
+                    threads = tuple(by_id[ident] for ident in order)
+                except KeyError:
+                    raise _fail("a delta's order names a thread it never sent") from None
+                if not new.keys() <= set(order):
+                    raise _fail("a delta sends a thread its order leaves out")
+        changed_modules = [_module(m) for m in _list(data.get("modules", []), "frame.modules")]
+        module_order = _order(data, "module_order", str)
+        if not changed_modules and module_order is None:
+            modules = previous.modules
+        else:
+            by_name = {m.name: m for m in previous.modules}
+            new_modules = {m.name: m for m in changed_modules}
+            if len(new_modules) != len(changed_modules):
+                raise _fail("a delta lists a module twice")
+            names = module_order if module_order is not None else [m.name for m in previous.modules]
+            if not new_modules.keys() <= set(names):
+                raise _fail("a delta sends a module its order leaves out")
+            by_name.update(new_modules)
+            try:
+                modules = tuple(by_name[name] for name in names)
+            except KeyError:
+                raise _fail("a delta's module order names a module it never sent") from None
+        frame = Frame(threads=threads, modules=modules, **fields)
+        self.frame = frame
+        return frame
 
 
 def decode_hello(data: Any) -> Hello:

@@ -1401,7 +1401,7 @@ class Agent:
         self.focus = None  # the view: native id of the thread periscope looks at (None: every thread)
         self.focus_frame = 0
         self.frame_now = False  # the view changed or a resync was asked: the next frame is due now
-        self.wake_r = self.wake_w = None  # socket pair: other threads wake the loop (see wake)
+        self.wake_fd = None  # eventfd: other threads wake the loop with it (see wake)
         self.wake_pending = False
         self.eval_switch = None  # (the target's switch interval, ours) while evals run
         # Always the agent's own encoder: a module the target imported as "msgpack" may be anything.
@@ -1693,14 +1693,11 @@ class Agent:
     def _loop(self):
         conn = self.conn
         conn.settimeout(None)
-        # The loop sleeps in poll() on the connection and on its own socket pair, which any
-        # other thread with something to send writes a byte into (wake): no periodic wake-up.
-        self.wake_r, self.wake_w = _socket.socketpair()
-        self.wake_r.setblocking(False)
-        self.wake_w.setblocking(False)
+        # The loop sleeps in poll() on the connection and on an eventfd of its own, which any
+        # other thread with something to send counts up (wake): no periodic wake-up.
+        wake_fd = self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         poller = select.poll()
         conn_fd = conn.fileno()
-        wake_fd = self.wake_r.fileno()
         poller.register(conn_fd, select.POLLIN)
         poller.register(wake_fd, select.POLLIN)
         period = 1.0 / self.rate if self.rate > 0 else None
@@ -1733,10 +1730,9 @@ class Agent:
                 if fd == wake_fd:
                     self.wake_pending = False
                     try:
-                        while self.wake_r.recv(4096):
-                            pass
+                        os.eventfd_read(wake_fd)
                     except OSError:
-                        pass  # drained (BlockingIOError)
+                        pass  # nothing to read after all (BlockingIOError)
                 else:
                     readable = True
             if not readable:
@@ -1766,12 +1762,20 @@ class Agent:
         if self.wake_pending:
             return
         self.wake_pending = True
-        wake_w = self.wake_w
-        if wake_w is not None:
+        wake_fd = self.wake_fd
+        if wake_fd is not None:
             try:
-                wake_w.send(b"w")
+                os.eventfd_write(wake_fd, 1)
             except OSError:
-                pass  # the pair's buffer is full: the loop is awake already
+                pass  # closed meanwhile (the agent is going) or the counter is full: nobody to wake
+
+    def _close_wake(self):
+        wake_fd, self.wake_fd = self.wake_fd, None
+        if wake_fd is not None:
+            try:
+                os.close(wake_fd)
+            except OSError as error:
+                self.note_error("closing the eventfd", error)
 
     def _eval_switch_interval(self):
         """While evals run, a 0.5 ms GIL switch interval (PROTOCOL.md, *The agent's loop*); the
@@ -2840,6 +2844,12 @@ class Agent:
                 except OSError:
                     pass
         self.conn = self.listener = None
+        self._close_wake()
+        if self.eval_switch is not None:
+            before, ours = self.eval_switch
+            self.eval_switch = None
+            if abs(sys.getswitchinterval() - ours) < 1e-9:
+                sys.setswitchinterval(before)
         self._end_monitoring()
         self._restore_switch_interval()
         self._restore_routers()
@@ -2904,10 +2914,7 @@ class Agent:
         if sys.modules.get(MODULE_NAME) is self.module:
             del sys.modules[MODULE_NAME]
         self.alive = False
-        wake_r, wake_w, self.wake_r, self.wake_w = self.wake_r, self.wake_w, None, None
-        for pair_end in (wake_r, wake_w):
-            if pair_end is not None:
-                pair_end.close()
+        self._close_wake()
         if self.eval_switch is not None:
             before, ours = self.eval_switch
             self.eval_switch = None

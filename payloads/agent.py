@@ -1777,15 +1777,18 @@ class Agent:
             except OSError as error:
                 self.note_error("closing the eventfd", error)
 
+    def _shorten_switch_interval(self):
+        """A 0.5 ms GIL switch interval while evals run (PROTOCOL.md, *The agent's loop*)."""
+        if self.eval_switch is None and "restore_switch_interval" not in self.config:
+            before = sys.getswitchinterval()
+            if before > 0.0005:
+                sys.setswitchinterval(0.0005)
+                self.eval_switch = (before, sys.getswitchinterval())
+
     def _eval_switch_interval(self):
-        """While evals run, a 0.5 ms GIL switch interval (PROTOCOL.md, *The agent's loop*); the
-        target's own back when the last one is done, unless it changed it meanwhile."""
+        """The target's own switch interval back when the last eval is done, unless it changed it meanwhile."""
         if self.evals:
-            if self.eval_switch is None and "restore_switch_interval" not in self.config:
-                before = sys.getswitchinterval()
-                if before > 0.0005:
-                    sys.setswitchinterval(0.0005)
-                    self.eval_switch = (before, sys.getswitchinterval())
+            self._shorten_switch_interval()
         elif self.eval_switch is not None:
             before, ours = self.eval_switch
             self.eval_switch = None
@@ -1897,6 +1900,7 @@ class Agent:
         self.reply(request_id, self.run_job(job))
 
     def op_eval(self, request_id, message):
+        self._shorten_switch_interval()  # before the eval's thread starts (given back by the loop)
         self._start_eval(request_id, message)
 
     def op_interrupt(self, request_id, message):

@@ -45,6 +45,7 @@ from explorer.model import (
     EvalResult,
     Frame,
     Hello,
+    OutOfStep,
     Output,
     Response,
     StackFrame,
@@ -1207,11 +1208,11 @@ class Session:
         interpreter of its version), ``compiled`` (the target compiled the source) or ``rejected``
         (precompiled code was offered but its magic number was not the target's)."""
         self.latest: Frame | None = None
-        """The newest frame received."""
+        """The newest frame received (deltas applied as they come: this is always the whole picture)."""
         self.bytes_received = 0
         """Bytes read from the agent's socket so far, the handshake included (for a data rate)."""
         self.frames_dropped = 0
-        """Frames dropped because nobody consumed them in time."""
+        """Frames that ``next_frame`` passed over because a newer one had come meanwhile."""
         self.agent_errors: list[str] = []
         self.error: PeriscopeError | None = None
         """Why the session ended, when it ended abnormally."""
@@ -1219,7 +1220,10 @@ class Session:
         self._writer = writer
         self._decoder = decoder
         self._script_dir = script_dir
-        self._frames: asyncio.Queue[Frame | None] = asyncio.Queue(maxsize=256)
+        self._frame_came = asyncio.Event()
+        self._handed_seq = -1  # seq of the last frame next_frame() returned
+        self._arrived = 0  # frames received since then
+        self._resyncing = False
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._evals: dict[int, EvalHandle] = {}
         self._ids = itertools.count(1)
@@ -1273,10 +1277,15 @@ class Session:
     def _dispatch(self, message: Any) -> None:
         if isinstance(message, Frame):
             self.latest = message
-            if self._frames.full():
-                self._frames.get_nowait()
-                self.frames_dropped += 1
-            self._frames.put_nowait(message)
+            self._arrived += 1
+            self._resyncing = False
+            self._frame_came.set()
+        elif isinstance(message, OutOfStep):
+            # A delta on a frame this side does not hold: ask once for a full one.
+            if not self._resyncing and not self.closed:
+                self._resyncing = True
+                _request_id, future = self._send("resync", {})
+                future.add_done_callback(_ignore_result)
         elif isinstance(message, Response):
             future = self._pending.pop(message.request_id, None)
             self._evals.pop(message.request_id, None)
@@ -1304,9 +1313,8 @@ class Session:
             if not future.done():
                 future.set_exception(error)
         self._pending.clear()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._frames.put_nowait(None)
         self._closed.set()
+        self._frame_came.set()
         self._writer.close()
 
     @property
@@ -1314,13 +1322,27 @@ class Session:
         """Whether the connection has ended."""
         return self._closed.is_set()
 
-    async def next_frame(self, timeout: float | None = None) -> Frame:
-        """The next streamed frame; SessionClosed when the session ends, TimeoutError after ``timeout``."""
-        frame = await asyncio.wait_for(self._frames.get(), timeout)
-        if frame is None:
-            with contextlib.suppress(asyncio.QueueFull):
-                self._frames.put_nowait(None)
-            raise self.error or SessionClosed(f"the session with process {self.pid} is closed")
+    async def next_frame(self, timeout: float | None = None, *, after: int | None = None) -> Frame:
+        """The latest frame, once it is newer than the last one this returned (or than seq ``after``):
+        frames that came meanwhile are passed over, never queued. SessionClosed when the session
+        ends first, TimeoutError after ``timeout``."""
+        floor = self._handed_seq if after is None else after
+
+        async def newer() -> Frame:
+            while True:
+                latest = self.latest
+                if latest is not None and latest.seq > floor:
+                    return latest
+                if self.closed:
+                    raise self.error or SessionClosed(f"the session with process {self.pid} is closed")
+                self._frame_came.clear()
+                await self._frame_came.wait()
+
+        frame = await asyncio.wait_for(newer(), timeout)
+        if frame.seq > self._handed_seq:
+            self.frames_dropped += max(0, self._arrived - 1)
+            self._arrived = 0
+            self._handed_seq = frame.seq
         return frame
 
     async def frames(self) -> AsyncIterator[Frame]:
@@ -1361,6 +1383,17 @@ class Session:
     async def set_rate(self, hz: float) -> None:
         """Frames per second (0 pauses the stream; ``sample()`` still works)."""
         await self.request("set_rate", hz=float(hz))
+
+    async def set_view(
+        self, focus: int | None = None, frame: int = 0, refs: tuple[int, ...] | list[int] = (), modules: tuple[str, ...] | list[str] | None = None
+    ) -> None:
+        """What periscope looks at (PROTOCOL.md, *Deltas and the view*): the thread ``focus``
+        (native id as the target sees it; None: every thread) gets its whole stack with locals,
+        the others their innermost frame; ``refs`` stay valid; ``modules`` are watched."""
+        arguments: dict[str, Any] = {"focus": focus, "frame": frame, "refs": list(refs)[:1000]}
+        if modules is not None:
+            arguments["modules"] = list(modules)
+        await self.request("view", **arguments)
 
     async def set_modules(self, names: list[str] | tuple[str, ...]) -> None:
         """Which modules' variables frames carry."""

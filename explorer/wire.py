@@ -8,10 +8,12 @@ the stream is ever executed or used to build objects other than plain data and t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import msgpack
+import msgspec
 
 from explorer.errors import ProtocolError
 from explorer.model import (
@@ -22,16 +24,16 @@ from explorer.model import (
     Frame,
     Hello,
     Message,
-    ModuleVariables,
+    OutOfStep,
     Output,
     Response,
     StackFrame,
-    ThreadInfo,
     Value,
     Variable,
+    WireFrame,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_MESSAGE = 64 * 1024 * 1024
 """Largest message accepted from an agent (a frame is bounded at a few MiB by the agent)."""
 MAX_OBJECTS = 2_000_000
@@ -47,31 +49,46 @@ def encode(message: dict[str, Any]) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
 
 
+MAX_FRAME = 16 * 1024 * 1024
+"""Largest frame decoded by the schema (explorer.model's Structs): its objects are bounded by its
+bytes (the smallest valid variable is about 14 bytes and becomes about 250 bytes of objects), so
+this keeps one frame within a few hundred MiB. A larger one goes the way of other messages, with
+its objects counted (``max_objects``)."""
+_FRAME_HEAD = b"\xa1t\xa5frame"
+"""How the agent's frames begin after the map header: the key ``t`` first, the value ``frame``."""
+_FRAME_DECODER = msgspec.msgpack.Decoder(WireFrame)
+
+
+def _schema_error(error: Exception) -> ProtocolError:
+    return ProtocolError(f"malformed message from the agent: {str(error).splitlines()[0] if str(error) else type(error).__name__}; detached")
+
+
 class Decoder:
     """Incremental decoder of the agent's stream: ``feed(bytes)``, then iterate for messages.
 
-    Bounded three ways: bytes per message (``max_message``), elements per array or map, and
-    objects per message (``max_objects``, counted as each array or map is completed), so that a
-    hostile stream cannot make periscope's memory grow without bound.
+    Each message is found by skipping over it (msgpack, in C, building nothing); a frame is then
+    decoded by its schema straight into model objects (msgspec, checking types and bounds), and
+    put together with the frame before by ``frames``. Everything else is unpacked with its objects
+    counted (``max_objects``) and checked field by field. Bounded three ways: bytes per message
+    (``max_message``), elements per array or map, and objects per message.
     """
 
     def __init__(self, max_message: int = MAX_MESSAGE, max_objects: int = MAX_OBJECTS) -> None:
+        self.frames = FrameAssembler()
+        """Puts the stream's delta frames together (only ever used by the thread that iterates)."""
         self._max_message = max_message
         self._max_objects = max_objects
         self._budget = max_objects  # objects left for the message being decoded
-        self._unpacker = msgpack.Unpacker(
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            list_hook=lambda items: self._spend(items, len(items) + 1),
-            object_hook=lambda items: self._spend(items, 2 * len(items) + 1),
-            max_buffer_size=max_message,
-            max_str_len=max_message,
-            max_bin_len=max_message,
-            max_array_len=MAX_CONTAINER,
-            max_map_len=10_000,  # the agent's maps are previews, limits and headers: a few keys
-            max_ext_len=0,
-        )
+        self._limits = {
+            "max_str_len": max_message,
+            "max_bin_len": max_message,
+            "max_array_len": MAX_CONTAINER,
+            "max_map_len": 10_000,  # the agent's maps are previews, limits and headers: a few keys
+            "max_ext_len": 0,
+        }
+        self._splitter = msgpack.Unpacker(max_buffer_size=max_message, **self._limits)
+        self._buffer = bytearray()
+        self._start = 0  # where in the stream self._buffer begins (the splitter's tell() counts from the stream's start)
 
     def _spend(self, items: Any, objects: int) -> Any:
         self._budget -= objects
@@ -82,20 +99,58 @@ class Decoder:
     def feed(self, data: bytes) -> None:
         """Add bytes from the socket; ProtocolError when one message would exceed the bound."""
         try:
-            self._unpacker.feed(data)
+            self._splitter.feed(data)
         except msgpack.BufferFull:
             raise ProtocolError(f"the agent sent a message larger than {self._max_message} bytes; detached") from None
+        self._buffer += data
 
     def __iter__(self) -> Iterator[Message]:
         while True:
             try:
-                raw = next(self._unpacker)
-            except StopIteration:
-                return  # the budget carries over: the unpacker keeps what it built of this message
+                self._splitter.skip()
+            except msgpack.OutOfData:
+                return
             except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
                 raise ProtocolError(f"the agent's stream is malformed ({error}); detached") from None
-            self._budget = self._max_objects
-            yield decode_message(raw)
+            end = self._splitter.tell()
+            size = end - self._start
+            self._start = end
+            with memoryview(self._buffer) as view, view[:size] as data:
+                message = self._message(data)  # decoded in place: no copy of a big frame
+            del self._buffer[:size]
+            yield message
+
+    def _message(self, data: memoryview) -> Message:
+        head = data[0]
+        header = 1 if 0x80 <= head <= 0x8F else 3 if head == 0xDE else 5 if head == 0xDF else 0
+        if header and len(data) <= MAX_FRAME and data[header : header + len(_FRAME_HEAD)] == _FRAME_HEAD:
+            try:
+                wire_frame = _FRAME_DECODER.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                raise _schema_error(error) from None
+            return self._frame(wire_frame, len(data))
+        self._budget = self._max_objects
+        try:
+            raw = msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                list_hook=lambda items: self._spend(items, len(items) + 1),
+                object_hook=lambda items: self._spend(items, 2 * len(items) + 1),
+                **self._limits,
+            )
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
+            raise ProtocolError(f"the agent's stream is malformed ({error}); detached") from None
+        if type(raw) is dict and raw.get("t") == "frame":
+            return self._frame(_convert(raw, WireFrame), len(data))
+        return decode_message(raw)
+
+    def _frame(self, wire_frame: WireFrame, size: int) -> Frame | OutOfStep:
+        if wire_frame.t != "frame":
+            raise _fail("a frame whose type is not frame")
+        frame = self.frames.apply(wire_frame, size)
+        return frame if frame is not None else OutOfStep(wire_frame.base or 0)
 
 
 # -- validation helpers -------------------------------------------------------------------------
@@ -103,6 +158,14 @@ class Decoder:
 
 def _fail(what: str) -> ProtocolError:
     return ProtocolError(f"malformed message from the agent: {what}; detached")
+
+
+def _convert(data: Any, kind: Any) -> Any:
+    """``data`` (plain unpacked msgpack) as ``kind``, checked by its schema."""
+    try:
+        return msgspec.convert(data, kind)
+    except (msgspec.ValidationError, TypeError) as error:
+        raise _schema_error(error) from None
 
 
 def _get(data: dict[str, Any], key: str, types: type | tuple[type, ...], where: str, *, optional: bool = False, default: Any = None) -> Any:
@@ -139,99 +202,116 @@ _NUMBER = (int, float)
 
 def decode_value(data: Any, where: str = "value") -> Value:
     """A preview map (``{"type", "repr", "ref"?, "len"?, "cut"?, "fail"?}``) as a Value."""
-    # The hot path of frame decoding (one call per variable): plain type checks, no helpers.
     if type(data) is not dict:
         raise _fail(f"{where} is not a map")
-    type_name = data.get("type")
-    text = data.get("repr")
-    ref = data.get("ref")
-    length = data.get("len")
-    cut = data.get("cut", False)
-    fail = data.get("fail", False)
-    if (
-        type(type_name) is not str
-        or type(text) is not str
-        or (ref is not None and type(ref) is not int)
-        or (length is not None and type(length) is not int)
-        or type(cut) is not bool
-        or type(fail) is not bool
-    ):
-        raise _fail(f"{where} has a missing or mistyped field")
-    return Value(type_name, text, ref, length, cut, fail)
+    return _convert(data, Value)
 
 
 def _variables(data: Any, where: str) -> tuple[Variable, ...]:
-    result = []
-    for pair in _list(data, where):
-        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str:
-            raise _fail(f"{where} holds something other than [name, value] pairs")
-        result.append(Variable(pair[0], decode_value(pair[1], where)))
-    return tuple(result)
-
-
-def _stack_frame(data: Any) -> StackFrame:
-    data = _map(data, "stack frame")
-    raw_locals = data.get("locals")
-    return StackFrame(
-        filename=_get(data, "file", str, "stack frame"),
-        function=_get(data, "func", str, "stack frame"),
-        qualname=_get(data, "qualname", str, "stack frame", optional=True, default="") or data["func"],
-        lineno=_get(data, "line", int, "stack frame", optional=True),
-        locals=None if raw_locals is None else _variables(raw_locals, "locals"),
-        locals_total=_get(data, "nlocals", int, "stack frame", optional=True, default=0),
-    )
+    return _convert(_list(data, where), tuple[Variable, ...])
 
 
 def decode_task_frames(data: Any) -> tuple[StackFrame, ...]:
     """The ``task_frames`` result: a task's coroutine frames with their locals, innermost first."""
     data = _map(data, "task frames")
-    return tuple(_stack_frame(f) for f in _list(data.get("stack", []), "task frames.stack"))
+    return _convert(_list(data.get("stack", []), "task frames.stack"), tuple[StackFrame, ...])
 
 
-def _thread(data: Any) -> ThreadInfo:
-    data = _map(data, "thread")
-    return ThreadInfo(
-        thread_id=_get(data, "ident", int, "thread"),
-        native_id=_get(data, "native_id", int, "thread", optional=True),
-        name=_get(data, "name", str, "thread", optional=True),
-        daemon=_get(data, "daemon", bool, "thread", optional=True),
-        is_main=_get(data, "main", bool, "thread", optional=True, default=False),
-        is_agent=_get(data, "agent", bool, "thread", optional=True, default=False),
-        frames=tuple(_stack_frame(f) for f in _list(data.get("stack", []), "thread.stack")),
-        depth=_get(data, "depth", int, "thread", optional=True, default=0),
-        stack_omitted=_get(data, "stack_omitted", bool, "thread", optional=True, default=False),
-    )
-
-
-def _module(data: Any) -> ModuleVariables:
-    data = _map(data, "module")
-    return ModuleVariables(
-        name=_get(data, "name", str, "module"),
-        variables=_variables(data.get("vars", []), "module.vars"),
-        total=_get(data, "total", int, "module", optional=True, default=0),
-        missing=_get(data, "missing", bool, "module", optional=True, default=False),
+def _full(wire_frame: WireFrame, size: int) -> Frame:
+    return Frame(
+        seq=wire_frame.seq,
+        time=wire_frame.time,
+        agent_cpu=wire_frame.cpu,
+        threads=wire_frame.threads,
+        modules=wire_frame.modules,
+        truncated=wire_frame.truncated,
+        build_ms=wire_frame.build_ms,
+        errors=wire_frame.errors,
+        error_log=wire_frame.error_log,
+        encode_ms=wire_frame.encode_ms,
+        paused=wire_frame.paused,
+        wire_bytes=size,
     )
 
 
 def decode_frame(data: Any) -> Frame:
-    """A ``frame`` message (or the result of a ``sample`` request) as a Frame."""
-    data = _map(data, "frame")
-    log = _list(data.get("error_log", []), "frame.error_log")
-    if not all(type(line) is str for line in log):
-        raise _fail("frame.error_log holds something other than strings")
-    return Frame(
-        seq=_get(data, "seq", int, "frame"),
-        time=_get(data, "time", _NUMBER, "frame"),
-        agent_cpu=_get(data, "cpu", _NUMBER, "frame", optional=True, default=0.0),
-        threads=tuple(_thread(t) for t in _list(data.get("threads", []), "frame.threads")),
-        modules=tuple(_module(m) for m in _list(data.get("modules", []), "frame.modules")),
-        truncated=_get(data, "truncated", bool, "frame", optional=True, default=False),
-        build_ms=_get(data, "build_ms", _NUMBER, "frame", optional=True, default=0.0),
-        errors=_get(data, "errors", int, "frame", optional=True, default=0),
-        error_log=tuple(log),
-        encode_ms=_get(data, "encode_ms", _NUMBER, "frame", optional=True, default=0.0),
-        paused=_get(data, "paused", str, "frame", optional=True),
-    )
+    """A full ``frame`` message (or the result of a ``sample`` request) as a Frame."""
+    wire_frame = _convert(_map(data, "frame"), WireFrame)
+    if wire_frame.base is not None:
+        raise _fail("a delta frame where a full one belongs")
+    return _full(wire_frame, 0)
+
+
+class FrameAssembler:
+    """The stream's frames put together (PROTOCOL.md, *Deltas and the view*): a full frame as it
+    is, a delta applied to the frame before it. A thread or module that did not change is the very
+    object of the previous frame (and the threads tuple too, when none changed), so ``is`` tells
+    what changed."""
+
+    def __init__(self) -> None:
+        self.frame: Frame | None = None
+        """The last frame put together (None before the first full one, and after a delta that did not fit)."""
+
+    def apply(self, data: WireFrame | dict[str, Any], size: int = 0) -> Frame | None:
+        """The frame ``data`` makes (``size``: its bytes on the wire); None when it is a delta on a
+        frame this assembler does not hold (the client then asks the agent to ``resync``)."""
+        wire_frame = data if type(data) is WireFrame else _convert(_map(data, "frame"), WireFrame)
+        base = wire_frame.base
+        if base is None:
+            frame = _full(wire_frame, size)
+            if len({t.thread_id for t in frame.threads}) != len(frame.threads) or len({m.name for m in frame.modules}) != len(frame.modules):
+                raise _fail("a frame lists a thread or a module twice")
+            self.frame = frame
+            return frame
+        previous = self.frame
+        if previous is None or base != previous.seq:
+            self.frame = None  # out of step until the next full frame
+            return None
+        changed = wire_frame.threads
+        order = wire_frame.order
+        if order is not None and len(set(order)) != len(order):
+            raise _fail("a delta's order names a thread twice")
+        if not changed and order is None:
+            threads = previous.threads
+        else:
+            by_id = {t.thread_id: t for t in previous.threads}
+            new = {t.thread_id: t for t in changed}
+            if len(new) != len(changed):
+                raise _fail("a delta lists a thread twice")
+            if order is None:
+                if not new.keys() <= by_id.keys():
+                    raise _fail("a delta adds a thread without saying the new order")
+                threads = tuple(new.get(t.thread_id, t) for t in previous.threads)
+            else:
+                by_id.update(new)
+                try:
+                    threads = tuple(by_id[ident] for ident in order)
+                except KeyError:
+                    raise _fail("a delta's order names a thread it never sent") from None
+                if not new.keys() <= set(order):
+                    raise _fail("a delta sends a thread its order leaves out")
+        changed_modules = wire_frame.modules
+        module_order = wire_frame.module_order
+        if module_order is not None and len(set(module_order)) != len(module_order):
+            raise _fail("a delta's module order names a module twice")
+        if not changed_modules and module_order is None:
+            modules = previous.modules
+        else:
+            by_name = {m.name: m for m in previous.modules}
+            new_modules = {m.name: m for m in changed_modules}
+            if len(new_modules) != len(changed_modules):
+                raise _fail("a delta lists a module twice")
+            names = module_order if module_order is not None else [m.name for m in previous.modules]
+            if not new_modules.keys() <= set(names):
+                raise _fail("a delta sends a module its order leaves out")
+            by_name.update(new_modules)
+            try:
+                modules = tuple(by_name[name] for name in names)
+            except KeyError:
+                raise _fail("a delta's module order names a module it never sent") from None
+        frame = dataclasses.replace(_full(wire_frame, size), threads=threads, modules=modules)
+        self.frame = frame
+        return frame
 
 
 def decode_hello(data: Any) -> Hello:

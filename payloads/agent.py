@@ -61,8 +61,9 @@ _thread = _original("_thread")
 os = _original("posix") if "posix" in sys.builtin_module_names else __import__("os")
 time = _original("time")
 _islice_c = _original("itertools").islice
+select = _original("select")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MODULE_NAME = "_periscope_agent"
 
 # --------------------------------------------------------------------------------------------
@@ -183,8 +184,19 @@ def _encode_into(obj, out, depth):
         else:
             raise EncodeError("bytes too long")
         out += obj
+    elif t is Encoded:
+        out += obj.data
     else:
         raise EncodeError("cannot encode %s" % t.__name__)
+
+
+class Encoded:
+    """Bytes already encoded as one msgpack object, put into a message as they are."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
 
 
 def encode(obj):
@@ -764,6 +776,7 @@ class RefTable:
         self.seen = {}  # ref -> frame seq (or -1 when pinned)
         self.next_ref = 1
         self.seq = 0
+        self.keep = frozenset()  # refs in periscope's view (expanded objects): they do not expire
 
     def ref(self, obj, pin=False):
         key = id(obj)
@@ -788,7 +801,8 @@ class RefTable:
         """Drop refs not seen in the last two frames (pinned ones stay until the table is full)."""
         self.seq += 1
         old = self.seq - 2
-        drop = [r for r, s in self.seen.items() if 0 <= s < old]
+        keep = self.keep
+        drop = [r for r, s in self.seen.items() if 0 <= s < old and r not in keep]
         if len(self.objects) > self.limit * 3 // 4:
             pinned = [r for r, s in self.seen.items() if s == -1]
             drop += pinned[: len(pinned) // 2]
@@ -802,6 +816,79 @@ class RefTable:
         self.objects.clear()
         self.by_id.clear()
         self.seen.clear()
+
+
+def _brief_sig(entry):
+    """What a brief thread entry (header and innermost frame, no values) shows, as a plain tuple."""
+    stack = entry["stack"]
+    top = stack[0] if stack else None
+    return (
+        entry["native_id"], entry["name"], entry["daemon"], entry["main"], entry["agent"], entry["depth"], entry["stack_omitted"],
+        None if top is None else (top["file"], top["line"], top["func"], top["qualname"]),
+    )
+
+
+class Baseline:
+    """The last frame sent on the stream, entry by entry, to send the next one as a delta on it
+    (PROTOCOL.md, *Deltas and the view*). Pure data: no target object is kept here."""
+
+    def __init__(self):
+        self.seq = None  # None: the next frame goes out full
+        self.threads = {}  # ident -> (brief signature or None, encoded entry)
+        self.order = []
+        self.modules = {}  # name -> encoded entry
+        self.module_order = []
+
+    def reset(self):
+        """The next frame goes out full (a resync, or a new connection)."""
+        self.seq = None
+
+    def delta(self, frame, seq):
+        """Turn ``frame`` (a full frame's map, numbered ``seq``) into a delta on this baseline, in
+        place, and make it the new baseline. An unchanged brief thread is recognised by its
+        signature, without encoding it; every other entry by its encoding."""
+        full = self.seq is None
+        old_threads = {} if full else self.threads
+        threads = {}
+        changed = []
+        order = []
+        for entry in frame["threads"]:
+            ident = entry["ident"]
+            order.append(ident)
+            old = old_threads.get(ident)
+            sig = _brief_sig(entry) if entry.get("brief") else None
+            if sig is not None and old is not None and old[0] == sig:
+                threads[ident] = old
+                continue
+            data = encode(entry)
+            threads[ident] = (sig, data)
+            if old is None or old[1] != data:
+                changed.append(Encoded(data))
+        old_modules = {} if full else self.modules
+        modules = {}
+        changed_modules = []
+        module_order = []
+        for entry in frame["modules"]:
+            name = entry["name"]
+            module_order.append(name)
+            data = encode(entry)
+            modules[name] = data
+            if old_modules.get(name) != data:
+                changed_modules.append(Encoded(data))
+        frame["base"] = self.seq
+        frame["threads"] = changed
+        frame["modules"] = changed_modules
+        if not full:
+            if order != self.order:
+                frame["order"] = order
+            if module_order != self.module_order:
+                frame["module_order"] = module_order
+        self.seq = seq
+        self.threads = threads
+        self.order = order
+        self.modules = modules
+        self.module_order = module_order
+        return frame
 
 
 class Previews:
@@ -1151,7 +1238,9 @@ class StreamRouter:
         agent = self._agent
         capture = agent.captures.get(_thread.get_ident()) if agent is not None else None
         if capture is not None:
-            return capture.write(self._name, text)
+            written = capture.write(self._name, text)
+            agent.wake()  # the loop sends it at once
+            return written
         if self._original is None:
             return len(text)  # the target had no stream here: its print() wrote nothing, and still does
         return self._original.write(text)
@@ -1308,6 +1397,13 @@ class Agent:
         self.early_job = None  # (worker, job) started before periscope connected
         self.hello_first = None  # hello, when it goes out together with the first frame
         self.next_frame_at = None
+        self.baseline = Baseline()  # the last frame on the stream (frames go out as deltas on it)
+        self.focus = None  # the view: native id of the thread periscope looks at (None: every thread)
+        self.focus_frame = 0
+        self.frame_now = False  # the view changed or a resync was asked: the next frame is due now
+        self.wake_fd = None  # eventfd: other threads wake the loop with it (see wake)
+        self.wake_pending = False
+        self.eval_switch = None  # (the target's switch interval, ours) while evals run
         # Always the agent's own encoder: a module the target imported as "msgpack" may be anything.
         self.codec = "builtin"
         self.own_codes = own_codes(module.__dict__, *config.pop("own_codes", ()))
@@ -1434,7 +1530,7 @@ class Agent:
 
     def _frame_settings(self):
         """What a frame's content depends on, to tell whether the early frame still fits."""
-        return repr((self.modules, sorted(self.limits.items())))
+        return repr((self.modules, sorted(self.limits.items()), self.focus, self.focus_frame))
 
     def _run(self):
         config = self.config
@@ -1545,6 +1641,28 @@ class Agent:
             self.modules = [str(m) for m in message["modules"]]
         if type(message.get("limits")) is dict:
             self._configure(message["limits"])
+        if type(message.get("view")) is dict:
+            self._set_view(message["view"])
+
+    def _set_view(self, view):
+        """Take periscope's view (PROTOCOL.md, *Deltas and the view*); ValueError when malformed."""
+        focus = view.get("focus")
+        frame = view.get("frame", 0)
+        refs = view.get("refs", [])
+        if focus is not None and type(focus) is not int:
+            raise ValueError("focus must be a native thread id or nil")
+        if type(frame) is not int or frame < 0:
+            raise ValueError("frame must be an index >= 0")
+        if type(refs) is not list or len(refs) > 1000 or not all(type(r) is int for r in refs):
+            raise ValueError("refs must be a list of at most 1000 refs")
+        if "modules" in view:
+            names = view["modules"]
+            if type(names) is not list or not all(type(n) is str for n in names):
+                raise ValueError("modules must be a list of module names")
+            self.modules = names[:64]
+        self.focus = focus
+        self.focus_frame = frame
+        self.refs.keep = frozenset(refs)
 
     def _configure(self, limits):
         for key, value in limits.items():
@@ -1553,7 +1671,7 @@ class Agent:
         self.refs.limit = self.limits["refs"]
 
     def _hello(self):
-        capabilities = ["frame", "sample", "expand", "eval", "interrupt", "watch", "rate", "configure", "print_capture", "tasks"]
+        capabilities = ["frame", "sample", "expand", "eval", "interrupt", "watch", "rate", "configure", "print_capture", "tasks", "delta", "view"]
         if sys.version_info >= (3, 13):
             capabilities.append("frame_locals_write")
         return {
@@ -1574,9 +1692,20 @@ class Agent:
 
     def _loop(self):
         conn = self.conn
+        conn.settimeout(None)
+        # The loop sleeps in poll() on the connection and on an eventfd of its own, which any
+        # other thread with something to send counts up (wake): no periodic wake-up.
+        wake_fd = self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        poller = select.poll()
+        conn_fd = conn.fileno()
+        poller.register(conn_fd, select.POLLIN)
+        poller.register(wake_fd, select.POLLIN)
         period = 1.0 / self.rate if self.rate > 0 else None
         next_frame = self.next_frame_at or time.monotonic()
         while not self.stopping:
+            if self.frame_now:
+                self.frame_now = False
+                next_frame = time.monotonic()
             now = time.monotonic()
             if self.rate > 0 and now >= next_frame:
                 self.send_frame(None)
@@ -1586,17 +1715,31 @@ class Agent:
                 if next_frame < now:
                     next_frame = now + period
             self._flush_outbox()
+            self._eval_switch_interval()
             if self.stopping:
                 break
-            timeout = None  # nothing asked for: just wait for periscope
+            timeout = None  # nothing asked for: just wait for periscope or a wake-up
             if self.rate > 0:
-                timeout = max(0.0, next_frame - time.monotonic())
-            if self.evals or self.outbox:
-                timeout = 0.02 if timeout is None else min(timeout, 0.02)
-            conn.settimeout(timeout)
+                timeout = max(0, int((next_frame - time.monotonic()) * 1000.0 + 0.999))
             try:
-                data = conn.recv(65536)
-            except TimeoutError:
+                events = poller.poll(timeout)
+            except InterruptedError:
+                continue
+            readable = False
+            for fd, _ in events:
+                if fd == wake_fd:
+                    self.wake_pending = False
+                    try:
+                        os.eventfd_read(wake_fd)
+                    except OSError:
+                        pass  # nothing to read after all (BlockingIOError)
+                else:
+                    readable = True
+            if not readable:
+                continue
+            try:
+                data = conn.recv(65536, getattr(_socket, "MSG_DONTWAIT", 0))
+            except BlockingIOError:
                 continue
             except OSError:
                 break
@@ -1613,6 +1756,44 @@ class Agent:
                 break
             if self.rate > 0 and next_frame - time.monotonic() > 1.0 / self.rate:
                 next_frame = time.monotonic() + 1.0 / self.rate
+
+    def wake(self):
+        """Wake the loop at once (an eval's result or output is waiting); any thread may call it."""
+        if self.wake_pending:
+            return
+        self.wake_pending = True
+        wake_fd = self.wake_fd
+        if wake_fd is not None:
+            try:
+                os.eventfd_write(wake_fd, 1)
+            except OSError:
+                pass  # closed meanwhile (the agent is going) or the counter is full: nobody to wake
+
+    def _close_wake(self):
+        wake_fd, self.wake_fd = self.wake_fd, None
+        if wake_fd is not None:
+            try:
+                os.close(wake_fd)
+            except OSError as error:
+                self.note_error("closing the eventfd", error)
+
+    def _shorten_switch_interval(self):
+        """A 0.5 ms GIL switch interval while evals run (PROTOCOL.md, *The agent's loop*)."""
+        if self.eval_switch is None and "restore_switch_interval" not in self.config:
+            before = sys.getswitchinterval()
+            if before > 0.0005:
+                sys.setswitchinterval(0.0005)
+                self.eval_switch = (before, sys.getswitchinterval())
+
+    def _eval_switch_interval(self):
+        """The target's own switch interval back when the last eval is done, unless it changed it meanwhile."""
+        if self.evals:
+            self._shorten_switch_interval()
+        elif self.eval_switch is not None:
+            before, ours = self.eval_switch
+            self.eval_switch = None
+            if abs(sys.getswitchinterval() - ours) < 1e-9:
+                sys.setswitchinterval(before)
 
     def send(self, message):
         """Encode and send one message; a failure ends the session."""
@@ -1637,6 +1818,7 @@ class Agent:
             if sent < len(data):
                 self.conn.settimeout(float(self.config.get("send_timeout", 10.0)))
                 self.conn.sendall(memoryview(data)[sent:])
+                self.conn.settimeout(None)
         except OSError:
             self.stopping = True
 
@@ -1666,7 +1848,7 @@ class Agent:
         self.send({"t": "resp", "id": request_id, "ok": False, "error": text})
 
     def op_sample(self, request_id, message):
-        self.send_frame(request_id)
+        self.send_frame(request_id)  # full, every thread in detail (see send_frame)
 
     def op_set_rate(self, request_id, message):
         hz = message.get("hz")
@@ -1674,6 +1856,16 @@ class Agent:
             raise ValueError("hz must be a number from 0 (paused) to 100")
         self.rate = float(hz)
         self.reply(request_id, {"hz": self.rate})
+
+    def op_view(self, request_id, message):
+        self._set_view(message)
+        self.frame_now = True
+        self.reply(request_id, {"focus": self.focus, "frame": self.focus_frame, "refs": sorted(self.refs.keep)})
+
+    def op_resync(self, request_id, message):
+        self.baseline.reset()
+        self.frame_now = True
+        self.reply(request_id, {"resync": True})
 
     def op_set_modules(self, request_id, message):
         names = message.get("modules")
@@ -1708,6 +1900,7 @@ class Agent:
         self.reply(request_id, self.run_job(job))
 
     def op_eval(self, request_id, message):
+        self._shorten_switch_interval()  # before the eval's thread starts (given back by the loop)
         self._start_eval(request_id, message)
 
     def op_interrupt(self, request_id, message):
@@ -1816,8 +2009,13 @@ class Agent:
         return Previews(self, worker, self.limits, self.refs, time.thread_time() + self.limits["frame_budget"])
 
     def send_frame(self, request_id):
+        """A frame on the stream (``request_id`` None: a delta on the baseline, in the view) or
+        the reply to ``sample`` (full, every thread in detail)."""
         try:
-            frame = self.run_job(self._build_frame)
+            if request_id is None:
+                frame = self.run_job(self._build_frame)
+            else:
+                frame = self.run_job(self._build_full_frame)
         except BaseException as error:
             self.note_error("frame", error)
             if request_id is not None:
@@ -1837,8 +2035,10 @@ class Agent:
         self.errors = 0
         self.error_log = []
         if request_id is None:
+            self.baseline.delta(frame, self.seq)
             self.send(frame)
         else:
+            frame["base"] = None
             self.reply(request_id, frame)
         self._restore_switch_interval()
 
@@ -1854,10 +2054,16 @@ class Agent:
         """Whether ``frame`` runs the agent's own code (by code object, not by file name)."""
         return id(frame.f_code) in self.own_codes
 
-    def _build_frame(self, worker):
-        """One frame. Runs in the worker; target code runs only in ``worker.call`` (reprs, a
-        custom locals mapping), everything else is read with C-level operations."""
+    def _build_full_frame(self, worker):
+        """A frame with every thread in detail, whatever the view (``sample``)."""
+        return self._build_frame(worker, all_threads=True)
+
+    def _build_frame(self, worker, all_threads=False):
+        """One frame, in the view unless ``all_threads``. Runs in the worker; target code runs
+        only in ``worker.call`` (reprs, a custom locals mapping), everything else is read with
+        C-level operations."""
         started = time.perf_counter()
+        focus = None if all_threads else self.focus
         limits = self.limits
         previews = self._previews(worker)
         budget = limits["frame_bytes"]
@@ -1901,16 +2107,22 @@ class Agent:
                     "stack": [],
                     "depth": 0,
                     "stack_omitted": False,
+                    "brief": False,
                 }
             )
         with_stacks = threads[: limits["threads"]]
         for thread in threads[limits["threads"] :]:
             thread["stack_omitted"] = True
             truncated = True
+        if focus is not None:
+            for thread in threads:
+                # Not the thread periscope looks at: header and innermost frame, no values.
+                thread["brief"] = thread["native_id"] != focus
         for thread in threads:
             frame = current.get(thread["ident"])
             stack = thread["stack"]
             keep = thread["stack_omitted"] is False
+            most = 1 if thread["brief"] else limits["stack_depth"]
             depth = 0
             while frame is not None:
                 code = frame.f_code
@@ -1920,7 +2132,7 @@ class Agent:
                     frame = frame.f_back
                     continue
                 depth += 1
-                if keep and len(stack) < limits["stack_depth"]:
+                if keep and len(stack) < most:
                     stack.append(
                         {
                             "file": code.co_filename,
@@ -1969,22 +2181,32 @@ class Agent:
             truncated = truncated or cut or len(variables) < total
             modules.append({"name": name, "vars": variables, "total": total, "missing": False})
 
+        entries = []
         for thread in with_stacks:
-            for entry in thread["stack"]:
-                frame = entry.pop("_frame")
-                if previews.bytes > budget:
-                    truncated = True
-                    continue
-                try:
-                    items, total = self._frame_locals(worker, frame)
-                except Abandoned:
-                    raise
-                except BaseException as error:
-                    self.note_error("f_locals", error)
-                    continue
-                entry["nlocals"] = total
-                entry["locals"], cut = previews.named(items, budget)
-                truncated = truncated or cut
+            stack = thread["stack"]
+            if thread["brief"]:
+                for entry in stack:
+                    del entry["_frame"]
+                continue
+            if focus is not None and thread["native_id"] == focus and 0 < self.focus_frame < len(stack):
+                # The frame periscope looks at gets its locals first, should the size bound cut them.
+                stack = [stack[self.focus_frame]] + stack[: self.focus_frame] + stack[self.focus_frame + 1 :]
+            entries.extend(stack)
+        for entry in entries:
+            frame = entry.pop("_frame")
+            if previews.bytes > budget:
+                truncated = True
+                continue
+            try:
+                items, total = self._frame_locals(worker, frame)
+            except Abandoned:
+                raise
+            except BaseException as error:
+                self.note_error("f_locals", error)
+                continue
+            entry["nlocals"] = total
+            entry["locals"], cut = previews.named(items, budget)
+            truncated = truncated or cut
         return {
             "t": "frame",
             "seq": 0,
@@ -2278,6 +2500,7 @@ class Agent:
         record.codes = {}
         with self.outbox_lock:
             self.outbox.append(record)
+        self.wake()
 
     def _run_user_code(self, record):
         mode = "eval"
@@ -2625,6 +2848,12 @@ class Agent:
                 except OSError:
                     pass
         self.conn = self.listener = None
+        self._close_wake()
+        if self.eval_switch is not None:
+            before, ours = self.eval_switch
+            self.eval_switch = None
+            if abs(sys.getswitchinterval() - ours) < 1e-9:
+                sys.setswitchinterval(before)
         self._end_monitoring()
         self._restore_switch_interval()
         self._restore_routers()
@@ -2689,6 +2918,12 @@ class Agent:
         if sys.modules.get(MODULE_NAME) is self.module:
             del sys.modules[MODULE_NAME]
         self.alive = False
+        self._close_wake()
+        if self.eval_switch is not None:
+            before, ours = self.eval_switch
+            self.eval_switch = None
+            if abs(sys.getswitchinterval() - ours) < 1e-9:
+                sys.setswitchinterval(before)
         conn, self.conn = self.conn, None
         if conn is not None:
             try:

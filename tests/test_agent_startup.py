@@ -253,7 +253,9 @@ async def test_auth_that_changes_the_modules_gets_a_first_frame_of_those_modules
             messages.extend(unpacker)
         assert messages[0]["t"] == "hello" and messages[0]["code"] == "precompiled"
         frames = [m for m in messages if m["t"] == "frame"]
-        assert frames and all([m["name"] for m in f["modules"]] == ["sys"] for f in frames)
+        # The first is full; the deltas after it carry a module only when it changed, and never another.
+        assert frames and frames[0]["base"] is None and [m["name"] for m in frames[0]["modules"]] == ["sys"]
+        assert all({m["name"] for m in f["modules"]} <= {"sys"} and f.get("module_order", ["sys"]) == ["sys"] for f in frames)
         sock.sendall(msgpack.packb({"t": "req", "id": 1, "op": "detach"}))
         while sock.recv(65536):
             pass

@@ -106,7 +106,7 @@ def test_agent_decoder_never_fails_other_than_cleanly(data):
 # -- explorer.wire ------------------------------------------------------------------------------
 
 HELLO = {
-    "t": "hello", "protocol": 1, "pid": 42, "python": "3.14.10 (main)", "version": [3, 14, 10],
+    "t": "hello", "protocol": 2, "pid": 42, "python": "3.14.10 (main)", "version": [3, 14, 10],
     "implementation": "cpython", "capabilities": ["frame", "eval"], "codec": "builtin",
     "agent_native_id": 43, "rate": 2.0, "modules": ["__main__"], "limits": {"repr_chars": 200},
 }
@@ -159,7 +159,7 @@ def test_wire_response_carries_its_result():
         {**FRAME, "threads": [{"ident": 1, "stack": [{"file": "x"}]}]},
         {**FRAME, "modules": [{"name": "m", "vars": [["x"]]}]},
         {**FRAME, "modules": [{"name": "m", "vars": [["x", {"type": "int"}]]}]},
-        {**HELLO, "protocol": 2},
+        {**HELLO, "protocol": 1},
         {"t": "resp", "id": "1", "ok": True},
         {"t": "output", "id": 1, "stream": "stdin", "data": ""},
         {"t": "launch-missiles"},

@@ -329,6 +329,8 @@ class ProcessScreen(Screen[None]):
         self._tasks_latest: TasksRead | None = None
         self._task_locals: tuple[int, tuple[StackFrame, ...] | None, str | None] | None = None
         """(task id, its coroutine frames with locals from the agent, or why there are none)."""
+        self._view_sent: tuple[int | None, int] | None = None
+        """The view last told to the agent (focused thread, frame): only that thread's stack and locals are sent."""
 
     # --- layout ----------------------------------------------------------------------------------
 
@@ -549,7 +551,8 @@ class ProcessScreen(Screen[None]):
         if self.paused:
             return
         shown = self.frame
-        if shown is not None and message.frame.threads == shown.threads and message.frame.modules == shown.modules:
+        # Unchanged threads and modules are the very objects of the frame before (wire.FrameAssembler).
+        if shown is not None and message.frame.threads is shown.threads and message.frame.modules is shown.modules:
             self.frame = message.frame  # the same picture: nothing to redraw
             return
         with self.app.batch_update():
@@ -603,6 +606,22 @@ class ProcessScreen(Screen[None]):
         thread_list.update_threads(self._thread_rows(frame))
         if self.selected_thread is None or frame.thread(self.selected_thread) is None:
             self.selected_thread = thread_list.selected_id
+        self._tell_view()
+
+    def _tell_view(self) -> None:
+        """Tell the agent which thread and frame are on show, when that changed (PROTOCOL.md, the view)."""
+        view = (self.selected_thread, self.selected_frame)
+        if view != self._view_sent and self.selected_thread is not None:
+            self._view_sent = view
+            self.send_view(*view)
+
+    @work(name="view", exit_on_error=False, exclusive=True, group="view")
+    async def send_view(self, focus: int | None, frame: int) -> None:
+        """Ask the agent for this thread's whole stack with locals and the others' innermost frames."""
+        try:
+            await self.session.set_view(focus=focus, frame=frame)
+        except PeriscopeError:
+            self._view_sent = None  # the session is ending, or the agent refused: say it again next frame
 
     def _selected(self, frame: Frame) -> tuple[ThreadInfo | None, StackFrame | None]:
         thread = frame.thread(self.selected_thread) if self.selected_thread is not None else None
@@ -685,7 +704,9 @@ class ProcessScreen(Screen[None]):
         self._shown_key = key
         if stack_frame is not None:
             title = f"Locals of {stack_frame.qualname or stack_frame.function}()"
-            if stack_frame.locals is None:
+            if thread is not None and thread.brief:
+                title += " (reading…)"  # the agent sends this thread's locals from its next frame on
+            elif stack_frame.locals is None:
                 title += f" ({stack_frame.locals_total} not sent: frame too large)"
             variables.show_scope("locals", title, value_views(stack_frame.locals or ()), track_changes=track)
         else:
@@ -718,6 +739,7 @@ class ProcessScreen(Screen[None]):
         self.selected_frame = 0
         self.query_one(StackView).select_frame(0)
         self.query_one(ReplPane).eval_in = "module"  # until the user picks a frame of this thread
+        self._tell_view()
         if self.frame is not None:
             with self.app.batch_update():
                 self._show_selection(self.frame, moved=True)
@@ -740,6 +762,7 @@ class ProcessScreen(Screen[None]):
         message.stop()
         self.selected_frame = message.index
         self.query_one(ReplPane).eval_in = "frame"  # the user picked a frame: the REPL runs there
+        self._tell_view()
         if self.frame is not None:
             with self.app.batch_update():
                 self._show_selection(self.frame, moved=True)

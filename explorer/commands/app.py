@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 from pathlib import Path
 
 from explorer.errors import PeriscopeError, ProcessGone
@@ -103,10 +104,11 @@ def stop_demo(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
-def run_app(pid: int | None, demo: bool, profile: tuple[str, float] | None = None) -> int:
+def run_app(pid: int | None, demo: bool, profile: tuple[str, float] | None = None, **app_options: Any) -> int:
     """Run the TUI: the process list, ``pid``'s screen, or the demo's; returns the exit status.
 
     ``profile`` (mode, rate) opens ``pid``'s Profile view instead of attaching (``periscope top``).
+    ``app_options`` go to PeriscopeApp (a host's connector and scanner: explorer.hosts.app_options).
     """
     from explorer.app import PeriscopeApp
 
@@ -123,7 +125,7 @@ def run_app(pid: int | None, demo: bool, profile: tuple[str, float] | None = Non
     try:
         from explorer import signals
 
-        app = PeriscopeApp(pid=demo_process.pid if demo_process else pid, profile=profile)
+        app = PeriscopeApp(pid=demo_process.pid if demo_process else pid, profile=profile, **app_options)
         app.quit_on_signals = True
         try:
             result = app.run()

@@ -395,9 +395,12 @@ async def _serve(stdin_fd: int, output: _Output) -> int:
         try:
             while data := os.read(stdin_fd, 1 << 16):
                 loop.call_soon_threadsafe(incoming.put_nowait, data)
+            loop.call_soon_threadsafe(incoming.put_nowait, b"")
         except OSError:
-            pass  # the link broke: the same as a closed stdin
-        loop.call_soon_threadsafe(incoming.put_nowait, b"")
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(incoming.put_nowait, b"")  # the link broke: as a closed stdin
+        except RuntimeError:
+            return  # the loop is closed: serve already ended (a malformed stream)
 
     threading.Thread(target=read_stdin, name="periscope-serve-in", daemon=True).start()
     unpacker = msgpack.Unpacker(

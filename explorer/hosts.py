@@ -201,7 +201,8 @@ class Host:
         from explorer.session import AttachProgress, AttachState
 
         loop = asyncio.get_running_loop()
-        link = await asyncio.to_thread(lambda: self.link)
+        link = self._link if self.connected else await asyncio.to_thread(lambda: self.link)
+        assert link is not None
         started = time.monotonic()
 
         def on_progress(message: dict[str, Any]) -> None:

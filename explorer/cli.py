@@ -142,8 +142,8 @@ def _main_remote(argv: list[str], commands: dict[str, tuple[str, str]]) -> int:
             build_parser(commands, with_options=argv[:1]).parse_args(argv)  # usage errors are found here
             return hosts.run_command(argv[0], argv[1:])
         app_args = build_app_parser().parse_args(argv)
-        from explorer.commands.app import run_app
+        from explorer.commands.app import host_app_options, run_app
 
-        return run_app(pid=app_args.pid, demo=False, **hosts.app_options())
+        return run_app(pid=app_args.pid, demo=False, **host_app_options())
     finally:
         hosts.close_all()

@@ -372,30 +372,6 @@ def _fleet_ps(hosts: list[Host], argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-class HostConnector:
-    """The TUI's connector (explorer.screens.attach.Connector) for one host."""
-
-    def __init__(self, host: Host) -> None:
-        self.host = host
-        self.host_name = host.name
-        """Names the host in the attach screen; also tells it not to read the pid from outside here."""
-
-    async def __call__(self, pid: int, *, thread: int | None, progress: Any) -> Any:
-        from explorer.screens.attach import _STATE_STEPS, ATTACH_TIMEOUT, BLOCKED_FIX, STREAM_RATE
-
-        def report(step: Any) -> None:
-            progress(_STATE_STEPS.get(step.state.value, "injecting"), step.message, None)
-
-        return await self.host.attach(
-            pid,
-            thread="any" if thread is None else thread,
-            timeout=ATTACH_TIMEOUT,
-            rate=STREAM_RATE,
-            progress=report,
-            blocked_fix=BLOCKED_FIX,
-        )
-
-
 class HostScanner:
     """The TUI's process scanner (``scan()``) for one host."""
 
@@ -404,13 +380,3 @@ class HostScanner:
 
     def scan(self) -> list[Any]:
         return self.host.scan()
-
-
-def app_options() -> dict[str, Any]:
-    """PeriscopeApp keyword arguments that put the TUI on the current host (empty: this machine)."""
-    host = current()
-    if host is None:
-        return {}
-    if len(all_hosts()) > 1:
-        raise HostError("the TUI shows one host at a time for now", "give one --host or --exec; 'periscope ps' lists several")
-    return {"connector": HostConnector(host), "scanner_factory": lambda: HostScanner(host)}

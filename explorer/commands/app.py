@@ -108,7 +108,7 @@ def run_app(pid: int | None, demo: bool, profile: tuple[str, float] | None = Non
     """Run the TUI: the process list, ``pid``'s screen, or the demo's; returns the exit status.
 
     ``profile`` (mode, rate) opens ``pid``'s Profile view instead of attaching (``periscope top``).
-    ``app_options`` go to PeriscopeApp (a host's connector and scanner: explorer.hosts.app_options).
+    ``app_options`` go to PeriscopeApp (a host's connector and scanner: host_app_options).
     """
     from explorer.app import PeriscopeApp
 
@@ -145,3 +145,39 @@ def run_app(pid: int | None, demo: bool, profile: tuple[str, float] | None = Non
     finally:
         if demo_process is not None:
             stop_demo(demo_process)
+
+
+class HostConnector:
+    """The TUI's connector (explorer.screens.attach.Connector) through one host (explorer.hosts.Host)."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+        self.host_name = host.name
+        """Names the host in the attach screen; also tells it not to read the pid from outside here."""
+
+    async def __call__(self, pid: int, *, thread: int | None, progress: Any) -> Any:
+        from explorer.screens.attach import _STATE_STEPS, ATTACH_TIMEOUT, BLOCKED_FIX, STREAM_RATE
+
+        def report(step: Any) -> None:
+            progress(_STATE_STEPS.get(step.state.value, "injecting"), step.message, None)
+
+        return await self.host.attach(
+            pid,
+            thread="any" if thread is None else thread,
+            timeout=ATTACH_TIMEOUT,
+            rate=STREAM_RATE,
+            progress=report,
+            blocked_fix=BLOCKED_FIX,
+        )
+
+
+def host_app_options() -> dict[str, Any]:
+    """PeriscopeApp keyword arguments that put the TUI on the current host (empty: this machine)."""
+    from explorer import hosts
+
+    host = hosts.current()
+    if host is None:
+        return {}
+    if len(hosts.all_hosts()) > 1:
+        raise hosts.HostError("the TUI shows one host at a time for now", "give one --host or --exec; 'periscope ps' lists several")
+    return {"connector": HostConnector(host), "scanner_factory": lambda: hosts.HostScanner(host)}

@@ -315,7 +315,8 @@ class Link:
         from explorer.text import visible
 
         said = visible(bytes(self._stderr).decode("utf-8", "replace").strip().splitlines()[-1]) if self._stderr.strip() else ""
-        if status == 127 or "periscope: not found" in said or "periscope: command not found" in said or "No such file" in said:
+        missing = ("not found", "No such file", "executable file not found")
+        if status in (126, 127) or any(text in said for text in missing):
             return HostError(f"periscope is not installed on {self.endpoint.name} ({said or 'command not found'})", INSTALL_FIX)
         if self.endpoint.kind == "ssh" and status == 255:
             return HostError(f"ssh could not reach {self.endpoint.name}: {said or 'connection failed'}", "check that 'ssh HOST' works by hand")

@@ -43,7 +43,8 @@ def test_exec_through_nsenter_into_a_pid_and_mount_namespace(spawn, target_pytho
     contained = spawn(argv=["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", target_python, str(script)])
     contained.wait_for_line("ready")
     host_pid = _namespace_child(contained.pid)
-    assert Path(f"/proc/{host_pid}/status").read_text().split("NSpid:")[1].split()[-1] == "1"
+    (nspid,) = [line.split()[1:] for line in Path(f"/proc/{host_pid}/status").read_text().splitlines() if line.startswith("NSpid:")]
+    assert nspid[-1] == "1"  # pid 1 in its own namespace
     env = {**os.environ, "PERISCOPE_REMOTE_COMMAND": SERVE_HERE}
     exec_command = f"nsenter -t {host_pid} -a"
 

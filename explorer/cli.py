@@ -139,8 +139,8 @@ def _main_remote(argv: list[str], commands: dict[str, tuple[str, str]]) -> int:
             if argv[0] in hosts.RELAYED:
                 args = build_parser(commands, with_options=argv[:1]).parse_args(argv)
                 return int(args.run(args) or 0)
-            build_parser(commands, with_options=argv[:1]).parse_args(argv)  # usage errors are found here
-            return hosts.run_command(argv[0], argv[1:])
+            args = build_parser(commands, with_options=argv[:1]).parse_args(argv)  # usage errors are found here
+            return hosts.run_command(argv[0], argv[1:], args)
         app_args = build_app_parser().parse_args(argv)
         from explorer.commands.app import host_app_options, run_app
 

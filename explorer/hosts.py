@@ -175,9 +175,13 @@ class Host:
             raise ProtocolError(f"{self.name} answered ps with a malformed list")
         return [process_from_json(row, self.name) for row in rows]
 
-    def run(self, argv: list[str]) -> tuple[int, str, str]:
-        """Run a read-only periscope command there: its exit status, stdout and stderr (hostile text)."""
-        result = self.link.request("run", timeout=None, argv=list(argv))
+    def run(self, argv: list[str], file: tuple[int, bytes] | None = None) -> tuple[int, str, str]:
+        """Run a periscope command there: its exit status, stdout and stderr (hostile text).
+
+        ``file`` (index in ``argv``, contents) sends a file of this machine along: the far side
+        puts it in a private directory and passes that path instead (``exec``'s script)."""
+        extra: dict[str, Any] = {} if file is None else {"file_arg": file[0], "file": file[1]}
+        result = self.link.request("run", timeout=None, argv=list(argv), **extra)
         if not (isinstance(result, dict) and type(result.get("status")) is int):
             raise ProtocolError(f"{self.name} answered with a malformed result")
         out, err = result.get("stdout"), result.get("stderr")
@@ -309,14 +313,14 @@ async def attach(pid: int, **options: Any) -> Any:
 
 # -- the CLI and the TUI over a host ------------------------------------------------------------
 
-RUN_THERE = frozenset({"stack", "tasks", "target-python", "snapshot", "record"})
+RUN_THERE = frozenset({"stack", "tasks", "target-python", "snapshot", "record", "exec"})
 """Commands that run whole on the far side (read-only reads, or their own attach and fallback);
 their output is shown here as they print it there, with control characters written out."""
 RELAYED = frozenset({"eval", "watch"})
 """Commands that run here, their agent session relayed from the far side."""
 
 
-def run_command(command: str, argv: list[str]) -> int:
+def run_command(command: str, argv: list[str], args: Any = None) -> int:
     """Run ``periscope COMMAND ARGV`` through the current host(s); the exit status."""
     import sys
 
@@ -329,7 +333,15 @@ def run_command(command: str, argv: list[str]) -> int:
         raise HostError(f"periscope {command} works on one host at a time", "give one --host or --exec (the process list takes several)")
     if command not in RUN_THERE:
         raise HostError(f"periscope {command} does not work over --host or --exec yet", "run it on that machine")
-    status, out, err = hosts[0].run([command, *argv])
+    file = None
+    if command == "exec" and args is not None:
+        # The script is read here and sent along; the far side runs it from a private copy.
+        try:
+            with open(args.file, "rb") as handle:
+                file = (len(argv) - argv[::-1].index(args.file), handle.read())
+        except OSError as error:
+            raise HostError(f"cannot read {args.file}: {error.strerror or error}") from None
+    status, out, err = hosts[0].run([command, *argv], file)
     sys.stdout.write(visible(out, keep_lines=True))
     sys.stdout.flush()
     sys.stderr.write(visible(err, keep_lines=True))

@@ -21,6 +21,7 @@ import queue
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from typing import Any
 
@@ -40,8 +41,10 @@ MAX_OUTPUT = 16 * 1024 * 1024
 RUN_TIMEOUT = 120.0
 SHUT_WAIT = 10.0
 """Seconds the requests still running when stdin closes (other than attaches) have to answer."""
-RUN_COMMANDS = frozenset({"stack", "tasks", "target-python", "ps", "snapshot", "record"})
+RUN_COMMANDS = frozenset({"stack", "tasks", "target-python", "ps", "snapshot", "record", "exec"})
 """The commands a ``run`` request may run here (their output is what they print locally)."""
+MAX_FILE = 4 * 1024 * 1024
+"""Largest file a ``run`` request may carry (``exec``'s script, sent from the near side)."""
 
 
 class BadRequest(PeriscopeError):
@@ -241,6 +244,19 @@ class Server:
             raise BadRequest("'argv' must be a list of strings")
         if argv[0] not in RUN_COMMANDS:
             raise BadRequest(f"{argv[0]!r} cannot run through serve (it runs: {', '.join(sorted(RUN_COMMANDS))})")
+        file = _get(request, "file", bytes, None, check=lambda data: len(data) <= MAX_FILE)
+        file_arg = _get(request, "file_arg", int, None, check=lambda index: 0 < index < len(argv))
+        if (file is None) != (file_arg is None):
+            raise BadRequest("'file' and 'file_arg' come together")
+        with tempfile.TemporaryDirectory(prefix="periscope-serve-") as private:  # 0700, removed after the run
+            if file is not None and file_arg is not None:
+                path = os.path.join(private, os.path.basename(argv[file_arg]) or "script.py")
+                with open(path, "xb") as handle:
+                    handle.write(file)
+                argv = [*argv[:file_arg], path, *argv[file_arg + 1 :]]
+            return await self._run_command(argv)
+
+    async def _run_command(self, argv: list[str]) -> dict[str, Any]:
         child = subprocess.Popen(
             [sys.executable, "-m", "explorer", *argv],
             stdin=subprocess.DEVNULL,

@@ -185,3 +185,19 @@ def test_killing_the_ssh_connection_mid_stream_leaves_the_target_clean(sshd, spa
         assert not list(watched.tmpdir.iterdir())
     finally:
         kill(client)
+
+
+def test_exec_sends_the_script_and_runs_it_there(sshd, spawn, tmp_path):
+    target = spawn(TARGET)
+    target.wait_for_line("ready")
+    marker = tmp_path / "ran.txt"
+    script = tmp_path / "here.py"
+    script.write_text(f"import os, __main__\nopen({str(marker)!r}, 'w').write(f'{{__main__.answer}} {{os.getpid()}}')\n")
+    result = periscope(sshd, "exec", str(target.pid), str(script))
+    assert result.returncode == 0, result.stderr
+    assert "picked up" in result.stdout
+    deadline = time.monotonic() + 15
+    while not (marker.exists() and marker.read_text()):
+        assert time.monotonic() < deadline, "the script did not run in the target"
+        time.sleep(0.02)
+    assert marker.read_text() == f"41 {target.pid}"

@@ -168,9 +168,9 @@ class Host:
 
     # -- what the commands ask -----------------------------------------------------------------
 
-    def scan(self, interval: float = 0.0) -> list[Any]:
+    def scan(self, interval: float = 0.0, timeout: float | None = 60.0) -> list[Any]:
         """The far side's Python processes as explorer.discovery.ProcessInfo (checked field by field)."""
-        rows = self.link.request("ps", interval=float(interval))
+        rows = self.link.request("ps", timeout=timeout, interval=float(interval))
         if not isinstance(rows, list):
             raise ProtocolError(f"{self.name} answered ps with a malformed list")
         return [process_from_json(row, self.name) for row in rows]
@@ -385,10 +385,35 @@ def _fleet_ps(hosts: list[Host], argv: list[str]) -> int:
 
 
 class HostScanner:
-    """The TUI's process scanner (``scan()``) for one host."""
+    """The TUI's process scanner (``scan()``) for one host.
+
+    A host that drops off is not fatal: its last rows stay, marked as unreachable (not
+    attachable, the reason saying why), and the next scan connects again.
+    """
 
     def __init__(self, host: Host) -> None:
         self.host = host
+        self.problem: str | None = None
+        """Why the last scan could not reach the host (None when it could)."""
+        self._last: list[Any] = []
 
     def scan(self) -> list[Any]:
-        return self.host.scan()
+        try:
+            self._last = self.host.scan(timeout=SCAN_TIMEOUT)
+        except PeriscopeError as error:
+            self.problem = str(error)
+            return [
+                dataclasses.replace(
+                    process,
+                    attachable=False,
+                    reason=f"{self.host.name} is unreachable: {error}",
+                    fix="periscope connects again at the next scan",
+                )
+                for process in self._last
+            ]
+        self.problem = None
+        return self._last
+
+
+SCAN_TIMEOUT = 15.0
+"""Seconds a host may take to list its processes before it counts as unreachable for that scan."""

@@ -33,6 +33,7 @@ class SshServer:
     process: subprocess.Popen[bytes]
     port: int
     directory: Path
+    command: list[str]
 
     @property
     def destination(self) -> str:
@@ -52,6 +53,25 @@ class SshServer:
         remote = f"env PYTHONPATH={shlex.quote(str(CHECKOUT))} {SERVE_HERE}"
         return {**os.environ, "PERISCOPE_SSH_COMMAND": self.ssh_command, "PERISCOPE_REMOTE_COMMAND": remote, **extra}
 
+    def wait_listening(self, timeout: float = 15.0) -> bool:
+        """Whether the server answers with its banner within ``timeout`` (False when it exited)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
+                    if probe.recv(4).startswith(b"SSH-"):
+                        return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def start_again(self) -> None:
+        """Start the stopped server again, on the same port with the same keys."""
+        self.process = _launch(self.command, self.directory)
+        if not self.wait_listening():
+            self.stop()
+            raise RuntimeError(f"sshd did not start again: {(self.directory / 'sshd.log').read_text(errors='replace')}")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -60,6 +80,11 @@ class SshServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+
+
+def _launch(command: list[str], directory: Path) -> subprocess.Popen[bytes]:
+    with open(directory / "sshd.log", "ab") as log:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
 
 def _free_port() -> int:
@@ -100,18 +125,9 @@ def start_sshd(directory: Path) -> SshServer:
         if os.getuid() == 0:
             inner = f"mount -t tmpfs tmpfs /run && mkdir /run/sshd && exec {shlex.join(command)}"
             command = ["unshare", "--mount", "sh", "-c", inner]
-        log = open(directory / "sshd.log", "wb")
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        log.close()
-        server = SshServer(process, port, directory)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
-                    if probe.recv(4).startswith(b"SSH-"):
-                        return server
-            except OSError:
-                time.sleep(0.05)
+        server = SshServer(_launch(command, directory), port, directory, command)
+        if server.wait_listening():
+            return server
         server.stop()
         if attempt == 4:
             raise RuntimeError(f"sshd did not start: {(directory / 'sshd.log').read_text(errors='replace')}")

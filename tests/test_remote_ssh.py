@@ -201,3 +201,39 @@ def test_exec_sends_the_script_and_runs_it_there(sshd, spawn, tmp_path):
         assert time.monotonic() < deadline, "the script did not run in the target"
         time.sleep(0.02)
     assert marker.read_text() == f"41 {target.pid}"
+
+
+def test_a_host_that_drops_off_is_marked_and_comes_back(spawn, tmp_path, monkeypatch):
+    from explorer.hosts import Host, HostScanner
+    from explorer.transport import ssh_endpoint
+
+    server = start_sshd(tmp_path / "sshd")
+    host = None
+    try:
+        target = spawn(TARGET)
+        target.wait_for_line("ready")
+        for key, value in server.env().items():
+            if key.startswith("PERISCOPE_"):
+                monkeypatch.setenv(key, value)
+        host = Host(ssh_endpoint(server.destination))
+        scanner = HostScanner(host)
+        (row,) = [process for process in scanner.scan() if process.pid == target.pid]
+        assert row.attachable and scanner.problem is None
+
+        server.stop()  # the host goes away: its connection and its server
+        os.kill(host.link.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while host.connected:
+            assert time.monotonic() < deadline, "the link did not notice its ssh went away"
+            time.sleep(0.01)
+        (marked,) = [process for process in scanner.scan() if process.pid == target.pid]
+        assert not marked.attachable and marked.reason.startswith(f"{server.destination} is unreachable")
+        assert "ssh could not reach" in scanner.problem
+
+        server.start_again()  # back: the next scan connects again
+        (back,) = [process for process in scanner.scan() if process.pid == target.pid]
+        assert back.attachable and scanner.problem is None
+    finally:
+        if host is not None:
+            host.close()
+        server.stop()

@@ -328,7 +328,7 @@ def run_command(command: str, argv: list[str], args: Any = None) -> int:
 
     hosts = all_hosts()
     if command == "ps":
-        return _fleet_ps(hosts, argv)
+        return _fleet_ps(hosts, bool(getattr(args, "json", False)), float(getattr(args, "interval", 0.3)))
     if len(hosts) > 1:
         raise HostError(f"periscope {command} works on one host at a time", "give one --host or --exec (the process list takes several)")
     if command not in RUN_THERE:
@@ -348,29 +348,26 @@ def run_command(command: str, argv: list[str], args: Any = None) -> int:
     return status
 
 
-def _fleet_ps(hosts: list[Host], argv: list[str]) -> int:
+def _fleet_ps(hosts: list[Host], as_json: bool, interval: float) -> int:
     """``ps`` on every host: one table with a HOST column (``--json``: a ``host`` key); a host that
     cannot be reached is reported, the others still listed."""
     import json
     import sys
 
-    from explorer.commands.ps import DEFAULT_INTERVAL, write_table
+    from explorer.commands.ps import write_table
     from explorer.text import visible
 
-    as_json = "--json" in argv
-    interval = DEFAULT_INTERVAL
-    for index, arg in enumerate(argv):
-        if arg == "--interval" and index + 1 < len(argv):
-            interval = float(argv[index + 1])
-        elif arg.startswith("--interval="):
-            interval = float(arg.partition("=")[2])
+    from concurrent.futures import ThreadPoolExecutor
+
     listed: list[tuple[str, list[Any]]] = []
     failed: list[tuple[str, str]] = []
-    for host in hosts:
-        try:
-            listed.append((host.name, host.scan(interval)))
-        except PeriscopeError as error:
-            failed.append((host.name, str(error)))
+    with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:  # every host at once
+        scans = [(host, pool.submit(host.scan, interval)) for host in hosts]
+        for host, scan in scans:
+            try:
+                listed.append((host.name, scan.result()))
+            except PeriscopeError as error:
+                failed.append((host.name, str(error)))
     if as_json:
         rows = [{"host": name, **process.to_json()} for name, processes in listed for process in processes]
         json.dump(rows, sys.stdout, indent=2)

@@ -82,6 +82,10 @@ def test_ps_stack_snapshot_and_eval_over_ssh(sshd, spawn):
     assert snapshot.returncode == 0, snapshot.stderr
     assert json.loads(snapshot.stdout)["modules"]["__main__"]["answer"]["repr"] == "41"
 
+    tasks = periscope(sshd, "tasks", str(target.pid), "--json")
+    assert tasks.returncode == 0, tasks.stderr
+    assert json.loads(tasks.stdout)["pid"] == target.pid
+
     evaluated = periscope(sshd, "eval", str(target.pid), "answer + 1")
     assert evaluated.returncode == 0, evaluated.stderr
     assert evaluated.stdout.strip() == "42"

@@ -25,7 +25,7 @@ from explorer.hosts import Host
 from explorer.session import attach
 from explorer.transport import ssh_endpoint
 from tests import targets
-from tests.bench import describe, load_average
+from tests.bench import load_average
 from tests.bench.bench_agent import IDLE, WIDE
 from tests.sshd import start_sshd
 
@@ -35,9 +35,10 @@ KILLS = 5
 
 
 def _range(values: list[float], unit: str = "ms", scale: float = 1000) -> str:
+    """``median 12.34 ms (min 9.10, max 20.00, n=20)``."""
     return (
-        f"median {statistics.median(values) * scale:.1f} {unit} "
-        f"(min {min(values) * scale:.1f}, max {max(values) * scale:.1f}, n={len(values)})"
+        f"median {statistics.median(values) * scale:.2f} {unit} "
+        f"(min {min(values) * scale:.2f}, max {max(values) * scale:.2f}, n={len(values)})"
     )
 
 
@@ -69,9 +70,9 @@ async def _attach(host: Host, pid: int) -> None:
         await asyncio.to_thread(host.link.request, "hello")
         trips.append(time.perf_counter() - start)
     print("  attach to first frame, single-threaded target:")
-    print(f"    local                     {describe(local)}")
-    print(f"    over ssh (loopback)       {describe(remote)}")
-    print(f"    one round trip of the link {describe(trips)}")
+    print(f"    local                      {_range(local)}")
+    print(f"    over ssh (loopback)        {_range(remote)}")
+    print(f"    one round trip of the link {_range(trips, scale=1000)}")
     budget = 1.5 * statistics.median(local) + statistics.median(trips)
     print(
         f"    over ssh / (1.5 x local + one round trip): {statistics.median(remote) / budget:.2f} "

@@ -375,7 +375,8 @@ def _fleet_ps(hosts: list[Host], as_json: bool, interval: float) -> int:
     else:
         processes = [process for _name, found in listed for process in found]
         names = [name for name, found in listed for _process in found]
-        write_table(processes, sys.stdout, hosts=names)
+        if processes or not failed:  # "no Python processes found" only when every host answered
+            write_table(processes, sys.stdout, hosts=names)
     for name, why in failed:
         print(f"periscope: {visible(name)}: {visible(why)}", file=sys.stderr)
     return 1 if failed else 0

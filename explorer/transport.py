@@ -206,10 +206,10 @@ class Link:
             )
         except FileNotFoundError:
             raise HostError(f"{endpoint.argv[0]!r} was not found on this machine", "install it or fix the command") from None
+        self._stderr_reader = threading.Thread(target=self._read_stderr, name=f"periscope-link-stderr {endpoint.name}", daemon=True)
+        self._stderr_reader.start()
         self._reader = threading.Thread(target=self._read, name=f"periscope-link {endpoint.name}", daemon=True)
         self._reader.start()
-        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._stderr_reader.start()
         try:
             info = self.submit("hello").result(HELLO_TIMEOUT)
         except concurrent.futures.TimeoutError:
@@ -315,8 +315,11 @@ class Link:
         from explorer.text import visible
 
         said = visible(bytes(self._stderr).decode("utf-8", "replace").strip().splitlines()[-1]) if self._stderr.strip() else ""
-        missing = ("not found", "No such file", "executable file not found")
-        if status in (126, 127) or any(text in said for text in missing):
+        # A shell says "periscope: not found" (127); docker and kubectl say that the executable
+        # "periscope" was not found. Other "not found"s (a pod, a container) are not this.
+        program = os.path.basename(remote_command()[0])
+        missing = ("not found", "No such file")
+        if (status in (126, 127) and self.endpoint.kind == "ssh") or (program in said and any(text in said for text in missing)):
             return HostError(f"periscope is not installed on {self.endpoint.name} ({said or 'command not found'})", INSTALL_FIX)
         if self.endpoint.kind == "ssh" and status == 255:
             return HostError(f"ssh could not reach {self.endpoint.name}: {said or 'connection failed'}", "check that 'ssh HOST' works by hand")
@@ -336,7 +339,15 @@ class Link:
                 self._process.stdin.write(data)
                 self._process.stdin.flush()
             except (BrokenPipeError, OSError, ValueError):
-                raise self.dead or HostError(f"lost the link to {self.endpoint.name}") from None
+                failed = True
+            else:
+                failed = False
+                self.bytes_sent += len(data)
+        if failed:
+            # The far command is gone: its reader says why (not installed, ssh refused, ...).
+            if threading.current_thread() is not self._reader:
+                self._reader.join(5.0)
+            raise self.dead or HostError(f"lost the link to {self.endpoint.name}")
             self.bytes_sent += len(data)
 
     def submit(self, op: str, *, progress: Callable[[dict[str, Any]], None] | None = None, **arguments: Any) -> concurrent.futures.Future[Any]:

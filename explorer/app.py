@@ -62,6 +62,7 @@ class PeriscopeApp(App[int]):
         history_path: Path | None = None,
         mask_noise: bool = False,
         profile: tuple[str, float] | None = None,
+        show_host: bool = False,
     ) -> None:
         super().__init__()
         self.start_profile = profile
@@ -78,7 +79,7 @@ class PeriscopeApp(App[int]):
         """Hide pids, times and rates (reproducible screenshots and snapshot tests)."""
         self.attached: dict[int, ProcessScreen] = {}
         """The process screen of every attached process, by pid."""
-        self.process_list = ProcessListScreen(scanner_factory, mask_noise=mask_noise)
+        self.process_list = ProcessListScreen(scanner_factory, mask_noise=mask_noise, show_host=show_host)
         """The start screen; always at the bottom of the screen stack."""
 
     # --- start and stop --------------------------------------------------------------------------
@@ -127,7 +128,10 @@ class PeriscopeApp(App[int]):
                 ErrorDialog(f"Cannot attach to {self._shown_pid(pid)}", process.reason or "periscope cannot attach", process.fix)
             )
             return
-        self.push_screen(AttachScreen(pid, self.connector, process, thread=thread, mask_noise=self.mask_noise), self._on_attach_done)
+        # The fleet view's connector attaches through the host of the row (explorer.hosts).
+        for_process = getattr(self.connector, "for_process", None)
+        connector = for_process(process) if for_process is not None and process is not None else self.connector
+        self.push_screen(AttachScreen(pid, connector, process, thread=thread, mask_noise=self.mask_noise), self._on_attach_done)
 
     def _on_attach_done(self, result: Attached | AttachFailed | None) -> None:
         if result is None:

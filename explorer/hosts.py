@@ -256,6 +256,25 @@ def _close_late(link: Link, done: Any) -> None:
             link.submit("close", sid=result["sid"])
 
 
+def _host_process_class() -> Any:
+    """ProcessInfo with the name of the host it runs on (a class made once, on first use)."""
+    global _HostProcessInfo
+    if _HostProcessInfo is None:
+        from explorer.discovery import ProcessInfo
+
+        @dataclasses.dataclass(frozen=True)
+        class HostProcessInfo(ProcessInfo):
+            """A far side's process, and the host (``--host``/``--exec`` name) it runs on."""
+
+            host: str = ""
+
+        _HostProcessInfo = HostProcessInfo
+    return _HostProcessInfo
+
+
+_HostProcessInfo: Any = None
+
+
 _PROCESS_TYPES: dict[str, Any] = {
     "pid": int,
     "ppid": int,
@@ -297,7 +316,7 @@ def process_from_json(row: Any, host: str) -> Any:
                 raise ProtocolError(f"{host} sent a process whose command line is malformed")
             value = tuple(value)
         values[field.name] = value
-    return ProcessInfo(**values)
+    return _host_process_class()(**values, host=host)
 
 
 async def attach(pid: int, **options: Any) -> Any:
@@ -411,6 +430,20 @@ class HostScanner:
             ]
         self.problem = None
         return self._last
+
+
+class FleetScanner:
+    """The fleet view's scanner: every host's processes in one list, each host scanned at once;
+    a host that drops off keeps its rows, marked (see HostScanner)."""
+
+    def __init__(self, hosts: list[Host]) -> None:
+        self.scanners = [HostScanner(host) for host in hosts]
+
+    def scan(self) -> list[Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(16, len(self.scanners))) as pool:
+            return [process for found in pool.map(lambda scanner: scanner.scan(), self.scanners) for process in found]
 
 
 SCAN_TIMEOUT = 15.0

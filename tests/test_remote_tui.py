@@ -76,3 +76,53 @@ def test_tui_over_ssh_lists_attaches_evaluates_and_detaches(spawn, target_python
     finally:
         subprocess.run([TMUX, "-L", term.socket, "kill-server"], capture_output=True, timeout=10)
         server.stop()
+
+
+def test_fleet_view_lists_every_host_with_a_host_column_and_attaches_per_row(spawn, target_python, tmp_path):
+    """Two far sides of the same machine (ssh, and --exec env): each process shows once per host,
+    the HOST column says which; attaching to one row goes through that row's host."""
+    server = start_sshd(tmp_path / "sshd")
+    term = Terminal(f"periscope-test-{secrets.token_hex(4)}")
+    env = {
+        **{k: v for k, v in server.env().items() if not k.startswith("TMUX")},
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "PS1": "$ ",
+    }
+    try:
+        demo = spawn(DEMO.read_text(encoding="utf-8"), script_name="demo_target.py", args=["--verbose"])
+        demo.wait_for_line("round")
+        assert demo.script is not None
+        subprocess.run(
+            [TMUX, "-L", term.socket, "-f", "/dev/null", "new-session", "-d", "-s", "main", "-x", "150", "-y", "40",
+             "bash --norc --noprofile"],
+            check=True, env=env, timeout=10,
+        )
+        periscope = Path(sys.executable).with_name("periscope")
+        term.type(f"{periscope} --host {server.destination} --exec env; echo periscope-exited-$?")
+        term.press("Enter")
+
+        term.wait_for(r"HOST\s+PID")
+        term.type(demo.script.parent.name)
+        term.wait_for(rf"{re.escape(server.destination)}\s+{demo.pid}\s")
+        term.wait_for(rf"env\s+{demo.pid}\s")
+        term.type(" env")  # the filter matches the HOST column too: only the exec host's row
+        deadline = time.monotonic() + 15
+        while re.search(rf"{re.escape(server.destination)}\s+{demo.pid}\s", term.screen()):
+            assert time.monotonic() < deadline, term.screen()
+            time.sleep(0.1)
+        term.wait_for(r"can attach")
+        term.press("Enter")
+
+        term.wait_for(rf"periscope · env · {demo.pid}")
+        term.wait_for(r"APP_NAME\s*=\s*'number-adder'")
+        term.press("d")
+        term.wait_for(r"HOST\s+PID")
+        deadline = time.monotonic() + 15
+        while agent_present(demo.pid):
+            assert time.monotonic() < deadline, "the agent is still in the target after detaching"
+            time.sleep(0.1)
+        term.press("C-q")
+        term.wait_for(r"periscope-exited-0")
+    finally:
+        subprocess.run([TMUX, "-L", term.socket, "kill-server"], capture_output=True, timeout=10)
+        server.stop()

@@ -178,6 +178,23 @@ def host_app_options() -> dict[str, Any]:
     host = hosts.current()
     if host is None:
         return {}
-    if len(hosts.all_hosts()) > 1:
-        raise hosts.HostError("the TUI shows one host at a time for now", "give one --host or --exec; 'periscope ps' lists several")
+    fleet = hosts.all_hosts()
+    if len(fleet) > 1:
+        return {"connector": FleetConnector(fleet), "scanner_factory": lambda: hosts.FleetScanner(fleet), "show_host": True}
     return {"connector": HostConnector(host), "scanner_factory": lambda: hosts.HostScanner(host)}
+
+
+class FleetConnector:
+    """The fleet view's connector: ``for_process`` picks the connector of the row's host."""
+
+    def __init__(self, fleet: list[Any]) -> None:
+        self.connectors = {host.name: HostConnector(host) for host in fleet}
+        self.host_name = ", ".join(self.connectors)
+
+    def for_process(self, process: Any) -> HostConnector | FleetConnector:
+        return self.connectors.get(getattr(process, "host", ""), self)
+
+    async def __call__(self, pid: int, *, thread: int | None, progress: Any) -> Any:
+        from explorer.errors import PeriscopeError
+
+        raise PeriscopeError(f"attach to {pid} from the process list: its row says which host it runs on")

@@ -76,8 +76,11 @@ class ProcessListScreen(Screen[None]):
         *,
         mask_noise: bool = False,
         name: str | None = None,
+        show_host: bool = False,
     ) -> None:
         super().__init__(name=name)
+        self.show_host = show_host
+        """The fleet view: processes of several hosts, with a HOST column."""
         self.scanner_factory = scanner_factory
         """Makes the scanner the scan worker calls (one per screen, kept for CPU %)."""
         self.mask_noise = mask_noise
@@ -93,7 +96,7 @@ class ProcessListScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static("periscope · Python processes", id="title")
         yield Input(placeholder="type to filter (pid, user, version, command)", id="filter", select_on_focus=False)
-        table = ProcessTable(id="processes")
+        table = ProcessTable(id="processes", show_host=self.show_host)
         table.mask_noise = self.mask_noise
         yield table
         verdict = AttachVerdict(id="verdict")

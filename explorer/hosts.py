@@ -88,50 +88,39 @@ def take_host_options(argv: list[str]) -> tuple[list[str], list[Endpoint]]:
     return rest, endpoints
 
 
-class RelayedSession:
-    """Marker base for sessions whose agent stream comes over a Link (see ``make_session``)."""
-
-
 def make_session(host: Host, pid: int, result: dict[str, Any]) -> Any:
     """A Session over the relayed stream that the far side's attach ``result`` opened."""
     from explorer import wire
     from explorer.session import Session
-
-    class RemoteSession(Session, RelayedSession):
-        """A Session whose bytes travel over a Link; the far side owns the target's session directory."""
-
-        host_name = host.name
-
-        def _why_closed(self, what: str) -> str:
-            stream_reason = reason[0]
-            return f"{stream_reason} in process {self.pid} on {host.name}; attach again"
+    from explorer.transport import RelayWriter
 
     sid = result.get("sid")
     hello_data = result.get("hello")
     if type(sid) is not int or not isinstance(hello_data, dict):
         raise ProtocolError(f"{host.name} answered attach with a malformed result")
-    hello = wire.decode_hello(hello_data)
-    injected_via = result.get("injected_via")
+    hello = wire.decode_hello(hello_data)  # refuses an agent protocol this side does not speak
     stream = host.link.stream(sid)
     if stream is None:
         raise HostError(f"the session with process {pid} on {host.name} closed before it started", "attach again")
-    from explorer.transport import RelayWriter
 
+    class RemoteSession(Session):
+        """A Session whose bytes travel over a Link; the far side owns the target's session directory."""
+
+        host_name = host.name
+        """The host the target runs on (the process screen's header names it)."""
+
+        def _why_closed(self, what: str) -> str:
+            # The pid is the far side's: whether it exited is for the far side to say.
+            return f"{stream.reason} in process {self.pid} on {host.name}; attach again"
+
+    injected_via = result.get("injected_via")
     reader = asyncio.StreamReader(limit=1 << 20)
-    reason = [stream.reason]
-    session = RemoteSession(pid, hello, reader, RelayWriter(stream), wire.Decoder(), None, injected_via if type(injected_via) is int else None)  # type: ignore[arg-type]
+    session = RemoteSession(
+        pid, hello, reader, RelayWriter(stream), wire.Decoder(), None, injected_via if type(injected_via) is int else None  # type: ignore[arg-type]
+    )
     agent_code = result.get("agent_code")
     if agent_code in ("compiled", "precompiled", "rejected"):
         session.agent_code = agent_code
-
-    original = stream.deliver
-
-    def deliver(data: bytes | None) -> None:
-        if data is None:
-            reason[0] = stream.reason
-        original(data)
-
-    stream.deliver = deliver  # type: ignore[method-assign]
     stream.install(reader, asyncio.get_running_loop())
     session._start()
     return session

@@ -223,7 +223,11 @@ class Server:
                 stacks = StackReader(process).read()
                 document = stacks_to_json(pid, process.version, stacks)
                 if with_locals:
-                    add_variables_json(document, read_variables(process, stacks))
+                    try:
+                        variables = read_variables(process, stacks)
+                    except SystemExit as refusal:  # the CLI's way to refuse --locals on this build
+                        raise PeriscopeError(str(refusal.code).removeprefix("periscope: ")) from None
+                    add_variables_json(document, variables)
             return document
 
         return await asyncio.to_thread(read)

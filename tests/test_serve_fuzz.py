@@ -149,3 +149,28 @@ def test_bytes_that_are_not_msgpack_end_the_stream_cleanly(garbage):
         assert isinstance(answer, dict) and answer["t"] in ("resp", "error"), answer
     if status == 2:
         assert answers[-1]["t"] == "error" and answers[-1]["error"]["type"] == "BadRequest"
+
+
+def test_typed_ops_answer_for_a_real_target(spawn):
+    """The ps and stack ops on a target this test started: the far side's own reads, as data."""
+    target = spawn("import time\nanswer = 41\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.01)\n")
+    target.wait_for_line("ready")
+    server = Serve()
+    try:
+        server.send(
+            msgpack.packb({"t": "req", "id": 1, "op": "ps"})
+            + msgpack.packb({"t": "req", "id": 2, "op": "stack", "pid": target.pid, "locals": True})
+        )
+        answers = {}
+        while len(answers) < 2:
+            message = server.messages.get(timeout=60)
+            assert message is not None
+            answers[message["id"]] = message
+        assert answers[1]["ok"] and any(row["pid"] == target.pid and row["attachable"] for row in answers[1]["result"])
+        document = answers[2]["result"]
+        assert answers[2]["ok"] and document["pid"] == target.pid
+        assert document["threads"][0]["frames"][0]["function"] == "<module>"
+        assert any(variable["name"] == "answer" and variable["repr"] == "41" for variable in document["globals"]["__main__"])
+    finally:
+        assert server.close() == 0
+        server.process.stderr.close()

@@ -121,6 +121,17 @@ class PeriscopeApp(App[int]):
         ``thread`` is the native id of the thread to inject through (None: the session picks).
         """
         if pid in self.attached:
+            attached_host = getattr(self.attached[pid].session, "host_name", None)
+            wanted_host = getattr(process, "host", None) or attached_host
+            if wanted_host != attached_host:  # the fleet view: the same pid on another host
+                self.push_screen(
+                    ErrorDialog(
+                        f"Cannot attach to {self._shown_pid(pid)} on {wanted_host}",
+                        f"periscope is attached to process {pid} on {attached_host}, and shows one process per pid",
+                        "detach from it first (d on its screen)",
+                    )
+                )
+                return
             self.show_process(pid)
             return
         if process is not None and not process.attachable:

@@ -115,6 +115,19 @@ def test_fleet_view_lists_every_host_with_a_host_column_and_attaches_per_row(spa
 
         term.wait_for(rf"periscope · env · {demo.pid}")
         term.wait_for(r"APP_NAME\s*=\s*'number-adder'")
+
+        # The same pid on the other host: refused while this one is attached, never shown as it.
+        term.press("C-o")
+        term.wait_for(r"HOST\s+PID")
+        term.press("Escape")  # clears the filter (wait for it: Esc then a key at once reads as Alt+key)
+        term.wait_for(r"type to filter")
+        term.type(f"{demo.script.parent.name} root@")
+        term.wait_for(rf"{re.escape(server.destination)}\s+{demo.pid}\s")
+        term.press("Enter")
+        term.wait_for(rf"Cannot attach to {demo.pid} on {re.escape(server.destination)}")
+        term.press("Enter")
+        term.press("C-o")
+        term.wait_for(rf"periscope · env · {demo.pid}")
         term.press("d")
         term.wait_for(r"HOST\s+PID")
         deadline = time.monotonic() + 15

@@ -125,7 +125,11 @@ def test_fleet_view_lists_every_host_with_a_host_column_and_attaches_per_row(spa
         term.wait_for(rf"{re.escape(server.destination)}\s+{demo.pid}\s")
         term.press("Enter")
         term.wait_for(rf"Cannot attach to {demo.pid} on {re.escape(server.destination)}")
-        term.press("Enter")
+        term.press("Enter")  # OK
+        deadline = time.monotonic() + 15
+        while "Cannot attach" in term.screen():
+            assert time.monotonic() < deadline, term.screen()
+            time.sleep(0.1)
         term.press("C-o")
         term.wait_for(rf"periscope · env · {demo.pid}")
         term.press("d")

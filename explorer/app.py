@@ -115,6 +115,14 @@ class PeriscopeApp(App[int]):
 
     # --- attach, switch, detach ----------------------------------------------------------------
 
+    def _attached_rows(self) -> frozenset[int | str]:
+        """The process list's rows of the attached processes: pids, or host and pid in the fleet view."""
+        from widgets.process_table import ProcessTable
+
+        return frozenset(
+            ProcessTable.row_key(screen.process) if screen.process is not None else pid for pid, screen in self.attached.items()
+        )
+
     def attach(self, pid: int, process: ProcessInfo | None = None, *, thread: int | None = None) -> None:
         """Show ``pid``'s screen, attaching first when periscope is not attached to it yet.
 
@@ -155,7 +163,7 @@ class PeriscopeApp(App[int]):
         screen = ProcessScreen(result.session, result.process, history_path=self.history_path, mask_noise=self.mask_noise)
         self.attached[result.pid] = screen
         self.install_screen(screen, name=f"process-{result.pid}")
-        self.process_list.set_attached(frozenset(self.attached))
+        self.process_list.set_attached(self._attached_rows())
         self.show_process(result.pid)
 
     def _shown_pid(self, pid: int) -> str:
@@ -186,7 +194,7 @@ class PeriscopeApp(App[int]):
         self.uninstall_screen(screen)
         if screen.is_mounted:
             await screen.remove()
-        self.process_list.set_attached(frozenset(self.attached))
+        self.process_list.set_attached(self._attached_rows())
 
     def _pop_to_process_list(self) -> None:
         while len(self.screen_stack) > 1 and not isinstance(self.screen, ProcessListScreen):

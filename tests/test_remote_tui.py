@@ -123,6 +123,7 @@ def test_fleet_view_lists_every_host_with_a_host_column_and_attaches_per_row(spa
         term.wait_for(r"type to filter")
         term.type(f"{demo.script.parent.name} root@")
         term.wait_for(rf"{re.escape(server.destination)}\s+{demo.pid}\s")
+        term.wait_for(r"can attach")  # the verdict is this row's: the attached process is the other host's
         term.press("Enter")
         term.wait_for(rf"Cannot attach to {demo.pid} on {re.escape(server.destination)}")
         term.press("Enter")  # OK

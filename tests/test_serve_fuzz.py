@@ -94,7 +94,7 @@ scalars = st.one_of(
     st.floats(allow_nan=True), st.text(max_size=20), st.binary(max_size=20),
 )
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
-invalid_pids = st.one_of(st.none(), st.text(max_size=5), st.floats(), st.integers(max_value=0), st.integers(min_value=1 << 31, max_value=1 << 62), st.booleans())
+invalid_pids = st.one_of(st.none(), st.text(max_size=5), st.floats(), st.integers(min_value=-(1 << 63), max_value=0), st.integers(min_value=1 << 31, max_value=1 << 62), st.booleans())
 
 
 @st.composite

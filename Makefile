@@ -16,13 +16,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# tmux drives the end-to-end test and gcc compiles the embedding host of the build-variant test;
-# install them when missing (Debian-family, as root).
+# tmux drives the end-to-end test, gcc compiles the embedding host of the build-variant test and
+# OpenSSH (its server, started by the --host tests on a loopback port with its own keys and config)
+# carries the remote tests; install them when missing (Debian-family, as root). Each entry is
+# tool:package.
+SYSTEM_TOOLS := tmux:tmux gcc:gcc sshd:openssh-server ssh:openssh-client
+
 system-deps:
-	@for tool in tmux gcc; do command -v $$tool >/dev/null 2>&1 || { \
+	@for entry in $(SYSTEM_TOOLS); do tool=$${entry%%:*}; package=$${entry#*:}; \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$tool >/dev/null; \
-	  else echo "$$tool is missing: install it (for example: sudo apt-get install $$tool)"; exit 1; fi; }; done
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$package >/dev/null; \
+	  else echo "$$tool is missing: install it (for example: sudo apt-get install $$package)"; exit 1; fi; }; done
 
 # The CPython minors the test suite starts targets under (explorer.versions.SUPPORTED_MINORS).
 TARGET_MINORS ?= 3.14 3.15

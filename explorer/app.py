@@ -62,6 +62,7 @@ class PeriscopeApp(App[int]):
         history_path: Path | None = None,
         mask_noise: bool = False,
         profile: tuple[str, float] | None = None,
+        show_host: bool = False,
     ) -> None:
         super().__init__()
         self.start_profile = profile
@@ -78,7 +79,7 @@ class PeriscopeApp(App[int]):
         """Hide pids, times and rates (reproducible screenshots and snapshot tests)."""
         self.attached: dict[int, ProcessScreen] = {}
         """The process screen of every attached process, by pid."""
-        self.process_list = ProcessListScreen(scanner_factory, mask_noise=mask_noise)
+        self.process_list = ProcessListScreen(scanner_factory, mask_noise=mask_noise, show_host=show_host)
         """The start screen; always at the bottom of the screen stack."""
 
     # --- start and stop --------------------------------------------------------------------------
@@ -114,12 +115,31 @@ class PeriscopeApp(App[int]):
 
     # --- attach, switch, detach ----------------------------------------------------------------
 
+    def _attached_rows(self) -> frozenset[int | str]:
+        """The process list's rows of the attached processes: pids, or host and pid in the fleet view."""
+        from widgets.process_table import ProcessTable
+
+        return frozenset(
+            ProcessTable.row_key(screen.process) if screen.process is not None else pid for pid, screen in self.attached.items()
+        )
+
     def attach(self, pid: int, process: ProcessInfo | None = None, *, thread: int | None = None) -> None:
         """Show ``pid``'s screen, attaching first when periscope is not attached to it yet.
 
         ``thread`` is the native id of the thread to inject through (None: the session picks).
         """
         if pid in self.attached:
+            attached_host = getattr(self.attached[pid].session, "host_name", None)
+            wanted_host = getattr(process, "host", None) or attached_host
+            if wanted_host != attached_host:  # the fleet view: the same pid on another host
+                self.push_screen(
+                    ErrorDialog(
+                        f"Cannot attach to {self._shown_pid(pid)} on {wanted_host}",
+                        f"periscope is attached to process {pid} on {attached_host}, and shows one process per pid",
+                        "detach from it first (d on its screen)",
+                    )
+                )
+                return
             self.show_process(pid)
             return
         if process is not None and not process.attachable:
@@ -127,7 +147,10 @@ class PeriscopeApp(App[int]):
                 ErrorDialog(f"Cannot attach to {self._shown_pid(pid)}", process.reason or "periscope cannot attach", process.fix)
             )
             return
-        self.push_screen(AttachScreen(pid, self.connector, process, thread=thread, mask_noise=self.mask_noise), self._on_attach_done)
+        # The fleet view's connector attaches through the host of the row (explorer.hosts).
+        for_process = getattr(self.connector, "for_process", None)
+        connector = for_process(process) if for_process is not None and process is not None else self.connector
+        self.push_screen(AttachScreen(pid, connector, process, thread=thread, mask_noise=self.mask_noise), self._on_attach_done)
 
     def _on_attach_done(self, result: Attached | AttachFailed | None) -> None:
         if result is None:
@@ -140,7 +163,7 @@ class PeriscopeApp(App[int]):
         screen = ProcessScreen(result.session, result.process, history_path=self.history_path, mask_noise=self.mask_noise)
         self.attached[result.pid] = screen
         self.install_screen(screen, name=f"process-{result.pid}")
-        self.process_list.set_attached(frozenset(self.attached))
+        self.process_list.set_attached(self._attached_rows())
         self.show_process(result.pid)
 
     def _shown_pid(self, pid: int) -> str:
@@ -171,7 +194,7 @@ class PeriscopeApp(App[int]):
         self.uninstall_screen(screen)
         if screen.is_mounted:
             await screen.remove()
-        self.process_list.set_attached(frozenset(self.attached))
+        self.process_list.set_attached(self._attached_rows())
 
     def _pop_to_process_list(self) -> None:
         while len(self.screen_stack) > 1 and not isinstance(self.screen, ProcessListScreen):

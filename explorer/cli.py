@@ -59,7 +59,10 @@ def build_parser(
             "Look inside running CPython 3.14 and 3.15 processes: live threads, stacks, locals and a REPL. "
             "Without a command, opens the process list."
         ),
-        epilog="Run 'periscope COMMAND --help' for a command's options.",
+        epilog=(
+            "Run 'periscope COMMAND --help' for a command's options. Add --host [user@]host (ssh), --exec 'CMD ...' "
+            "(kubectl exec -i POD --, docker exec -i CTR) or --hosts-file FILE to any of them to look there instead."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"periscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -89,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     from explorer import signals
 
     signals.install()  # SIGTERM and SIGHUP withdraw what Ctrl+C withdraws
+    remote = any(arg.startswith(("--host", "--exec", "--hosts-file")) for arg in argv)
     try:
+        if remote:
+            return _main_remote(argv, commands)
         if argv and argv[0] in commands:
             module = _import_command(commands[argv[0]][0])
             parse_quick = getattr(module, "parse_quick", None)
@@ -120,3 +126,24 @@ def main(argv: list[str] | None = None) -> int:
         return signals.exit_status()
     except BrokenPipeError:
         return 0
+
+
+def _main_remote(argv: list[str], commands: dict[str, tuple[str, str]]) -> int:
+    """``periscope [COMMAND] ... --host H | --exec CMD | --hosts-file F``: the same, on the far side(s)."""
+    from explorer import hosts
+
+    argv, endpoints = hosts.take_host_options(argv)
+    hosts.use(endpoints)
+    try:
+        if argv and argv[0] in commands:
+            if argv[0] in hosts.RELAYED:
+                args = build_parser(commands, with_options=argv[:1]).parse_args(argv)
+                return int(args.run(args) or 0)
+            args = build_parser(commands, with_options=argv[:1]).parse_args(argv)  # usage errors are found here
+            return hosts.run_command(argv[0], argv[1:], args)
+        app_args = build_app_parser().parse_args(argv)
+        from explorer.commands.app import host_app_options, run_app
+
+        return run_app(pid=app_args.pid, demo=False, **host_app_options())
+    finally:
+        hosts.close_all()

@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # widgets take the model as data; they do not load discovery
 
 SortKey = Literal["cpu", "memory", "pid"]
 
+HOST_COLUMN: Column = ("host", "HOST", 14)
+"""The fleet view's column: which host, container or pod a row's process runs on."""
+
 _COLUMNS: tuple[Column, ...] = (
     ("attach", "", 1),
     ("pid", "PID", 7),
@@ -114,19 +117,24 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
             """The table that sent the message."""
             return self.table
 
-    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
-        super().__init__(name=name, id=id, classes=classes, zebra_stripes=True)
-        self._processes: dict[int, ProcessInfo] = {}
-        self._attached: frozenset[int] = frozenset()
-        self._selected_pid: int | None = None
-        self._last_reported: int | None = -1
+    def __init__(
+        self, *, name: str | None = None, id: str | None = None, classes: str | None = None, show_host: bool = False
+    ) -> None:
+        columns = (_COLUMNS[0], HOST_COLUMN, *_COLUMNS[1:]) if show_host else None
+        super().__init__(name=name, id=id, classes=classes, zebra_stripes=True, columns=columns)
+        self.show_host = show_host
+        """The fleet view: a HOST column, and rows keyed by host and pid (``process.host``)."""
+        self._processes: dict[str, ProcessInfo] = {}
+        self._attached: frozenset[str] = frozenset()
+        self._selected_pid: str | None = None  # the row key of the selected process
+        self._last_reported: str | None = "-"
 
     # --- data in -------------------------------------------------------------------------------
 
     @property
     def processes(self) -> dict[int, ProcessInfo]:
         """Every process of the latest scan, shown or filtered out, by pid."""
-        return dict(self._processes)
+        return {process.pid: process for process in self._processes.values()}
 
     @property
     def selected_process(self) -> ProcessInfo | None:
@@ -138,20 +146,32 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
     @property
     def shown_pids(self) -> list[int]:
         """The pids of the rows on show, in display order."""
-        return [int(self.coordinate_to_cell_key((row, 0)).row_key.value or 0) for row in range(self.row_count)]
+        return [self._processes[key].pid for key in self._shown_keys()]
 
-    def update_processes(self, processes: Iterable[ProcessInfo], attached: Iterable[int] = ()) -> None:
-        """Show this scan: add new pids, update changed rows, remove pids that are gone."""
-        self._processes = {process.pid: process for process in processes}
-        self._attached = frozenset(attached)
+    def _shown_keys(self) -> list[str]:
+        return [str(self.coordinate_to_cell_key((row, 0)).row_key.value) for row in range(self.row_count)]
+
+    @staticmethod
+    def row_key(process: ProcessInfo) -> str:
+        """A process's row: its pid, or in the fleet view its host and pid (pids repeat across hosts)."""
+        host = getattr(process, "host", None)
+        return f"{host}\t{process.pid}" if host else str(process.pid)
+
+    def update_processes(self, processes: Iterable[ProcessInfo], attached: Iterable[int | str] = ()) -> None:
+        """Show this scan: add new pids, update changed rows, remove pids that are gone.
+
+        ``attached``: pids, or row keys (``row_key``) in the fleet view."""
+        self._processes = {self.row_key(process): process for process in processes}
+        self._attached = frozenset(str(key) for key in attached)
         self._sync()
 
     def select_pid(self, pid: int) -> bool:
-        """Move the cursor to ``pid``; False when that pid is not shown."""
-        if not self._has_row(str(pid)):
+        """Move the cursor to ``pid`` (its first row in the fleet view); False when that pid is not shown."""
+        key = str(pid) if self._has_row(str(pid)) else next((k for k in self._shown_keys() if self._processes[k].pid == pid), None)
+        if key is None:
             return False
-        self._selected_pid = pid
-        self.move_cursor(row=self.get_row_index(str(pid)), animate=False)
+        self._selected_pid = key
+        self.move_cursor(row=self.get_row_index(key), animate=False)
         return True
 
     def watch_sort_by(self) -> None:
@@ -169,11 +189,11 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
         needle = self.filter_text.strip().lower()
         if not needle:
             return True
-        haystack = f"{process.pid} {process.user} {process.python or ''} {process.command}".lower()
+        haystack = f"{getattr(process, 'host', '') or ''} {process.pid} {process.user} {process.python or ''} {process.command}".lower()
         return all(word in haystack for word in needle.split())
 
     def _cells(self, process: ProcessInfo) -> list[Text]:
-        attached = process.pid in self._attached
+        attached = self.row_key(process) in self._attached
         if attached:
             marker = Text("●", style=self.get_component_rich_style("process-table--attached", partial=True))
         elif process.attachable:
@@ -183,8 +203,10 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
         muted = None if process.attachable or attached else self.get_component_rich_style("process-table--blocked", partial=True)
         cpu = MASK if self.mask_noise else f"{process.cpu_percent:5.1f}"
         memory = MASK if self.mask_noise else human_bytes(process.rss)
+        host = [Text(visible(str(getattr(process, "host", "") or ""))[:14], no_wrap=True)] if self.show_host else []
         return [
             marker,
+            *host,
             Text(MASK if self.mask_noise else str(process.pid), justify="right"),
             Text(visible(process.user[:8])),
             Text(visible(process.python or "?")),
@@ -194,21 +216,22 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
             Text(fit(display_command(process.cmdline, process.name), self._flex_width), style=muted or "", no_wrap=True),
         ]
 
-    def _sort_value(self, pid: int) -> tuple[float, int]:
-        process = self._processes[pid]
+    def _sort_value(self, key: str) -> tuple[float, int, str]:
+        process = self._processes[key]
+        pid, host = process.pid, str(getattr(process, "host", "") or "")
         if self.sort_by == "cpu":
-            return (-process.cpu_percent, pid)
+            return (-process.cpu_percent, pid, host)
         if self.sort_by == "memory":
-            return (-float(process.rss), pid)
-        return (0.0, pid)
+            return (-float(process.rss), pid, host)
+        return (0.0, pid, host)
 
     def _sync(self, force: bool = False) -> None:
         if not self.columns:
             return
-        wanted = {str(pid): process for pid, process in sorted(self._processes.items()) if self._matches(process)}
+        wanted = {key: process for key, process in sorted(self._processes.items()) if self._matches(process)}
         self._diff_rows(wanted, force)
         if self.row_count:
-            self._sort_rows(wanted, lambda key: self._sort_value(int(key)))
+            self._sort_rows(wanted, self._sort_value)
         self._restore_cursor()
 
     def _restore_cursor(self) -> None:
@@ -216,28 +239,27 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
         if not self.row_count:
             self._report(None)
             return
-        pid = self._selected_pid
-        if pid is not None and self._has_row(str(pid)):
-            index = self.get_row_index(str(pid))
+        key = self._selected_pid
+        if key is not None and self._has_row(key):
+            index = self.get_row_index(key)
         else:
             index = min(self.cursor_row, self.row_count - 1) if self.cursor_row >= 0 else 0
-            pid = self.shown_pids[index]
-            self._selected_pid = pid
+            key = self._shown_keys()[index]
+            self._selected_pid = key
         self._cursor_to(index)
-        self._report(pid)
+        self._report(key)
 
-    def _report(self, pid: int | None) -> None:
-        if pid != self._last_reported or (pid is not None and self._processes.get(pid) is not None):
-            self._last_reported = pid
-            self.post_message(self.ProcessHighlighted(self, self._processes.get(pid) if pid is not None else None))
+    def _report(self, key: str | None) -> None:
+        if key != self._last_reported or (key is not None and self._processes.get(key) is not None):
+            self._last_reported = key
+            self.post_message(self.ProcessHighlighted(self, self._processes.get(key) if key is not None else None))
 
     # --- user intent ---------------------------------------------------------------------------
 
     def _row_highlighted(self, key: str) -> None:
-        pid = int(key)
-        if pid != self._selected_pid:
-            self._selected_pid = pid
-            self._report(pid)
+        if key != self._selected_pid:
+            self._selected_pid = key
+            self._report(key)
 
     def _row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_attach()

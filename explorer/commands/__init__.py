@@ -16,6 +16,7 @@ COMMANDS = (
     "eval",
     "top",
     "record",
+    "serve",
 )
 
 # Module name -> (NAME, HELP), copied from each module, so that ``periscope --help`` and the choice
@@ -47,4 +48,5 @@ SUMMARIES = {
         "record",
         "sample a CPython 3.14 or 3.15 process's stacks from outside (it is never stopped) and write a profile: speedscope, collapsed or JSON",
     ),
+    "serve": ("serve", "speak periscope's remote protocol on stdin/stdout (what --host and --exec run on the far side)"),
 }

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 from pathlib import Path
 
 from explorer.errors import PeriscopeError, ProcessGone
@@ -103,10 +104,11 @@ def stop_demo(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
-def run_app(pid: int | None, demo: bool, profile: tuple[str, float] | None = None) -> int:
+def run_app(pid: int | None, demo: bool, profile: tuple[str, float] | None = None, **app_options: Any) -> int:
     """Run the TUI: the process list, ``pid``'s screen, or the demo's; returns the exit status.
 
     ``profile`` (mode, rate) opens ``pid``'s Profile view instead of attaching (``periscope top``).
+    ``app_options`` go to PeriscopeApp (a host's connector and scanner: host_app_options).
     """
     from explorer.app import PeriscopeApp
 
@@ -123,7 +125,7 @@ def run_app(pid: int | None, demo: bool, profile: tuple[str, float] | None = Non
     try:
         from explorer import signals
 
-        app = PeriscopeApp(pid=demo_process.pid if demo_process else pid, profile=profile)
+        app = PeriscopeApp(pid=demo_process.pid if demo_process else pid, profile=profile, **app_options)
         app.quit_on_signals = True
         try:
             result = app.run()
@@ -143,3 +145,56 @@ def run_app(pid: int | None, demo: bool, profile: tuple[str, float] | None = Non
     finally:
         if demo_process is not None:
             stop_demo(demo_process)
+
+
+class HostConnector:
+    """The TUI's connector (explorer.screens.attach.Connector) through one host (explorer.hosts.Host)."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+        self.host_name = host.name
+        """Names the host in the attach screen; also tells it not to read the pid from outside here."""
+
+    async def __call__(self, pid: int, *, thread: int | None, progress: Any) -> Any:
+        from explorer.screens.attach import _STATE_STEPS, ATTACH_TIMEOUT, BLOCKED_FIX, STREAM_RATE
+
+        def report(step: Any) -> None:
+            progress(_STATE_STEPS.get(step.state.value, "injecting"), step.message, None)
+
+        return await self.host.attach(
+            pid,
+            thread="any" if thread is None else thread,
+            timeout=ATTACH_TIMEOUT,
+            rate=STREAM_RATE,
+            progress=report,
+            blocked_fix=BLOCKED_FIX,
+        )
+
+
+def host_app_options() -> dict[str, Any]:
+    """PeriscopeApp keyword arguments that put the TUI on the current host (empty: this machine)."""
+    from explorer import hosts
+
+    host = hosts.current()
+    if host is None:
+        return {}
+    fleet = hosts.all_hosts()
+    if len(fleet) > 1:
+        return {"connector": FleetConnector(fleet), "scanner_factory": lambda: hosts.FleetScanner(fleet), "show_host": True}
+    return {"connector": HostConnector(host), "scanner_factory": lambda: hosts.HostScanner(host)}
+
+
+class FleetConnector:
+    """The fleet view's connector: ``for_process`` picks the connector of the row's host."""
+
+    def __init__(self, fleet: list[Any]) -> None:
+        self.connectors = {host.name: HostConnector(host) for host in fleet}
+        self.host_name = ", ".join(self.connectors)
+
+    def for_process(self, process: Any) -> HostConnector | FleetConnector:
+        return self.connectors.get(getattr(process, "host", ""), self)
+
+    async def __call__(self, pid: int, *, thread: int | None, progress: Any) -> Any:
+        from explorer.errors import PeriscopeError
+
+        raise PeriscopeError(f"attach to {pid} from the process list: its row says which host it runs on")

@@ -69,7 +69,7 @@ async def _eval(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from explorer.session import attach
+    from explorer.hosts import attach
 
     module = args.module
     session = await attach(args.pid, thread=thread_choice(args), timeout=args.timeout, rate=0.0, blocked_fix=VIA_FIX)
@@ -119,6 +119,10 @@ def _target_thread_id(pid: int, native_id: int | None) -> int | None:
     """A native thread id as the target sees it (periscope may run in another pid namespace)."""
     if native_id is None:
         return None
+    from explorer import hosts
+
+    if hosts.current() is not None:
+        return native_id  # the thread is on the far side, as it sees it
     try:
         from explorer.remote import RemoteProcess
 

@@ -102,11 +102,11 @@ def _table_command(process: ProcessInfo, width: int | None) -> str:
     return visible(" ".join([os.path.basename(process.cmdline[0]), *process.cmdline[1:]]))
 
 
-def write_table(processes: Sequence[ProcessInfo], out: TextIO, width: int | None = None) -> None:
+def write_table(processes: Sequence[ProcessInfo], out: TextIO, width: int | None = None, hosts: Sequence[str] | None = None) -> None:
     """An aligned table, one row per process, then one line per process periscope cannot attach to.
 
     ``width`` limits each table line: ATTACH gives way first (the full reasons follow the table),
-    then COMMAND. None means no limit.
+    then COMMAND. None means no limit. ``hosts`` (one name per process) adds a HOST column first.
     """
     if not processes:
         out.write(NO_PROCESSES + "\n")
@@ -124,6 +124,9 @@ def write_table(processes: Sequence[ProcessInfo], out: TextIO, width: int | None
         )
         for process in processes
     ]
+    if hosts is not None:
+        write_host_table(processes, hosts, rows, out)
+        return
     widths = [max(len(header), *(len(row[column]) for row in rows)) for column, header in enumerate(headers)]
     if width is not None:
         before_attach = sum(widths[:5]) + 2 * 6
@@ -152,6 +155,30 @@ def write_table(processes: Sequence[ProcessInfo], out: TextIO, width: int | None
         out.write("\n")
         for process in blocked:
             text = f"{process.pid}: {process.reason}"
+            if process.fix:
+                text += f"; fix: {process.fix}"
+            out.write(visible(text) + "\n")
+
+
+def write_host_table(processes: Sequence[ProcessInfo], hosts: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    """The fleet table: the rows of ``write_table`` after a HOST column, then the blocked processes by host."""
+    headers = ("HOST", "PID", "USER", "PYTHON", "CPU%", "RSS", "ATTACH", "COMMAND")
+    cells = [(visible(host), *row) for host, row in zip(hosts, rows)]
+    widths = [max(len(header), *(len(row[column]) for row in cells)) for column, header in enumerate(headers)]
+    right_aligned = {1, 4, 5}
+
+    def line(row: Sequence[str]) -> str:
+        parts = [cell.rjust(widths[i]) if i in right_aligned else cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        return "  ".join(parts) + "  " + row[-1]
+
+    out.write(line(headers) + "\n")
+    for row in cells:
+        out.write(line(row) + "\n")
+    blocked = [(host, process) for host, process in zip(hosts, processes) if not process.attachable]
+    if blocked:
+        out.write("\n")
+        for host, process in blocked:
+            text = f"{host} {process.pid}: {process.reason}"
             if process.fix:
                 text += f"; fix: {process.fix}"
             out.write(visible(text) + "\n")

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _watch(args: argparse.Namespace) -> int:
     from explorer.model import frame_json
-    from explorer.session import attach
+    from explorer.hosts import attach
 
     session = await attach(
         args.pid,

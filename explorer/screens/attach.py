@@ -210,7 +210,10 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
 
     def compose(self) -> ComposeResult:
         pid = MASK if self.mask_noise else str(self.pid)
-        yield Static(f"periscope · attaching to {pid}", id="title")
+        from explorer.text import visible
+
+        host = getattr(self.connector, "host_name", None)
+        yield Static(Text(f"periscope · attaching to {pid}" + (f" on {visible(host)}" if host else "")), id="title")
         with Vertical(id="attach-body"):
             yield Label(Text(self._describe()), id="attach-command")
             yield AttachProgress(id="progress")
@@ -238,7 +241,8 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
         progress = self.query_one(AttachProgress)
         progress.animate_spinner = not self.mask_noise
         self.query_one(ThreadList).focus()
-        self.read_stacks()
+        if getattr(self.connector, "host_name", None) is None:  # the pid is on another host: nothing to read here
+            self.read_stacks()
         self.attach()
 
     def on_unmount(self) -> None:

@@ -361,7 +361,9 @@ class ProcessScreen(Screen[None]):
     def _title(self) -> str:
         pid = MASK if self.mask_noise else str(self.pid)
         command = display_command(self.process.cmdline, self.process.name) if self.process is not None else ""
-        return f"periscope · {pid} · {command}"
+        host = getattr(self.session, "host_name", None)
+        where = f"{visible(host)} · " if host else ""
+        return f"periscope · {where}{pid} · {command}"
 
     def describe(self) -> str:
         """The process in a few words (command palette)."""
@@ -390,8 +392,9 @@ class ProcessScreen(Screen[None]):
         self.query_one("#tasks-title").display = False
         self.query_one(TaskList).display = False
         self.read_stream()
-        self.read_cpu_times()
-        self.read_tasks()
+        if getattr(self.session, "host_name", None) is None:  # the pid is on another host: nothing to read here
+            self.read_cpu_times()
+            self.read_tasks()
 
     async def on_unmount(self) -> None:
         self._stop.set()

@@ -76,14 +76,17 @@ class ProcessListScreen(Screen[None]):
         *,
         mask_noise: bool = False,
         name: str | None = None,
+        show_host: bool = False,
     ) -> None:
         super().__init__(name=name)
+        self.show_host = show_host
+        """The fleet view: processes of several hosts, with a HOST column."""
         self.scanner_factory = scanner_factory
         """Makes the scanner the scan worker calls (one per screen, kept for CPU %)."""
         self.mask_noise = mask_noise
         """Hide pids and figures that change between runs (screenshots)."""
-        self.attached_pids: frozenset[int] = frozenset()
-        """Processes periscope is attached to (marked in the list)."""
+        self.attached_pids: frozenset[int | str] = frozenset()
+        """Processes periscope is attached to (marked in the list): pids, or row keys in the fleet view."""
         self.scans = 0
         """How many scans have been shown (tests wait on it)."""
         self._stop = threading.Event()
@@ -93,7 +96,7 @@ class ProcessListScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static("periscope · Python processes", id="title")
         yield Input(placeholder="type to filter (pid, user, version, command)", id="filter", select_on_focus=False)
-        table = ProcessTable(id="processes")
+        table = ProcessTable(id="processes", show_host=self.show_host)
         table.mask_noise = self.mask_noise
         yield table
         verdict = AttachVerdict(id="verdict")
@@ -146,7 +149,7 @@ class ProcessListScreen(Screen[None]):
             status = f"{total} {noun}" if shown == total else f"{shown} of {total} {noun}"
         self.query_one("#scan-status", Static).update(f"{status} · sorted by {SORT_NAMES[self.sort_by]}")
 
-    def set_attached(self, pids: frozenset[int]) -> None:
+    def set_attached(self, pids: frozenset[int | str]) -> None:
         """Mark these pids as attached (the app calls this when sessions start or end)."""
         self.attached_pids = pids
         if self.is_mounted:
@@ -163,7 +166,7 @@ class ProcessListScreen(Screen[None]):
     def _show_verdict(self, process: ProcessInfo | None) -> None:
         verdict = self.query_one(AttachVerdict)
         verdict.process = process
-        verdict.attached = process is not None and process.pid in self.attached_pids
+        verdict.attached = process is not None and ProcessTable.row_key(process) in {str(key) for key in self.attached_pids}
 
     @on(Input.Changed, "#filter")
     def _on_filter_changed(self, event: Input.Changed) -> None:

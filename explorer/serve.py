@@ -324,7 +324,7 @@ class Server:
         self._sids += 1
         relay = _Relay(self._sids, session)
         self.relays[relay.sid] = relay
-        leftover = session._decoder._unpacker.read_bytes(1 << 30)
+        leftover = session._decoder.take_pending()
         self.output.send(
             {
                 "t": "resp",
@@ -425,7 +425,7 @@ async def _serve(stdin_fd: int, output: _Output) -> int:
     threading.Thread(target=read_stdin, name="periscope-serve-in", daemon=True).start()
     unpacker = msgpack.Unpacker(
         raw=False,
-        strict_map_key=False,
+        strict_map_key=True,  # a request's keys are strings; a map or list as a key is malformed
         max_buffer_size=MAX_REQUEST,
         max_str_len=MAX_REQUEST,
         max_bin_len=MAX_REQUEST,
@@ -445,7 +445,7 @@ async def _serve(stdin_fd: int, output: _Output) -> int:
             try:
                 for message in unpacker:
                     server.handle(message)
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
+            except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
                 # The stream cannot be resynchronised after bytes that are not msgpack.
                 output.send({"t": "error", "error": _error(BadRequest(f"the request stream is malformed ({error}); closing"))})
                 status = 2

@@ -104,6 +104,15 @@ class Decoder:
             raise ProtocolError(f"the agent sent a message larger than {self._max_message} bytes; detached") from None
         self._buffer += data
 
+    def take_pending(self) -> bytes:
+        """The bytes fed but not yet decoded, handed over to whoever reads the stream on (a relay);
+        this decoder is empty afterwards."""
+        pending = bytes(self._buffer)
+        self._buffer.clear()
+        self._start = 0
+        self._splitter = msgpack.Unpacker(max_buffer_size=self._max_message, **self._limits)
+        return pending
+
     def __iter__(self) -> Iterator[Message]:
         while True:
             try:

@@ -140,24 +140,46 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _serve_processes() -> set[int]:
-    """This checkout's ``serve --stdio`` processes (the far sides sshd started)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmdline[:1] == [sys.executable.encode()] and b"serve" in cmdline and b"--stdio" in cmdline:
-                found.add(int(entry))
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid``."""
+    found, todo = set(), [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
     return found
+
+
+def _serve_processes(sshd) -> set[int]:
+    """The ``serve --stdio`` processes this test's sshd started (not another test worker's)."""
+    found = set()
+    for entry in _descendants(sshd.process.pid):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[:1] == [sys.executable.encode()] and b"serve" in cmdline and b"--stdio" in cmdline:
+            found.add(entry)
+    return found
+
+
+def _still_serving(pids: set[int]) -> set[int]:
+    """Those of ``pids`` that are still a serve process (whoever their parent is by now)."""
+    alive = set()
+    for pid in pids:
+        try:
+            if b"--stdio" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                alive.add(pid)
+        except OSError:
+            pass  # gone
+    return alive
 
 
 def test_killing_the_ssh_connection_mid_stream_leaves_the_target_clean(sshd, spawn, tmp_path):
     watched = start_watched(spawn, tmp_path)
     quiet = watched.quiet()
-    before = _serve_processes()
+    before = _serve_processes(sshd)
     client = subprocess.Popen(
         [sys.executable, "-m", "explorer", "--host", sshd.destination, "watch", str(watched.pid), "--interval", "0.05"],
         stdout=subprocess.PIPE,
@@ -172,16 +194,16 @@ def test_killing_the_ssh_connection_mid_stream_leaves_the_target_clean(sshd, spa
             assert json.loads(client.stdout.readline())["pid"] == watched.pid
         watched.wait_for(lambda state: state["agent"])
         (ssh,) = [child for child in _children(client.pid) if Path(f"/proc/{child}/comm").read_text().strip() == "ssh"]
-        serve = _serve_processes() - before
+        serve = _serve_processes(sshd) - before
         assert len(serve) == 1
         os.kill(ssh, signal.SIGKILL)
         # The far side's serve sees its stdin close, drops the agent's connection and removes the
         # session directory; the agent removes itself; the target goes on as before.
         watched.wait_until_back_to(quiet)
         deadline = time.monotonic() + 15
-        while serve & _serve_processes() and time.monotonic() < deadline:
+        while _still_serving(serve) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not serve & _serve_processes(), "the far side's serve did not exit"
+        assert not _still_serving(serve), "the far side's serve did not exit"
         assert client.wait(timeout=30) == 1
         stderr = client.stderr.read()
         assert f"process {watched.pid} on {sshd.destination}" in stderr, stderr

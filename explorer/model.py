@@ -26,6 +26,10 @@ class Value:
     """The repr was cut (length, item count, depth or time budget)."""
     failed: bool = False
     """The object's ``__repr__`` raised or hung; ``repr`` says which."""
+    dropped: int = 0
+    """Characters cut off the end of ``repr`` (eval results and the value inspector only)."""
+    dropped_more: bool = False
+    """More than ``dropped`` characters were cut (the whole repr was past the agent's bound)."""
 
     @property
     def expandable(self) -> bool:
@@ -191,11 +195,37 @@ class EvalResult:
     output: str = ""
     """What the code printed (stdout and stderr, in order)."""
     output_dropped: int = 0
+    frame: EvalFrame | None = None
+    """The frame the code ran in (None: a module's globals)."""
 
     @property
     def ok(self) -> bool:
         """The code ran to the end without raising."""
         return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class EvalFrame:
+    """The stack frame an eval ran in, as the agent found it when the code started."""
+
+    function: str
+    qualname: str
+    filename: str
+    lineno: int | None
+    index: int
+    """Its position on the thread's stack when the code started, 0 = innermost."""
+
+
+@dataclass(frozen=True)
+class Completions:
+    """What the name or attribute path at the end of a REPL input can become."""
+
+    start: int
+    """Where the completed word starts in the text that was sent."""
+    matches: tuple[str, ...]
+    """Whole words (``os.path.join``), sorted."""
+    more: bool = False
+    """There were more matches than the agent sends."""
 
 
 @dataclass(frozen=True)

@@ -185,3 +185,73 @@ async def test_the_inspector_gets_the_whole_repr(spawn):
         assert part.repr.endswith("…") and part.dropped == len(whole.repr) - 50
     finally:
         await session.detach()
+
+
+HOSTILE = '''
+import sys, time
+
+CALLS = []
+
+class Key(str):
+    pass
+
+class EvilKey:
+    def __hash__(self):
+        return hash("evil_name")
+    def __eq__(self, other):
+        CALLS.append("key __eq__")
+        return False
+
+class Hostile:
+    def __init__(self):
+        self.visible_field = 1
+    def __dir__(self):
+        CALLS.append("__dir__")
+        return ["from_dir"]
+    def __getattr__(self, name):
+        CALLS.append("__getattr__ " + name)
+        return self
+    def __getattribute__(self, name):
+        CALLS.append("__getattribute__ " + name)
+        return object.__getattribute__(self, name)
+    @property
+    def __class__(self):
+        CALLS.append("__class__")
+        return int
+    @property
+    def trap(self):
+        CALLS.append("property")
+        return 1
+    def __repr__(self):
+        CALLS.append("__repr__")
+        time.sleep(60)
+        return "never"
+
+evil = Hostile()
+globals()[EvilKey()] = "the evil key"
+sys.stdout.write("ready\\n")
+while True:
+    time.sleep(0.02)
+'''
+
+
+async def test_completion_and_the_inspector_run_none_of_a_hostile_objects_code(spawn):
+    target = spawn(HOSTILE)
+    target.wait_for_line("ready")
+    session = await attach(target.pid, rate=0, limits={"repr_budget": 0.05})
+    try:
+        found = await session.complete("evil.")
+        assert "evil.visible_field" in found.matches and "evil.trap" in found.matches
+        assert "evil.from_dir" not in found.matches
+        assert (await session.complete("evil.trap.")).matches == ()
+        assert (await session.complete("evil.visible_field.real.")).matches == ()
+        assert "evil" in (await session.complete("evi")).matches
+        calls = await session.eval("list(CALLS)")
+        assert calls.value.repr == "[]"
+        # The inspector asks for the repr as a watched call: it hangs, and is given up on.
+        frame = await session.sample()
+        ref = {v.name: v.value for v in frame.module("__main__").variables}["evil"].ref
+        value = await session.inspect_value(ref)
+        assert value.repr in ("<repr timed out>", "<values paused: target code does not return>") or "timed out" in value.repr
+    finally:
+        await session.detach()

@@ -108,6 +108,31 @@ def test_eval_in_a_frame_writes_the_local_through(spawn):
     assert done.returncode == 1 and "periscope:" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_eval_echoes_no_none_honours_max_repr_and_picks_a_frame_by_name(spawn):
+    target = spawn(TARGET)
+    target.wait_for_line("ready")
+    native = int(target.wait_for_line("native ").split()[1])
+    pid = str(target.pid)
+    done = periscope("eval", pid, "print('hi')")
+    assert (done.returncode, done.stdout) == (0, "hi\n"), done.stderr
+    done = periscope("eval", pid, "None")
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr
+    done = periscope("eval", pid, "list(range(1000))")
+    assert done.stdout == repr(list(range(1000))) + "\n"
+    full = repr(list(range(1000)))
+    done = periscope("eval", pid, "list(range(1000))", "--max-repr", "50")
+    assert done.stdout == full[:50] + "…\n"
+    assert f"{len(full) - 50} dropped" in done.stderr
+    done = periscope("eval", pid, "counter", "--thread", str(native), "--frame", "sleeper")
+    assert (done.returncode, done.stdout) == (0, "41\n"), done.stderr
+    assert "ran in frame 0 (sleeper() at" in done.stderr
+    done = periscope("eval", pid, "x = = 1")
+    assert done.returncode == 1 and done.stderr.count("SyntaxError") == 1 and "<periscope-agent>" not in done.stderr
+    eval_help = " ".join(periscope("eval", "--help").stdout.split())
+    assert "no running event loop" in eval_help and "threading.local()" in eval_help
+    assert "fresh, empty namespace" in " ".join(periscope("exec", "--help").stdout.split())
+
+
 def test_errors_are_one_line_without_a_traceback(spawn):
     not_python = spawn(argv=["sleep", "30"])
     done = periscope("snapshot", str(not_python.pid), "--timeout", "3")

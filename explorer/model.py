@@ -37,6 +37,19 @@ class Value:
         return self.ref is not None
 
 
+_DEFINITION_TYPES = frozenset({"module", "type", "function", "builtin_function_or_method", "abc.ABCMeta", "enum.EnumType"})
+_DEFINITION_REPRS = ("<module '", "<class '", "<function ", "<built-in function ")
+
+
+def is_definition(name: str, type_name: str, text: str) -> bool:
+    """Whether a module variable (or a ``<module>`` frame's local, the same thing) is an import, a
+    class, a function or a dunder name rather than the program's data: what the module pane and
+    ``snapshot`` leave out unless asked."""
+    if name.startswith("__") and name.endswith("__"):
+        return True
+    return type_name in _DEFINITION_TYPES or text.startswith(_DEFINITION_REPRS)
+
+
 @dataclass(frozen=True, slots=True)
 class Variable:
     """A name (local, module variable, attribute, key or index label) and its value."""

@@ -840,7 +840,8 @@ class Previews:
             text = text[:limit] + _ELLIPSIS
             self._cut = True
         result = {"type": type_name(cls), "repr": text}
-        if cls not in _NOT_EXPANDABLE:
+        # A cut string gets a ref too: not to expand, but for its whole repr (op eval_repr).
+        if cls not in _NOT_EXPANDABLE or (self._cut and (cls is str or cls is bytes or cls is bytearray)):
             ref = self.refs.ref(obj, pin)
             if ref is not None:
                 result["ref"] = ref
@@ -1291,7 +1292,32 @@ class SessionNames:
         return self.base is not None and _has_name(self.base, name)
 
     def keys(self):
-        return list(self.own)
+        """Every name code here sees as local (``dir()``, ``locals()``): the scope's, then the session's."""
+        names = list(self.base) if self.base is not None else []
+        seen = set(names)
+        names.extend(name for name in self.own if name not in seen)
+        return names
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return len(self.keys())
+
+    def get(self, name, default=None):
+        try:
+            return self[name] if name in self.own or self.base is None or type(self.base) is not dict else self.base[name]
+        except KeyError:
+            return default
+
+    def items(self):
+        return [(name, self.get(name)) for name in self.keys()]
+
+    def values(self):
+        return [value for _name, value in self.items()]
+
+    def __repr__(self):
+        return repr(dict(self.items()))
 
 
 def _has_name(mapping, name):

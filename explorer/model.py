@@ -210,6 +210,10 @@ class EvalResult:
     output_dropped: int = 0
     frame: EvalFrame | None = None
     """The frame the code ran in (None: a module's globals)."""
+    names: tuple[Variable, ...] = ()
+    """The session's own names in the scope the code ran in (layered over it, not in the target's
+    module or frame), up to 100; ``names_total`` counts them all."""
+    names_total: int = 0
 
     @property
     def ok(self) -> bool:

@@ -339,6 +339,8 @@ def decode_eval_result(data: Any, output: str = "") -> EvalResult:
         output=output,
         output_dropped=_get(data, "output_dropped", int, "eval result", optional=True, default=0),
         frame=_eval_frame(data.get("frame")),
+        names=_variables(data["names"], "eval names") if data.get("names") is not None else (),
+        names_total=_get(data, "names_total", int, "eval result", optional=True, default=0),
     )
 
 

@@ -1247,6 +1247,7 @@ class EvalRecord:
         self.in_loop = False  # the code runs in the loop's thread (see Agent._evaluate)
         self.codes = {}  # {id(code): code} of the input's code objects: what a stop watches
         self.ran_in = None  # the frame the code ran in (see _describe_frame), or None for a module
+        self.own = None  # the session's own names in the scope (SessionNames.own), sent with the result
 
 
 class SessionNames:
@@ -2531,6 +2532,7 @@ class Agent:
             ran_in = None
         record = EvalRecord(request_id, code, globals_, locals_, repr_chars)
         record.ran_in = ran_in
+        record.own = locals_.own
         record.loop = loop if loop is not None else self._loop_for(thread)
         record.task_scope = loop is not None
         record.capture = Capture(request_id, self.limits["eval_output"])
@@ -2984,6 +2986,18 @@ class Agent:
             result["output_dropped"] = record.capture.dropped
         if record.ran_in is not None:
             result["frame"] = record.ran_in
+        own, record.own = record.own, None
+        if own:
+
+            def names_job(worker):
+                items = _islice(_dict_items(own), 0, 100)
+                return self._previews(worker).named(items, self.limits["frame_bytes"])[0]
+
+            try:
+                result["names"] = self.run_job(names_job)
+                result["names_total"] = len(own)
+            except BaseException as error:
+                self.note_error("eval names", error)
         if status == "ok":
             if value is not None:  # None shows nothing, as in Python's REPL
 

@@ -57,6 +57,7 @@ async def test_module_names_stay_the_sessions_and_none_are_left_after_detach(spa
         assert (await session.eval("def double(x):\n    return x * 2\n")).ok
         result = await session.eval("double(probe), json.dumps(CONFIG)")
         assert result.ok and result.value.repr == "(246, '{\"mode\": \"fast\"}')"
+        assert {v.name for v in result.names} == {"json", "probe", "double"} and result.names_total == 3
         # A name the module has writes through: the target's own code sees it.
         assert (await session.eval("CONFIG = {'mode': 'slow'}")).ok
         seen = await session.eval("sys.modules['__main__'].CONFIG['mode'], 'probe' in sys.modules['__main__'].__dict__", module="__main__")

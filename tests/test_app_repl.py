@@ -125,6 +125,11 @@ async def test_names_defined_in_a_frame_are_kept_for_later_lines(spawn, tmp_path
         await pilot.press(*"double(probe) + local_count", "enter")
         entry = await last_result(pilot, repl, 3)
         assert "worker_loop" in entry.scope and result_text(entry) == "251"
+        # The session's names are listed apart from the frame's locals.
+        variables = screen.query_one(VariablesTree)
+        shown = variables.value_paths()
+        assert ("session", "probe") in shown and ("session", "double") in shown
+        assert ("locals", "probe") not in shown and ("locals", "local_count") in shown
         # Completion sees the frame's locals and the names defined there.
         await pilot.press(*"prob", "tab")
         await wait_until(pilot, lambda: screen.query_one(ReplInput).text == "probe", "probe completed in the frame")

@@ -847,6 +847,11 @@ class ProcessScreen(Screen[None]):
                 entry.show_result(value_view("result", result.value) if result.value is not None else None)
             else:
                 entry.show_error(result.traceback or result.exception or "failed")
+            if result.names:
+                # Shown apart: these live in periscope's session, layered over the target's scope.
+                more = f", {len(result.names)} of {result.names_total}" if result.names_total > len(result.names) else ""
+                title = f"REPL names in {entry.scope}{more} (the session's, not in the target; gone on detach)"
+                self.query_one("#variables", VariablesTree).show_scope("session", title, value_views(result.names))
         self.query_one(ReplPane).scroll_to_end()
 
     @on(ReplPane.InterruptRequested)

@@ -146,7 +146,7 @@ async def test_the_inspector_cut_labels_children_kept_and_marked_and_module_fram
 
         # The main thread runs the module's code: its locals are the module's globals, once.
         scope = variables._scopes["locals"]
-        assert "globals of module __main__" in str(scope.label) and not scope.children
+        assert "Locals of <module>: module __main__" in str(scope.label) and not scope.children
 
         # A long value is cut with an ellipsis, and its type stays in view.
         node = node_at(variables, "module", "LONG_TEXT")

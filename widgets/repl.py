@@ -73,6 +73,7 @@ class ReplInput(TextArea):
         Binding("up", "history_previous", "History", show=False),
         Binding("down", "history_next", "History", show=False),
         Binding("ctrl+c", "interrupt", "Interrupt", show=True, priority=True),
+        Binding("escape", "leave", "Leave input", show=True),
     ]
 
     DEFAULT_CSS = """
@@ -143,10 +144,14 @@ class ReplInput(TextArea):
                 event.stop()
                 event.prevent_default()
                 self.post_message(self.CompletionRequested(self, before))
-        elif event.key in ("escape", "shift+tab"):
+        elif event.key == "shift+tab":
             event.stop()
             event.prevent_default()
-            self.post_message(self.Left(backwards=event.key == "shift+tab"))
+            self.post_message(self.Left(backwards=True))
+
+    def action_leave(self) -> None:
+        """Leave the input (the screen stays)."""
+        self.post_message(self.Left(backwards=False))
 
     def text_before_cursor(self) -> str:
         """The input up to the cursor."""

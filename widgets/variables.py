@@ -232,15 +232,18 @@ class VariablesTree(Tree[_NodeData]):
         """A value's label cut to the pane's width: the repr gives way (ending in an ellipsis),
         the name and the type stay."""
         data = node.data
-        if data is None or data.value is None:
-            return super().render_label(node, base_style, style)
-        value = data.value
         depth = 0
         parent = node.parent
         while parent is not None:
             depth += 1
             parent = parent.parent
         room = self.scrollable_content_region.width - max(0, depth - 1) * self.guide_depth - 2
+        if data is None or data.value is None:
+            label = super().render_label(node, base_style, style)
+            if room > 1 and label.cell_len > room:
+                label.truncate(room, overflow="ellipsis")
+            return label
+        value = data.value
         kind = visible(value.type_name if value.length is None else f"{value.type_name}[{value.length}]")
         name = visible(value.name)
         preview = visible(value.preview)

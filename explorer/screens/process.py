@@ -702,7 +702,7 @@ class ProcessScreen(Screen[None]):
         when that module is the watched one, else here with the module pane's filter."""
         name = next((v.value.repr for v in stack_frame.locals or () if v.name == "__name__"), None)
         if name == repr(self.watched_module):
-            variables.show_scope("locals", f"Locals of <module>: the globals of module {self.watched_module}, listed below", [], track_changes=False)
+            variables.show_scope("locals", f"Locals of <module>: module {self.watched_module}, below", [], track_changes=False)
             return
         views, hidden = module_views(value_views(stack_frame.locals or ()), show_definitions=self.show_definitions)
         title = "Locals of <module> (its module's globals)"

@@ -1323,14 +1323,16 @@ class SessionNames:
 
 def _has_name(mapping, name):
     """Whether a dict or frame-locals proxy has the str key ``name``, by C-level reads only (a
-    key of the target's own type is never compared, so its ``__eq__`` never runs)."""
+    key of the target's own type is never compared, so its ``__eq__`` never runs). Any other
+    mapping (a frame run by ``exec(code, g, mapping)``) is asked: this runs in the eval thread,
+    where the user's code runs the target's code anyway."""
     cls = type(mapping)
     if cls is dict:
         items = _dict_items(mapping)
     elif cls is _frame_locals_proxy:
         items = cls.items(mapping)
     else:
-        return False
+        return name in mapping
     for key, _value in items:
         if type(key) is str and key == name:
             return True

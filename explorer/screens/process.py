@@ -372,8 +372,20 @@ class ProcessScreen(Screen[None]):
     def pane_bindings(cls) -> list[tuple[str, list[BindingType]]]:
         """The key bindings of the panes, for the help screen."""
         return [
-            ("REPL", list(ReplPane.BINDINGS) + list(ReplInput.BINDINGS)),
-            ("Variables", [Binding("enter", "", "Expand or collapse the value"), Binding("space", "", "Expand or collapse")]),
+            (
+                "REPL",
+                list(ReplPane.BINDINGS)
+                + list(ReplInput.BINDINGS)
+                + [Binding("tab", "", "Complete a name or attribute"), Binding("shift+tab", "", "Leave the input")],
+            ),
+            (
+                "Variables",
+                [
+                    Binding("enter", "", "Expand or collapse the value (a value without children: inspect it)"),
+                    Binding("space", "", "Expand or collapse"),
+                    Binding("v", "", "Inspect: the whole repr, scrollable"),
+                ],
+            ),
             ("Thread states (first column)", [
                 Binding("●", "", "holds the GIL (running Python)"),
                 Binding("○", "", "runs Python, waiting for the GIL"),

@@ -2472,7 +2472,8 @@ class Agent:
         text = message.get("text")
         if type(text) is not str:
             raise ValueError("text must be a str")
-        text = text[-2000:]
+        skipped = max(0, len(text) - 2000)  # only the end of a long input can hold the word
+        text = text[skipped:]
         if message.get("task") is not None:
             task, index = message.get("task"), message.get("frame", 0)
 
@@ -2493,7 +2494,9 @@ class Agent:
         frame = None
 
         def job(worker):
-            return _completions(text, names, globals_)
+            found = _completions(text, names, globals_)
+            found["start"] += skipped
+            return found
 
         self.reply(request_id, self.run_job(job))
 
@@ -2592,7 +2595,8 @@ class Agent:
         stack = []
         frame = self._find_frame(native_id, 0)
         while frame is not None:
-            stack.append(frame)
+            if id(frame.f_code) not in self.own_codes:  # counted as the frames periscope shows
+                stack.append(frame)
             frame = frame.f_back
         if bottom is not None:
             if bottom >= len(stack):

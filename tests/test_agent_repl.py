@@ -165,6 +165,8 @@ async def test_completion_reads_names_without_running_target_code(spawn):
         await session.eval("probe_name = 1")
         assert (await session.complete("probe_")).matches == ("probe_name",)
         assert (await session.complete("pri")).matches[:1] == ("print",)
+        found = await session.complete("x" * 3000 + " + CON")
+        assert found.start == 3003 and "CONFIG" in found.matches
     finally:
         await session.detach()
 

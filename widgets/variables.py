@@ -299,7 +299,7 @@ class VariablesTree(Tree[_NodeData]):
                     data.loaded = False
                     if node.is_expanded and value.ref is not None:
                         # Ask again, and keep the children shown until the new ones arrive.
-                        data.refreshing = old.ref == value.ref and any(c.data is not None and c.data.value is not None for c in node.children)
+                        data.refreshing = any(c.data is not None and c.data.value is not None for c in node.children)
                         if data.refreshing:
                             data.page = 0
                             self.post_message(self.ExpandRequested(self, node, value.ref, 0))

@@ -258,3 +258,47 @@ async def test_completion_and_the_inspector_run_none_of_a_hostile_objects_code(s
         assert value.repr in ("<repr timed out>", "<values paused: target code does not return>") or "timed out" in value.repr
     finally:
         await session.detach()
+
+
+MOVING = '''
+import sys, threading, time
+
+def outer():
+    marker = "outer"
+    while True:
+        shallow()
+        deep()
+
+def shallow():
+    marker = "shallow"
+    time.sleep(0.003)
+
+def deep():
+    marker = "deep"
+    deeper()
+
+def deeper():
+    marker = "deeper"
+    time.sleep(0.003)
+
+threading.Thread(target=outer, name="mover", daemon=True).start()
+time.sleep(0.05)
+sys.stdout.write(f"ready {[t.native_id for t in threading.enumerate() if t.name == 'mover'][0]}\\n")
+while True:
+    time.sleep(0.05)
+'''
+
+
+async def test_a_pinned_frame_is_found_while_the_stack_above_it_moves(spawn):
+    target = spawn(MOVING)
+    native = int(target.wait_for_line("ready").split()[1])
+    session = await attach(target.pid, rate=0)
+    try:
+        for _ in range(10):
+            # outer() is frame 3 from the bottom (Thread._bootstrap, _bootstrap_inner, run).
+            pinned = await session.eval("marker", thread=native, frame_name="outer", frame_from_bottom=3)
+            assert pinned.value.repr == "'outer'" and pinned.frame.qualname == "outer"
+            by_name = await session.eval("marker", thread=native, frame_name="outer")
+            assert by_name.value.repr == "'outer'" and by_name.frame.index in (0, 1, 2)
+    finally:
+        await session.detach()

@@ -3060,6 +3060,8 @@ class Agent:
         self.evals.clear()
         self.captures.clear()
         self.refs.clear()
+        self.module_names.clear()
+        self.frame_names.clear()
         self.early_job = None
         if sys.modules.get(MODULE_NAME) is self.module:
             del sys.modules[MODULE_NAME]

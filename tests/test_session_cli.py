@@ -61,6 +61,11 @@ def test_snapshot_text(spawn):
     done = periscope("snapshot", str(target.pid))
     assert done.returncode == 0, done.stderr
     assert "thread" in done.stdout and "sleeper" in done.stdout and "GREETING = 'hello'" in done.stdout
+    # The main thread runs the module's code: its globals are listed once, without the noise.
+    assert "(its locals are the globals of module __main__, below)" in done.stdout
+    assert done.stdout.count("GREETING = 'hello'") == 1
+    assert "__loader__" not in done.stdout and "threading = <module" not in done.stdout
+    assert "imports, functions, classes and dunder names left out" in done.stdout
 
 
 def test_watch_prints_one_json_line_per_frame(spawn):

@@ -71,7 +71,7 @@ class ValueInspector(ModalScreen[None]):
         kind = value.type_name if value.length is None else f"{value.type_name}[{value.length}]"
         with Vertical():
             yield Label(Text(visible(f"{value.name}  ({kind})")), id="inspector-title")
-            status = "loading the whole repr…" if self._load is not None else "the whole value (escape closes)"
+            status = "loading the whole repr…" if self._load is not None else "the preview periscope has: no agent to ask for more (escape closes)"
             yield Label(status, id="inspector-status")
             yield TextArea(visible(value.preview, keep_lines=True), read_only=True, soft_wrap=True, show_line_numbers=False, id="inspector-text")
 

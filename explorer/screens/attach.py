@@ -353,7 +353,7 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
         message.stop()
         from explorer.screens.inspector import ValueInspector
 
-        self.app.push_screen(ValueInspector(message.value, None))
+        self.app.push_screen(ValueInspector(message.value, None, note="the preview read from outside (the whole repr needs the agent)"))
 
     @on(StackView.FrameSelected)
     def _on_frame_selected(self, message: StackView.FrameSelected) -> None:

@@ -58,11 +58,12 @@ class ValueInspector(ModalScreen[None]):
     }
     """
 
-    def __init__(self, value: ValueView, load: Callable[[], Awaitable[Value]] | None) -> None:
+    def __init__(self, value: ValueView, load: Callable[[], Awaitable[Value]] | None, *, note: str = "the whole value") -> None:
         super().__init__()
         self.value = value
         """The value as the pane shows it."""
         self._load = load
+        self._note = note
         self.whole: str | None = None
         """The whole repr, once it arrived (None before, or when it could not be had)."""
 
@@ -71,7 +72,7 @@ class ValueInspector(ModalScreen[None]):
         kind = value.type_name if value.length is None else f"{value.type_name}[{value.length}]"
         with Vertical():
             yield Label(Text(visible(f"{value.name}  ({kind})")), id="inspector-title")
-            status = "loading the whole repr…" if self._load is not None else "the preview periscope has: no agent to ask for more (escape closes)"
+            status = "loading the whole repr…" if self._load is not None else f"{self._note}  (escape closes)"
             yield Label(status, id="inspector-status")
             yield TextArea(visible(value.preview, keep_lines=True), read_only=True, soft_wrap=True, show_line_numbers=False, id="inspector-text")
 

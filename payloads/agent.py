@@ -1247,56 +1247,126 @@ class EvalRecord:
         self.in_loop = False  # the code runs in the loop's thread (see Agent._evaluate)
         self.codes = {}  # {id(code): code} of the input's code objects: what a stop watches
         self.ran_in = None  # the frame the code ran in (see _describe_frame), or None for a module
-        self.own = None  # the session's own names in the scope (SessionNames.own), sent with the result
+        self.own = None  # the session's names in the scope (its SessionGlobals), sent with the result
 
 
-class SessionNames:
-    """The namespace REPL code runs in: the session's own names layered over a module's globals
-    or a frame's locals (``base``).
+_COPIED_GLOBALS = ("__builtins__", "__name__", "__package__", "__spec__")
+"""Globals the interpreter reads from a globals dict itself (builtins, the module a class or a
+relative import belongs to): copied into the session's globals from the module's."""
 
-    Reads see the session's names, then ``base`` (and then, through the code's globals, the
-    module and builtins); assigning a name ``base`` already has writes through to it; any other
-    name stays the session's, so nothing of the session is left in the target after detach.
+
+class SessionGlobals(dict):
+    """The globals REPL code runs with: the session's own names (this dict's own content) over a
+    module's globals (``base``: the module's dict, or a frame's ``f_globals``).
+
+    Reads see the session's names, then the module's (``__missing__``, which the interpreter's
+    LOAD_GLOBAL and LOAD_NAME use for a globals dict that is not exactly a dict: functions the
+    REPL defines see the session's imports and helpers too). Assigning a name the module already
+    has writes through to it, and the target's code sees it; any other name stays the session's,
+    so nothing of the session is left in the target after detach. ``__builtins__`` and
+    ``__name__`` (and ``__package__``, ``__spec__``) are copied in: the interpreter reads those
+    from the dict itself.
     """
 
-    def __init__(self, base, own=None):
-        self.base = base  # the module's globals dict, or the frame's f_locals (None: globals only)
-        self.own = {} if own is None else own
+    def __init__(self, base):
+        dict.__init__(self)
+        self.base = base
+        for name in _COPIED_GLOBALS:
+            value = _dict_get(base, name, _MISSING)
+            if value is not _MISSING:
+                dict.__setitem__(self, name, value)
+        if not dict.__contains__(self, "__builtins__"):
+            dict.__setitem__(self, "__builtins__", __builtins__)
+
+    def __missing__(self, name):
+        return self.base[name]
+
+    def __setitem__(self, name, value):
+        if not dict.__contains__(self, name) and _has_name(self.base, name):
+            self.base[name] = value
+        else:
+            dict.__setitem__(self, name, value)
+
+    def __delitem__(self, name):
+        if dict.__contains__(self, name):
+            dict.__delitem__(self, name)
+        else:
+            del self.base[name]
+
+    def __contains__(self, name):
+        return dict.__contains__(self, name) or name in self.base
+
+    def own_items(self):
+        """The session's own names and values (without the two copied in)."""
+        base = self.base
+        return [(k, v) for k, v in dict.items(self) if k not in _COPIED_GLOBALS or _dict_get(base, k, _MISSING) is not v]
+
+    def keys(self):
+        names = list(self.base)
+        seen = set(names)
+        names.extend(name for name in dict.keys(self) if name not in seen)
+        return names
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return len(self.keys())
+
+    def get(self, name, default=None):
+        if dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        return self.base.get(name, default)
+
+    def items(self):
+        return [(name, self.get(name)) for name in self.keys()]
+
+    def values(self):
+        return [value for _name, value in self.items()]
+
+    def __repr__(self):
+        return repr(dict(self.items()))
+
+    def __reduce__(self):
+        return (dict, (dict(self.items()),))
+
+
+class SessionLocals:
+    """The locals REPL code runs with in a frame: the frame's ``f_locals`` (``base``, a
+    write-through proxy on 3.13+) with the session's names (``own``, its SessionGlobals) over
+    them. Assigning a name the frame has writes through; any other name is the session's, kept
+    for later lines in the same frame, as pdb keeps them."""
+
+    def __init__(self, base, own):
+        self.base = base
+        self.own = own
 
     def __getitem__(self, name):
         own = self.own
-        if name in own:
-            return own[name]
-        base = self.base
-        if base is not None and type(base) is not dict:
-            return base[name]  # a frame's locals: LOAD_NAME then looks in the frame's globals
-        raise KeyError(name)
+        if dict.__contains__(own, name) and name not in _COPIED_GLOBALS:
+            return dict.__getitem__(own, name)
+        return self.base[name]  # then LOAD_NAME looks in the globals (the session's, then the frame's)
 
     def __setitem__(self, name, value):
-        base = self.base
-        if name not in self.own and base is not None and _has_name(base, name):
-            base[name] = value
+        if not dict.__contains__(self.own, name) and _has_name(self.base, name):
+            self.base[name] = value
         else:
-            self.own[name] = value
+            dict.__setitem__(self.own, name, value)
 
     def __delitem__(self, name):
-        if name in self.own:
-            del self.own[name]
-        elif self.base is not None:
-            del self.base[name]
+        if dict.__contains__(self.own, name):
+            dict.__delitem__(self.own, name)
         else:
-            raise KeyError(name)
+            del self.base[name]
 
     def __contains__(self, name):
-        if name in self.own:
-            return True
-        return self.base is not None and _has_name(self.base, name)
+        return dict.__contains__(self.own, name) or _has_name(self.base, name)
 
     def keys(self):
-        """Every name code here sees as local (``dir()``, ``locals()``): the scope's, then the session's."""
-        names = list(self.base) if self.base is not None else []
+        """Every name code here sees as local (``dir()``, ``locals()``): the frame's, then the session's."""
+        names = list(self.base)
         seen = set(names)
-        names.extend(name for name in self.own if name not in seen)
+        names.extend(name for name, _value in self.own.own_items() if name not in seen)
         return names
 
     def __iter__(self):
@@ -1307,7 +1377,7 @@ class SessionNames:
 
     def get(self, name, default=None):
         try:
-            return self[name] if name in self.own or self.base is None or type(self.base) is not dict else self.base[name]
+            return self[name]
         except KeyError:
             return default
 
@@ -1354,7 +1424,7 @@ def _str_keys(mapping, limit=100000):
     """The str keys of a dict, a class's namespace or a frame-locals proxy, read in C (other key
     types are skipped)."""
     cls = type(mapping)
-    if cls is dict:
+    if cls is dict or cls is SessionGlobals:  # the session's own names: its dict content
         keys = _islice(dict.keys(mapping), 0, limit)
     elif cls is _mappingproxy:  # only ever a class's own namespace here: a dict inside
         keys = _islice(_mappingproxy.keys(mapping), 0, limit)
@@ -1369,7 +1439,7 @@ def _lookup(mapping, name):
     """``mapping[name]`` for a str key by comparing str keys only (no key's ``__eq__`` runs), or
     ``_MISSING``."""
     cls = type(mapping)
-    if cls is dict:
+    if cls is dict or cls is SessionGlobals:
         items = _dict_items(mapping)
     elif cls is _mappingproxy or cls is _frame_locals_proxy:
         items = cls.items(mapping)
@@ -1438,8 +1508,11 @@ def _attribute_names(obj):
     return names
 
 
-def _completions(text, names, globals_):
-    """``{"start", "matches"}``: where the completed word starts in ``text`` and what it can become."""
+def _completions(text, own, frame_locals):
+    """``{"start", "matches"}``: where the completed word starts in ``text`` and what it can
+    become, with the session's names ``own`` (its SessionGlobals, over the scope's globals) and a
+    frame's locals (None in a module)."""
+    globals_ = own.base
     end = len(text)
     start = end
     while start > 0 and (text[start - 1].isalnum() or text[start - 1] in "_."):
@@ -1454,7 +1527,7 @@ def _completions(text, names, globals_):
             return {"start": end, "matches": []}
         obj = _MISSING
         first = parts[0]
-        for mapping in (names.own, names.base, globals_):
+        for mapping in (own, frame_locals, globals_):
             if mapping is not None:
                 obj = _lookup(mapping, first)
                 if obj is not _MISSING:
@@ -1470,9 +1543,9 @@ def _completions(text, names, globals_):
         candidates = _attribute_names(obj) if obj is not _MISSING else []
         lead = path + "."
     else:
-        candidates = list(names.own)
-        if names.base is not None and names.base is not globals_:
-            candidates.extend(_str_keys(names.base))
+        candidates = _str_keys(own)
+        if frame_locals is not None and frame_locals is not globals_:
+            candidates.extend(_str_keys(frame_locals))
         candidates.extend(_str_keys(globals_))
         builtins = _lookup(globals_, "__builtins__")
         if builtins is not _MISSING:
@@ -2485,16 +2558,17 @@ class Agent:
                 return frames[index]
 
             frame = self.run_job(find)
-            globals_, names = frame.f_globals, self._frame_names(frame)
+            own, names = self._frame_names(frame)
         elif message.get("thread") is not None:
             frame, _index = self._pick_frame(message.get("thread"), message)
-            globals_, names = frame.f_globals, self._frame_names(frame)
+            own, names = self._frame_names(frame)
         else:
-            globals_, names = self._module_names(message.get("module") or "__main__")
+            own, names = self._module_names(message.get("module") or "__main__")
         frame = None
+        frame_locals = names.base if names is not None else None
 
         def job(worker):
-            found = _completions(text, names, globals_)
+            found = _completions(text, own, frame_locals)
             found["start"] += skipped
             return found
 
@@ -2523,12 +2597,12 @@ class Agent:
                 return frames[index], found_loop
 
             frame, loop = self.run_job(job)
-            globals_, locals_ = frame.f_globals, self._frame_names(frame)
+            globals_, locals_ = self._frame_names(frame)
             ran_in = _describe_frame(frame, index)
             del frame
         elif thread is not None:
             frame, index = self._pick_frame(thread, message)
-            globals_, locals_ = frame.f_globals, self._frame_names(frame)
+            globals_, locals_ = self._frame_names(frame)
             ran_in = _describe_frame(frame, index)
             del frame
         else:
@@ -2537,7 +2611,7 @@ class Agent:
             ran_in = None
         record = EvalRecord(request_id, code, globals_, locals_, repr_chars)
         record.ran_in = ran_in
-        record.own = locals_.own
+        record.own = globals_  # the session's SessionGlobals in this scope
         record.loop = loop if loop is not None else self._loop_for(thread)
         record.task_scope = loop is not None
         record.capture = Capture(request_id, self.limits["eval_output"])
@@ -2546,7 +2620,8 @@ class Agent:
         record.ident = self.start_thread(lambda: self._eval_thread(record), "periscope-eval-%d" % request_id, service=False)
 
     def _module_names(self, name):
-        """The module's globals and the session's names layered over them (see SessionNames)."""
+        """``(globals, locals)`` for code in a module: the session's names layered over the
+        module's globals (see SessionGlobals), and None (the same for locals)."""
         module = sys.modules.get(name)
         if module is None:
             raise ValueError("module %r is not imported in the target" % (name,))
@@ -2555,12 +2630,12 @@ class Agent:
             raise ValueError("sys.modules[%r] has no namespace to run in" % (name,))
         own = self.module_names.get(name)
         if own is None or own[0] is not globals_:
-            own = self.module_names[name] = (globals_, {})
-        return globals_, SessionNames(globals_, own[1])
+            own = self.module_names[name] = (globals_, SessionGlobals(globals_))
+        return own[1], None
 
     def _frame_names(self, frame):
-        """The session's names of one frame layered over its locals; kept for later evals in the
-        same frame (as pdb keeps them) while the frame is on a thread's stack."""
+        """``(globals, locals)`` for code in a frame: the session's names of that frame layered
+        over its globals and its locals; kept for later evals in the same frame, as pdb keeps them."""
         key = id(frame)
         entry = self.frame_names.get(key)
         if entry is None or entry[0] is not frame:
@@ -2575,8 +2650,8 @@ class Agent:
                     del self.frame_names[old]
             if len(self.frame_names) >= 32:
                 del self.frame_names[next(iter(self.frame_names))]
-            entry = self.frame_names[key] = (frame, {})
-        return SessionNames(frame.f_locals, entry[1])
+            entry = self.frame_names[key] = (frame, SessionGlobals(frame.f_globals))
+        return entry[1], SessionLocals(frame.f_locals, entry[1])
 
     def _pick_frame(self, native_id, message):
         """The frame an eval asked for and its index (0 = innermost): by ``frame`` (an index), by
@@ -2993,11 +3068,11 @@ class Agent:
         if record.ran_in is not None:
             result["frame"] = record.ran_in
         own, record.own = record.own, None
+        own = own.own_items() if type(own) is SessionGlobals else ()
         if own:
 
             def names_job(worker):
-                items = _islice(_dict_items(own), 0, 100)
-                return self._previews(worker).named(items, self.limits["frame_bytes"])[0]
+                return self._previews(worker).named(own[:100], self.limits["frame_bytes"])[0]
 
             try:
                 result["names"] = self.run_job(names_job)

@@ -52,9 +52,9 @@ async def _attached(spawn):
 async def test_module_names_stay_the_sessions_and_none_are_left_after_detach(spawn):
     target, _native, session = await _attached(spawn)
     try:
-        before = await session.eval("sorted(k for k in globals())")
+        before = await session.eval("sorted(vars(sys.modules['__main__']))")
         assert (await session.eval("import json\nprobe = 123")).ok
-        assert (await session.eval("def double(x):\n    return x * 2\n")).ok
+        assert (await session.eval("def double(x):\n    return x * 2 + len(json.dumps(None)) - 4\n")).ok
         result = await session.eval("double(probe), json.dumps(CONFIG)")
         assert result.ok and result.value.repr == "(246, '{\"mode\": \"fast\"}')"
         assert {v.name for v in result.names} == {"json", "probe", "double"} and result.names_total == 3
@@ -62,8 +62,11 @@ async def test_module_names_stay_the_sessions_and_none_are_left_after_detach(spa
         assert (await session.eval("CONFIG = {'mode': 'slow'}")).ok
         seen = await session.eval("sys.modules['__main__'].CONFIG['mode'], 'probe' in sys.modules['__main__'].__dict__", module="__main__")
         assert seen.value.repr == "('slow', False)"
-        after = await session.eval("sorted(k for k in globals())")
+        after = await session.eval("sorted(vars(sys.modules['__main__']))")
         assert after.value.repr == before.value.repr
+        # Code in the session sees both: its own names and the module's.
+        seen = await session.eval("'probe' in globals(), 'CONFIG' in globals(), 'probe' in dir()")
+        assert seen.value.repr == "(True, True, True)"
     finally:
         await session.detach()
     second = await attach(target.pid, rate=0)
@@ -78,11 +81,13 @@ async def test_frame_names_persist_for_later_lines_in_the_same_frame(spawn):
     _target, native, session = await _attached(spawn)
     try:
         assert (await session.eval("probe = 123", thread=native, frame_name="runtest")).ok
-        assert (await session.eval("def double(x):\n    return x * 2\n", thread=native, frame_name="runtest")).ok
+        assert (await session.eval("def double(x):\n    return x * 2 + probe - probe\n", thread=native, frame_name="runtest")).ok
         result = await session.eval("double(probe) + item_value", thread=native, frame_name="runtest")
         assert result.ok, result.traceback
         assert result.value.repr == "287"
         assert result.frame is not None and result.frame.function == "runtest" and result.frame.index == 0
+        leaked = await session.eval("'probe' in vars(sys.modules['__main__']), 'probe' in sys._current_frames()", module="__main__")
+        assert leaked.value.repr == "(False, False)"
         # The frame's own local still writes through.
         assert (await session.eval("item_value = 7", thread=native, frame_name="runtest")).ok
         result = await session.eval("item_value", thread=native, frame=0)

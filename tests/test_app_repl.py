@@ -21,6 +21,11 @@ TARGET = '''
 import sys, threading, time
 
 LONG_TEXT = "start-" + "x" * 300 + "-end"
+class Raw:
+    def __repr__(self):
+        return "\\x1b]0;owned\\x07" + "q" * 300
+
+ESCAPED = Raw()
 state = {"ticks": 0, "fixed": "same"}
 
 def worker_loop():
@@ -160,6 +165,16 @@ async def test_the_inspector_cut_labels_children_kept_and_marked_and_module_fram
         await pilot.press("v")
         await wait_until(pilot, lambda: isinstance(app.screen, ValueInspector) and app.screen.whole is not None, "the whole repr")
         assert app.screen.whole == repr("start-" + "x" * 300 + "-end")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen), "the inspector closed")
+
+        # The target's control characters are written out, never sent to the terminal.
+        variables.move_cursor(node_at(variables, "module", "ESCAPED"))
+        await pilot.press("v")
+        await wait_until(pilot, lambda: isinstance(app.screen, ValueInspector) and app.screen.whole is not None, "the escaped repr")
+        shown = app.screen.query_one("#inspector-text").text
+        assert app.screen.whole.startswith("\x1b]0;owned\x07")  # as the target's __repr__ returned it
+        assert "\x1b" not in shown and "\x07" not in shown and shown.startswith("\\x1b]0;owned\\x07q")
         await pilot.press("escape")
         await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen), "the inspector closed")
 

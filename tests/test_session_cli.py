@@ -131,6 +131,9 @@ def test_eval_echoes_no_none_honours_max_repr_and_picks_a_frame_by_name(spawn):
     done = periscope("eval", pid, "counter", "--thread", str(native), "--frame", "sleeper")
     assert (done.returncode, done.stdout) == (0, "41\n"), done.stderr
     assert "ran in frame 0 (sleeper() at" in done.stderr
+    done = periscope("eval", pid, "print('y' * 600000); print('z' * 600000)")
+    assert done.returncode == 0 and done.stdout.count("y") == 600000 and "z" not in done.stdout
+    assert "600000 more characters of printed output were dropped" in done.stderr  # the second line, but its newline
     done = periscope("eval", pid, "x = = 1")
     assert done.returncode == 1 and done.stderr.count("SyntaxError") == 1 and "<periscope-agent>" not in done.stderr
     eval_help = " ".join(periscope("eval", "--help").stdout.split())

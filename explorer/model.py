@@ -37,11 +37,28 @@ class Value(Struct, frozen=True):
     """The repr was cut (length, item count, depth or time budget)."""
     failed: bool = wire_name(default=False, name="fail")
     """The object's ``__repr__`` raised or hung; ``repr`` says which."""
+    dropped: int = 0
+    """Characters cut off the end of ``repr`` (eval results and the value inspector only)."""
+    dropped_more: bool = False
+    """More than ``dropped`` characters were cut (the whole repr was past the agent's bound)."""
 
     @property
     def expandable(self) -> bool:
         """Whether ``Session.expand`` can list children of this object."""
         return self.ref is not None
+
+
+_DEFINITION_TYPES = frozenset({"module", "type", "function", "builtin_function_or_method", "abc.ABCMeta", "enum.EnumType"})
+_DEFINITION_REPRS = ("<module '", "<class '", "<function ", "<built-in function ")
+
+
+def is_definition(name: str, type_name: str, text: str) -> bool:
+    """Whether a module variable (or a ``<module>`` frame's local, the same thing) is an import, a
+    class, a function or a dunder name rather than the program's data: what the module pane and
+    ``snapshot`` leave out unless asked."""
+    if name.startswith("__") and name.endswith("__"):
+        return True
+    return type_name in _DEFINITION_TYPES or text.startswith(_DEFINITION_REPRS)
 
 
 class Variable(Struct, frozen=True, array_like=True):
@@ -202,11 +219,41 @@ class EvalResult:
     output: str = ""
     """What the code printed (stdout and stderr, in order)."""
     output_dropped: int = 0
+    frame: EvalFrame | None = None
+    """The frame the code ran in (None: a module's globals)."""
+    names: tuple[Variable, ...] = ()
+    """The session's own names in the scope the code ran in (layered over it, not in the target's
+    module or frame), up to 100; ``names_total`` counts them all."""
+    names_total: int = 0
 
     @property
     def ok(self) -> bool:
         """The code ran to the end without raising."""
         return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class EvalFrame:
+    """The stack frame an eval ran in, as the agent found it when the code started."""
+
+    function: str
+    qualname: str
+    filename: str
+    lineno: int | None
+    index: int
+    """Its position on the thread's stack when the code started, 0 = innermost."""
+
+
+@dataclass(frozen=True)
+class Completions:
+    """What the name or attribute path at the end of a REPL input can become."""
+
+    start: int
+    """Where the completed word starts in the text that was sent."""
+    matches: tuple[str, ...]
+    """Whole words (``os.path.join``), sorted."""
+    more: bool = False
+    """There were more matches than the agent sends."""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from explorer.model import (
     AgentError,
     Bye,
     Children,
+    Completions,
     EvalResult,
     Frame,
     Hello,
@@ -49,6 +50,7 @@ from explorer.model import (
     Output,
     Response,
     StackFrame,
+    Value,
 )
 
 SOCKET_NAME = "agent.sock"
@@ -1186,6 +1188,24 @@ class EvalHandle:
         return bool(result.get("sent")) if isinstance(result, dict) else False
 
 
+def _scope_arguments(
+    module: str | None, thread: int | None, task: int | None, frame: int, frame_name: str | None, frame_from_bottom: int | None
+) -> dict[str, Any]:
+    """The request fields that say where code runs (a module, a thread's frame, a task's frame)."""
+    arguments: dict[str, Any] = {}
+    if task is not None:
+        arguments.update(task=task, frame=frame)
+    elif thread is not None:
+        arguments.update(thread=thread, frame=frame)
+        if frame_name is not None:
+            arguments["frame_name"] = frame_name
+        if frame_from_bottom is not None:
+            arguments["frame_from_bottom"] = frame_from_bottom
+    elif module is not None:
+        arguments["module"] = module
+    return arguments
+
+
 class Session:
     """A connection to the agent in one target process (made by ``attach()``)."""
 
@@ -1415,6 +1435,8 @@ class Session:
         thread: int | None = None,
         task: int | None = None,
         frame: int = 0,
+        frame_name: str | None = None,
+        frame_from_bottom: int | None = None,
         repr_chars: int | None = None,
         on_output: Callable[[Output], None] | None = None,
     ) -> EvalHandle:
@@ -1422,20 +1444,43 @@ class Session:
         thread (``thread`` = native id as the target sees it, ``frame`` = 0 for the innermost), or
         in a coroutine frame of an asyncio task (``task`` = its id). Where an event loop runs, code
         that awaits, names asyncio or runs in a task's frame runs in the loop's thread, stoppable
-        by :meth:`EvalHandle.interrupt` and ``await_timeout`` (payloads/PROTOCOL.md)."""
-        arguments: dict[str, Any] = {"code": code}
-        if task is not None:
-            arguments.update(task=task, frame=frame)
-        elif thread is not None:
-            arguments.update(thread=thread, frame=frame)
-        elif module is not None:
-            arguments["module"] = module
+        by :meth:`EvalHandle.interrupt` and ``await_timeout`` (payloads/PROTOCOL.md).
+
+        In a thread, ``frame_name`` picks the innermost frame running that function (by name or
+        qualified name) instead of an index; with ``frame_from_bottom`` (its position counted
+        from the outermost frame) it pins one frame: the eval fails if that frame returned.
+        ``EvalResult.frame`` says which frame ran the code. Names the code defines stay the
+        session's (layered over the module or the frame), except names the scope already has."""
+        arguments = _scope_arguments(module, thread, task, frame, frame_name, frame_from_bottom)
+        arguments["code"] = code
         if repr_chars is not None:
             arguments["repr_chars"] = repr_chars
         request_id, future = self._send("eval", arguments)
         handle = EvalHandle(self, request_id, future, on_output)
         self._evals[request_id] = handle
         return handle
+
+    async def complete(
+        self,
+        text: str,
+        *,
+        module: str | None = None,
+        thread: int | None = None,
+        task: int | None = None,
+        frame: int = 0,
+        frame_name: str | None = None,
+        frame_from_bottom: int | None = None,
+        timeout: float = 10.0,
+    ) -> Completions:
+        """Completions of the name or attribute path ``text`` ends with, in the scope an eval with
+        the same arguments runs in; the agent reads them without running any of the target's code."""
+        arguments = _scope_arguments(module, thread, task, frame, frame_name, frame_from_bottom)
+        return wire.decode_completions(await self.request("complete", timeout=timeout, text=text, **arguments))
+
+    async def inspect_value(self, ref: int, repr_chars: int = 1 << 20, timeout: float = 30.0) -> Value:
+        """The whole repr of the object behind ``ref`` (up to ``repr_chars`` characters; ``dropped``
+        counts the rest), under the same watchdog as every repr."""
+        return wire.decode_full_value(await self.request("eval_repr", timeout=timeout, ref=ref, repr_chars=repr_chars))
 
     async def eval(self, code: str, **options: Any) -> EvalResult:
         """Evaluate ``code`` in the target and wait for the result (see ``start_eval``)."""

@@ -20,6 +20,8 @@ from explorer.model import (
     AgentError,
     Bye,
     Children,
+    Completions,
+    EvalFrame,
     EvalResult,
     Frame,
     Hello,
@@ -372,6 +374,42 @@ def decode_limits(data: Any) -> dict[str, int | float]:
     return dict(limits)
 
 
+def decode_full_value(data: Any, where: str = "value") -> Value:
+    """A preview with the counts of what was cut (eval results, the value inspector)."""
+    value = decode_value(data, where)
+    dropped = data.get("dropped", 0)
+    more = data.get("dropped_more", False)
+    if type(dropped) is not int or dropped < 0 or type(more) is not bool:
+        raise _fail(f"{where} has a mistyped dropped count")
+    return msgspec.structs.replace(value, dropped=dropped, dropped_more=more) if dropped else value
+
+
+def _eval_frame(data: Any) -> EvalFrame | None:
+    if data is None:
+        return None
+    data = _map(data, "eval frame")
+    return EvalFrame(
+        function=_get(data, "func", str, "eval frame"),
+        qualname=_get(data, "qualname", str, "eval frame"),
+        filename=_get(data, "file", str, "eval frame"),
+        lineno=_get(data, "line", int, "eval frame", optional=True),
+        index=_get(data, "index", int, "eval frame"),
+    )
+
+
+def decode_completions(data: Any) -> Completions:
+    """The result of a ``complete`` request."""
+    data = _map(data, "completions")
+    matches = _list(data.get("matches"), "completions")
+    if not all(type(match) is str for match in matches):
+        raise _fail("completions has a match that is not a str")
+    return Completions(
+        start=_get(data, "start", int, "completions"),
+        matches=tuple(matches),
+        more=_get(data, "more", bool, "completions", optional=True, default=False),
+    )
+
+
 def decode_eval_result(data: Any, output: str = "") -> EvalResult:
     """The result of an ``eval`` request, with the output collected while it ran."""
     data = _map(data, "eval result")
@@ -382,12 +420,15 @@ def decode_eval_result(data: Any, output: str = "") -> EvalResult:
     return EvalResult(
         status=status,
         mode=_get(data, "mode", str, "eval result"),
-        value=None if raw_value is None else decode_value(raw_value, "eval value"),
+        value=None if raw_value is None else decode_full_value(raw_value, "eval value"),
         traceback=_get(data, "traceback", str, "eval result", optional=True),
         exception=_get(data, "exception", str, "eval result", optional=True),
         elapsed=_get(data, "elapsed", _NUMBER, "eval result", optional=True, default=0.0),
         output=output,
         output_dropped=_get(data, "output_dropped", int, "eval result", optional=True, default=0),
+        frame=_eval_frame(data.get("frame")),
+        names=_variables(data["names"], "eval names") if data.get("names") is not None else (),
+        names_total=_get(data, "names_total", int, "eval result", optional=True, default=0),
     )
 
 

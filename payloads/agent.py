@@ -572,6 +572,7 @@ DEFAULT_LIMITS = {
 }
 
 _ELLIPSIS = "\u2026"
+_FULL_REPR = 1 << 20  # characters of the whole repr an eval result or the value inspector may show
 _NoneType = type(None)
 _SCALARS = frozenset([int, float, complex, bool, _NoneType, type(Ellipsis), type(NotImplemented)])
 _C_REPR_SAFE = frozenset(
@@ -926,7 +927,8 @@ class Previews:
             text = text[:limit] + _ELLIPSIS
             self._cut = True
         result = {"type": type_name(cls), "repr": text}
-        if cls not in _NOT_EXPANDABLE:
+        # A cut string gets a ref too: not to expand, but for its whole repr (op eval_repr).
+        if cls not in _NOT_EXPANDABLE or (self._cut and (cls is str or cls is bytes or cls is bytearray)):
             ref = self.refs.ref(obj, pin)
             if ref is not None:
                 result["ref"] = ref
@@ -937,6 +939,33 @@ class Previews:
         if self._fail:
             result["fail"] = True
         self.bytes += len(text) + len(result["type"]) + 24
+        return result
+
+    def result_preview(self, obj, repr_chars):
+        """The preview of an eval's result: every item up to ``repr_chars`` characters (not just
+        the first ``items`` of a frame's preview); a cut one says how many characters it dropped."""
+        return self.full_preview(obj, repr_chars, pin=True)
+
+    def full_preview(self, obj, repr_chars, pin=False):
+        """A preview up to ``repr_chars`` characters with the items and depth that fit (user
+        ``__repr__`` calls as ever watched); ``dropped`` says how many characters were cut, and
+        ``dropped_more`` that there were more than that (the whole repr was not made)."""
+        limit = max(1, min(repr_chars, _FULL_REPR))
+        saved = self.repr_chars, self.items, self.depth
+        self.repr_chars = _FULL_REPR
+        self.items = max(self.items, min(_FULL_REPR // 2, limit * 8 + 1000))
+        self.depth = max(self.depth, 16)
+        try:
+            result = self.preview(obj, pin=pin, repr_chars=_FULL_REPR)
+        finally:
+            self.repr_chars, self.items, self.depth = saved
+        text = result["repr"]
+        if len(text) > limit:
+            result["dropped"] = len(text) - limit
+            if result.get("cut"):
+                result["dropped_more"] = True
+            result["repr"] = text[:limit] + _ELLIPSIS
+            result["cut"] = True
         return result
 
     def _fmt(self, obj, depth, budget, path):
@@ -1034,7 +1063,7 @@ class Previews:
             text = str.__str__(text)
         if len(text) > self.repr_chars * 4:
             self._cut = True
-            text = text[: self.repr_chars * 4]
+            text = text[: self.repr_chars * 4] + _ELLIPSIS
         return text
 
     # ---- children for lazy expansion ------------------------------------------------------
@@ -1306,6 +1335,325 @@ class EvalRecord:
         self.task_scope = False  # the scope is a frame of one of the loop's tasks
         self.in_loop = False  # the code runs in the loop's thread (see Agent._evaluate)
         self.codes = {}  # {id(code): code} of the input's code objects: what a stop watches
+        self.ran_in = None  # the frame the code ran in (see _describe_frame), or None for a module
+        self.own = None  # the session's names in the scope (its SessionGlobals), sent with the result
+
+
+_COPIED_GLOBALS = ("__builtins__", "__name__", "__package__", "__spec__")
+"""Globals the interpreter reads from a globals dict itself (builtins, the module a class or a
+relative import belongs to): copied into the session's globals from the module's."""
+
+
+class SessionGlobals(dict):
+    """The globals REPL code runs with: the session's own names (this dict's own content) over a
+    module's globals (``base``: the module's dict, or a frame's ``f_globals``).
+
+    Reads see the session's names, then the module's (``__missing__``, which the interpreter's
+    LOAD_GLOBAL and LOAD_NAME use for a globals dict that is not exactly a dict: functions the
+    REPL defines see the session's imports and helpers too). Assigning a name the module already
+    has writes through to it, and the target's code sees it; any other name stays the session's,
+    so nothing of the session is left in the target after detach. ``__builtins__`` and
+    ``__name__`` (and ``__package__``, ``__spec__``) are copied in: the interpreter reads those
+    from the dict itself.
+    """
+
+    def __init__(self, base):
+        dict.__init__(self)
+        self.base = base
+        for name in _COPIED_GLOBALS:
+            value = _dict_get(base, name, _MISSING)
+            if value is not _MISSING:
+                dict.__setitem__(self, name, value)
+        if not dict.__contains__(self, "__builtins__"):
+            dict.__setitem__(self, "__builtins__", __builtins__)
+
+    def __missing__(self, name):
+        return self.base[name]
+
+    def __setitem__(self, name, value):
+        if not dict.__contains__(self, name) and _has_name(self.base, name):
+            self.base[name] = value
+        else:
+            dict.__setitem__(self, name, value)
+
+    def __delitem__(self, name):
+        if dict.__contains__(self, name):
+            dict.__delitem__(self, name)
+        else:
+            del self.base[name]
+
+    def __contains__(self, name):
+        return dict.__contains__(self, name) or name in self.base
+
+    def own_items(self):
+        """The session's own names and values (without the two copied in)."""
+        base = self.base
+        return [(k, v) for k, v in dict.items(self) if k not in _COPIED_GLOBALS or _dict_get(base, k, _MISSING) is not v]
+
+    def keys(self):
+        names = list(self.base)
+        seen = set(names)
+        names.extend(name for name in dict.keys(self) if name not in seen)
+        return names
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return len(self.keys())
+
+    def get(self, name, default=None):
+        if dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        return self.base.get(name, default)
+
+    def items(self):
+        return [(name, self.get(name)) for name in self.keys()]
+
+    def values(self):
+        return [value for _name, value in self.items()]
+
+    def __repr__(self):
+        return repr(dict(self.items()))
+
+    def __reduce__(self):
+        return (dict, (dict(self.items()),))
+
+
+class SessionLocals:
+    """The locals REPL code runs with in a frame: the frame's ``f_locals`` (``base``, a
+    write-through proxy on 3.13+) with the session's names (``own``, its SessionGlobals) over
+    them. Assigning a name the frame has writes through; any other name is the session's, kept
+    for later lines in the same frame, as pdb keeps them."""
+
+    def __init__(self, base, own):
+        self.base = base
+        self.own = own
+
+    def __getitem__(self, name):
+        own = self.own
+        if dict.__contains__(own, name) and name not in _COPIED_GLOBALS:
+            return dict.__getitem__(own, name)
+        return self.base[name]  # then LOAD_NAME looks in the globals (the session's, then the frame's)
+
+    def __setitem__(self, name, value):
+        if not dict.__contains__(self.own, name) and _has_name(self.base, name):
+            self.base[name] = value
+        else:
+            dict.__setitem__(self.own, name, value)
+
+    def __delitem__(self, name):
+        if dict.__contains__(self.own, name):
+            dict.__delitem__(self.own, name)
+        else:
+            del self.base[name]
+
+    def __contains__(self, name):
+        return dict.__contains__(self.own, name) or _has_name(self.base, name)
+
+    def keys(self):
+        """Every name code here sees as local (``dir()``, ``locals()``): the frame's, then the session's."""
+        names = list(self.base)
+        seen = set(names)
+        names.extend(name for name, _value in self.own.own_items() if name not in seen)
+        return names
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return len(self.keys())
+
+    def get(self, name, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def items(self):
+        return [(name, self.get(name)) for name in self.keys()]
+
+    def values(self):
+        return [value for _name, value in self.items()]
+
+    def __repr__(self):
+        return repr(dict(self.items()))
+
+
+def _has_name(mapping, name):
+    """Whether a dict or frame-locals proxy has the str key ``name``, by C-level reads only (a
+    key of the target's own type is never compared, so its ``__eq__`` never runs). Any other
+    mapping (a frame run by ``exec(code, g, mapping)``) is asked: this runs in the eval thread,
+    where the user's code runs the target's code anyway."""
+    cls = type(mapping)
+    if cls is dict:
+        items = _dict_items(mapping)
+    elif cls is _frame_locals_proxy:
+        items = cls.items(mapping)
+    else:
+        return name in mapping
+    for key, _value in items:
+        if type(key) is str and key == name:
+            return True
+    return False
+
+
+_COMPLETE_LIMIT = 500
+_KEYWORDS = (
+    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue", "def", "del",
+    "elif", "else", "except", "finally", "for", "from", "global", "if", "import", "in", "is", "lambda",
+    "nonlocal", "not", "or", "pass", "raise", "return", "try", "while", "with", "yield",
+)
+
+
+_mappingproxy = type(type.__dict__)
+
+
+def _str_keys(mapping, limit=100000):
+    """The str keys of a dict, a class's namespace or a frame-locals proxy, read in C (other key
+    types are skipped)."""
+    cls = type(mapping)
+    if cls is dict or cls is SessionGlobals:  # the session's own names: its dict content
+        keys = _islice(dict.keys(mapping), 0, limit)
+    elif cls is _mappingproxy:  # only ever a class's own namespace here: a dict inside
+        keys = _islice(_mappingproxy.keys(mapping), 0, limit)
+    elif cls is _frame_locals_proxy:
+        keys = _islice(cls.keys(mapping), 0, limit)
+    else:
+        return []
+    return [key for key in keys if type(key) is str]
+
+
+def _lookup(mapping, name):
+    """``mapping[name]`` for a str key by comparing str keys only (no key's ``__eq__`` runs), or
+    ``_MISSING``."""
+    cls = type(mapping)
+    if cls is dict or cls is SessionGlobals:
+        items = _dict_items(mapping)
+    elif cls is _mappingproxy or cls is _frame_locals_proxy:
+        items = cls.items(mapping)
+    else:
+        return _MISSING
+    for key, value in items:
+        if type(key) is str and key == name:
+            return value
+    return _MISSING
+
+
+_MISSING = object()
+
+
+def _static_attribute(obj, name):
+    """The attribute ``name`` of ``obj`` as stored, or ``_MISSING``: from its instance dict (a
+    module's globals, a class's namespace along its MRO) or as a plain class attribute. A
+    descriptor found on the class (a property, a slot, a method) is not called: ``_MISSING``."""
+    if issubclass(type(obj), type):  # not isinstance(): that asks a hostile object its __class__
+        try:
+            mro = _type_mro(obj)
+        except BaseException:
+            return _MISSING
+        for klass in mro:
+            value = _lookup(_type_dict(klass), name)
+            if value is not _MISSING:
+                return value if type(value) not in (staticmethod, classmethod, property) else _MISSING
+        return _MISSING
+    namespace = instance_dict(obj)
+    if namespace is not None:
+        value = _lookup(namespace, name)
+        if value is not _MISSING:
+            return value
+    try:
+        mro = _type_mro(type(obj))
+    except BaseException:
+        return _MISSING
+    for klass in mro:
+        value = _lookup(_type_dict(klass), name)
+        if value is not _MISSING:
+            cls = type(value)
+            if cls in (int, float, str, bytes, bool, _NoneType, tuple, list, dict, set, frozenset, type, _module_type):
+                return value  # plain data on the class
+            return _MISSING
+    return _MISSING
+
+
+def _attribute_names(obj):
+    """Every attribute name of ``obj`` that can be found without running its code."""
+    names = []
+    namespace = instance_dict(obj)
+    if namespace is not None:
+        names.extend(_str_keys(namespace))
+    classes = []
+    try:
+        if issubclass(type(obj), type):
+            classes.extend(_type_mro(obj))
+        classes.extend(_type_mro(type(obj)))
+    except BaseException:
+        pass
+    for klass in classes:
+        names.extend(_str_keys(_type_dict(klass)))
+        slots = _type_dict(klass).get("__slots__")
+        if type(slots) in (tuple, list):
+            names.extend(slot for slot in slots if type(slot) is str)
+    return names
+
+
+def _completions(text, own, frame_locals):
+    """``{"start", "matches"}``: where the completed word starts in ``text`` and what it can
+    become, with the session's names ``own`` (its SessionGlobals, over the scope's globals) and a
+    frame's locals (None in a module)."""
+    globals_ = own.base
+    end = len(text)
+    start = end
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] in "_."):
+        start -= 1
+    word = text[start:end]
+    if word[:1].isdigit():
+        return {"start": end, "matches": []}
+    path, _, prefix = word.rpartition(".")
+    if path:
+        parts = path.split(".")
+        if not all(part.isidentifier() for part in parts):
+            return {"start": end, "matches": []}
+        obj = _MISSING
+        first = parts[0]
+        for mapping in (own, frame_locals, globals_):
+            if mapping is not None:
+                obj = _lookup(mapping, first)
+                if obj is not _MISSING:
+                    break
+        if obj is _MISSING:
+            builtins = _lookup(globals_, "__builtins__")
+            if builtins is not _MISSING:
+                obj = _lookup(builtins if type(builtins) is dict else (instance_dict(builtins) or {}), first)
+        for part in parts[1:]:
+            if obj is _MISSING:
+                break
+            obj = _static_attribute(obj, part)
+        candidates = _attribute_names(obj) if obj is not _MISSING else []
+        lead = path + "."
+    else:
+        candidates = _str_keys(own)
+        if frame_locals is not None and frame_locals is not globals_:
+            candidates.extend(_str_keys(frame_locals))
+        candidates.extend(_str_keys(globals_))
+        builtins = _lookup(globals_, "__builtins__")
+        if builtins is not _MISSING:
+            candidates.extend(_str_keys(builtins if type(builtins) is dict else (instance_dict(builtins) or {})))
+        candidates.extend(_KEYWORDS)
+        lead = ""
+    private = prefix.startswith("_")
+    found = set()
+    for name in candidates:
+        if name.startswith(prefix) and (private or not name.startswith("_")) and name.isidentifier():
+            found.add(name)
+    matches = sorted(found)[:_COMPLETE_LIMIT]
+    return {"start": start, "matches": [lead + name for name in matches], "more": len(found) > _COMPLETE_LIMIT}
+
+
+def _describe_frame(frame, index):
+    """Which frame an eval ran in, for its result: ``{"func", "qualname", "file", "line", "index"}``."""
+    code = frame.f_code
+    return {"func": code.co_name, "qualname": code.co_qualname, "file": code.co_filename, "line": frame.f_lineno, "index": index}
 
 
 def _module_repr(module):
@@ -1386,6 +1734,8 @@ class Agent:
         self.cpu_total = 0.0
         self.last_encode_ms = 0.0
         self.evals = {}
+        self.module_names = {}  # module name -> (its globals, the session's own names there)
+        self.frame_names = {}  # id(frame) -> (frame, the session's own names there)
         self.captures = {}
         self.outbox = []
         self.outbox_lock = _thread.allocate_lock()
@@ -2394,6 +2744,58 @@ class Agent:
 
     # ---- eval ----------------------------------------------------------------------------
 
+    def op_eval_repr(self, request_id, message):
+        """The whole repr of one value (the value inspector): up to ``repr_chars`` characters."""
+        ref = message.get("ref")
+        if type(ref) is not int or ref not in self.refs.objects:
+            raise ValueError("unknown ref %r (it expired; inspect from a newer frame)" % (ref,))
+        repr_chars = message.get("repr_chars", _FULL_REPR)
+        if type(repr_chars) is not int or not 0 < repr_chars <= _FULL_REPR:
+            raise ValueError("repr_chars must be between 1 and %d" % _FULL_REPR)
+        obj = self.refs.get(ref)
+
+        def job(worker):
+            return self._previews(worker).full_preview(obj, repr_chars, pin=True)
+
+        self.reply(request_id, self.run_job(job))
+
+    def op_complete(self, request_id, message):
+        """Completions of the name or dotted attribute path that ``text`` ends with, in the scope an
+        eval with the same arguments would run in. Nothing of the target runs: names come from
+        dicts read in C (the session's names, locals, globals, builtins, instance dicts and the
+        dicts of the classes along the MRO); no ``__dir__``, ``__getattr__`` or property is called."""
+        text = message.get("text")
+        if type(text) is not str:
+            raise ValueError("text must be a str")
+        skipped = max(0, len(text) - 2000)  # only the end of a long input can hold the word
+        text = text[skipped:]
+        if message.get("task") is not None:
+            task, index = message.get("task"), message.get("frame", 0)
+
+            def find(worker):
+                found, _loop = self._find_task(task)
+                frames = self._coroutine_frames(found)
+                if type(index) is not int or not 0 <= index < len(frames):
+                    raise ValueError("task %#x has no coroutine frame %r" % (task, index))
+                return frames[index]
+
+            frame = self.run_job(find)
+            own, names = self._frame_names(frame)
+        elif message.get("thread") is not None:
+            frame, _index = self._pick_frame(message.get("thread"), message)
+            own, names = self._frame_names(frame)
+        else:
+            own, names = self._module_names(message.get("module") or "__main__")
+        frame = None
+        frame_locals = names.base if names is not None else None
+
+        def job(worker):
+            found = _completions(text, own, frame_locals)
+            found["start"] += skipped
+            return found
+
+        self.reply(request_id, self.run_job(job))
+
     def _start_eval(self, request_id, message):
         code = message.get("code")
         if type(code) is not str:
@@ -2417,28 +2819,95 @@ class Agent:
                 return frames[index], found_loop
 
             frame, loop = self.run_job(job)
-            globals_, locals_ = frame.f_globals, frame.f_locals
+            globals_, locals_ = self._frame_names(frame)
+            ran_in = _describe_frame(frame, index)
             del frame
         elif thread is not None:
-            frame = self._find_frame(thread, message.get("frame", 0))
-            globals_, locals_ = frame.f_globals, frame.f_locals
+            frame, index = self._pick_frame(thread, message)
+            globals_, locals_ = self._frame_names(frame)
+            ran_in = _describe_frame(frame, index)
             del frame
         else:
             name = message.get("module") or "__main__"
-            module = sys.modules.get(name)
-            if module is None:
-                raise ValueError("module %r is not imported in the target" % (name,))
-            globals_ = instance_dict(module)
-            if globals_ is None:
-                raise ValueError("sys.modules[%r] has no namespace to run in" % (name,))
-            locals_ = None
+            globals_, locals_ = self._module_names(name)
+            ran_in = None
         record = EvalRecord(request_id, code, globals_, locals_, repr_chars)
+        record.ran_in = ran_in
+        record.own = globals_  # the session's SessionGlobals in this scope
         record.loop = loop if loop is not None else self._loop_for(thread)
         record.task_scope = loop is not None
         record.capture = Capture(request_id, self.limits["eval_output"])
         self._install_routers()
         self.evals[request_id] = record
         record.ident = self.start_thread(lambda: self._eval_thread(record), "periscope-eval-%d" % request_id, service=False)
+
+    def _module_names(self, name):
+        """``(globals, locals)`` for code in a module: the session's names layered over the
+        module's globals (see SessionGlobals), and None (the same for locals)."""
+        module = sys.modules.get(name)
+        if module is None:
+            raise ValueError("module %r is not imported in the target" % (name,))
+        globals_ = instance_dict(module)
+        if globals_ is None:
+            raise ValueError("sys.modules[%r] has no namespace to run in" % (name,))
+        own = self.module_names.get(name)
+        if own is None or own[0] is not globals_:
+            own = self.module_names[name] = (globals_, SessionGlobals(globals_))
+        return own[1], None
+
+    def _frame_names(self, frame):
+        """``(globals, locals)`` for code in a frame: the session's names of that frame layered
+        over its globals and its locals; kept for later evals in the same frame, as pdb keeps them."""
+        key = id(frame)
+        entry = self.frame_names.get(key)
+        if entry is None or entry[0] is not frame:
+            if len(self.frame_names) >= 16:
+                # Frames no thread runs now go first (a task's suspended coroutine among them).
+                live = set()
+                for top in list(sys._current_frames().values()):
+                    while top is not None:
+                        live.add(id(top))
+                        top = top.f_back
+                for old in [k for k in self.frame_names if k not in live]:
+                    del self.frame_names[old]
+            if len(self.frame_names) >= 32:
+                del self.frame_names[next(iter(self.frame_names))]
+            entry = self.frame_names[key] = (frame, SessionGlobals(frame.f_globals))
+        return entry[1], SessionLocals(frame.f_locals, entry[1])
+
+    def _pick_frame(self, native_id, message):
+        """The frame an eval asked for and its index (0 = innermost): by ``frame`` (an index), by
+        ``frame_name`` (the innermost frame running a function of that name or qualified name),
+        or by ``frame_from_bottom`` (its position counted from the outermost frame, which stays
+        put while the stack above it moves) checked against ``frame_name``."""
+        name = message.get("frame_name")
+        bottom = message.get("frame_from_bottom")
+        if name is None and bottom is None:
+            index = message.get("frame", 0)
+            return self._find_frame(native_id, index), index
+        if name is not None and type(name) is not str:
+            raise ValueError("frame_name must be a str")
+        if bottom is not None and (type(bottom) is not int or bottom < 0):
+            raise ValueError("frame_from_bottom must be an index >= 0")
+        stack = []
+        frame = self._find_frame(native_id, 0)
+        while frame is not None:
+            if id(frame.f_code) not in self.own_codes:  # counted as the frames periscope shows
+                stack.append(frame)
+            frame = frame.f_back
+        if bottom is not None:
+            if bottom >= len(stack):
+                raise ValueError("thread %d has fewer than %d frames now: the selected frame returned" % (native_id, bottom + 1))
+            index = len(stack) - 1 - bottom
+            code = stack[index].f_code
+            if name is not None and name not in (code.co_name, code.co_qualname):
+                raise ValueError("the selected frame %s() returned: frame %d from the bottom now runs %s()" % (name, bottom, code.co_qualname))
+            return stack[index], index
+        for index, frame in enumerate(stack):
+            code = frame.f_code
+            if name in (code.co_name, code.co_qualname):
+                return frame, index
+        raise ValueError("no frame of thread %d runs a function named %r now" % (native_id, name))
 
     def _find_frame(self, native_id, index):
         if type(native_id) is not int or type(index) is not int or index < 0:
@@ -2507,10 +2976,9 @@ class Agent:
         # With an event loop running in the target, top-level `await` is allowed: it runs there.
         flags = _PyCF_ALLOW_TOP_LEVEL_AWAIT if record.loop is not None else 0
         try:
-            try:
-                code = compile(record.code, "<periscope>", "eval", flags)
-            except SyntaxError:
-                mode = "exec"
+            code = self._compile_expression(record.code, flags)
+            if code is None:  # not an expression: statements (compiled outside the handler, so
+                mode = "exec"  # that their own SyntaxError is not chained to this one)
                 code, last = self._compile_statements(record.code, flags)
             if record.loop is not None:
                 # Decided for the whole input: its final expression runs where its statements did,
@@ -2734,6 +3202,14 @@ class Agent:
         return loops[0][1] if native_id is None else None
 
     @staticmethod
+    def _compile_expression(source, flags=0):
+        """``source`` compiled as one expression, or None when it is not one."""
+        try:
+            return compile(source, "<periscope>", "eval", flags)
+        except SyntaxError:
+            return None
+
+    @staticmethod
     def _compile_statements(source, flags=0):
         """Statements, with a final expression split off so that its value is the result."""
         import _ast
@@ -2753,7 +3229,19 @@ class Agent:
             # Drop the agent's own frames: the traceback starts in the evaluated code.
             while tb is not None and id(tb.tb_frame.f_code) in self.own_codes:
                 tb = tb.tb_next
-            return "".join(traceback.format_exception(type(error), error, tb))
+            shown = traceback.TracebackException(type(error), error, tb, compact=True)
+            # Chained exceptions (raised while handling another, or from one) may have passed
+            # through the agent's frames too: leave those frames out of every part.
+            pending, seen = [shown], set()
+            while pending:
+                part = pending.pop()
+                if part is None or id(part) in seen:
+                    continue
+                seen.add(id(part))
+                part.stack[:] = [entry for entry in part.stack if entry.filename != "<periscope-agent>"]
+                pending.extend((part.__cause__, part.__context__))
+                pending.extend(getattr(part, "exceptions", None) or ())
+            return "".join(shown.format())
         except BaseException as failure:
             return "%s (traceback unavailable: %s)\n" % (_error_text(error), _error_text(failure))
 
@@ -2800,11 +3288,25 @@ class Agent:
         result = {"status": status, "mode": mode, "elapsed": time.monotonic() - record.started, "value": None, "traceback": None, "exception": None}
         if record.capture.dropped:
             result["output_dropped"] = record.capture.dropped
+        if record.ran_in is not None:
+            result["frame"] = record.ran_in
+        own, record.own = record.own, None
+        own = own.own_items() if type(own) is SessionGlobals else ()
+        if own:
+
+            def names_job(worker):
+                return self._previews(worker).named(own[:100], self.limits["frame_bytes"])[0]
+
+            try:
+                result["names"] = self.run_job(names_job)
+                result["names_total"] = len(own)
+            except BaseException as error:
+                self.note_error("eval names", error)
         if status == "ok":
-            if mode == "eval" or value is not None:
+            if value is not None:  # None shows nothing, as in Python's REPL
 
                 def job(worker):
-                    return self._previews(worker).preview(value, pin=True, repr_chars=record.repr_chars)
+                    return self._previews(worker).result_preview(value, record.repr_chars)
 
                 try:
                     result["value"] = self.run_job(job)
@@ -2862,6 +3364,8 @@ class Agent:
         self.evals.clear()
         self.captures.clear()
         self.refs.clear()
+        self.module_names.clear()
+        self.frame_names.clear()
         self.early_job = None
         if sys.modules.get(MODULE_NAME) is self.module:
             del sys.modules[MODULE_NAME]
@@ -2914,6 +3418,8 @@ class Agent:
         except OSError:
             pass
         self.refs.clear()
+        self.module_names.clear()
+        self.frame_names.clear()
         self.captures.clear()
         if sys.modules.get(MODULE_NAME) is self.module:
             del sys.modules[MODULE_NAME]

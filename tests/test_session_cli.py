@@ -61,6 +61,11 @@ def test_snapshot_text(spawn):
     done = periscope("snapshot", str(target.pid))
     assert done.returncode == 0, done.stderr
     assert "thread" in done.stdout and "sleeper" in done.stdout and "GREETING = 'hello'" in done.stdout
+    # The main thread runs the module's code: its globals are listed once, without the noise.
+    assert "(its locals are the globals of module __main__, below)" in done.stdout
+    assert done.stdout.count("GREETING = 'hello'") == 1
+    assert "__loader__" not in done.stdout and "threading = <module" not in done.stdout
+    assert "imports, functions, classes and dunder names left out" in done.stdout
 
 
 def test_watch_prints_one_json_line_per_frame(spawn):
@@ -106,6 +111,34 @@ def test_eval_in_a_frame_writes_the_local_through(spawn):
     target.wait_for_line("counter is now 99")
     done = periscope("eval", str(target.pid), "x", "--thread", "1", "--frame", "0")
     assert done.returncode == 1 and "periscope:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_eval_echoes_no_none_honours_max_repr_and_picks_a_frame_by_name(spawn):
+    target = spawn(TARGET)
+    target.wait_for_line("ready")
+    native = int(target.wait_for_line("native ").split()[1])
+    pid = str(target.pid)
+    done = periscope("eval", pid, "print('hi')")
+    assert (done.returncode, done.stdout) == (0, "hi\n"), done.stderr
+    done = periscope("eval", pid, "None")
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr
+    done = periscope("eval", pid, "list(range(1000))")
+    assert done.stdout == repr(list(range(1000))) + "\n"
+    full = repr(list(range(1000)))
+    done = periscope("eval", pid, "list(range(1000))", "--max-repr", "50")
+    assert done.stdout == full[:50] + "…\n"
+    assert f"{len(full) - 50} dropped" in done.stderr
+    done = periscope("eval", pid, "counter", "--thread", str(native), "--frame", "sleeper")
+    assert (done.returncode, done.stdout) == (0, "41\n"), done.stderr
+    assert "ran in frame 0 (sleeper() at" in done.stderr
+    done = periscope("eval", pid, "print('y' * 600000); print('z' * 600000)")
+    assert done.returncode == 0 and done.stdout.count("y") == 600000 and "z" not in done.stdout
+    assert "600000 more characters of printed output were dropped" in done.stderr  # the second line, but its newline
+    done = periscope("eval", pid, "x = = 1")
+    assert done.returncode == 1 and done.stderr.count("SyntaxError") == 1 and "<periscope-agent>" not in done.stderr
+    eval_help = " ".join(periscope("eval", "--help").stdout.split())
+    assert "no running event loop" in eval_help and "threading.local()" in eval_help
+    assert "fresh, empty namespace" in " ".join(periscope("exec", "--help").stdout.split())
 
 
 def test_errors_are_one_line_without_a_traceback(spawn):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.style import Style
 from textual.app import App, ComposeResult
 from textual.message import Message
 
@@ -165,6 +166,34 @@ async def test_variables_tree_marks_changes_and_loads_children_on_demand() -> No
         assert app.messages[-1].page == 1
         tree.show_children(node, [ValueView(f"'k{i}'", "int", str(i)) for i in range(100, 120)])
         assert len(node.children) == 120
+
+
+async def test_variables_tree_keeps_children_while_they_reload_and_marks_the_changed_ones() -> None:
+    tree = VariablesTree()
+    app = Harness(tree)
+    async with app.run_test(size=(60, 10)) as pilot:
+        tree.show_scope("module", "Module __main__", [ValueView("state", "dict", "{'a': 1, 'b': 2}", ref=3, length=2)])
+        node = tree.root.children[0].children[0]
+        node.expand()
+        await wait_until(pilot, lambda: app.messages, "an expand request")
+        tree.show_children(node, [ValueView("a", "int", "1"), ValueView("b", "int", "2")])
+        asked = len(app.messages)
+        # The parent changes (here: a new object): its children are asked for again, the old stay.
+        tree.show_scope("module", "Module __main__", [ValueView("state", "dict", "{'a': 5, 'b': 2}", ref=4, length=2)])
+        await wait_until(pilot, lambda: len(app.messages) > asked, "the children asked for again")
+        assert app.messages[-1].ref == 4 and app.messages[-1].page == 0
+        assert [child.data.value.preview for child in node.children] == ["1", "2"]
+        tree.show_children(node, [ValueView("a", "int", "5"), ValueView("b", "int", "2")])
+        assert [child.data.value.preview for child in node.children] == ["5", "2"]
+        assert ("module", "state", "a") in tree.changed_paths and ("module", "state", "b") not in tree.changed_paths
+        assert node.children[0].data.marked and not node.children[1].data.marked
+
+        # A value too long for the pane ends in an ellipsis, and its type stays in view.
+        tree.show_scope("module", "Module __main__", [ValueView("text", "str", "'" + "y" * 200 + "'", length=200)])
+        await pilot.pause()
+        leaf = tree.root.children[0].children[0]
+        label = tree.render_label(leaf, Style(), Style()).plain
+        assert label.endswith("…  str[200]") and len(label) <= tree.scrollable_content_region.width
 
 
 def test_is_complete_follows_the_python_repl() -> None:

@@ -62,6 +62,8 @@ class ReplInput(TextArea):
     | ctrl+j | Always a new line. |
     | ctrl+t | Switch where code runs (posts ``ScopeToggled``, in order with the typed keys). |
     | up/down | Previous/next history entry (on the first/last line). |
+    | tab | Complete the name or attribute before the cursor (posts ``CompletionRequested``); indent at the start of a line. |
+    | shift+tab, escape | Leave the input (focus moves on; the screen stays). |
     | ctrl+c | Interrupt the running evaluation (or clear the input). |
     """
 
@@ -71,6 +73,7 @@ class ReplInput(TextArea):
         Binding("up", "history_previous", "History", show=False),
         Binding("down", "history_next", "History", show=False),
         Binding("ctrl+c", "interrupt", "Interrupt", show=True, priority=True),
+        Binding("escape", "leave", "Leave input", show=True),
     ]
 
     DEFAULT_CSS = """
@@ -97,6 +100,24 @@ class ReplInput(TextArea):
     class ScopeToggled(Message):
         """The user pressed Ctrl+T: switch between the selected frame and the module."""
 
+    class CompletionRequested(Message):
+        """The user pressed Tab after a name or an attribute path."""
+
+        def __init__(self, repl_input: ReplInput, text: str) -> None:
+            self.repl_input = repl_input
+            """The input it came from (answer with ``complete_with``)."""
+            self.text = text
+            """The input up to the cursor."""
+            super().__init__()
+
+    class Left(Message):
+        """The user left the input (Escape or Shift+Tab)."""
+
+        def __init__(self, backwards: bool) -> None:
+            self.backwards = backwards
+            """Shift+Tab: to the pane before; Escape: to the pane after."""
+            super().__init__()
+
     def __init__(self, *, id: str | None = None) -> None:
         language = "python" if _syntax_available() else None
         super().__init__("", language=language, id=id, show_line_numbers=False, soft_wrap=True, tab_behavior="indent")
@@ -117,6 +138,42 @@ class ReplInput(TextArea):
             event.stop()
             event.prevent_default()
             self.post_message(self.ScopeToggled())
+        elif event.key == "tab":
+            before = self.text_before_cursor()
+            if before and (before[-1].isalnum() or before[-1] in "_."):
+                event.stop()
+                event.prevent_default()
+                self.post_message(self.CompletionRequested(self, before))
+        elif event.key == "shift+tab":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Left(backwards=True))
+
+    def action_leave(self) -> None:
+        """Leave the input (the screen stays)."""
+        self.post_message(self.Left(backwards=False))
+
+    def text_before_cursor(self) -> str:
+        """The input up to the cursor."""
+        row, column = self.cursor_location
+        lines = self.text.split("\n")
+        return "\n".join(lines[:row] + [lines[row][:column]]) if row < len(lines) else self.text
+
+    def complete_with(self, text: str, start: int, matches: Sequence[str]) -> str | None:
+        """Apply completions of ``text`` (the input up to the cursor when Tab was pressed): the
+        one match, or what all matches share. Returns the word inserted, or None when the input
+        changed meanwhile or nothing could be added."""
+        if self.text_before_cursor() != text or not matches:
+            return None
+        word = text[start:]
+        common = matches[0]
+        for match in matches[1:]:
+            while not match.startswith(common):
+                common = common[:-1]
+        if len(common) <= len(word):
+            return None
+        self.insert(common[len(word) :])
+        return common
 
     def action_submit(self) -> None:
         """Run the code if it is complete, else start a new line."""
@@ -304,6 +361,15 @@ class ReplPane(Vertical):
         color: $text-muted;
         width: 1fr;
     }
+    ReplPane > #repl-completions {
+        color: $text-muted;
+        height: auto;
+        max-height: 4;
+        display: none;
+    }
+    ReplPane > #repl-completions.shown {
+        display: block;
+    }
     """
 
     eval_in: reactive[EvalScope] = reactive("module")
@@ -332,13 +398,29 @@ class ReplPane(Vertical):
     class InterruptRequested(Message):
         """Interrupt the running evaluation."""
 
+    class CompletionRequested(Message):
+        """Complete ``text`` (the input up to the cursor) where code would run; answer with ``show_completions``."""
+
+        def __init__(self, pane: ReplPane, text: str, eval_in: EvalScope) -> None:
+            self.pane = pane
+            """The pane it came from."""
+            self.text = text
+            """The input up to the cursor."""
+            self.eval_in = eval_in
+            """"frame" (the selected frame) or "module" (the watched module)."""
+            super().__init__()
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._count = 0
+        self.completions: list[str] = []
+        """The matches of the latest completion (for tests and the listing)."""
+        self._listed_for: str | None = None
 
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="repl-transcript")
         yield Label("", id="repl-scope")
+        yield Static("", id="repl-completions", markup=False)
         yield ReplInput(id="repl-input")
 
     def on_mount(self) -> None:
@@ -398,6 +480,53 @@ class ReplPane(Vertical):
         await transcript.mount(entry)
         self.scroll_to_end()
         self.post_message(self.EvalRequested(self, entry, message.code, eval_in))
+
+    @on(ReplInput.CompletionRequested)
+    def _on_completion_requested(self, message: ReplInput.CompletionRequested) -> None:
+        message.stop()
+        eval_in: EvalScope = self.eval_in if self.frame_scope else "module"
+        self.post_message(self.CompletionRequested(self, message.text, eval_in))
+
+    def show_completions(self, text: str, start: int, matches: Sequence[str], *, more: bool = False) -> None:
+        """Complete the input (the one match, or what the matches share) and list the matches
+        when there are several; ``text`` is what was completed (a stale answer changes nothing)."""
+        listing = self.query_one("#repl-completions", Static)
+        repl_input = self.query_one(ReplInput)
+        if repl_input.text_before_cursor() != text:
+            return
+        repl_input.complete_with(text, start, matches)
+        self.completions = list(matches)
+        self._listed_for = repl_input.text
+        if len(matches) > 1 or not matches:
+            shown = "no completions" if not matches else "  ".join(match.rpartition(".")[2] for match in matches)
+            if more:
+                shown += "  …"
+            listing.update(Text(visible(shown)))
+            listing.add_class("shown")
+        else:
+            listing.update("")
+            listing.remove_class("shown")
+
+    def hide_completions(self) -> None:
+        """Stop listing completions (the input changed)."""
+        listing = self.query_one("#repl-completions", Static)
+        if listing.has_class("shown"):
+            listing.update("")
+            listing.remove_class("shown")
+
+    @on(TextArea.Changed)
+    def _on_input_changed(self, message: TextArea.Changed) -> None:
+        if message.text_area.id == "repl-input" and message.text_area.text != self._listed_for:
+            self.hide_completions()
+
+    @on(ReplInput.Left)
+    def _on_left(self, message: ReplInput.Left) -> None:
+        message.stop()
+        self.hide_completions()
+        if message.backwards:
+            self.screen.focus_previous()
+        else:
+            self.screen.focus_next()
 
     @on(ReplInput.ScopeToggled)
     def _on_scope_toggled(self, message: ReplInput.ScopeToggled) -> None:

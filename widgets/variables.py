@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rich.text import Text
+from rich.style import Style
+from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Tree
@@ -15,6 +17,7 @@ from textual.widgets.tree import TreeNode
 from explorer.text import visible
 
 PLACEHOLDER = "loading…"
+_TOGGLE = Style.from_meta({"toggle": True})  # what a click on the expand icon carries (as Tree's own labels)
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,9 @@ class ValueView:
     """What to ask for to list its children; None for a value without children."""
     length: int | None = None
     """Number of items or attributes, when known (shown next to the type)."""
+    inspect_ref: Hashable | None = None
+    """What to ask for to see the whole repr (a long string has one, but no children); None: the
+    preview is all there is."""
 
 
 @dataclass
@@ -40,6 +46,8 @@ class _NodeData:
     loaded: bool = False
     page: int = 0
     marked: bool = False
+    refreshing: bool = False
+    """Its children are being loaded again (the old ones stay shown until the new ones arrive)."""
 
 
 class VariablesTree(Tree[_NodeData]):
@@ -50,11 +58,19 @@ class VariablesTree(Tree[_NodeData]):
     are marked. Expanding a node whose children are not loaded adds a placeholder and posts
     ``ExpandRequested``; answer with ``show_children()``.
 
+    A value cut to fit the pane ends in an ellipsis; its type stays shown. ``v``, or Enter on a
+    value without children, posts ``InspectRequested`` (the whole repr, in the value inspector).
+    When an expanded value changes, its children are asked for again and the old ones stay until
+    the new ones arrive; children that changed are marked like any value.
+
     | Key | Action |
     | :- | :- |
-    | enter, space | Expand or collapse the value under the cursor. |
+    | enter, space | Expand or collapse the value under the cursor (Enter on a leaf: inspect it). |
+    | v | Inspect the value under the cursor: its whole repr. |
     | up/down | Move. |
     """
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("v", "inspect", "Inspect value")]
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "variables-tree--name",
@@ -107,6 +123,21 @@ class VariablesTree(Tree[_NodeData]):
             """The tree that sent the message."""
             return self.tree
 
+    class InspectRequested(Message):
+        """The user asked to see one value whole."""
+
+        def __init__(self, tree: VariablesTree, value: ValueView) -> None:
+            self.tree = tree
+            """The tree the value is in."""
+            self.value = value
+            """The value (its ``inspect_ref`` or ``ref`` says what to ask for)."""
+            super().__init__()
+
+        @property
+        def control(self) -> VariablesTree:
+            """The tree that sent the message."""
+            return self.tree
+
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__("variables", data=_NodeData((), None), name=name, id=id, classes=classes)
         self.show_root = False
@@ -146,8 +177,11 @@ class VariablesTree(Tree[_NodeData]):
             return
         data.loaded = True
         if data.page == 0:
-            node.remove_children()
-            self._sync_children(node, data.path, children, track_changes=False)
+            refreshing, data.refreshing = data.refreshing, False
+            if not refreshing:
+                node.remove_children()
+            changed = self._sync_children(node, data.path, children, track_changes=refreshing)
+            self.changed_paths = {path for path in self.changed_paths if path[: len(data.path)] != data.path or path == data.path} | changed
         else:  # a further page: keep what is shown, drop the placeholder, add the rest
             for child in list(node.children):
                 if child.data is None or child.data.value is None:
@@ -178,17 +212,52 @@ class VariablesTree(Tree[_NodeData]):
     def _scope_label(self, title: str) -> Text:
         return Text(visible(title), style=self.get_component_rich_style("variables-tree--scope", partial=True))
 
-    def _label(self, value: ValueView, changed: bool) -> Text:
+    def _label(self, value: ValueView, changed: bool, shown: tuple[str, str, str] | None = None) -> Text:
+        name, preview, kind = shown or (
+            visible(value.name),
+            visible(value.preview),
+            visible(value.type_name if value.length is None else f"{value.type_name}[{value.length}]"),
+        )
         text = Text()
         name_style = "variables-tree--changed" if changed else "variables-tree--name"
-        text.append(visible(value.name), style=self.get_component_rich_style(name_style, partial=True))
+        text.append(name, style=self.get_component_rich_style(name_style, partial=True))
         text.append(" = ")
-        text.append(visible(value.preview))
-        kind = visible(value.type_name if value.length is None else f"{value.type_name}[{value.length}]")
+        text.append(preview)
         text.append(f"  {kind}", style=self.get_component_rich_style("variables-tree--type", partial=True))
         if changed:
             text.append(" *", style=self.get_component_rich_style("variables-tree--changed", partial=True))
         return text
+
+    def render_label(self, node: TreeNode[_NodeData], base_style: Style, style: Style) -> Text:
+        """A value's label cut to the pane's width: the repr gives way (ending in an ellipsis),
+        the name and the type stay."""
+        data = node.data
+        depth = 0
+        parent = node.parent
+        while parent is not None:
+            depth += 1
+            parent = parent.parent
+        room = self.scrollable_content_region.width - max(0, depth - 1) * self.guide_depth - 2
+        if data is None or data.value is None:
+            label = super().render_label(node, base_style, style)
+            if room > 1 and label.cell_len > room:
+                label.truncate(room, overflow="ellipsis")
+            return label
+        value = data.value
+        kind = visible(value.type_name if value.length is None else f"{value.type_name}[{value.length}]")
+        name = visible(value.name)
+        preview = visible(value.preview)
+        fixed = len(name) + 3 + 2 + len(kind) + (2 if data.marked else 0)
+        if room > 0 and fixed + len(preview) > room:
+            keep = max(0, room - fixed - 1)
+            preview = preview[:keep].rstrip("…") + "…"
+        node_label = self._label(ValueView(name=value.name, type_name=value.type_name, preview=preview, length=value.length), data.marked, shown=(name, preview, kind))
+        node_label.stylize(style)
+        if node.allow_expand:
+            prefix = (self.ICON_NODE_EXPANDED if node.is_expanded else self.ICON_NODE, base_style + _TOGGLE)
+        else:
+            prefix = ("", base_style)
+        return Text.assemble(prefix, node_label)
 
     def _sync_children(
         self, parent: TreeNode[_NodeData], path: tuple[str, ...], values: Sequence[ValueView], track_changes: bool
@@ -229,7 +298,13 @@ class VariablesTree(Tree[_NodeData]):
                 if old is not None and (old.ref != value.ref or old.preview != value.preview):
                     data.loaded = False
                     if node.is_expanded and value.ref is not None:
-                        self._request(node, value.ref)
+                        # Ask again, and keep the children shown until the new ones arrive.
+                        data.refreshing = any(c.data is not None and c.data.value is not None for c in node.children)
+                        if data.refreshing:
+                            data.page = 0
+                            self.post_message(self.ExpandRequested(self, node, value.ref, 0))
+                        else:
+                            self._request(node, value.ref)
                     elif not node.is_expanded:
                         node.remove_children()
         return changed
@@ -258,8 +333,18 @@ class VariablesTree(Tree[_NodeData]):
             return
         self._request(event.node, data.value.ref)
 
+    def action_inspect(self) -> None:
+        """Ask for the whole repr of the value under the cursor."""
+        node = self.cursor_node
+        if node is not None and node.data is not None and node.data.value is not None:
+            self.post_message(self.InspectRequested(self, node.data.value))
+
     def on_tree_node_selected(self, event: Tree.NodeSelected[_NodeData]) -> None:
         data = event.node.data
+        if data is not None and data.value is not None and not event.node.allow_expand:
+            event.stop()
+            self.post_message(self.InspectRequested(self, data.value))
+            return
         if data is not None and data.value is None and data.path and data.path[-1] == "…more":
             event.stop()
             parent = event.node.parent

@@ -18,6 +18,12 @@ HELP = "evaluate an expression or statements inside a CPython 3.14 or 3.15 proce
 
 
 EPILOG = (
+    "The code runs in a thread periscope starts in the target (periscope-eval-N), not in the thread whose "
+    "frame it reads with --thread: there is no running event loop there (unless the code runs in the loop, "
+    "below), threading.local() values are that thread's own (empty), and a database connection or anything "
+    "else kept per thread is its own too. Names the code creates stay periscope's: in a module they are "
+    "layered over its globals (reading sees the module, assigning a name the module has writes through, a "
+    "new name is not added to it); in a frame, over its locals. None and statements print nothing. "
     "Where an asyncio event loop runs in the target, code that awaits or names asyncio "
     "(asyncio.all_tasks(), asyncio.get_running_loop(), ...) runs in that loop's thread: code that awaits "
     "as a task of the loop, the rest as one callback of it. Ctrl+C, or 30 s without finishing, stops it at its "
@@ -33,9 +39,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--module", metavar="M", help="run in the globals of module M (default __main__)")
     where.add_argument("--thread", type=int, metavar="NATIVE_ID", help="run in a frame of this thread (its locals write through on 3.13+)")
-    parser.add_argument("--frame", type=int, default=0, metavar="N", help="with --thread: frame index, 0 = innermost (default 0)")
-    parser.add_argument("--max-repr", type=int, default=1 << 20, metavar="CHARS", help="cut the printed repr at CHARS characters")
+    parser.add_argument(
+        "--frame",
+        type=_frame_choice,
+        default=0,
+        metavar="N|NAME",
+        help="with --thread: the frame, as an index (0 = innermost, the default) or a function name "
+        "(the innermost frame running it, e.g. --frame runtest); the frame that ran goes to stderr",
+    )
+    parser.add_argument(
+        "--max-repr",
+        type=int,
+        default=1 << 20,
+        metavar="CHARS",
+        help="cut the printed repr at CHARS characters (default 1048576); a cut repr says how much it dropped",
+    )
     add_agent_arguments(parser, modules=False)
+
+
+def _frame_choice(text: str) -> int | str:
+    """``--frame``: an index (0 = innermost) or a function's name or qualified name."""
+    try:
+        index = int(text)
+    except ValueError:
+        if all(part.isidentifier() for part in text.split(".")) or text in ("<module>", "<lambda>"):
+            return text
+        raise argparse.ArgumentTypeError(f"not a frame index or function name: {text!r}") from None
+    if index < 0:
+        raise argparse.ArgumentTypeError(f"a frame index is 0 (innermost) or more, not {index}")
+    return index
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +110,8 @@ async def _eval(args: argparse.Namespace) -> int:
             args.code,
             module=module,
             thread=_target_thread_id(args.pid, args.thread),
-            frame=args.frame,
+            frame=args.frame if isinstance(args.frame, int) else 0,
+            frame_name=args.frame if isinstance(args.frame, str) else None,
             repr_chars=max(1, min(args.max_repr, 1 << 20)),
             on_output=_print_output,
         )
@@ -101,9 +134,21 @@ async def _eval(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(signal.SIGINT)
     finally:
         await session.detach()
+    if result.frame is not None:
+        where = result.frame
+        print(
+            f"periscope: ran in frame {where.index} ({visible(where.qualname)}() at "
+            f"{visible(where.filename)}:{where.lineno or '?'}) of thread {args.thread}",
+            file=sys.stderr,
+        )
+    if result.output_dropped:
+        print(f"periscope: {result.output_dropped} more characters of printed output were dropped", file=sys.stderr)
     if result.ok:
-        if result.value is not None and (result.mode == "eval" or result.value.repr != "None"):
+        if result.value is not None:  # None: nothing, as in Python's REPL
             print(visible(result.value.repr, keep_lines=True))
+            if result.value.dropped:
+                more = "more than " if result.value.dropped_more else ""
+                print(f"periscope: the repr was cut at {args.max_repr} characters; {more}{result.value.dropped} dropped (--max-repr)", file=sys.stderr)
         return 0
     sys.stderr.write(visible(result.traceback or f"{result.exception}\n", keep_lines=True))
     return 130 if result.status == "interrupted" else 1

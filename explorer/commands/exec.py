@@ -34,7 +34,17 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+EPILOG = (
+    "The script runs in a fresh, empty namespace of its own (only __builtins__; __name__ is not set), not in "
+    "the globals of __main__ or of the code the thread was running: reach the program's state with "
+    "'import __main__' or sys.modules['mypkg.config'], and its functions' locals with sys._current_frames(). "
+    "It runs in the chosen thread, between two of that thread's bytecodes, so the thread waits until it returns; "
+    "an exception it raises is printed to the target's stderr and the thread goes on."
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
     parser.add_argument("pid", type=int, metavar="PID", help="the target process")
     parser.add_argument("file", metavar="FILE", help="the Python file to run (as periscope sees it)")
     parser.add_argument(

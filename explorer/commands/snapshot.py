@@ -190,8 +190,14 @@ def render_text(pid: int, hello, frame, source: str | None = None) -> str:  # ty
     ``source`` (a line saying where the values come from) follows the header. Strings from the
     target go through ``explorer.text.visible``.
     """
+    from explorer.model import is_definition
     from explorer.text import visible
 
+    def data(variables):  # type: ignore[no-untyped-def]
+        kept = [v for v in variables if not is_definition(v.name, v.value.type_name, v.value.repr)]
+        return kept, len(variables) - len(kept)
+
+    watched = {repr(module.name): module.name for module in frame.modules if not module.missing}
     lines = [f"process {pid}: Python {visible(hello.python.split()[0])}"]
     if source:
         lines.append(source)
@@ -203,12 +209,25 @@ def render_text(pid: int, hello, frame, source: str | None = None) -> str:  # ty
         lines.append(f"thread {thread.native_id} {visible(thread.name or '?')}{f' ({flags})' if flags else ''}")
         for stack_frame in thread.frames:
             lines.append(f"  {visible(stack_frame.qualname)} ({visible(stack_frame.filename)}:{stack_frame.lineno})")
-            for variable in stack_frame.locals or ():
+            variables = list(stack_frame.locals or ())
+            if stack_frame.function == "<module>":
+                # A module's code: its locals are the module's globals, listed once.
+                name = next((v.value.repr for v in variables if v.name == "__name__"), None)
+                if name in watched:
+                    lines.append(f"      (its locals are the globals of module {visible(watched[name])}, below)")
+                    continue
+                variables, hidden = data(variables)
+                if hidden:
+                    lines.append(f"      ({hidden} imports, functions, classes and dunder names left out)")
+            for variable in variables:
                 lines.append(f"      {visible(variable.name)} = {visible(variable.value.repr)}")
     for module in frame.modules:
         lines.append("")
         lines.append(f"module {visible(module.name)}" + (" (not imported)" if module.missing else f" ({module.total} variables)"))
-        for variable in module.variables:
+        variables, hidden = data(list(module.variables))
+        if hidden:
+            lines.append(f"  ({hidden} imports, functions, classes and dunder names left out; --json has them)")
+        for variable in variables:
             lines.append(f"  {visible(variable.name)} = {visible(variable.value.repr)}")
     if frame.truncated:
         lines.append("")

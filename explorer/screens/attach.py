@@ -351,6 +351,14 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
         self._show_stack(message.native_id)
         self._show_locals(message.native_id, track_changes=False)
 
+    @on(VariablesTree.InspectRequested)
+    def _on_inspect_requested(self, message: VariablesTree.InspectRequested) -> None:
+        """Values read from outside are previews already cut: the inspector shows what there is."""
+        message.stop()
+        from explorer.screens.inspector import ValueInspector
+
+        self.app.push_screen(ValueInspector(message.value, None, note="the preview read from outside (the whole repr needs the agent)"))
+
     @on(StackView.FrameSelected)
     def _on_frame_selected(self, message: StackView.FrameSelected) -> None:
         message.stop()

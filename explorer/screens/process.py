@@ -32,7 +32,9 @@ from textual.worker import Worker
 from explorer.discovery import ProcessInfo
 from explorer.errors import PeriscopeError
 from explorer.model import Frame, StackFrame, ThreadInfo, Value, Variable
+from explorer.model import is_definition as is_definition_of
 from explorer.screens.dialogs import forward_failure
+from explorer.screens.inspector import ValueInspector
 from explorer.screens.sources import SourceLines
 from explorer.text import visible
 from widgets._format import MASK, display_command
@@ -50,6 +52,8 @@ CPU_INTERVAL = 1.0
 """Seconds between two reads of per-thread CPU times."""
 
 PAGE = 100
+REPL_REPR = 4000
+"""Characters of a REPL result's repr shown in the transcript (the inspector, v, shows it whole)."""
 """Children per page when expanding an object."""
 
 STATUS_INTERVAL = 0.5
@@ -96,7 +100,12 @@ def save_history(path: Path, entries: Sequence[str]) -> None:
 def value_view(name: str, value: Value) -> ValueView:
     """The variables tree's view of one agent value."""
     preview = value.repr + ("…" if value.truncated and not value.repr.endswith("…") else "")
-    return ValueView(name=name, type_name=value.type_name, preview=preview, ref=value.ref, length=value.length)
+    # A string, bytes or bytearray has a ref only to be inspected whole: it has no children.
+    children = value.ref if value.type_name not in _LEAF_TYPES else None
+    return ValueView(name=name, type_name=value.type_name, preview=preview, ref=children, length=value.length, inspect_ref=value.ref)
+
+
+_LEAF_TYPES = frozenset({"str", "bytes", "bytearray"})
 
 
 def value_views(variables: Sequence[Variable]) -> list[ValueView]:
@@ -104,15 +113,9 @@ def value_views(variables: Sequence[Variable]) -> list[ValueView]:
     return [value_view(variable.name, variable.value) for variable in variables]
 
 
-_DEFINITIONS = {"module", "type", "function", "builtin_function_or_method", "abc.ABCMeta", "enum.EnumType"}
-_DEFINITION_REPRS = ("<module '", "<class '", "<function ", "<built-in function ")
-
-
 def is_definition(view: ValueView) -> bool:
     """Whether a module variable is an import, a class, a function or a dunder name rather than data."""
-    if view.name.startswith("__") and view.name.endswith("__"):
-        return True
-    return view.type_name in _DEFINITIONS or view.preview.startswith(_DEFINITION_REPRS)
+    return is_definition_of(view.name, view.type_name, view.preview)
 
 
 def data_first(views: list[ValueView]) -> list[ValueView]:
@@ -373,8 +376,20 @@ class ProcessScreen(Screen[None]):
     def pane_bindings(cls) -> list[tuple[str, list[BindingType]]]:
         """The key bindings of the panes, for the help screen."""
         return [
-            ("REPL", list(ReplPane.BINDINGS) + list(ReplInput.BINDINGS)),
-            ("Variables", [Binding("enter", "", "Expand or collapse the value"), Binding("space", "", "Expand or collapse")]),
+            (
+                "REPL",
+                list(ReplPane.BINDINGS)
+                + list(ReplInput.BINDINGS)
+                + [Binding("tab", "", "Complete a name or attribute"), Binding("shift+tab", "", "Leave the input")],
+            ),
+            (
+                "Variables",
+                [
+                    Binding("enter", "", "Expand or collapse the value (a value without children: inspect it)"),
+                    Binding("space", "", "Expand or collapse"),
+                    Binding("v", "", "Inspect: the whole repr, scrollable"),
+                ],
+            ),
             ("Thread states (first column)", [
                 Binding("●", "", "holds the GIL (running Python)"),
                 Binding("○", "", "runs Python, waiting for the GIL"),
@@ -705,7 +720,9 @@ class ProcessScreen(Screen[None]):
         key = (self.selected_thread, self.selected_frame, stack_frame.qualname if stack_frame else "")
         track = not moved and key == self._shown_key
         self._shown_key = key
-        if stack_frame is not None:
+        if stack_frame is not None and stack_frame.function == "<module>":
+            self._show_module_frame(variables, stack_frame, track)
+        elif stack_frame is not None:
             title = f"Locals of {stack_frame.qualname or stack_frame.function}()"
             if thread is not None and thread.brief:
                 title += " (reading…)"  # the agent sends this thread's locals from its next frame on
@@ -715,6 +732,19 @@ class ProcessScreen(Screen[None]):
         else:
             variables.show_scope("locals", "Locals (no Python frame)", [], track_changes=False)
         self.query_one(ReplPane).frame_scope = f"{stack_frame.qualname or stack_frame.function}() in {thread_name}" if stack_frame else ""
+
+    def _show_module_frame(self, variables: VariablesTree, stack_frame: StackFrame, track: bool) -> None:
+        """A ``<module>`` frame's locals are its module's globals: listed once, in the module pane
+        when that module is the watched one, else here with the module pane's filter."""
+        name = next((v.value.repr for v in stack_frame.locals or () if v.name == "__name__"), None)
+        if name == repr(self.watched_module):
+            variables.show_scope("locals", f"Locals of <module>: module {self.watched_module}, below", [], track_changes=False)
+            return
+        views, hidden = module_views(value_views(stack_frame.locals or ()), show_definitions=self.show_definitions)
+        title = "Locals of <module> (its module's globals)"
+        if hidden:
+            title += f" · {hidden} modules/functions/classes hidden (a)"
+        variables.show_scope("locals", title, views, track_changes=track)
 
     def _show_module(self, frame: Frame) -> None:
         variables = self.query_one(VariablesTree)
@@ -788,32 +818,59 @@ class ProcessScreen(Screen[None]):
         shown = children.offset + len(children.children)
         tree.show_children(node, value_views(children.children), more=shown < children.total)
 
+    def _eval_scope(self, eval_in: str) -> dict[str, Any]:
+        """Where REPL code (or a completion) runs: the watched module, a task's frame, or the
+        selected frame of a thread, pinned by its function and its place counted from the
+        outermost frame (the stack above it may have moved since the frame was shown)."""
+        if eval_in == "frame" and self.selected_task is not None:
+            return {"task": self.selected_task, "frame": self.selected_frame}
+        if eval_in == "frame" and self.frame is not None:
+            selected, stack_frame = self._selected(self.frame)
+            if selected is not None and stack_frame is not None:
+                scope: dict[str, Any] = {"thread": selected.native_id, "frame": self.selected_frame}
+                if selected.depth >= len(selected.frames) and selected.depth > self.selected_frame:
+                    scope["frame_name"] = stack_frame.qualname or stack_frame.function
+                    scope["frame_from_bottom"] = selected.depth - 1 - self.selected_frame
+                return scope
+        return {"module": self.watched_module}
+
     @on(ReplPane.EvalRequested)
     def _on_eval_requested(self, message: ReplPane.EvalRequested) -> None:
         message.stop()
         if self.history_path is not None:
             save_history(self.history_path, message.pane.history)
-        native_id = frame_index = task_id = None
-        if message.eval_in == "frame" and self.selected_task is not None:
-            task_id, frame_index = self.selected_task, self.selected_frame
-        elif message.eval_in == "frame" and self.frame is not None:
-            selected, stack_frame = self._selected(self.frame)
-            if selected is not None and stack_frame is not None:
-                native_id, frame_index = selected.native_id, self.selected_frame
-        self.evaluate(message.entry, message.code, self.watched_module, native_id, frame_index, task_id)
+        self.evaluate(message.entry, message.code, self._eval_scope(message.eval_in))
+
+    @on(ReplPane.CompletionRequested)
+    def _on_completion_requested(self, message: ReplPane.CompletionRequested) -> None:
+        message.stop()
+        self.complete(message.pane, message.text, self._eval_scope(message.eval_in))
+
+    @work(name="complete", exit_on_error=False, group="complete", exclusive=True)
+    async def complete(self, pane: ReplPane, text: str, scope: dict[str, Any]) -> None:
+        """Ask the agent what the word before the REPL's cursor can become, and apply it."""
+        try:
+            found = await self.session.complete(text, **scope)
+        except PeriscopeError as error:
+            pane.show_completions(text, len(text), [])
+            self.notify(f"cannot complete: {error}", severity="warning")
+            return
+        pane.show_completions(text, found.start, found.matches, more=found.more)
+
+    @on(VariablesTree.InspectRequested)
+    def _on_inspect_requested(self, message: VariablesTree.InspectRequested) -> None:
+        message.stop()
+        value = message.value
+        ref = value.inspect_ref if value.inspect_ref is not None else value.ref
+        session = self.session
+        load = (lambda: session.inspect_value(ref)) if isinstance(ref, int) else None
+        self.app.push_screen(ValueInspector(value, load))
 
     @work(name="eval", exit_on_error=False, group="eval")
-    async def evaluate(
-        self, entry: ReplEntry, code: str, module: str, native_id: int | None, frame_index: int | None, task_id: int | None = None
-    ) -> None:
+    async def evaluate(self, entry: ReplEntry, code: str, scope: dict[str, Any]) -> None:
         """Run ``code`` in the target and show the outcome in ``entry`` (printed output as it comes)."""
         try:
-            if task_id is not None:
-                handle = self.session.start_eval(code, task=task_id, frame=frame_index or 0, on_output=lambda out: entry.add_output(out.text))
-            elif native_id is not None:
-                handle = self.session.start_eval(code, thread=native_id, frame=frame_index or 0, on_output=lambda out: entry.add_output(out.text))
-            else:
-                handle = self.session.start_eval(code, module=module, on_output=lambda out: entry.add_output(out.text))
+            handle = self.session.start_eval(code, repr_chars=REPL_REPR, on_output=lambda out: entry.add_output(out.text), **scope)
             self._evals.append(handle)
             try:
                 result = await handle.result()
@@ -828,6 +885,11 @@ class ProcessScreen(Screen[None]):
                 entry.show_result(value_view("result", result.value) if result.value is not None else None)
             else:
                 entry.show_error(result.traceback or result.exception or "failed")
+            if result.names:
+                # Shown apart: these live in periscope's session, layered over the target's scope.
+                more = f", {len(result.names)} of {result.names_total}" if result.names_total > len(result.names) else ""
+                title = f"REPL names in {entry.scope}{more} (the session's, not in the target; gone on detach)"
+                self.query_one("#variables", VariablesTree).show_scope("session", title, value_views(result.names))
         self.query_one(ReplPane).scroll_to_end()
 
     @on(ReplPane.InterruptRequested)

@@ -9,6 +9,7 @@ and puts every action in the command palette.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ClassVar
@@ -22,10 +23,11 @@ from textual.worker import Worker
 from explorer.discovery import ProcessInfo, ProcessScanner
 from explorer.errors import PeriscopeError
 from explorer.screens.attach import AttachFailed, AttachScreen, Attached, Connector, default_connector
-from explorer.screens.dialogs import ErrorDialog, WorkerFailed, forward_failure
+from explorer.screens.dialogs import ConfirmDialog, ErrorDialog, WorkerFailed, forward_failure
 from explorer.screens.help import HelpScreen, KeySection, key_rows
 from explorer.screens.process import ProcessScreen, history_file
 from explorer.screens.process_list import ProcessListScreen
+from explorer.text import visible
 from explorer.screens.profile import ProfileScreen
 from widgets._format import MASK
 from widgets.process_table import ProcessTable
@@ -76,6 +78,8 @@ class PeriscopeApp(App[int]):
         """Where the REPL history is kept across runs."""
         self.mask_noise = mask_noise
         """Hide pids, times and rates (reproducible screenshots and snapshot tests)."""
+        self.confirmed_foreign: set[int] = set()
+        """Processes of other users the user agreed to attach to (asked once each)."""
         self.attached: dict[int, ProcessScreen] = {}
         """The process screen of every attached process, by pid."""
         self.process_list = ProcessListScreen(scanner_factory, mask_noise=mask_noise)
@@ -121,6 +125,26 @@ class PeriscopeApp(App[int]):
         """
         if pid in self.attached:
             self.show_process(pid)
+            return
+        self.process_list.select_pid(pid)  # back in the list, the cursor is on the process just left
+        owner = _owner(pid, process)
+        if owner is not None and owner[0] != os.geteuid() and pid not in self.confirmed_foreign:
+            user = visible(owner[1])
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.confirmed_foreign.add(pid)
+                    self.attach(pid, process, thread=thread)
+
+            self.push_screen(
+                ConfirmDialog(
+                    f"Attach to a process of user {user}?",
+                    f"{self._shown_pid(pid)} belongs to {user}, not to you: periscope would run its agent inside "
+                    "that user's program, which then sees everything the agent shows you.",
+                    yes="Attach",
+                ),
+                answered,
+            )
             return
         if process is not None and not process.attachable:
             self.push_screen(
@@ -174,6 +198,8 @@ class PeriscopeApp(App[int]):
         self.process_list.set_attached(frozenset(self.attached))
 
     def _pop_to_process_list(self) -> None:
+        if isinstance(self.screen, ProcessScreen):
+            self.process_list.select_pid(self.screen.pid)  # the cursor returns to the process just left
         while len(self.screen_stack) > 1 and not isinstance(self.screen, ProcessListScreen):
             self.pop_screen()
 
@@ -293,6 +319,22 @@ class PeriscopeApp(App[int]):
         yield SystemCommand("Help", "Show every key binding", self.action_help)
         yield SystemCommand("Quit", "Detach from every process and quit", lambda: self.run_worker(self.action_quit(), name="quit", exit_on_error=False))
         yield from super().get_system_commands(screen)
+
+
+def _owner(pid: int, process: ProcessInfo | None) -> tuple[int, str] | None:
+    """(uid, user name) of ``pid``'s owner; None when it cannot be told (the process is gone)."""
+    if process is not None:
+        return process.uid, process.user
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+    import pwd
+
+    try:
+        return uid, pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return uid, str(uid)
 
 
 def _dedupe(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -94,6 +94,8 @@ async def test_process_list_filters_sorts_and_keeps_the_cursor_on_its_pid(demo, 
         await wait_until(pilot, lambda: table.shown_pids == [demo.pid], "only the demo shown")
         assert screen.query_one("#filter").value == unique
         verdict = screen.query_one(AttachVerdict)
+        assert verdict.process is None and "No process selected" in str(verdict.render())  # the user picked none yet
+        await pilot.press("down")
         assert verdict.process is not None and verdict.process.pid == demo.pid
         assert "can attach" in str(verdict.render())
 

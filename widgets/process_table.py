@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from rich.text import Text
 from textual.binding import Binding, BindingType
+from textual.events import Click
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import DataTable
@@ -36,7 +37,9 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
     """Python processes, one row per pid; rows are updated in place, never cleared and refilled.
 
     Give it the latest scan with ``update_processes()``. The cursor stays on the same pid across
-    updates, sorts and filters (when that pid is still shown).
+    updates, sorts and filters. Nothing is selected until the user moves the cursor (or a caller
+    selects a pid): when the selected pid is filtered out or leaves, the cursor is hidden and
+    nothing is selected; it never moves on to another process by itself.
 
     | Key | Action |
     | :- | :- |
@@ -130,8 +133,8 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
 
     @property
     def selected_process(self) -> ProcessInfo | None:
-        """The process under the cursor, if any row is shown."""
-        if self._selected_pid is None:
+        """The process under the visible cursor; None when no row is highlighted."""
+        if self._selected_pid is None or not self.show_cursor or not self._has_row(str(self._selected_pid)):
             return None
         return self._processes.get(self._selected_pid)
 
@@ -146,13 +149,25 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
         self._attached = frozenset(attached)
         self._sync()
 
-    def select_pid(self, pid: int) -> bool:
-        """Move the cursor to ``pid``; False when that pid is not shown."""
-        if not self._has_row(str(pid)):
-            return False
+    def select_pid(self, pid: int | None) -> bool:
+        """Move the cursor to ``pid`` (None: select nothing); False when that pid is not shown.
+
+        A pid that is not shown yet stays the selection: its row gets the cursor when it appears.
+        """
         self._selected_pid = pid
-        self.move_cursor(row=self.get_row_index(str(pid)), animate=False)
-        return True
+        self._restore_cursor()
+        return pid is not None and self._has_row(str(pid))
+
+    def move_selection(self, rows: int) -> None:
+        """Move the cursor ``rows`` rows down (up when negative); with nothing selected, select the
+        first row (going down) or the last (going up)."""
+        if not self.row_count:
+            return
+        if self.selected_process is None:
+            index = 0 if rows > 0 else self.row_count - 1
+        else:
+            index = max(0, min(self.row_count - 1, self.cursor_row + rows))
+        self.select_pid(self.shown_pids[index])
 
     def watch_sort_by(self) -> None:
         self._sync()
@@ -212,18 +227,20 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
         self._restore_cursor()
 
     def _restore_cursor(self) -> None:
-        """Keep the cursor on the selected pid; pick the nearest row when that pid left."""
-        if not self.row_count:
+        """Keep the cursor on the selected pid; hide it (select nothing) when that pid is not shown.
+
+        A selected pid that left the machine is forgotten; one the filter hides is kept, and gets
+        the cursor back when the filter shows it again.
+        """
+        pid = self._selected_pid
+        if pid is not None and pid not in self._processes and self._processes:
+            self._selected_pid = pid = None
+        if pid is None or not self._has_row(str(pid)):
+            self.show_cursor = False
             self._report(None)
             return
-        pid = self._selected_pid
-        if pid is not None and self._has_row(str(pid)):
-            index = self.get_row_index(str(pid))
-        else:
-            index = min(self.cursor_row, self.row_count - 1) if self.cursor_row >= 0 else 0
-            pid = self.shown_pids[index]
-            self._selected_pid = pid
-        self._cursor_to(index)
+        self._cursor_to(self.get_row_index(str(pid)))
+        self.show_cursor = True
         self._report(pid)
 
     def _report(self, pid: int | None) -> None:
@@ -234,6 +251,8 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
     # --- user intent ---------------------------------------------------------------------------
 
     def _row_highlighted(self, key: str) -> None:
+        if not self.show_cursor:
+            return  # rows moved under a hidden cursor: the user chose nothing
         pid = int(key)
         if pid != self._selected_pid:
             self._selected_pid = pid
@@ -241,6 +260,28 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
 
     def _row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_attach()
+
+    def on_click(self, event: Click) -> None:
+        """A click on a row selects it, also while nothing is selected (the cursor is hidden)."""
+        row = event.style.meta.get("row") if event.style.meta else None
+        if not self.show_cursor and isinstance(row, int) and 0 <= row < self.row_count:
+            self.select_pid(self.shown_pids[row])
+
+    def action_cursor_down(self) -> None:
+        """Move the cursor down (with nothing selected: to the first row)."""
+        self.move_selection(1)
+
+    def action_cursor_up(self) -> None:
+        """Move the cursor up (with nothing selected: to the last row)."""
+        self.move_selection(-1)
+
+    def action_page_down(self) -> None:
+        """Move the cursor a page down."""
+        self.move_selection(max(1, self.size.height - 2))
+
+    def action_page_up(self) -> None:
+        """Move the cursor a page up."""
+        self.move_selection(-max(1, self.size.height - 2))
 
     def action_attach(self) -> None:
         """Ask to attach to the process under the cursor."""

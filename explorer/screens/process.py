@@ -878,4 +878,4 @@ class ProcessScreen(Screen[None]):
         if self.query_one(ReplInput).has_focus:
             self.query_one(ThreadList).focus()
             return
-        self.app.pop_screen()
+        self.app.action_process_list()  # type: ignore[attr-defined]

@@ -89,6 +89,7 @@ class ProcessListScreen(Screen[None]):
         self._stop = threading.Event()
         self._scan_now = threading.Event()
         self._latest: list[ProcessInfo] = []
+        self._select_on_mount: int | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("periscope · Python processes", id="title")
@@ -104,6 +105,7 @@ class ProcessListScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).focus()
+        self.query_one(ProcessTable).select_pid(self._select_on_mount)
         self._update_title()
         self.scan_processes()
 
@@ -138,6 +140,7 @@ class ProcessListScreen(Screen[None]):
 
     def _update_status(self) -> None:
         shown = self.query_one(ProcessTable).row_count
+        self.query_one(AttachVerdict).rows_shown = shown
         total = len(self._latest)
         noun = "Python process" if total == 1 else "Python processes"
         if self.mask_noise:  # the machine's other processes come and go
@@ -145,6 +148,12 @@ class ProcessListScreen(Screen[None]):
         else:
             status = f"{total} {noun}" if shown == total else f"{shown} of {total} {noun}"
         self.query_one("#scan-status", Static).update(f"{status} · sorted by {SORT_NAMES[self.sort_by]}")
+
+    def select_pid(self, pid: int | None) -> None:
+        """Put the list's cursor on ``pid`` (None: on nothing), now or when its row appears."""
+        self._select_on_mount = pid
+        if self.is_mounted:
+            self.query_one(ProcessTable).select_pid(pid)
 
     def set_attached(self, pids: frozenset[int]) -> None:
         """Mark these pids as attached (the app calls this when sessions start or end)."""
@@ -162,6 +171,7 @@ class ProcessListScreen(Screen[None]):
 
     def _show_verdict(self, process: ProcessInfo | None) -> None:
         verdict = self.query_one(AttachVerdict)
+        verdict.rows_shown = self.query_one(ProcessTable).row_count
         verdict.process = process
         verdict.attached = process is not None and process.pid in self.attached_pids
 

@@ -108,9 +108,22 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
 
     # --- columns -------------------------------------------------------------------------------
 
+    def _header(self, key: str, label: str) -> str:
+        """The header of column ``key`` (by default its label; a sortable table marks its sort column)."""
+        return label
+
     def on_mount(self) -> None:
         for key, label, width in self._columns:
-            self.add_column(label, key=key, width=width if width is not None else self._flex_width)
+            self.add_column(self._header(key, label), key=key, width=width if width is not None else self._flex_width)
+        self._sync(force=True)
+
+    def _rebuild_columns(self, columns: tuple[Column, ...]) -> None:
+        """Show ``columns`` (in order, with their widths and headers); the rows keep their keys and get their cells again."""
+        for key, _, _ in self._columns:
+            self.remove_column(key)
+        self._columns = columns
+        for key, label, width in columns:
+            self.add_column(self._header(key, label), key=key, width=width if width is not None else self._flex_width)
         self._sync(force=True)
 
     def _fitted_columns(self, room: int) -> tuple[Column, ...]:
@@ -136,14 +149,7 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
         if self.GIVE_WAY:
             fitted = self._fitted_columns(self.size.width)
             if fitted != self._columns:
-                # Another set of columns (or widths): put them back in order; the rows keep their
-                # keys and get their cells again.
-                for key, _, _ in self._columns:
-                    self.remove_column(key)
-                self._columns = fitted
-                for key, label, width in fitted:
-                    self.add_column(label, key=key, width=width if width is not None else self._flex_width)
-                self._sync(force=True)
+                self._rebuild_columns(fitted)
         fixed = sum(width or 0 for _, _, width in self._columns) + 2 * len(self._columns) + self.FLEX_MARGIN
         width = max(self.FLEX_MIN, self.size.width - fixed)
         if not any(column[2] is None for column in self._columns):
@@ -159,7 +165,7 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
                 self.clear()
                 self._shown.clear()
             self.remove_column(key)
-            self.add_column(label, key=key, width=width)
+            self.add_column(self._header(key, label), key=key, width=width)
             self._sync(force=True)
 
     # --- diffing -------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ SortKey = Literal["cpu", "memory", "pid"]
 _COLUMNS: tuple[Column, ...] = (
     ("attach", "", 1),
     ("pid", "PID", 7),
+    ("ppid", "PPID", 7),
     ("user", "USER", 8),
     ("python", "PYTHON", 8),
     ("cpu", "CPU%", 6),
@@ -35,6 +36,10 @@ _COLUMNS: tuple[Column, ...] = (
 
 class ProcessTable(KeyedTable["ProcessInfo"]):
     """Python processes, one row per pid; rows are updated in place, never cleared and refilled.
+
+    A process whose parent is listed too comes right after it (a master and its workers, a
+    reloader and its child), its command indented under the parent's; the sort orders each level.
+    The sort column's header is marked (``CPU% ▼``).
 
     Give it the latest scan with ``update_processes()``. The cursor stays on the same pid across
     updates, sorts and filters. Nothing is selected until the user moves the cursor (or a caller
@@ -48,6 +53,8 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
     """
 
     COLUMNS = _COLUMNS
+    GIVE_WAY = (("threads", 0), ("memory", 7), ("user", 6), ("python", 5))
+    """At 80 columns the thread count goes and memory, user and version narrow; the command keeps 20 cells."""
     FLEX_WIDTH = 60
     FLEX_MIN = 20
     FLEX_MARGIN = 2
@@ -170,7 +177,15 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
         self.select_pid(self.shown_pids[index])
 
     def watch_sort_by(self) -> None:
-        self._sync()
+        if self.columns:
+            self._rebuild_columns(self._columns)  # the headers mark the new sort column
+        else:
+            self._sync()
+
+    def _header(self, key: str, label: str) -> str:
+        if key == self.sort_by:
+            return f"{label} {'▲' if key == 'pid' else '▼'}"
+        return label
 
     def watch_filter_text(self) -> None:
         self._sync()
@@ -201,21 +216,41 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
         return [
             marker,
             Text(MASK if self.mask_noise else str(process.pid), justify="right"),
-            Text(visible(process.user[:8])),
+            Text(MASK if self.mask_noise else str(process.ppid), justify="right"),
+            Text(visible(process.user[: self.column_width("user") or 8])),
             Text(visible(process.python or "?")),
             Text(cpu, justify="right"),
             Text(memory, justify="right"),
             Text(str(process.num_threads), justify="right"),
-            Text(fit(display_command(process.cmdline, process.name), self._flex_width), style=muted or "", no_wrap=True),
+            Text(fit(self._indent(process.pid) + display_command(process.cmdline, process.name), self._flex_width), style=muted or "", no_wrap=True),
         ]
 
-    def _sort_value(self, pid: int) -> tuple[float, int]:
+    def _own_sort_value(self, pid: int) -> tuple[float, int]:
         process = self._processes[pid]
         if self.sort_by == "cpu":
             return (-process.cpu_percent, pid)
         if self.sort_by == "memory":
             return (-float(process.rss), pid)
         return (0.0, pid)
+
+    def _ancestors(self, pid: int) -> list[int]:
+        """``pid``'s listed ancestors, outermost first (a parent that is not a Python process ends the chain)."""
+        chain: list[int] = []
+        seen = {pid}
+        parent = self._processes[pid].ppid
+        while parent in self._processes and parent not in seen and self._matches(self._processes[parent]):
+            chain.append(parent)
+            seen.add(parent)
+            parent = self._processes[parent].ppid
+        return chain[::-1]
+
+    def _indent(self, pid: int) -> str:
+        depth = len(self._ancestors(pid)) if pid in self._processes else 0
+        return "  " * (depth - 1) + "└ " if depth else ""
+
+    def _sort_value(self, pid: int) -> tuple[tuple[float, int], ...]:
+        """Each process after its parent: the sort keys of its ancestors, then its own."""
+        return tuple(self._own_sort_value(ancestor) for ancestor in self._ancestors(pid)) + (self._own_sort_value(pid),)
 
     def _sync(self, force: bool = False) -> None:
         if not self.columns:

@@ -108,9 +108,29 @@ def _usage_error(message: str) -> int:
     return 2
 
 
+def print_where_blocked(pid: int) -> None:
+    """After "no thread ran Python": where each thread of ``pid`` waits, read from outside (no agent)."""
+    from explorer.stacks import read_stacks
+    from explorer.text import visible
+
+    try:
+        _version, stacks = read_stacks(pid)
+    except (PeriscopeError, MemoryFault, OSError):
+        return  # the message already says what to run
+    for stack in stacks:
+        top = stack.frames[0] if stack.frames else None
+        function = visible(top.function) if top is not None else ""
+        function += "" if function.startswith("<") else "()"
+        where = f"in {function} at {visible(top.filename)}:{top.lineno}" if top is not None else "(no Python frames)"
+        name = f" {visible(stack.name)}" if stack.name else ""
+        print(f"  thread {stack.native_id}{name}{' (main)' if stack.is_main else ''}: {where}", file=sys.stderr)
+    print(f"  the whole stacks: periscope stack {pid}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``periscope`` and ``python -m explorer``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     commands = command_summaries()
     from explorer import signals
 
@@ -143,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         from explorer.text import visible
 
         print(f"periscope: {visible(str(error))}", file=sys.stderr)
+        if getattr(error, "no_thread_ran", False) and isinstance(getattr(args, "pid", None), int):
+            print_where_blocked(args.pid)
         return 1
     except MemoryFault as error:
         # The target changed under a read that was not retried (threads exiting, memory freed).

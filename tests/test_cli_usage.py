@@ -48,3 +48,24 @@ def test_the_tui_without_a_terminal_prints_one_line_and_exits(spawn) -> None:
     assert len(lines) == 1, result.stderr
     assert f"periscope snapshot {target.pid}" in lines[0] and f"periscope watch {target.pid}" in lines[0]
     assert "\x1b" not in result.stdout + result.stderr  # no screen was drawn
+
+
+MAIN_BLOCKED = """
+import threading, time
+def ticker():
+    while True:
+        time.sleep(0.02)
+threading.Thread(target=ticker, name="ticker", daemon=True).start()
+print("ready", flush=True)
+input()
+"""
+
+
+def test_the_cli_attaches_through_any_thread_by_default_as_the_tui_does(spawn) -> None:
+    """The main thread waits in input(); a ticker thread runs Python now and then: the default
+    thread choice (any, the TUI's) attaches through it, with no --via given."""
+    target = spawn(MAIN_BLOCKED, stdin=subprocess.PIPE)
+    target.wait_for_line("ready")
+    result = run("watch", str(target.pid), "--count", "1", "--timeout", "20", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert '"threads"' in result.stdout

@@ -51,7 +51,6 @@ class PeriscopeApp(App[int]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark,f1", "help", "Help"),
         Binding("ctrl+o", "next_process", "Switch process"),
-        Binding("ctrl+l", "process_list", "Process list", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -297,28 +296,86 @@ class PeriscopeApp(App[int]):
         self.push_screen(HelpScreen(self.key_sections()))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        """Every action: the current screen's key bindings, then switching and detaching."""
+        """Every action once: the screen's own (whichever pane has the focus), the focused pane's,
+        switching and detaching, then Textual's own (theme, screenshot) except the duplicates.
+
+        Text-editing keys of the REPL's input and the filter box (delete a word, select a line, ...)
+        are keys, not commands: they are left out.
+        """
         seen: set[str] = set()
-        for active in screen.active_bindings.values():
-            binding = active.binding
-            if not binding.description or binding.action in seen or not active.enabled:
-                continue
-            seen.add(binding.action)
-            node = active.node
-            yield SystemCommand(
+
+        def fresh(title: str, action: str | None = None) -> bool:
+            key = title.casefold()
+            if key in seen or (action is not None and f"action:{action}" in seen):
+                return False
+            seen.add(key)
+            if action is not None:
+                seen.add(f"action:{action}")
+            return True
+
+        def from_binding(binding: Binding, node: object) -> SystemCommand | None:
+            if not binding.description or not fresh(binding.description, binding.action):
+                return None
+            return SystemCommand(
                 binding.description,
-                f"{binding.key_display or binding.key}: {binding.tooltip or binding.description}",
+                f"{binding.key_display or _key_label(binding.key)}: {binding.tooltip or binding.description}",
                 lambda node=node, action=binding.action: self.run_action(action, node),
             )
+
+        # The screen's actions, from every pane (the REPL's input shadows their keys, not the commands).
+        for binding in type(screen).BINDINGS:
+            if isinstance(binding, Binding) and not _is_editing(binding):
+                command = from_binding(binding, screen)
+                if command is not None:
+                    yield command
+        screen_keys = {binding.key for binding in type(screen).BINDINGS if isinstance(binding, Binding)}
+        for active in screen.active_bindings.values():
+            binding, node = active.binding, active.node
+            if not active.enabled or node is screen or node is self or binding.key in screen_keys:
+                continue  # the screen's own (above), or a pane's key the screen's command already covers
+            if _is_editing(binding) or _is_textual_navigation(binding, node):
+                continue
+            command = from_binding(binding, node)
+            if command is not None:
+                yield command
         for pid, process_screen in sorted(self.attached.items()):
             if process_screen is not screen:
-                yield SystemCommand(f"Switch to {pid}", process_screen.describe(), lambda pid=pid: self.show_process(pid))
-            yield SystemCommand(f"Detach from {pid}", process_screen.describe(), lambda pid=pid: self.run_worker(self.detach(pid), name=f"detach-{pid}", exit_on_error=False))
-        if not isinstance(screen, ProcessListScreen):
-            yield SystemCommand("Process list", "Back to the list of Python processes", self.action_process_list)
-        yield SystemCommand("Help", "Show every key binding", self.action_help)
-        yield SystemCommand("Quit", "Detach from every process and quit", lambda: self.run_worker(self.action_quit(), name="quit", exit_on_error=False))
-        yield from super().get_system_commands(screen)
+                yield SystemCommand(f"Switch to {self._shown_pid(pid)}", process_screen.describe(), lambda pid=pid: self.show_process(pid))
+            yield SystemCommand(f"Detach from {self._shown_pid(pid)}", process_screen.describe(), lambda pid=pid: self.run_worker(self.detach(pid), name=f"detach-{pid}", exit_on_error=False))
+        if not isinstance(screen, ProcessListScreen) and fresh("Process list", "back"):
+            yield SystemCommand("Process list", "Back to the list of Python processes (attached processes stay attached)", self.action_process_list)
+        if self.attached and fresh("Switch process", "next_process"):
+            yield SystemCommand("Switch process", "ctrl+o: the next attached process (or the process list)", self.action_next_process)
+        if fresh("Help", "help"):
+            yield SystemCommand("Help", "?: every key binding", self.action_help)
+        if fresh("Quit", "quit"):
+            yield SystemCommand("Quit", "ctrl+q: detach from every process and quit", lambda: self.run_worker(self.action_quit(), name="quit", exit_on_error=False))
+        for command in super().get_system_commands(screen):
+            title = command.title.casefold()
+            if title.startswith("quit") or "keys" in title or not fresh(command.title):
+                continue  # periscope's own Quit and Help say it already
+            yield command
+
+
+def _key_label(key: str) -> str:
+    return key.split(",")[0]
+
+
+def _is_textual_navigation(binding: Binding, node: object) -> bool:
+    """Whether ``binding`` comes from one of Textual's own widget classes (cursor and scroll keys)."""
+    for cls in type(node).__mro__:
+        if cls.__module__.startswith("textual.") and any(
+            isinstance(own, Binding) and own.action == binding.action for own in cls.__dict__.get("BINDINGS", ())
+        ):
+            return True
+    return False
+
+
+def _is_editing(binding: Binding) -> bool:
+    """Whether ``binding`` is a text-editing key of Textual's TextArea or Input (not a command)."""
+    from textual.widgets import Input, TextArea
+
+    return any(binding.action == own.action for own in (*TextArea.BINDINGS, *Input.BINDINGS) if isinstance(own, Binding))
 
 
 def _owner(pid: int, process: ProcessInfo | None) -> tuple[int, str] | None:

@@ -143,6 +143,11 @@ async def test_the_process_list_marks_its_sort_column_and_fits_80_columns(deep, 
         await pilot.press("ctrl+s")
         assert "PID ▲" in headers()
         assert sum(column.get_render_width(table) for column in table.ordered_columns) <= table.size.width
+        keys = [str(c.key.value) for c in table.ordered_columns]
+        for index in range(table.row_count):  # a narrowed MEMORY column keeps whole figures ("61.3M")
+            cell = table.get_row_at(index)[keys.index("memory")].plain
+            assert re.fullmatch(r"[\d.]+ ?(B|KiB|MiB|GiB|TiB|K|M|G|T)", cell), cell
+            assert len(cell) <= table.column_width("memory")
         table.select_pid(deep.pid)
         row = table.get_row_at(table.cursor_row)
         assert table.processes[deep.pid].ppid == int(row[[str(c.key.value) for c in table.ordered_columns].index("ppid")].plain)

@@ -13,7 +13,7 @@ from textual.reactive import reactive
 from textual.widgets import DataTable
 
 from explorer.text import visible
-from widgets._format import MASK, display_command, human_bytes
+from widgets._format import MASK, display_command, human_bytes, short_bytes
 from widgets._keyed_table import Column, KeyedTable, fit
 
 if TYPE_CHECKING:  # widgets take the model as data; they do not load discovery
@@ -213,6 +213,8 @@ class ProcessTable(KeyedTable["ProcessInfo"]):
         muted = None if process.attachable or attached else self.get_component_rich_style("process-table--blocked", partial=True)
         cpu = MASK if self.mask_noise else f"{process.cpu_percent:5.1f}"
         memory = MASK if self.mask_noise else human_bytes(process.rss)
+        if len(memory) > self.column_width("memory"):
+            memory = short_bytes(process.rss)  # "125.9M": a narrow column keeps the whole figure
         return [
             marker,
             Text(MASK if self.mask_noise else str(process.pid), justify="right"),

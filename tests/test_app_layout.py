@@ -195,3 +195,24 @@ async def test_ctrl_k_in_the_repl_deletes_to_the_end_of_the_line_and_ctrl_l_clea
 
 def test_scene_script_is_importable() -> None:
     assert scene_script().exists()
+
+
+async def test_the_process_list_puts_a_child_right_after_its_parent(spawn, history):
+    from tests.test_cli_ps import PARENT
+
+    parent = spawn(PARENT, script_name="periscope_layout_parent.py")
+    child_pid = int(parent.wait_for_line("ready").split()[1])
+    app = PeriscopeApp(history_path=history)
+    async with app.run_test(size=SMALL) as pilot:
+        table = app.screen.query_one(ProcessTable)
+        await wait_until(pilot, lambda: {parent.pid, child_pid} <= set(table.shown_pids), "parent and child in the list")
+        keys = [str(c.key.value) for c in table.ordered_columns]
+        for sort in ("cpu", "memory", "pid"):
+            app.screen.sort_by = sort
+            await pilot.pause()
+            shown = table.shown_pids
+            assert shown.index(child_pid) == shown.index(parent.pid) + 1, (sort, shown)
+            child_row = table.get_row_at(shown.index(child_pid))
+            assert child_row[keys.index("command")].plain.lstrip().startswith("└ ")
+            assert child_row[keys.index("ppid")].plain == str(parent.pid)
+            assert not table.get_row_at(shown.index(parent.pid))[keys.index("command")].plain.lstrip().startswith("└")

@@ -364,6 +364,7 @@ class ProcessScreen(Screen[None]):
                 yield VariablesTree(id="variables")
         with Vertical(id="repl-pane", classes="pane -idle") as pane:
             pane.border_title = "REPL"
+            pane.border_subtitle = "e: type Python to run in the target"
             yield ReplPane(id="repl")
         status = StatusBar(id="status")
         status.mask_noise = self.mask_noise
@@ -793,7 +794,9 @@ class ProcessScreen(Screen[None]):
         """The REPL is one input line while idle (no transcript, no focus); full size once used."""
         repl = self.query_one(ReplPane)
         idle = not repl.entries and not self.query_one(ReplInput).has_focus
-        self.query_one("#repl-pane").set_class(idle, "-idle")
+        pane = self.query_one("#repl-pane")
+        pane.set_class(idle, "-idle")
+        pane.border_subtitle = "e: type Python to run in the target" if idle else None
 
     def on_descendant_focus(self) -> None:
         self._update_repl_size()

@@ -44,11 +44,13 @@ class ProcessListScreen(Screen[None]):
 
     Typing filters the list at once (by pid, user, Python version or command line): the filter box
     has the focus, and the arrow keys move the list's cursor. Clicking a column header sorts by it.
+    No process is picked until the user moves the cursor (or clicks a row, or comes back from a
+    process): Enter attaches only to the highlighted row on show.
 
     | Key | Action |
     | :- | :- |
-    | enter | Attach to the selected process (or show it, when attached). |
-    | up/down, pageup/pagedown | Move the list's cursor. |
+    | enter | Attach to the highlighted process (or show it, when attached); nothing when none is. |
+    | up/down, pageup/pagedown | Move the list's cursor (the first press picks the first or last row). |
     | ctrl+s | Sort by CPU, then memory, then pid. |
     | ctrl+f | Profile the selected process (sampled from outside: no attaching). |
     | escape | Clear the filter. |

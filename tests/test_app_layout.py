@@ -79,6 +79,7 @@ async def test_at_80x24_the_stack_keeps_its_line_numbers_and_the_idle_repl_is_on
         # The idle REPL is one input line (inside its border).
         repl_pane = screen.query_one("#repl-pane")
         assert repl_pane.has_class("-idle") and repl_pane.outer_size.height == 3
+        assert "e: type Python" in str(repl_pane.border_subtitle)  # says how to use it while idle
         assert screen.query_one(ReplInput).size.height == 1
         assert screen.query_one(StackView).size.height >= 3
 
@@ -94,7 +95,6 @@ async def test_at_80x24_the_stack_keeps_its_line_numbers_and_the_idle_repl_is_on
         titles = {pane.id: str(pane.border_title) for pane in screen.query(".pane") if pane.display}
         assert titles["threads-pane"] == "Threads" and titles["variables-pane"] == "Variables"
         assert titles["stack-pane"].startswith("Stack of ") and titles["repl-pane"] == "REPL"
-        assert "e: type Python" in str(repl_pane.border_subtitle)  # says how to use it while idle
 
         # Used, the REPL grows; the stack pane still shows rows.
         await pilot.press("e", *"1 + 1", "enter")

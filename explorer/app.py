@@ -9,6 +9,7 @@ and puts every action in the command palette.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ClassVar
@@ -22,10 +23,11 @@ from textual.worker import Worker
 from explorer.discovery import ProcessInfo, ProcessScanner
 from explorer.errors import PeriscopeError
 from explorer.screens.attach import AttachFailed, AttachScreen, Attached, Connector, default_connector
-from explorer.screens.dialogs import ErrorDialog, WorkerFailed, forward_failure
+from explorer.screens.dialogs import ConfirmDialog, ErrorDialog, WorkerFailed, forward_failure
 from explorer.screens.help import HelpScreen, KeySection, key_rows
 from explorer.screens.process import ProcessScreen, history_file
 from explorer.screens.process_list import ProcessListScreen
+from explorer.text import visible
 from explorer.screens.profile import ProfileScreen
 from widgets._format import MASK
 from widgets.process_table import ProcessTable
@@ -49,7 +51,6 @@ class PeriscopeApp(App[int]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark,f1", "help", "Help"),
         Binding("ctrl+o", "next_process", "Switch process"),
-        Binding("ctrl+l", "process_list", "Process list", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -77,6 +78,8 @@ class PeriscopeApp(App[int]):
         """Where the REPL history is kept across runs."""
         self.mask_noise = mask_noise
         """Hide pids, times and rates (reproducible screenshots and snapshot tests)."""
+        self.confirmed_foreign: set[int] = set()
+        """Processes of other users the user agreed to attach to (asked once each)."""
         self.attached: dict[int, ProcessScreen] = {}
         """The process screen of every attached process, by pid."""
         self.process_list = ProcessListScreen(scanner_factory, mask_noise=mask_noise, show_host=show_host)
@@ -142,6 +145,26 @@ class PeriscopeApp(App[int]):
                 return
             self.show_process(pid)
             return
+        self.process_list.select_pid(pid)  # back in the list, the cursor is on the process just left
+        owner = _owner(pid, process)
+        if owner is not None and owner[0] != os.geteuid() and pid not in self.confirmed_foreign:
+            user = visible(owner[1])
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.confirmed_foreign.add(pid)
+                    self.attach(pid, process, thread=thread)
+
+            self.push_screen(
+                ConfirmDialog(
+                    f"Attach to a process of user {user}?",
+                    f"{self._shown_pid(pid)} belongs to {user}, not to you: periscope would run its agent inside "
+                    "that user's program, which then sees everything the agent shows you.",
+                    yes="Attach",
+                ),
+                answered,
+            )
+            return
         if process is not None and not process.attachable:
             self.push_screen(
                 ErrorDialog(f"Cannot attach to {self._shown_pid(pid)}", process.reason or "periscope cannot attach", process.fix)
@@ -197,6 +220,8 @@ class PeriscopeApp(App[int]):
         self.process_list.set_attached(self._attached_rows())
 
     def _pop_to_process_list(self) -> None:
+        if isinstance(self.screen, ProcessScreen):
+            self.process_list.select_pid(self.screen.pid)  # the cursor returns to the process just left
         while len(self.screen_stack) > 1 and not isinstance(self.screen, ProcessListScreen):
             self.pop_screen()
 
@@ -294,28 +319,102 @@ class PeriscopeApp(App[int]):
         self.push_screen(HelpScreen(self.key_sections()))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        """Every action: the current screen's key bindings, then switching and detaching."""
+        """Every action once: the screen's own (whichever pane has the focus), the focused pane's,
+        switching and detaching, then Textual's own (theme, screenshot) except the duplicates.
+
+        Text-editing keys of the REPL's input and the filter box (delete a word, select a line, ...)
+        are keys, not commands: they are left out.
+        """
         seen: set[str] = set()
-        for active in screen.active_bindings.values():
-            binding = active.binding
-            if not binding.description or binding.action in seen or not active.enabled:
-                continue
-            seen.add(binding.action)
-            node = active.node
-            yield SystemCommand(
+
+        def fresh(title: str, action: str | None = None) -> bool:
+            key = title.casefold()
+            if key in seen or (action is not None and f"action:{action}" in seen):
+                return False
+            seen.add(key)
+            if action is not None:
+                seen.add(f"action:{action}")
+            return True
+
+        def from_binding(binding: Binding, node: object) -> SystemCommand | None:
+            if not binding.description or not fresh(binding.description, binding.action):
+                return None
+            return SystemCommand(
                 binding.description,
-                f"{binding.key_display or binding.key}: {binding.tooltip or binding.description}",
+                f"{binding.key_display or _key_label(binding.key)}: {binding.tooltip or binding.description}",
                 lambda node=node, action=binding.action: self.run_action(action, node),
             )
+
+        # The screen's actions, from every pane (the REPL's input shadows their keys, not the commands).
+        for binding in type(screen).BINDINGS:
+            if isinstance(binding, Binding) and not _is_editing(binding):
+                command = from_binding(binding, screen)
+                if command is not None:
+                    yield command
+        screen_keys = {binding.key for binding in type(screen).BINDINGS if isinstance(binding, Binding)}
+        for active in screen.active_bindings.values():
+            binding, node = active.binding, active.node
+            if not active.enabled or node is screen or node is self or binding.key in screen_keys:
+                continue  # the screen's own (above), or a pane's key the screen's command already covers
+            if _is_editing(binding) or _is_textual_navigation(binding, node):
+                continue
+            command = from_binding(binding, node)
+            if command is not None:
+                yield command
         for pid, process_screen in sorted(self.attached.items()):
             if process_screen is not screen:
-                yield SystemCommand(f"Switch to {pid}", process_screen.describe(), lambda pid=pid: self.show_process(pid))
-            yield SystemCommand(f"Detach from {pid}", process_screen.describe(), lambda pid=pid: self.run_worker(self.detach(pid), name=f"detach-{pid}", exit_on_error=False))
-        if not isinstance(screen, ProcessListScreen):
-            yield SystemCommand("Process list", "Back to the list of Python processes", self.action_process_list)
-        yield SystemCommand("Help", "Show every key binding", self.action_help)
-        yield SystemCommand("Quit", "Detach from every process and quit", lambda: self.run_worker(self.action_quit(), name="quit", exit_on_error=False))
-        yield from super().get_system_commands(screen)
+                yield SystemCommand(f"Switch to {self._shown_pid(pid)}", process_screen.describe(), lambda pid=pid: self.show_process(pid))
+            yield SystemCommand(f"Detach from {self._shown_pid(pid)}", process_screen.describe(), lambda pid=pid: self.run_worker(self.detach(pid), name=f"detach-{pid}", exit_on_error=False))
+        if not isinstance(screen, ProcessListScreen) and fresh("Process list", "back"):
+            yield SystemCommand("Process list", "Back to the list of Python processes (attached processes stay attached)", self.action_process_list)
+        if self.attached and fresh("Switch process", "next_process"):
+            yield SystemCommand("Switch process", "ctrl+o: the next attached process (or the process list)", self.action_next_process)
+        if fresh("Help", "help"):
+            yield SystemCommand("Help", "?: every key binding", self.action_help)
+        if fresh("Quit", "quit"):
+            yield SystemCommand("Quit", "ctrl+q: detach from every process and quit", lambda: self.run_worker(self.action_quit(), name="quit", exit_on_error=False))
+        for command in super().get_system_commands(screen):
+            title = command.title.casefold()
+            if title.startswith("quit") or "keys" in title or not fresh(command.title):
+                continue  # periscope's own Quit and Help say it already
+            yield command
+
+
+def _key_label(key: str) -> str:
+    return key.split(",")[0]
+
+
+def _is_textual_navigation(binding: Binding, node: object) -> bool:
+    """Whether ``binding`` comes from one of Textual's own widget classes (cursor and scroll keys)."""
+    for cls in type(node).__mro__:
+        if cls.__module__.startswith("textual.") and any(
+            isinstance(own, Binding) and own.action == binding.action for own in cls.__dict__.get("BINDINGS", ())
+        ):
+            return True
+    return False
+
+
+def _is_editing(binding: Binding) -> bool:
+    """Whether ``binding`` is a text-editing key of Textual's TextArea or Input (not a command)."""
+    from textual.widgets import Input, TextArea
+
+    return any(binding.action == own.action for own in (*TextArea.BINDINGS, *Input.BINDINGS) if isinstance(own, Binding))
+
+
+def _owner(pid: int, process: ProcessInfo | None) -> tuple[int, str] | None:
+    """(uid, user name) of ``pid``'s owner; None when it cannot be told (the process is gone)."""
+    if process is not None:
+        return process.uid, process.user
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+    import pwd
+
+    try:
+        return uid, pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return uid, str(uid)
 
 
 def _dedupe(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -533,4 +533,16 @@ def find_runtime(pid: int, maps: list[Mapping] | None = None) -> RuntimeImage:
     if process_exited(pid, process_start_time(pid)):
         # A zombie (exited, not yet reaped) has an empty map: it is gone, not "not Python".
         raise ProcessGone(f"process {pid} exited")
-    raise NotAPythonProcess(f"process {pid} is not a CPython process (no mapped file has a {RUNTIME_SECTION} section)")
+    raise NotAPythonProcess(
+        f"process {pid} ({_program_name(pid)}) is not a Python program: no CPython interpreter is loaded in it; "
+        "run 'periscope ps' for the Python processes and their pids"
+    )
+
+
+def _program_name(pid: int) -> str:
+    """The program's name as the kernel keeps it (``/proc/PID/comm``); the caller escapes it for display."""
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip() or "?"
+    except OSError:
+        return "?"

@@ -109,15 +109,21 @@ def start_demo() -> subprocess.Popen[bytes]:
 
 
 async def _process_list(pilot: Pilot[Any], demo_pid: int) -> None:
+    """The demo and a copy started with remote debugging disabled: the refused one picked, its reason and fix below."""
     from explorer.screens.process_list import ProcessListScreen
     from widgets.process_table import ProcessTable
 
     screen = pilot.app.screen
     assert isinstance(screen, ProcessListScreen)
+    table = screen.query_one(ProcessTable)
     await wait_until(pilot, lambda: screen.scans >= 2, "two process scans")
     await pilot.press(*"demo_target")
-    await wait_until(pilot, lambda: screen.query_one(ProcessTable).selected_process is not None, "the demo in the list")
-    await pilot.press("down")
+    await wait_until(pilot, lambda: len(table.shown_pids) >= 2, "the demo and the refused copy in the list")
+    refused = next(pid for pid in table.shown_pids if not table.processes[pid].attachable)
+    for _ in range(len(table.shown_pids) + 1):
+        await pilot.press("down")
+        if table.selected_process is not None and table.selected_process.pid == refused:
+            break
 
 
 async def _attached(pilot: Pilot[Any]) -> None:
@@ -227,6 +233,7 @@ def _walk(node: Any) -> Any:
 SHOTS: dict[str, tuple[str, Callable[[Pilot[Any], int], Awaitable[None]]]] = {
     "process-list": ("list", _process_list),
     "process-screen": ("attach", _process_screen),
+    "process-screen-80x24": ("attach", _process_screen),
     "repl": ("attach", _repl),
     "waiting-for-target": ("waiting", _waiting),
     "tasks": ("server", _tasks),
@@ -249,11 +256,22 @@ def take(name: str, demo_pid: int, waiting_pid: int | None = None, server_pid: i
     async def run_before(pilot: Pilot[Any]) -> None:
         await drive(pilot, server_pid if start == "server" else demo_pid)
 
-    svg = take_svg_screenshot(app=app, terminal_size=SIZE, run_before=run_before)
+    size = (80, 24) if name.endswith("-80x24") else SIZE
+    svg = take_svg_screenshot(app=app, terminal_size=size, run_before=run_before)
     SCREENSHOTS.mkdir(exist_ok=True)
     path = SCREENSHOTS / f"{name}.svg"
     path.write_text(svg)
     return path
+
+
+def _start_refused_demo() -> subprocess.Popen[bytes]:
+    """The demo with remote debugging disabled: listed, but periscope cannot attach to it."""
+    from explorer.commands.app import demo_script
+
+    env = {**os.environ, "PYTHON_DISABLE_REMOTE_DEBUG": "1"}
+    return subprocess.Popen(
+        [_demo_python(), str(demo_script())], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
 
 
 def _start_blocked_demo() -> subprocess.Popen[bytes]:
@@ -367,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     """Regenerate every screenshot (or the ones named on the command line)."""
     names = (argv if argv is not None else sys.argv[1:]) or list(SHOTS)
     demo = start_demo()
+    refused = _start_refused_demo()
     blocked = _start_blocked_demo()
     busy = _start_busy_service()
     server = load = None
@@ -381,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if load is not None:
             load.stop()
-        for process in (demo, blocked, busy):
+        for process in (demo, refused, blocked, busy):
             process.kill()
             process.wait()
         if server is not None:

@@ -94,6 +94,8 @@ async def test_process_list_filters_sorts_and_keeps_the_cursor_on_its_pid(demo, 
         await wait_until(pilot, lambda: table.shown_pids == [demo.pid], "only the demo shown")
         assert screen.query_one("#filter").value == unique
         verdict = screen.query_one(AttachVerdict)
+        assert verdict.process is None and "No process selected" in str(verdict.render())  # the user picked none yet
+        await pilot.press("down")
         assert verdict.process is not None and verdict.process.pid == demo.pid
         assert "can attach" in str(verdict.render())
 
@@ -109,7 +111,11 @@ async def test_process_list_filters_sorts_and_keeps_the_cursor_on_its_pid(demo, 
         assert table.selected_process is not None and table.selected_process.pid == demo.pid
         assert table.shown_pids[table.cursor_row] == demo.pid
         await pilot.press("ctrl+s")
-        assert screen.sort_by == "pid" and table.shown_pids == sorted(table.shown_pids)
+        assert screen.sort_by == "pid"
+        shown, processes = table.shown_pids, table.processes
+        roots = [pid for pid in shown if processes[pid].ppid not in shown]
+        assert roots == sorted(roots)  # by pid, each process right after its parent (a tree)
+        assert all(shown.index(processes[pid].ppid) < shown.index(pid) for pid in shown if pid not in roots)
         assert table.shown_pids[table.cursor_row] == demo.pid
         await pilot.press("ctrl+s")
         assert screen.sort_by == "cpu" and table.shown_pids[table.cursor_row] == demo.pid

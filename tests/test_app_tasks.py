@@ -68,8 +68,9 @@ async def test_a_target_without_asyncio_hides_the_pane_and_says_why_when_asked(s
     async with app.run_test(size=SIZE) as pilot:
         screen = await attached_screen(pilot)
         await wait_until(pilot, lambda: screen.tasks_reason is not None, "a read of the tasks", timeout=60)
-        title = screen.query_one("#tasks-title")
-        assert not title.display and not screen.query_one(TaskList).display
+        title, pane = screen.query_one("#tasks-title"), screen.query_one("#tasks-pane")
+        assert not pane.display and not screen.query_one(TaskList).display
         await pilot.press("k")
-        assert title.display
+        assert pane.display
         assert f"process {target.pid} has not imported asyncio: it has no tasks" in str(title.render())
+        assert f"process {target.pid} has not imported asyncio" in str(pane.border_title)  # the pane's titled border

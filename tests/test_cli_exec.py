@@ -176,7 +176,7 @@ def test_remote_debugging_disabled(spawn: Spawn, report_file: Path, kwargs: dict
 def test_not_python(spawn: Spawn, report_file: Path) -> None:
     target = spawn(argv=["sleep", "60"])
     message = assert_one_line_error(periscope(str(target.pid), str(report_file)))
-    assert "not a CPython process" in message
+    assert "is not a Python program" in message
 
 
 def test_missing_pid(report_file: Path) -> None:

@@ -61,7 +61,8 @@ def test_json_lists_targets_with_verdicts(spawn: Spawn, target_python: str) -> N
     assert os.getpid() in by_pid  # this test process is Python too (the command excludes only itself)
 
     entry = by_pid[good.pid]
-    assert list(entry) == [field.name for field in fields(ProcessInfo)]  # every field, stable order
+    assert list(entry) == [field.name for field in fields(ProcessInfo)] + ["blocked_in_c"]  # every field, stable order
+    assert entry["blocked_in_c"] is True  # its only thread sleeps in C
     assert entry["python"].startswith(targets.version_prefix())
     assert entry["cmdline"] == [target_python, str(good.script)]
     assert entry["attachable"] is True and entry["reason"] is None and entry["fix"] is None
@@ -79,9 +80,10 @@ def test_table_shows_rows_and_fixes(spawn: Spawn) -> None:
     result = periscope()
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["PID", "USER", "PYTHON", "CPU%", "RSS", "ATTACH", "COMMAND"]
+    assert lines[0].split() == ["PID", "PPID", "USER", "PYTHON", "CPU%", "RSS", "ATTACH", "COMMAND"]
     rows = {line.split()[0]: line for line in lines[1:] if line and line.split()[0].isdigit() and "  " in line}
-    assert " yes " in rows[str(good.pid)]
+    assert " yes, blocked in C " in rows[str(good.pid)]  # its only thread sleeps in C
+    assert rows[str(good.pid)].split()[1] == str(os.getpid())  # PPID: this test started it
     assert str(good.script) in rows[str(good.pid)]  # a pipe gets the whole command
     assert "no: remote debugging disabled by -X disable-remote-debug" in rows[str(disabled.pid)]
     assert (
@@ -203,3 +205,40 @@ def test_empty_table_is_a_friendly_line() -> None:
 )
 def test_format_size(size: int, text: str) -> None:
     assert format_size(size) == text
+
+
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time\\nprint('child', flush=True)\\nwhile True: sum(range(1000))"], stdout=sys.stdout)
+time.sleep(0.5)
+print("ready", child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_tree_puts_a_child_under_its_parent_and_marks_only_the_blocked_one(spawn: Spawn) -> None:
+    """A parent sleeping in C and its child running Python in a loop: the child's row comes right
+    after the parent's, indented under it with --tree; only the parent is "blocked in C"."""
+    parent = spawn(PARENT)
+    line = parent.wait_for_line("ready")
+    child_pid = int(line.split()[1])
+    try:
+        result = periscope("--tree")
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        index = next(i for i, line in enumerate(lines) if line.split() and line.split()[0] == str(parent.pid))
+        parent_row, child_row = lines[index], lines[index + 1]
+        assert child_row.split()[:2] == [str(child_pid), str(parent.pid)]  # PID, PPID
+        assert "└─ " in child_row and "└─ " not in parent_row.split("yes")[1][:6]
+        assert "yes, blocked in C" in parent_row
+        assert "blocked" not in child_row and " yes " in child_row
+        assert "the only thread did not run Python while ps looked" in result.stdout
+        # Without --tree: the same order, no drawing.
+        plain = periscope().stdout.splitlines()
+        index = next(i for i, line in enumerate(plain) if line.split() and line.split()[0] == str(parent.pid))
+        assert plain[index + 1].split()[0] == str(child_pid) and "└─" not in plain[index + 1]
+    finally:
+        try:
+            os.kill(child_pid, 9)
+        except ProcessLookupError:
+            pass

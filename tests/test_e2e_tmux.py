@@ -61,9 +61,10 @@ class Terminal:
             time.sleep(0.1)
 
 
-@pytest.fixture
-def terminal(tmp_path) -> Iterator[Terminal]:
-    """A 130x40 shell in tmux on a private socket; the server is killed at the end."""
+@pytest.fixture(params=["130x40", "80x24"])
+def terminal(request, tmp_path) -> Iterator[Terminal]:
+    """A shell in tmux on a private socket, 130x40 and 80x24 (the common default); the server is killed at the end."""
+    columns, rows = request.param.split("x")
     term = Terminal(f"periscope-test-{secrets.token_hex(4)}")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TMUX")},
@@ -71,7 +72,7 @@ def terminal(tmp_path) -> Iterator[Terminal]:
         "PS1": "$ ",
     }
     subprocess.run(
-        [TMUX, "-L", term.socket, "-f", "/dev/null", "new-session", "-d", "-s", "main", "-x", "130", "-y", "40",
+        [TMUX, "-L", term.socket, "-f", "/dev/null", "new-session", "-d", "-s", "main", "-x", columns, "-y", rows,
          "bash --norc --noprofile"],
         check=True, env=env, timeout=10,
     )
@@ -105,14 +106,16 @@ def test_attach_to_the_demo_read_evaluate_detach_and_quit(terminal, spawn, targe
     # The process list: type to filter, the demo's row shows up with its verdict.
     terminal.wait_for(r"Python process")
     terminal.type(demo.script.parent.name)
-    terminal.wait_for(rf"{demo.pid}\s+\S+\s+{re.escape(targets.version_prefix()[:-1])}")
+    terminal.wait_for(rf"{demo.pid}\s+\d+\s+\S+\s+{re.escape(targets.version_prefix()[:-1])}")  # PID, PPID, USER, PYTHON
+    terminal.wait_for(r"No process selected")  # nothing is picked until the user moves the cursor
+    terminal.press("Down")
     terminal.wait_for(r"can attach")
     terminal.press("Enter")
 
     # The process screen: the demo's functions and a module variable's value.
     terminal.wait_for(r"Stack of MainThread")
     terminal.wait_for(r"next_batch|add_numbers")
-    terminal.wait_for(r"demo_target\.py:\d+")
+    terminal.wait_for(r"(demo_target|…\w*)\.py:\d+")  # narrow: the file name gives way, never the line number
     terminal.wait_for(r"APP_NAME\s*=\s*'number-adder'")
 
     # The REPL: it starts in the module; evaluate there and see the result.

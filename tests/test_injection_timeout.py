@@ -52,6 +52,9 @@ def test_the_cli_tells_its_own_options(spawn):
     )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"periscope: no thread of process {target.pid} ran Python within the timeout (tried main)")
-    assert lines[0].endswith("; use --via any, or --via NATIVE_ID of a thread that runs Python")
+    # No advice to try other threads (they are blocked as well): where it waits, and what shows it.
+    assert "--via any" not in done.stderr
+    assert lines[0].endswith("; the program is blocked in C there: 'periscope stack PID' shows where (read from outside, no agent needed); attach again once it runs Python")
+    assert any(line.startswith(f"  thread {target.pid} (main): in <module> at ") for line in lines[1:]), done.stderr
+    assert lines[-1] == f"  the whole stacks: periscope stack {target.pid}"

@@ -270,7 +270,7 @@ def test_top_refuses_what_it_cannot_profile_in_one_line(spawn, capsys):
     """``periscope top`` checks the process before it opens the TUI."""
     not_python = spawn(argv=["sleep", "60"])
     for argv, status, message in (
-        (["top", str(not_python.pid)], 1, "not a CPython process"),
+        (["top", str(not_python.pid)], 1, "is not a Python program"),
         (["top", "0"], 2, "0 is not a process id"),
         (["top", str(not_python.pid), "--rate", "5000"], 2, "--rate must be between 1 and 1000"),
     ):

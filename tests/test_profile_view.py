@@ -74,7 +74,7 @@ async def test_a_pid_that_is_not_python_is_reported(spawn):
         await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the error dialog")
         dialog = app.screen
         assert "Cannot profile" in str(dialog.query_one("#dialog-title").render())
-        assert "not a CPython process" in str(dialog.query_one("#message").render())
+        assert "is not a Python program" in str(dialog.query_one("#message").render())
 
 
 async def test_the_profile_view_opens_from_a_process_screen_and_is_in_the_palette(spawn):

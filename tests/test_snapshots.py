@@ -43,6 +43,12 @@ def scene(spawn, target_python):
     return start
 
 
+SIZES = {"80x24": (80, 24), "120x40": (120, 40), "200x50": (200, 50)}
+"""The terminal sizes the main screens are snapshotted at: the common default, a roomy one, a wide one."""
+
+sizes = pytest.mark.parametrize("size", list(SIZES), ids=list(SIZES))
+
+
 def app_for(pid: int | None) -> PeriscopeApp:
     return PeriscopeApp(pid=pid, mask_noise=True, history_path=Path(tempfile.mkdtemp()) / "history")
 
@@ -64,29 +70,36 @@ async def attached(pilot: Pilot[Any]) -> ProcessScreen:
     return screen
 
 
-def test_process_list(snap_compare, scene, target_minor):
+@sizes
+def test_process_list(snap_compare, scene, target_minor, size):
     """The process list filtered to the scene target of the minor ("python3.15 /tmp/periscope-scene/scene.py list"):
-    one attachable row ("✓") of that minor (3.14.10 or 3.15.2),
-    its command line, and below it the verdict "can attach (CPython 3.14.10): press Enter" (or 3.15.2)."""
-    scene("list")
+    one attachable row ("✓") of that minor (3.14.10 or 3.15.2), picked with the cursor, the CPU%
+    header marked "▼" (the sort column), PPID beside PID, its command line, and below it the verdict
+    "can attach (CPython 3.14.10): press Enter" (or 3.15.2). At 80x24 the thread count gives way
+    and memory, user and version narrow; the command keeps its column."""
+    scene(f"list-{size}")  # the size tells apart the scenes of the other sizes, running in parallel
 
     async def run_before(pilot: Pilot[Any]) -> None:
         screen = pilot.app.screen
         assert isinstance(screen, ProcessListScreen)
         table = screen.query_one(ProcessTable)
         # The interpreter's name in the filter: the scene of the other minor may be running too.
-        await pilot.press(*f"python{minor_name(target_minor)} {SCENE_DIR / 'scene.py'} list")
+        await pilot.press(*f"python{minor_name(target_minor)} {SCENE_DIR / 'scene.py'} list-{size}")
         await wait_until(pilot, lambda: len(table.shown_pids) == 1, "the scene in the list")
         await pilot.press("down")
 
-    assert snap_compare(app_for(None), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app_for(None), terminal_size=SIZES[size], run_before=run_before)
 
 
-def test_process_screen_with_stack_and_variables(snap_compare, scene):
-    """Attached to the scene: threads MainThread and worker; MainThread's stack (compute in
-    scene_lib.py at "time.sleep(3600)", then <module>); the locals of compute() (values, label,
-    total = 29, largest = 13) and module __main__ with config expanded (name, retries, ratio, tags),
-    items and title; its header says "2 modules/functions/classes hidden (a)" (sys, scene_lib)."""
+@sizes
+def test_process_screen_with_stack_and_variables(snap_compare, scene, size):
+    """Attached to the scene: the header line (CPU, RSS, threads, GIL, uptime: masked), panes in
+    titled borders (Variables bright: it has the focus); threads MainThread and worker; MainThread's
+    stack (compute in scene_lib.py:18, then <module> at scene.py:13, with the source
+    "time.sleep(3600)" where there is room: at 80x24 the source gives way, the line numbers stay);
+    the locals of compute() (values, label, total = 29, largest = 13) and module __main__ with config
+    expanded (name, retries, ratio, tags), items and title; "2 modules/functions/classes hidden (a)";
+    the idle REPL one input line; the status bar "paused", with no frame rate."""
     target = scene("process")
 
     async def run_before(pilot: Pilot[Any]) -> None:
@@ -99,7 +112,7 @@ def test_process_screen_with_stack_and_variables(snap_compare, scene):
         await wait_until(pilot, lambda: len([p for p in tree.value_paths() if p[:2] == ("module", "config")]) == 5, "config's items")
         await pilot.press("p")  # pause: nothing moves while the screenshot is taken
 
-    assert snap_compare(app_for(target.pid), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app_for(target.pid), terminal_size=SIZES[size], run_before=run_before)
 
 
 def test_repl_with_results(snap_compare, scene):
@@ -131,7 +144,8 @@ def test_repl_with_results(snap_compare, scene):
     assert snap_compare(app_for(target.pid), terminal_size=SIZE, run_before=run_before)
 
 
-def test_waiting_for_the_target(snap_compare, scene):
+@sizes
+def test_waiting_for_the_target(snap_compare, scene, size):
     """Attaching through the main thread while it waits in input(): "Injecting the agent" ticked,
     "Waiting for the target to run Python" current, and each thread's stack read from outside
     (MainThread at "answer = input()", worker in time.sleep); on the right, the selected frame's
@@ -149,10 +163,10 @@ def test_waiting_for_the_target(snap_compare, scene):
         await wait_until(pilot, lambda: app.screen.query_one("ThreadList").row_count == 2, "both threads")
         await wait_until(pilot, lambda: app.screen.locals_reads >= 1, "the values read from outside")
 
-    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app, terminal_size=SIZES[size], run_before=run_before)
 
 
-def test_error_dialog_for_python_311(snap_compare, spawn):
+def test_error_dialog_for_python_311(snap_compare, spawn, target_minor):
     """A Python 3.11 process picked in the list and Enter pressed: a dialog "Cannot attach to ····"
     (title in red) that says "CPython 3.11: attaching needs 3.14 or newer" and, in green, the fix
     "restart it under CPython 3.14+", with an OK button."""
@@ -161,16 +175,16 @@ def test_error_dialog_for_python_311(snap_compare, spawn):
         "import time\nprint('ready', flush=True)\ntime.sleep(600)\n",
         python="/usr/bin/python3.11",
         directory=str(SCENE_DIR),
-        script_name="old_python.py",
+        script_name=f"old_python_{minor_name(target_minor)}.py",  # apart from the other minor's run, in parallel
     )
     old.wait_for_line("ready")
     app = app_for(None)
 
     async def run_before(pilot: Pilot[Any]) -> None:
         table = app.screen.query_one(ProcessTable)
-        await pilot.press(*"old_python.py")
+        await pilot.press(*f"old_python_{minor_name(target_minor)}.py")
         await wait_until(pilot, lambda: table.shown_pids == [old.pid], "the 3.11 process in the list")
-        await pilot.press("enter")
+        await pilot.press("down", "enter")  # pick the row, then attach
         await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the dialog")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -78,11 +78,16 @@ async def test_process_table_updates_rows_in_place_and_keeps_the_cursor_on_its_p
         assert table.shown_pids == [10, 20, 30, 40] and table.shown_pids[table.cursor_row] == 10
         table.update_processes([process(20), process(30), process(40)])  # 10 exited
         assert table.shown_pids == [20, 30, 40]
-        assert table.selected_process is not None and table.selected_process.pid in (20, 30, 40)
+        assert table.selected_process is None and not table.show_cursor  # never another process by itself
         table.filter_text = "alice 3.14 app"
         assert len(table.shown_pids) == 3
         table.filter_text = "40"
-        assert table.shown_pids == [40] and table.selected_process.pid == 40
+        assert table.shown_pids == [40] and table.selected_process is None
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not any(isinstance(m, ProcessTable.AttachRequested) for m in app.messages)
+        await pilot.press("down")  # the user picks the row
+        assert table.selected_process is not None and table.selected_process.pid == 40
         await pilot.press("enter")
         await wait_until(pilot, lambda: any(isinstance(m, ProcessTable.AttachRequested) for m in app.messages), "attach request")
         request = next(m for m in app.messages if isinstance(m, ProcessTable.AttachRequested))

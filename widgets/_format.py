@@ -20,6 +20,16 @@ def human_bytes(count: float) -> str:
     return f"{value:.1f} TiB"  # pragma: no cover - the loop always returns
 
 
+def short_bytes(count: float) -> str:
+    """``1536`` -> ``"1.5K"``: ``human_bytes`` in at most 6 cells (``125.9M``), for narrow columns."""
+    value = float(count)
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(value) < 1000 or unit == "T":
+            return f"{value:.0f}{unit}" if unit == "B" or abs(value) >= 100 else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.0f}T"  # pragma: no cover - the loop always returns
+
+
 def human_seconds(seconds: float) -> str:
     """``75.3`` -> ``"1m15s"``, ``0.25`` -> ``"0.25s"``: CPU or wall time, short."""
     if seconds < 10:

@@ -53,6 +53,11 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
     REBUILD_ROWS: ClassVar[int] = 200
     """Above this many rows a resize rebuilds the rows instead of re-measuring them (see on_resize)."""
 
+    GIVE_WAY: ClassVar[tuple[tuple[str, int], ...]] = ()
+    """How columns give way when the table is too narrow for all of them, in order: (key, width)
+    narrows that column to ``width``, (key, 0) hides it. A step is taken only while the columns
+    still do not fit (the flexible column at ``FLEX_MIN``)."""
+
     def __init__(
         self,
         *,
@@ -63,7 +68,9 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
         **options: Any,
     ) -> None:
         super().__init__(name=name, id=id, classes=classes, cursor_type="row", **options)
-        self._columns: tuple[Column, ...] = self.COLUMNS if columns is None else columns
+        self._all_columns: tuple[Column, ...] = self.COLUMNS if columns is None else columns
+        self._columns: tuple[Column, ...] = self._all_columns
+        """The columns on show (those that did not give way), with their widths."""
         self._flex_width = self.FLEX_WIDTH
         self._shown: dict[str, RowT] = {}
 
@@ -74,8 +81,16 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
         raise NotImplementedError
 
     def _cells(self, row: RowT) -> list[Text]:
-        """The cells of one row, one per column of ``self._columns``."""
+        """The cells of one row: one per column of ``self._columns`` (those on show), or one per
+        column of the table's whole set (the hidden ones are left out)."""
         raise NotImplementedError
+
+    def column_width(self, key: str) -> int:
+        """The width of column ``key`` now (0 when it gave way)."""
+        for column_key, _, width in self._columns:
+            if column_key == key:
+                return self._flex_width if width is None else width
+        return 0
 
     def _unchanged(self, previous: RowT, row: RowT) -> bool:
         """Whether ``row`` may keep the cells made for ``previous`` (by default: never)."""
@@ -93,14 +108,52 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
 
     # --- columns -------------------------------------------------------------------------------
 
+    def _header(self, key: str, label: str) -> str:
+        """The header of column ``key`` (by default its label; a sortable table marks its sort column)."""
+        return label
+
     def on_mount(self) -> None:
         for key, label, width in self._columns:
-            self.add_column(label, key=key, width=width if width is not None else self._flex_width)
+            self.add_column(self._header(key, label), key=key, width=width if width is not None else self._flex_width)
         self._sync(force=True)
 
+    def _rebuild_columns(self, columns: tuple[Column, ...]) -> None:
+        """Show ``columns`` (in order, with their widths and headers); the rows keep their keys and get their cells again."""
+        for key, _, _ in self._columns:
+            self.remove_column(key)
+        self._columns = columns
+        for key, label, width in columns:
+            self.add_column(self._header(key, label), key=key, width=width if width is not None else self._flex_width)
+        self._sync(force=True)
+
+    def _fitted_columns(self, room: int) -> tuple[Column, ...]:
+        """The columns that fit in ``room`` cells, taking the ``GIVE_WAY`` steps as needed."""
+        widths = {key: width for key, _, width in self._all_columns}
+        shown = [key for key, _, _ in self._all_columns]
+
+        def needed() -> int:
+            return sum(self.FLEX_MIN if widths[key] is None else widths[key] or 0 for key in shown) + 2 * len(shown) + self.FLEX_MARGIN
+
+        for key, width in self.GIVE_WAY:
+            if needed() <= room:
+                break
+            if key not in shown:
+                continue
+            if width == 0:
+                shown.remove(key)
+            elif widths[key] is not None:
+                widths[key] = max(width, (widths[key] or 0) - (needed() - room))
+        return tuple((key, label, widths[key]) for key, label, _ in self._all_columns if key in shown)
+
     def on_resize(self) -> None:
+        if self.GIVE_WAY:
+            fitted = self._fitted_columns(self.size.width)
+            if fitted != self._columns:
+                self._rebuild_columns(fitted)
         fixed = sum(width or 0 for _, _, width in self._columns) + 2 * len(self._columns) + self.FLEX_MARGIN
         width = max(self.FLEX_MIN, self.size.width - fixed)
+        if not any(column[2] is None for column in self._columns):
+            return
         if width != self._flex_width:
             # The flexible column is as wide as the table allows, whatever the rows seen so far.
             self._flex_width = width
@@ -112,7 +165,7 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
                 self.clear()
                 self._shown.clear()
             self.remove_column(key)
-            self.add_column(label, key=key, width=width)
+            self.add_column(self._header(key, label), key=key, width=width)
             self._sync(force=True)
 
     # --- diffing -------------------------------------------------------------------------------
@@ -127,12 +180,16 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
             self.remove_row(key)
         reorder = force or current != wanted.keys()
         columns = [key for key, _, _ in self._columns]
+        every = [key for key, _, _ in self._all_columns]
         for key, row in wanted.items():
             previous = self._shown.get(key)
             if previous is not None and not force and self._unchanged(previous, row):
                 continue  # nothing about this row changed: leave it alone
             self._shown[key] = row
             cells = self._cells(row)
+            if len(cells) == len(every) != len(columns):
+                by_key = dict(zip(every, cells))
+                cells = [by_key[column] for column in columns]
             if key in current:
                 for column, before, after in zip(columns, self.get_row(key), cells):
                     if force or before.plain != after.plain or (self.COMPARE_STYLE and before.style != after.style):

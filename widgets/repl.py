@@ -347,7 +347,7 @@ class ReplPane(Vertical):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+t", "toggle_scope", "Frame/module"),
-        Binding("ctrl+k", "clear", "Clear output", show=False),
+        Binding("ctrl+l", "clear", "Clear output", show=False),
     ]
 
     DEFAULT_CSS = """

@@ -15,6 +15,16 @@ from textual.widgets import DataTable
 from widgets._keyed_table import Column, KeyedTable, fit
 
 
+def fit_location(filename: str, lineno: int, width: int) -> str:
+    """``FILE:LINE`` in ``width`` cells: a long file name loses its start (``…ding.py:1012``), never the line number."""
+    suffix = f":{lineno}"
+    name = fit(filename, 10_000)  # escaped, uncut
+    if len(name) + len(suffix) <= width:
+        return name + suffix
+    keep = max(1, width - len(suffix) - 1)
+    return "…" + name[-keep:] + suffix
+
+
 @dataclass(frozen=True)
 class StackEntry:
     """One frame as the stack view shows it."""
@@ -49,6 +59,8 @@ class StackView(KeyedTable[StackEntry]):
 
     COLUMNS = _COLUMNS
     COMPARE_STYLE = False
+    GIVE_WAY = (("source", 0), ("function", 12), ("where", 12))
+    """Narrow panes drop the source text first, then narrow the function; FILE:LINE keeps its line number."""
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "stack-view--function",
@@ -117,9 +129,9 @@ class StackView(KeyedTable[StackEntry]):
         return str(len(self._frames) - 1 - index)
 
     def _cells(self, frame: StackEntry) -> list[Text]:
-        function = Text(fit(frame.function, 22), style=self.get_component_rich_style("stack-view--function", partial=True))
+        function = Text(fit(frame.function, self.column_width("function")), style=self.get_component_rich_style("stack-view--function", partial=True))
         where = Text(
-            fit(f"{os.path.basename(frame.filename) or frame.filename}:{frame.lineno}", 20),
+            fit_location(os.path.basename(frame.filename) or frame.filename, frame.lineno, self.column_width("where")),
             style=self.get_component_rich_style("stack-view--location", partial=True),
             no_wrap=True,
         )

@@ -1,4 +1,4 @@
-"""The status bar of a process screen: attach state, frame rate, latency and data rate."""
+"""The status bar of a process screen: attach state, and while live the frame rate, latency and data rate."""
 
 from __future__ import annotations
 
@@ -73,6 +73,11 @@ class StatusBar(Static):
         pid = MASK if self.mask_noise else str(self.pid)
         text.append(f"  pid {pid}")
         text.append(f"  watching {visible(self.watched)}")
+        if self.state != "attached":
+            # Paused (or going): the panes show one moment, so a frame rate would describe nothing on screen.
+            if self.state == "paused":
+                text.append("  panes frozen: p resumes")
+            return text
         if self.mask_noise:
             text.append(f"  {MASK} frames/s  latency {MASK}  data {MASK}")
         else:

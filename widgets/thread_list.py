@@ -58,6 +58,8 @@ class ThreadList(KeyedTable[ThreadRow]):
     """
 
     COLUMNS = _COLUMNS
+    GIVE_WAY = (("daemon", 0), ("native", 0), ("where", 0), ("name", 10))
+    """Narrow panes drop the daemon flag, the thread id and the innermost frame (the stack pane shows it), in that order."""
     FLEX_WIDTH = 16
     FLEX_MIN = 8
 

@@ -56,8 +56,13 @@ class AttachVerdict(Static):
     mask_noise: reactive[bool] = reactive(False)
     """Hide the pid (for reproducible screenshots)."""
 
+    rows_shown: reactive[int] = reactive(0)
+    """How many processes the list shows (with ``process`` None: none matches, or none is picked yet)."""
+
     def render(self) -> Text:
         process = self.process
+        if process is None and self.rows_shown:
+            return Text("No process selected: move the cursor (↑/↓ or a click) to one, then press Enter to attach.", style="italic")
         if process is None:
             return Text("No Python process matches. Clear the filter, or start one.", style="italic")
         label = self.get_component_rich_style("attach-verdict--label", partial=True)

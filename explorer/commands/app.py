@@ -118,6 +118,16 @@ def run_app(pid: int | None, demo: bool, profile: tuple[str, float] | None = Non
     if demo and pid is not None:
         print("periscope: give either PID or --demo, not both", file=sys.stderr)
         return 2
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        # A full-screen app on a pipe would wait for keys nobody types (a hung script).
+        which = "output" if not sys.stdout.isatty() else "input"
+        target = str(pid) if pid is not None else "PID"
+        print(
+            f"periscope: the TUI needs a terminal and its {which} is not one: in a script, use "
+            f"'periscope snapshot {target}' (one frame) or 'periscope watch {target}' (JSON lines)",
+            file=sys.stderr,
+        )
+        return 2
     demo_process = start_demo() if demo else None
     if demo_process is not None:
         for signum in (signal.SIGHUP, signal.SIGTERM):

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from explorer.text import visible
@@ -29,6 +29,9 @@ NO_PROCESSES = "no Python processes found"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list of objects instead of a table")
+    parser.add_argument(
+        "--tree", action="store_true", help="draw each process under its parent (a master and its workers) in COMMAND"
+    )
     parser.add_argument(
         "--interval",
         type=_seconds,
@@ -49,20 +52,114 @@ def _seconds(text: str) -> float:
     return value
 
 
+IDLE_CPU = 0.5
+"""CPU % below which a single-threaded process that never ran Python while ps looked counts as blocked."""
+
+BLOCKED_SAMPLES = 6
+"""How many times ``ps`` looks at a single-threaded process's thread before calling it blocked in C."""
+
+
 def run(args: argparse.Namespace) -> int:
     from explorer.discovery import ProcessScanner
 
     scanner = ProcessScanner()
     processes = scanner.scan()
+    samples = max(1, BLOCKED_SAMPLES if args.interval > 0 else 1)
+    ran_python: set[int] = set()
+    for sample in range(samples):
+        ran_python |= _running_python(processes)
+        if sample + 1 < samples:
+            time.sleep(args.interval / samples)
     if args.interval > 0 and processes:
-        time.sleep(args.interval)
         processes = scanner.scan()
+    # A thread that never ran Python while ps looked and used no CPU is waiting in C.
+    blocked = {
+        process.pid
+        for process in processes
+        if _single_thread(process) and process.pid not in ran_python and process.cpu_percent < IDLE_CPU
+    }
+    processes = in_tree_order(processes)
     if args.json:
-        json.dump([process.to_json() for process in processes], sys.stdout, indent=2)
+        documents = []
+        for process in processes:
+            document = process.to_json()
+            document["blocked_in_c"] = process.pid in blocked if _single_thread(process) else None
+            documents.append(document)
+        json.dump(documents, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        write_table(processes, sys.stdout, width=_output_width(sys.stdout))
+        write_table(processes, sys.stdout, width=_output_width(sys.stdout), tree=args.tree, blocked=blocked)
     return 0
+
+
+def _single_thread(process: ProcessInfo) -> bool:
+    return process.attachable and process.num_threads == 1
+
+
+def _running_python(processes: Sequence[ProcessInfo]) -> set[int]:
+    """The single-threaded attachable processes whose thread is attached to the interpreter now
+    (running Python), read from outside; a process periscope cannot read counts as running."""
+    from explorer.errors import PeriscopeError
+    from explorer.remote import RemoteProcess
+
+    running = set()
+    for process in processes:
+        if not _single_thread(process):
+            continue
+        try:
+            remote = RemoteProcess.open(process.pid)
+        except (PeriscopeError, OSError):
+            running.add(process.pid)
+            continue
+        try:
+            if any(thread.attached or thread.holds_gil for thread in remote.threads()):
+                running.add(process.pid)
+        except (PeriscopeError, OSError):
+            running.add(process.pid)
+        finally:
+            remote.close()
+    return running
+
+
+def in_tree_order(processes: Sequence[ProcessInfo]) -> list[ProcessInfo]:
+    """Each process right after its parent (when the parent is listed), siblings by pid."""
+    by_pid = {process.pid: process for process in processes}
+    children: dict[int, list[ProcessInfo]] = {}
+    roots = []
+    for process in sorted(processes, key=lambda p: p.pid):
+        if process.ppid in by_pid and process.ppid != process.pid:
+            children.setdefault(process.ppid, []).append(process)
+        else:
+            roots.append(process)
+    ordered: list[ProcessInfo] = []
+    seen: set[int] = set()
+
+    def visit(process: ProcessInfo) -> None:
+        if process.pid in seen:
+            return
+        seen.add(process.pid)
+        ordered.append(process)
+        for child in children.get(process.pid, ()):
+            visit(child)
+
+    for root in roots:
+        visit(root)
+    for process in processes:  # a parent cycle (pid reuse): still listed once
+        visit(process)
+    return ordered
+
+
+def _depths(processes: Sequence[ProcessInfo]) -> dict[int, int]:
+    by_pid = {process.pid: process for process in processes}
+    depths = {}
+    for process in processes:
+        depth, parent, seen = 0, process.ppid, {process.pid}
+        while parent in by_pid and parent not in seen:
+            depth += 1
+            seen.add(parent)
+            parent = by_pid[parent].ppid
+        depths[process.pid] = depth
+    return depths
 
 
 def _output_width(stream: TextIO) -> int | None:
@@ -102,25 +199,47 @@ def _table_command(process: ProcessInfo, width: int | None) -> str:
     return visible(" ".join([os.path.basename(process.cmdline[0]), *process.cmdline[1:]]))
 
 
-def write_table(processes: Sequence[ProcessInfo], out: TextIO, width: int | None = None, hosts: Sequence[str] | None = None) -> None:
+BLOCKED_VERDICT = "yes, blocked in C"
+"""The ATTACH cell of a process whose only thread did not run Python while ``ps`` looked."""
+
+
+def write_table(
+    processes: Sequence[ProcessInfo],
+    out: TextIO,
+    width: int | None = None,
+    hosts: Sequence[str] | None = None,
+    *,
+    tree: bool = False,
+    blocked: Collection[int] = (),
+) -> None:
     """An aligned table, one row per process, then one line per process periscope cannot attach to.
 
     ``width`` limits each table line: ATTACH gives way first (the full reasons follow the table),
-    then COMMAND. None means no limit. ``hosts`` (one name per process) adds a HOST column first.
+    then COMMAND. None means no limit. ``tree`` draws each process under its parent in COMMAND
+    (list them in ``in_tree_order``); ``blocked`` are pids whose only thread is blocked in C.
+    ``hosts`` (one name per process) adds a HOST column first (the fleet view).
     """
     if not processes:
         out.write(NO_PROCESSES + "\n")
         return
-    headers = ("PID", "USER", "PYTHON", "CPU%", "RSS", "ATTACH", "COMMAND")
+    headers = ("PID", "PPID", "USER", "PYTHON", "CPU%", "RSS", "ATTACH", "COMMAND")
+    depths = _depths(processes) if tree else {}
+
+    def verdict(process: ProcessInfo) -> str:
+        if not process.attachable:
+            return visible(f"no: {process.reason}")
+        return BLOCKED_VERDICT if process.pid in blocked else "yes"
+
     rows = [
         (
             str(process.pid),
+            str(process.ppid),
             visible(process.user),
             visible(process.python or "?"),
             f"{process.cpu_percent:.1f}",
             format_size(process.rss),
-            "yes" if process.attachable else visible(f"no: {process.reason}"),
-            _table_command(process, width),
+            verdict(process),
+            ("  " * (depths[process.pid] - 1) + "└─ " if depths.get(process.pid) else "") + _table_command(process, width),
         )
         for process in processes
     ]
@@ -129,12 +248,12 @@ def write_table(processes: Sequence[ProcessInfo], out: TextIO, width: int | None
         return
     widths = [max(len(header), *(len(row[column]) for row in rows)) for column, header in enumerate(headers)]
     if width is not None:
-        before_attach = sum(widths[:5]) + 2 * 6
+        before_attach = sum(widths[:6]) + 2 * 7
         room = max(width - before_attach - MIN_COMMAND_WIDTH, MIN_ATTACH_WIDTH)
-        if widths[5] > room:
-            widths[5] = room
-            rows = [(*row[:5], _truncate(row[5], room), row[6]) for row in rows]
-    right_aligned = {0, 3, 4}
+        if widths[6] > room:
+            widths[6] = room
+            rows = [(*row[:6], _truncate(row[6], room), row[7]) for row in rows]
+    right_aligned = {0, 1, 4, 5}
 
     def line(cells: Sequence[str]) -> str:
         parts = [
@@ -150,22 +269,27 @@ def write_table(processes: Sequence[ProcessInfo], out: TextIO, width: int | None
     out.write(line(headers) + "\n")
     for row in rows:
         out.write(line(row) + "\n")
-    blocked = [process for process in processes if not process.attachable]
-    if blocked:
+    refused = [process for process in processes if not process.attachable]
+    if refused:
         out.write("\n")
-        for process in blocked:
+        for process in refused:
             text = f"{process.pid}: {process.reason}"
             if process.fix:
                 text += f"; fix: {process.fix}"
             out.write(visible(text) + "\n")
+    if any(process.pid in blocked for process in processes):
+        out.write(
+            f"\n{BLOCKED_VERDICT}: the only thread did not run Python while ps looked (input(), a sleep, a lock): "
+            "attaching waits until it does; 'periscope stack PID' shows where it waits, without attaching\n"
+        )
 
 
 def write_host_table(processes: Sequence[ProcessInfo], hosts: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
     """The fleet table: the rows of ``write_table`` after a HOST column, then the blocked processes by host."""
-    headers = ("HOST", "PID", "USER", "PYTHON", "CPU%", "RSS", "ATTACH", "COMMAND")
+    headers = ("HOST", "PID", "PPID", "USER", "PYTHON", "CPU%", "RSS", "ATTACH", "COMMAND")
     cells = [(visible(host), *row) for host, row in zip(hosts, rows)]
     widths = [max(len(header), *(len(row[column]) for row in cells)) for column, header in enumerate(headers)]
-    right_aligned = {1, 4, 5}
+    right_aligned = {1, 2, 5, 6}
 
     def line(row: Sequence[str]) -> str:
         parts = [cell.rjust(widths[i]) if i in right_aligned else cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]

@@ -21,7 +21,7 @@ HELP = "attach to a CPython 3.14 or 3.15 process, print one full frame (threads,
 OUTSIDE_AFTER = 0.5
 """Seconds to wait for a thread to take the agent's request before reading the values from outside."""
 
-VIA_FIX = "use --via any, or --via NATIVE_ID of a thread that runs Python"
+VIA_FIX = "the program is blocked in C there: 'periscope stack PID' shows where (read from outside, no agent needed); attach again once it runs Python"
 """What the agent commands say to do when no thread of the target ran Python in time (``attach(blocked_fix=...)``)."""
 
 
@@ -29,10 +29,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser, *, modules: bool = True
     """Options every agent command shares: which thread injects, the timeout, the watched modules."""
     parser.add_argument(
         "--via",
-        default="auto",
+        default="any",
         metavar="THREAD",
-        help="thread that runs the agent script: auto (the thread running Python, else main; default), "
-        "main, any (try every thread; use when the main thread is blocked), or a native thread id",
+        help="thread that runs the agent script: any (the GIL holder, main, then every other thread; default, "
+        "as in the TUI), auto (the thread running Python, else main), main, or a native thread id",
     )
     parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="give up attaching after S seconds (default 10)")
     if not modules:

@@ -120,6 +120,76 @@ class ErrorDialog(ModalScreen[None]):
         self.dismiss(None)
 
 
+class ConfirmDialog(ModalScreen[bool]):
+    """A yes/no question; Enter or y answers yes, Escape or n answers no.
+
+    | Key | Action |
+    | :- | :- |
+    | y | Yes. |
+    | n, escape | No. |
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    DEFAULT_CSS = """
+    ConfirmDialog {
+        align: center middle;
+    }
+    ConfirmDialog > Vertical {
+        width: 72;
+        max-width: 90%;
+        height: auto;
+        border: thick $warning;
+        background: $surface;
+        padding: 1 2;
+    }
+    ConfirmDialog #dialog-title {
+        text-style: bold;
+        color: $warning;
+        margin-bottom: 1;
+    }
+    ConfirmDialog Horizontal {
+        height: auto;
+        align-horizontal: right;
+        margin-top: 1;
+    }
+    ConfirmDialog Button {
+        margin-left: 2;
+    }
+    """
+
+    def __init__(self, title: str, message: str, yes: str = "Yes") -> None:
+        super().__init__()
+        self.title_text = title
+        """The question, in the user's words ("Attach to a process of user alice?")."""
+        self.message = message
+        """What answering yes does."""
+        self.yes = yes
+        """The label of the yes button."""
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(Text(visible(self.title_text)), id="dialog-title")
+            yield Static(visible(self.message, keep_lines=True), id="message", markup=False)
+            with Horizontal():
+                yield Button("Cancel", id="no")
+                yield Button(self.yes, variant="warning", id="yes")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        """Answer the question."""
+        self.dismiss(yes)
+
+
 class WorkerFailed(Message):
     """A screen's worker failed; the app turns this into something the user sees (it bubbles)."""
 

@@ -38,6 +38,7 @@ from explorer.screens.inspector import ValueInspector
 from explorer.screens.sources import SourceLines
 from explorer.text import visible
 from widgets._format import MASK, display_command
+from widgets.process_header import ProcessFigures, ProcessHeader
 from widgets.repl import ReplEntry, ReplInput, ReplPane
 from widgets.stack_view import StackEntry, StackView
 from widgets.status_bar import StatusBar
@@ -150,11 +151,15 @@ class FrameReceived(Message):
 class ThreadTimes(Message):
     """Per-thread CPU seconds (psutil) and GIL states (read from outside), off the UI path."""
 
-    def __init__(self, times: dict[int, float], states: dict[int, tuple[bool, bool]]) -> None:
+    def __init__(
+        self, times: dict[int, float], states: dict[int, tuple[bool, bool]], usage: tuple[float, int, int, float] | None = None
+    ) -> None:
         self.times = times
         """CPU seconds (user + system) by native thread id."""
         self.states = states
         """(holds the GIL, attached to the interpreter) by native thread id; empty when unreadable."""
+        self.usage = usage
+        """The whole process: (CPU % since the last read, RSS bytes, threads, seconds since start)."""
         super().__init__()
 
     def can_replace(self, message: Message) -> bool:
@@ -339,22 +344,33 @@ class ProcessScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self._title()), id="title")
+        header = ProcessHeader(id="process-header")
+        header.mask_noise = self.mask_noise
+        yield header
         with Horizontal(id="process-top"):
             with Vertical(id="process-left"):
-                yield Label("Threads", classes="section")
-                thread_list = ThreadList(id="threads")
-                thread_list.mask_noise = self.mask_noise
-                yield thread_list
-                yield Label("Tasks", classes="section", id="tasks-title")
-                task_list = TaskList(id="tasks")
-                task_list.mask_noise = self.mask_noise
-                yield task_list
-                yield Label("Stack", classes="section", id="stack-title")
-                yield StackView(id="stack")
-            with Vertical(id="process-right"):
-                yield Label("Variables", classes="section")
+                with Vertical(id="threads-pane", classes="pane") as pane:
+                    pane.border_title = "Threads"
+                    thread_list = ThreadList(id="threads")
+                    thread_list.mask_noise = self.mask_noise
+                    yield thread_list
+                with Vertical(id="tasks-pane", classes="pane") as pane:
+                    pane.border_title = "Tasks"
+                    yield Label("Tasks", classes="section", id="tasks-title")
+                    task_list = TaskList(id="tasks")
+                    task_list.mask_noise = self.mask_noise
+                    yield task_list
+                with Vertical(id="stack-pane", classes="pane") as pane:
+                    pane.border_title = "Stack"
+                    yield Label("Stack", classes="section", id="stack-title")
+                    yield StackView(id="stack")
+            with Vertical(id="variables-pane", classes="pane") as pane:
+                pane.border_title = "Variables"
                 yield VariablesTree(id="variables")
-        yield ReplPane(id="repl")
+        with Vertical(id="repl-pane", classes="pane -idle") as pane:
+            pane.border_title = "REPL"
+            pane.border_subtitle = "e: type Python to run in the target"
+            yield ReplPane(id="repl")
         status = StatusBar(id="status")
         status.mask_noise = self.mask_noise
         status.pid = self.pid
@@ -404,7 +420,7 @@ class ProcessScreen(Screen[None]):
         if self.history_path is not None:
             repl.history = load_history(self.history_path)
         self.query_one(ThreadList).focus()
-        self.query_one("#tasks-title").display = False
+        self.query_one("#tasks-pane").display = False
         self.query_one(TaskList).display = False
         self.read_stream()
         if getattr(self.session, "host_name", None) is None:  # the pid is on another host: nothing to read here
@@ -463,6 +479,8 @@ class ProcessScreen(Screen[None]):
             while not self._stop.is_set():
                 try:
                     times = {thread.id: thread.user_time + thread.system_time for thread in process.threads()}
+                    with process.oneshot():
+                        usage = (process.cpu_percent(None), process.memory_info().rss, process.num_threads(), time.time() - process.create_time())
                 except psutil.Error:
                     return
                 states: dict[int, tuple[bool, bool]] = {}
@@ -474,7 +492,7 @@ class ProcessScreen(Screen[None]):
                     if remote is not None:
                         remote.close()
                     remote = None
-                self.post_message(ThreadTimes(times, states))
+                self.post_message(ThreadTimes(times, states, usage))
                 self._stop.wait(CPU_INTERVAL)
         finally:
             if remote is not None:
@@ -535,23 +553,25 @@ class ProcessScreen(Screen[None]):
 
     def _show_tasks(self) -> None:
         title = self.query_one("#tasks-title", Label)
+        pane = self.query_one("#tasks-pane")
         task_list = self.query_one(TaskList)
         shown = self._tasks_wanted if self._tasks_wanted is not None else (self.tasks is not None or self.tasks_reason is not None and "has not imported" not in self.tasks_reason)
-        title.display = shown
+        pane.display = shown
         task_list.display = shown and self.tasks is not None and bool(self.tasks.tasks)
         if not shown:
             return
         if self.tasks is None:
             title.update(f"Tasks: {visible(self.tasks_reason or 'not read yet')}")
+            pane.border_title = Text(str(title.render()))
             return
         count = len(self.tasks.tasks)
         title.update(f"Tasks ({count})" + (" · the list changed while read" if self.tasks.torn else "") if count else "Tasks: none (no task exists now)")
+        pane.border_title = Text(str(title.render()))
         task_list.update_tasks(rows_from_snapshot(self.tasks, visible))
 
     def action_toggle_tasks(self) -> None:
         """Show or hide the asyncio tasks."""
-        title = self.query_one("#tasks-title")
-        self._tasks_wanted = not title.display
+        self._tasks_wanted = not self.query_one("#tasks-pane").display
         self._show_tasks()
         if self._tasks_wanted and self.query_one(TaskList).display:
             self.query_one(TaskList).focus()
@@ -559,6 +579,12 @@ class ProcessScreen(Screen[None]):
     def on_thread_times(self, message: ThreadTimes) -> None:
         self._cpu_times = message.times
         self._gil_states = message.states
+        if message.usage is not None and not self.paused:
+            cpu, rss, threads, uptime = message.usage
+            holder = next((native for native, (holds, _) in message.states.items() if holds), None)
+            thread = self.frame.thread(holder) if self.frame is not None and holder is not None else None
+            name = (thread.name or f"thread {holder}") if thread is not None else (f"thread {holder}" if holder is not None else None)
+            self.query_one(ProcessHeader).figures = ProcessFigures(cpu, rss, threads, name, uptime)
         if self.frame is not None and not self.paused:
             self._show_threads(self.frame)
 
@@ -667,7 +693,8 @@ class ProcessScreen(Screen[None]):
         title = f"Coroutine stack of task {name} ({task.state or '?'})"
         if title != self._stack_title:
             self._stack_title = title
-            self.query_one("#stack-title", Label).update(title)
+            self.query_one("#stack-title", Label).update(Text(title))
+            self.query_one("#stack-pane").border_title = Text(title)
         if stack.frames and stack.selected_index != self.selected_frame:
             self.selected_frame = stack.selected_index
         variables = self.query_one(VariablesTree)
@@ -716,6 +743,7 @@ class ProcessScreen(Screen[None]):
         if title != self._stack_title:  # a label update re-lays out the screen: only when it changes
             self._stack_title = title
             self.query_one("#stack-title", Label).update(Text(visible(title)))
+            self.query_one("#stack-pane").border_title = Text(visible(title))
         variables = self.query_one(VariablesTree)
         key = (self.selected_thread, self.selected_frame, stack_frame.qualname if stack_frame else "")
         track = not moved and key == self._shown_key
@@ -834,9 +862,24 @@ class ProcessScreen(Screen[None]):
                 return scope
         return {"module": self.watched_module}
 
+    def _update_repl_size(self) -> None:
+        """The REPL is one input line while idle (no transcript, no focus); full size once used."""
+        repl = self.query_one(ReplPane)
+        idle = not repl.entries and not self.query_one(ReplInput).has_focus
+        pane = self.query_one("#repl-pane")
+        pane.set_class(idle, "-idle")
+        pane.border_subtitle = "e: type Python to run in the target" if idle else None
+
+    def on_descendant_focus(self) -> None:
+        self._update_repl_size()
+
+    def on_descendant_blur(self) -> None:
+        self._update_repl_size()
+
     @on(ReplPane.EvalRequested)
     def _on_eval_requested(self, message: ReplPane.EvalRequested) -> None:
         message.stop()
+        self._update_repl_size()
         if self.history_path is not None:
             save_history(self.history_path, message.pane.history)
         self.evaluate(message.entry, message.code, self._eval_scope(message.eval_in))
@@ -966,4 +1009,4 @@ class ProcessScreen(Screen[None]):
         if self.query_one(ReplInput).has_focus:
             self.query_one(ThreadList).focus()
             return
-        self.app.pop_screen()
+        self.app.action_process_list()  # type: ignore[attr-defined]

@@ -44,11 +44,13 @@ class ProcessListScreen(Screen[None]):
 
     Typing filters the list at once (by pid, user, Python version or command line): the filter box
     has the focus, and the arrow keys move the list's cursor. Clicking a column header sorts by it.
+    No process is picked until the user moves the cursor (or clicks a row, or comes back from a
+    process): Enter attaches only to the highlighted row on show.
 
     | Key | Action |
     | :- | :- |
-    | enter | Attach to the selected process (or show it, when attached). |
-    | up/down, pageup/pagedown | Move the list's cursor. |
+    | enter | Attach to the highlighted process (or show it, when attached); nothing when none is. |
+    | up/down, pageup/pagedown | Move the list's cursor (the first press picks the first or last row). |
     | ctrl+s | Sort by CPU, then memory, then pid. |
     | ctrl+f | Profile the selected process (sampled from outside: no attaching). |
     | escape | Clear the filter. |
@@ -92,6 +94,7 @@ class ProcessListScreen(Screen[None]):
         self._stop = threading.Event()
         self._scan_now = threading.Event()
         self._latest: list[ProcessInfo] = []
+        self._select_on_mount: int | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("periscope · Python processes", id="title")
@@ -107,6 +110,7 @@ class ProcessListScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).focus()
+        self.query_one(ProcessTable).select_pid(self._select_on_mount)
         self._update_title()
         self.scan_processes()
 
@@ -141,6 +145,7 @@ class ProcessListScreen(Screen[None]):
 
     def _update_status(self) -> None:
         shown = self.query_one(ProcessTable).row_count
+        self.query_one(AttachVerdict).rows_shown = shown
         total = len(self._latest)
         noun = "Python process" if total == 1 else "Python processes"
         if self.mask_noise:  # the machine's other processes come and go
@@ -148,6 +153,12 @@ class ProcessListScreen(Screen[None]):
         else:
             status = f"{total} {noun}" if shown == total else f"{shown} of {total} {noun}"
         self.query_one("#scan-status", Static).update(f"{status} · sorted by {SORT_NAMES[self.sort_by]}")
+
+    def select_pid(self, pid: int | None) -> None:
+        """Put the list's cursor on ``pid`` (None: on nothing), now or when its row appears."""
+        self._select_on_mount = pid
+        if self.is_mounted:
+            self.query_one(ProcessTable).select_pid(pid)
 
     def set_attached(self, pids: frozenset[int | str]) -> None:
         """Mark these pids as attached (the app calls this when sessions start or end)."""
@@ -165,6 +176,7 @@ class ProcessListScreen(Screen[None]):
 
     def _show_verdict(self, process: ProcessInfo | None) -> None:
         verdict = self.query_one(AttachVerdict)
+        verdict.rows_shown = self.query_one(ProcessTable).row_count
         verdict.process = process
         verdict.attached = process is not None and ProcessTable.row_key(process) in {str(key) for key in self.attached_pids}
 

@@ -47,14 +47,15 @@ def test_tui_over_ssh_lists_attaches_evaluates_and_detaches(spawn, target_python
 
         term.wait_for(r"Python process")
         term.type(demo.script.parent.name)
-        term.wait_for(rf"{demo.pid}\s+\S+\s+{re.escape(targets.version_prefix()[:-1])}")
+        term.wait_for(rf"{demo.pid}\s+\d+\s+\S+\s+{re.escape(targets.version_prefix()[:-1])}")  # PID, PPID, USER, PYTHON
+        term.press("Down")  # nothing is picked until the user moves the cursor
         term.wait_for(r"can attach")
         term.press("Enter")
 
         # The process screen, its header naming the host; values come through the relay.
         term.wait_for(rf"periscope · {re.escape(server.destination)} · {demo.pid}")
         term.wait_for(r"Stack of MainThread")
-        term.wait_for(r"APP_NAME\s*=\s*'number-adder'")
+        term.wait_for(r"APP_NAME\s*=\s*'number-add")
 
         term.press("e")
         term.wait_for(r"runs in module __main__")
@@ -110,11 +111,12 @@ def test_fleet_view_lists_every_host_with_a_host_column_and_attaches_per_row(spa
         while re.search(rf"{re.escape(server.destination)}\s+{demo.pid}\s", term.screen()):
             assert time.monotonic() < deadline, term.screen()
             time.sleep(0.1)
+        term.press("Down")
         term.wait_for(r"can attach")
         term.press("Enter")
 
         term.wait_for(rf"periscope · env · {demo.pid}")
-        term.wait_for(r"APP_NAME\s*=\s*'number-adder'")
+        term.wait_for(r"APP_NAME\s*=\s*'number-add")
 
         # The same pid on the other host: refused while this one is attached, never shown as it.
         term.press("C-o")
@@ -123,6 +125,7 @@ def test_fleet_view_lists_every_host_with_a_host_column_and_attaches_per_row(spa
         term.wait_for(r"type to filter")
         term.type(f"{demo.script.parent.name} root@")
         term.wait_for(rf"{re.escape(server.destination)}\s+{demo.pid}\s")
+        term.press("Down")  # the row left is filtered out: the cursor is on nothing until moved
         term.wait_for(r"can attach")  # the verdict is this row's: the attached process is the other host's
         term.press("Enter")
         term.wait_for(rf"Cannot attach to {demo.pid} on {re.escape(server.destination)}")

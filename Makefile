@@ -1,6 +1,7 @@
 # periscope's developer entry points. Two commands get a fresh machine going:
 #   make demo   -- virtual environment, periscope, CPython 3.14 and 3.15 target interpreters, the demo
-#   make test   -- the same set-up, then the whole test suite (every target-facing test on both minors)
+#   make test   -- the same set-up, ruff and the import contracts, then the whole test suite (every
+#                  target-facing test on both minors)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench soak screenshots target-python system-deps clean
+.PHONY: setup demo lint test bench soak screenshots target-python system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +42,13 @@ setup: $(STAMP) system-deps
 demo: setup
 	$(BIN)/periscope --demo
 
-test: setup
+# ruff (config in pyproject.toml) and the import contracts: the core does not import Textual,
+# widgets know nothing of sessions, payloads import only the standard library.
+lint: $(STAMP)
+	$(BIN)/ruff check --quiet .
+	$(BIN)/lint-imports --no-cache >/dev/null || $(BIN)/lint-imports --no-cache
+
+test: setup lint
 	$(BIN)/python -m pytest -n 2 -m "not soak" $(PYTEST_ARGS)
 
 soak: setup

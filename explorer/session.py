@@ -929,7 +929,7 @@ async def _ready_code(job: asyncio.Future[AgentCode | None], wait: float) -> Age
     """The compiled agent if it is ready within ``wait`` seconds (a compile still running goes on, for next time)."""
     try:
         return await asyncio.wait_for(asyncio.shield(job), wait)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return None
 
 

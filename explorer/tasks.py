@@ -291,7 +291,7 @@ class TaskReader:
         threads: list[LoopThread] = []
         raw_lists: list[tuple[int | None, int, list[tuple[int, bytes]], bool]] = []
         current: dict[int, int] = {}
-        for interp, ref in interpreters_threads:
+        for _interp, ref in interpreters_threads:
             try:
                 head = self.memory.read(ref.address + table.tstate_running_loop, 8)
                 loop = _U64.unpack(head)[0]

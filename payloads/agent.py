@@ -1966,7 +1966,7 @@ class Agent:
                         break
                     decoder.feed(data)
                     data = None
-                    for message in decoder:
+                    for _message in decoder:
                         break
             except (OSError, DecodeError) as error:
                 self.note_error("handshake", error)

@@ -12,7 +12,6 @@ import pytest
 from textual.widgets import TextArea
 
 from explorer.app import PeriscopeApp
-from explorer.screens.process import ProcessScreen
 from explorer.screens.process_list import ProcessListScreen
 from tests.screenshots import scene_script, wait_until
 from tests.test_app import attached_screen

@@ -5,7 +5,6 @@ the REPL evaluates there, and detaching removes the agent."""
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import subprocess

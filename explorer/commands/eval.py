@@ -117,6 +117,7 @@ async def _eval(args: argparse.Namespace) -> int:
         )
         loop = asyncio.get_running_loop()
         interrupted = False
+        interrupting: list[asyncio.Task[None]] = []  # the loop keeps only a weak reference to a task
 
         def on_sigint() -> None:
             nonlocal interrupted
@@ -125,7 +126,7 @@ async def _eval(args: argparse.Namespace) -> int:
                     task.cancel()
                 return
             interrupted = True
-            asyncio.ensure_future(handle.interrupt())
+            interrupting.append(asyncio.ensure_future(handle.interrupt()))
 
         loop.add_signal_handler(signal.SIGINT, on_sigint)
         try:

@@ -440,7 +440,7 @@ class ProcessScreen(Screen[None]):
         self._set_state("detaching")
         try:
             await asyncio.wait_for(self.session.detach(), timeout=DETACH_TIMEOUT)
-        except (PeriscopeError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, PeriscopeError, OSError) as error:
             self.log.warning(f"detach from {self.pid}: {error}")
             await self.session.close()
         self._set_state("detached")

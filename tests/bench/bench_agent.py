@@ -278,7 +278,7 @@ async def _attach_latency() -> float:
             codes.add(code)
     idle.stop()
     print(f"  agent code: {', '.join(sorted(codes))}")
-    print(f"  attach to first frame, single-threaded target (main in a 5 ms sleep loop):")
+    print("  attach to first frame, single-threaded target (main in a 5 ms sleep loop):")
     print(f"    short switch interval at start-up (default) {_spread(timings[True])}")
     print(f"    target's switch interval left alone        {_spread(timings[False])}")
     target = targets.spawn(BUSY4)
@@ -291,7 +291,7 @@ async def _attach_latency() -> float:
             timings[fast].append(elapsed)
             via.append(injected_via)
     main_share = sum(1 for v in via if v == target.pid) / len(via)
-    print(f"  attach to first frame, target with 4 busy threads, in-process (goal: under 50 ms):")
+    print("  attach to first frame, target with 4 busy threads, in-process (goal: under 50 ms):")
     print(f"    short switch interval at start-up (default) {_spread(timings[True])}")
     print(f"    target's switch interval left alone        {_spread(timings[False])}")
     print(f"    (injected through a busy worker {100 * (1 - main_share):.0f}% of the time)")
@@ -414,7 +414,7 @@ async def _code_cache() -> None:
     with tempfile.TemporaryDirectory(prefix="periscope-bench-cache-") as folder:
         os.environ["XDG_CACHE_HOME"] = folder
         try:
-            for index in range(3):
+            for _index in range(3):
                 shutil.rmtree(os.path.join(folder, "periscope"), ignore_errors=True)
                 session_module._code_memo.clear()
                 start = time.perf_counter()

@@ -1966,8 +1966,7 @@ class Agent:
                         break
                     decoder.feed(data)
                     data = None
-                    for _message in decoder:
-                        break
+                    message = next(iter(decoder), None)  # the first whole message, if one came
             except (OSError, DecodeError) as error:
                 self.note_error("handshake", error)
             if (

@@ -19,7 +19,6 @@ No Textual here: the CLI commands and the tests use this module directly.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import functools
@@ -34,7 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from explorer import wire
 from explorer.errors import InjectionTimeout, PeriscopeError, ProcessGone, ProtocolError
@@ -52,6 +51,12 @@ from explorer.model import (
     StackFrame,
     Value,
 )
+
+if TYPE_CHECKING:
+    import asyncio
+# asyncio is imported where it is used, not here: the one-shot commands (explorer.oneshot) call the
+# blocking parts of this module (staging, the compiled-agent cache, connect, peer check, auth)
+# without an event loop, and importing asyncio alone costs them a third of their start-up.
 
 SOCKET_NAME = "agent.sock"
 SCRIPT_NAME = "agent.py"
@@ -856,6 +861,7 @@ async def attach(
     ``blocked_fix`` is the fix an InjectionTimeout tells when no thread ran Python in time, in the
     caller's words (the CLI names ``--via``, the TUI its keys).
     """
+    import asyncio
     started = time.monotonic()
     deadline = started + timeout
 
@@ -918,6 +924,7 @@ async def attach(
 
 async def _discard_directory(job: asyncio.Future[Any]) -> None:
     """Remove the directory ``job`` (prepare_script_dir in a thread) made, once it has made it."""
+    import asyncio
     try:
         script_dir = await asyncio.shield(job)
     except (PeriscopeError, OSError):
@@ -927,6 +934,7 @@ async def _discard_directory(job: asyncio.Future[Any]) -> None:
 
 async def _ready_code(job: asyncio.Future[AgentCode | None], wait: float) -> AgentCode | None:
     """The compiled agent if it is ready within ``wait`` seconds (a compile still running goes on, for next time)."""
+    import asyncio
     try:
         return await asyncio.wait_for(asyncio.shield(job), wait)
     except asyncio.TimeoutError:
@@ -1011,6 +1019,7 @@ class _AttachWork:
 
         ``discard`` disposes of a result that arrives after ``stop()`` (nobody will take it).
         """
+        import asyncio
         return await asyncio.to_thread(self._call, function, args, discard)
 
     def _call(self, function: Callable[..., Any], args: tuple[Any, ...], discard: Callable[[Any], None] | None) -> Any:
@@ -1056,6 +1065,7 @@ class _AttachWork:
 
 async def _finish_or_dispose(job: Any, dispose: Callable[[Any], None]) -> Any:
     """Await ``job`` (a thread's work); if the caller is cancelled first, ``dispose`` of its result once it comes."""
+    import asyncio
     future = asyncio.ensure_future(job)
     try:
         return await asyncio.shield(future)
@@ -1081,6 +1091,7 @@ async def _inject(
     is replaced, at the time of writing, by the thread that has just taken the GIL. With
     ``work``, requests go through its process and end early when it is stopped.
     """
+    import asyncio
     from explorer.inject import MainThreadFinished, NoSuchThread
 
     if work is not None:
@@ -1151,6 +1162,15 @@ def _decode(decoder: wire.Decoder, data: bytes) -> tuple[list[Any], ProtocolErro
     return messages, None
 
 
+def why_closed(pid: int, what: str) -> str:
+    """Why a session's stream ended, in one line: the target exited, or what happened to the connection."""
+    from explorer.memory import process_exited, process_start_time
+
+    if process_exited(pid, process_start_time(pid)):
+        return f"process {pid} exited; the session is over"
+    return f"{what} in process {pid}; attach again"
+
+
 def _ignore_result(job: asyncio.Future[Any]) -> None:
     """Take a result nobody waits for any more (no 'exception was never retrieved' at exit)."""
     if not job.cancelled():
@@ -1219,6 +1239,7 @@ class Session:
         script_dir: Any,
         injected_via: int | None,
     ) -> None:
+        import asyncio
         self.pid = pid
         self.hello = hello
         self.injected_via = injected_via
@@ -1278,6 +1299,7 @@ class Session:
     async def _dispatch_decoded(self, data: bytes) -> None:
         """Decode ``data`` (after what the decoder holds) in a worker thread, then dispatch every whole
         message in order; a ProtocolError comes after the messages decoded before it."""
+        import asyncio
         messages, error = await asyncio.to_thread(_decode, self._decoder, data)
         for message in messages:
             self._dispatch(message)
@@ -1285,12 +1307,7 @@ class Session:
             raise error
 
     def _why_closed(self, what: str) -> str:
-        """Why the stream ended, in one line: the target exited, or what happened to the connection."""
-        from explorer.memory import process_exited, process_start_time
-
-        if process_exited(self.pid, process_start_time(self.pid)):
-            return f"process {self.pid} exited; the session is over"
-        return f"{what} in process {self.pid}; attach again"
+        return why_closed(self.pid, what)
 
     _closing = False
 
@@ -1346,6 +1363,7 @@ class Session:
         """The latest frame, once it is newer than the last one this returned (or than seq ``after``):
         frames that came meanwhile are passed over, never queued. SessionClosed when the session
         ends first, TimeoutError after ``timeout``."""
+        import asyncio
         floor = self._handed_seq if after is None else after
 
         async def newer() -> Frame:
@@ -1377,6 +1395,7 @@ class Session:
 
     async def request(self, op: str, *, timeout: float | None = 30.0, **arguments: Any) -> Any:
         """Send one request and wait for its result (RequestFailed when the agent refuses it)."""
+        import asyncio
         request_id, future = self._send(op, arguments)
         try:
             return await asyncio.wait_for(future, timeout)
@@ -1384,6 +1403,7 @@ class Session:
             self._pending.pop(request_id, None)
 
     def _send(self, op: str, arguments: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:
+        import asyncio
         if self.closed:
             raise self.error or SessionClosed(f"the session with process {self.pid} is closed")
         request_id = next(self._ids)
@@ -1490,6 +1510,7 @@ class Session:
 
     async def detach(self, timeout: float = 5.0) -> None:
         """Ask the agent to remove itself, wait until it has, and remove the session directory."""
+        import asyncio
         try:
             if not self.closed:
                 self._closing = True
@@ -1503,6 +1524,7 @@ class Session:
 
     async def close(self) -> None:
         """Drop the connection without asking (the agent notices and removes itself)."""
+        import asyncio
         self._closing = True
         self._writer.close()
         with contextlib.suppress(ConnectionError, OSError):

@@ -71,15 +71,19 @@ def _frame_choice(text: str) -> int | str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
     refusal = refuse_bad_arguments(args)
     if refusal is None:
         refusal = _read_code(args)
     if refusal is not None:
         print(f"periscope: {refusal}", file=sys.stderr)
         return 2
-    return asyncio.run(_eval(args))
+    from explorer.oneshot import on_remote_host
+
+    if on_remote_host():
+        import asyncio
+
+        return _report(args, asyncio.run(_eval(args)))
+    return _report(args, _eval_here(args))
 
 
 def _read_code(args: argparse.Namespace) -> str | None:
@@ -97,7 +101,27 @@ def _read_code(args: argparse.Namespace) -> str | None:
     return None
 
 
-async def _eval(args: argparse.Namespace) -> int:
+def _eval_here(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The eval on this machine, with the synchronous client (explorer.oneshot); its EvalResult."""
+    from explorer.oneshot import attach
+
+    session = attach(args.pid, thread=thread_choice(args), timeout=args.timeout, rate=0.0, blocked_fix=VIA_FIX)
+    try:
+        return session.eval(
+            args.code,
+            module=args.module,
+            thread=_target_thread_id(args.pid, args.thread),
+            frame=args.frame if isinstance(args.frame, int) else 0,
+            frame_name=args.frame if isinstance(args.frame, str) else None,
+            repr_chars=max(1, min(args.max_repr, 1 << 20)),
+            on_output=_print_output,
+        )
+    finally:
+        session.detach()
+
+
+async def _eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The eval through --host or --exec (the async session that explorer.hosts relays); its EvalResult."""
     import asyncio
     import signal
 
@@ -134,6 +158,11 @@ async def _eval(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(signal.SIGINT)
     finally:
         await session.detach()
+    return result
+
+
+def _report(args: argparse.Namespace, result) -> int:  # type: ignore[no-untyped-def]
+    """Print an eval's result (or its traceback) and return the exit status."""
     if result.frame is not None:
         where = result.frame
         print(
@@ -164,9 +193,9 @@ def _target_thread_id(pid: int, native_id: int | None) -> int | None:
     """A native thread id as the target sees it (periscope may run in another pid namespace)."""
     if native_id is None:
         return None
-    from explorer import hosts
+    from explorer.oneshot import on_remote_host
 
-    if hosts.current() is not None:
+    if on_remote_host():
         return native_id  # the thread is on the far side, as it sees it
     try:
         from explorer.remote import RemoteProcess

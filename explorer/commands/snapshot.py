@@ -83,67 +83,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
     refusal = refuse_bad_arguments(args)
     if refusal is not None:
         print(f"periscope: {refusal}", file=sys.stderr)
         return 2
-    return asyncio.run(_snapshot(args))
+    return _snapshot(args)
 
 
-async def _snapshot(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from explorer.errors import InjectionTimeout, PeriscopeError
+def _snapshot(args: argparse.Namespace) -> int:
+    """Attach with the synchronous client (explorer.oneshot), take one frame, detach, print it."""
+    from explorer.errors import InjectionTimeout
     from explorer.model import frame_json
-    from explorer.session import AttachProgress, AttachState, attach
+    from explorer.oneshot import NotTaken, attach
 
     modules = tuple(args.modules or ("__main__",))
-    loop = asyncio.get_running_loop()
-    taken = asyncio.Event()
-    injected_at: list[float] = []
-
-    def progress(step: AttachProgress) -> None:
-        if step.state is AttachState.INJECTED and not injected_at:
-            injected_at.append(loop.time())
-        if step.state in (AttachState.STARTING, AttachState.CONNECTED):
-            taken.set()
-
-    attaching = asyncio.ensure_future(
-        attach(
+    try:
+        session = attach(
             args.pid,
             thread=thread_choice(args),
             timeout=args.timeout,
             rate=0.0,
             modules=modules,
             blocked_fix=VIA_FIX,
-            progress=progress,
+            taken_within=OUTSIDE_AFTER,  # every thread blocked in C: read from outside instead
         )
-    )
-    # OUTSIDE_AFTER counts from the moment the request is in a thread, not from the start: staging
-    # and compiling the agent take their own time on a loaded machine.
-    while not attaching.done() and not taken.is_set():
-        await asyncio.wait({attaching}, timeout=0.02)
-        if injected_at and not taken.is_set() and loop.time() - injected_at[0] >= min(OUTSIDE_AFTER, args.timeout):
-            # Every thread is blocked in C: withdraw the request (cancelling does) and read from outside.
-            attaching.cancel()
-            (outcome,) = await asyncio.gather(attaching, return_exceptions=True)
-            if isinstance(outcome, (asyncio.CancelledError, PeriscopeError)):
-                return await asyncio.to_thread(_print_outside, args, modules, f"no thread ran Python within {OUTSIDE_AFTER:g} s")
-            if isinstance(outcome, BaseException):
-                raise outcome
-            break
-    try:
-        session = await attaching
+    except NotTaken:
+        return _print_outside(args, modules, f"no thread ran Python within {OUTSIDE_AFTER:g} s")
     except InjectionTimeout as error:
         if not error.no_thread_ran:
             raise
-        return await asyncio.to_thread(_print_outside, args, modules, "no thread ran Python within the timeout")
+        return _print_outside(args, modules, "no thread ran Python within the timeout")
     try:
-        frame = await session.sample()
+        frame = session.sample()
     finally:
-        await session.detach()
+        session.detach()
     if args.json:
         document = frame_json(args.pid, session.hello, frame)
         print(json.dumps(mark_source(document, "agent"), indent=2))

@@ -403,8 +403,8 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-def _compilers(pid: int, version_hex: int | None = None) -> list[Compiler]:
-    """Interpreters that may compile the agent for ``pid``, best first.
+def _compilers(pid: int, version_hex: int | None = None, *, own: bool = True) -> list[Compiler]:
+    """Interpreters that may compile the agent for ``pid``, best first (without ``own``: only the target's executable).
 
     First the target's own executable, when periscope sees that very file in its own mount
     namespace (``exact``: it must report the target's exact version). It runs as the target's
@@ -440,9 +440,11 @@ def _compilers(pid: int, version_hex: int | None = None) -> list[Compiler]:
                 found.append(Compiler(link, _identity(exe), run_as, True, runner))
             elif same_view(pid):  # e.g. replaced on disk since it started
                 found.append(Compiler(f"/proc/{pid}/exe", _identity(exe), run_as, True, runner))
-    own = _own_compiler(exe, version_hex)
-    if own is not None:
-        found.append(own)
+    if not own:
+        return found
+    own_compiler = _own_compiler(exe, version_hex)
+    if own_compiler is not None:
+        found.append(own_compiler)
     return found
 
 
@@ -540,17 +542,16 @@ def agent_code(pid: int, version_hex: int, source: str | None = None, *, compile
         from payloads.agent import agent_source
 
         source = agent_source()
+    # The target's own executable first: when its code is cached, periscope's own interpreter
+    # (explorer.pythons, a PATH search) need not even be looked for.
+    first = _compilers(pid, version_hex, own=False)
+    code = _cached_code(first, version_hex, source)
+    if code is not None:
+        return code
     compilers = _compilers(pid, version_hex)
-    for compiler in compilers:
-        path = agent_code_path(compiler, version_hex, source)
-        signature = _file_signature(path)
-        remembered = _code_memo.get(path)
-        if remembered is not None and remembered[0] == signature:
-            return remembered[1]
-        code = _read_code(path, version_hex) if signature is not None else None
-        if code is not None:
-            _code_memo[path] = (signature, code)
-            return code
+    code = _cached_code(compilers[len(first) :], version_hex, source)
+    if code is not None:
+        return code
     if not compile_now:
         return None
     for compiler in compilers:
@@ -567,6 +568,21 @@ def agent_code(pid: int, version_hex: int, source: str | None = None, *, compile
         _write_code(path, code)
         _code_memo[path] = (_file_signature(path), code)
         return code
+    return None
+
+
+def _cached_code(compilers: list[Compiler], version_hex: int, source: str) -> AgentCode | None:
+    """The agent code one of ``compilers`` made for ``source``, from memory or the cache."""
+    for compiler in compilers:
+        path = agent_code_path(compiler, version_hex, source)
+        signature = _file_signature(path)
+        remembered = _code_memo.get(path)
+        if remembered is not None and remembered[0] == signature:
+            return remembered[1]
+        code = _read_code(path, version_hex) if signature is not None else None
+        if code is not None:
+            _code_memo[path] = (signature, code)
+            return code
     return None
 
 

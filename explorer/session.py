@@ -1290,6 +1290,8 @@ class Session:
     # -- the stream -------------------------------------------------------------------------
 
     def _start(self) -> None:
+        import asyncio
+
         self._task = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:

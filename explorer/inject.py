@@ -30,7 +30,6 @@ import errno
 import math
 import os
 import secrets
-import shutil
 import stat
 import threading
 import time
@@ -204,6 +203,7 @@ class ScriptDir:
             # Built by hand (not by prepare_script_dir): go by path, but never through a symlink.
             try:
                 if not os.path.islink(self.host_path) and os.path.isdir(self.host_path):
+                    import shutil  # here, not at the top: it imports zlib, bz2 and lzma (start-up time)
                     shutil.rmtree(self.host_path)
             except FileNotFoundError:
                 pass
@@ -239,6 +239,7 @@ class ScriptDir:
         for entry in os.listdir(self._dir_fd):
             try:
                 if stat.S_ISDIR(os.stat(entry, dir_fd=self._dir_fd, follow_symlinks=False).st_mode):
+                    import shutil  # here, not at the top: it imports zlib, bz2 and lzma (start-up time)
                     shutil.rmtree(entry, dir_fd=self._dir_fd)
                 else:
                     os.unlink(entry, dir_fd=self._dir_fd)

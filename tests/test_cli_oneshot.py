@@ -1,15 +1,23 @@
 """The one-shot commands (``snapshot``, ``eval``, ``watch``) on this machine use the synchronous
-client (explorer.oneshot): no asyncio on their path, and Ctrl+C still leaves the target clean."""
+client (explorer.oneshot): no asyncio on their path, their plain forms parsed without argparse,
+and Ctrl+C still leaves the target clean."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import signal
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from explorer import cli
+from explorer.commands import eval as eval_command
+from explorer.commands import snapshot as snapshot_command
 from tests.agent_helpers import SETTLED, kill, periscope_process, start_watched
 
 TARGET = '''
@@ -53,6 +61,8 @@ def test_one_shot_commands_do_not_import_asyncio(spawn, command):
     assert done.returncode == 0, done.stderr
     assert "asyncio" not in modules and not any(name.startswith("asyncio.") for name in modules)
     assert "explorer.hosts" not in modules and "explorer.oneshot" in modules
+    if command[0] != "watch":  # plain forms: parsed without argparse
+        assert "argparse" not in modules
     if command[0] == "eval":
         assert done.stdout == "'idle'\n"
     elif command[0] == "watch":
@@ -86,3 +96,34 @@ def test_ctrl_c_during_an_eval_leaves_the_target_clean(spawn, tmp_path, presses)
     assert all("libffi" in path for path in watched.descriptors() - descriptors)
     assert list(watched.tmpdir.iterdir()) == []  # the session directory is gone
     watched.wait_for_counter_beyond(max(back["counter"], attached["counter"]))  # the target counts on
+
+
+# -- the quick parsers agree with argparse -----------------------------------------------------
+
+WORDS = ["--json", "--js", "-h", "--help", "--", "-", "-5", "12", "007", "0", "1_0", "+4", " 3", "٣", "x", "", "1+1", "--via", "main"]
+
+
+def _argparse_result(command: str, argv: list[str]) -> dict[str, object] | None:
+    """What the full parser makes of ``periscope COMMAND ARGV``; None when it refuses or prints help."""
+    parser = cli.build_parser(cli.command_summaries(), with_options=[command])
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            return vars(parser.parse_args([command, *argv]))
+    except SystemExit:
+        return None
+
+
+@given(st.sampled_from(["snapshot", "eval"]), st.lists(st.sampled_from(WORDS) | st.from_regex(r"[0-9]{1,25}", fullmatch=True), max_size=3))
+def test_quick_parse_agrees_with_argparse(command: str, argv: list[str]) -> None:
+    module = snapshot_command if command == "snapshot" else eval_command
+    quick = module.parse_quick(argv)
+    if quick is not None:
+        assert vars(quick) == _argparse_result(command, argv)
+
+
+def test_quick_parse_takes_the_plain_forms() -> None:
+    for command, argv in (("snapshot", ["42"]), ("snapshot", ["--json", "42"]), ("snapshot", ["42", "--json"]), ("eval", ["42", "x + 1"]), ("eval", ["42", "-"])):
+        module = snapshot_command if command == "snapshot" else eval_command
+        quick = module.parse_quick(argv)
+        assert quick is not None and vars(quick) == _argparse_result(command, argv)
+        assert quick.pid == 42

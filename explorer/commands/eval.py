@@ -7,11 +7,22 @@ Where an event loop runs in the target, asyncio code runs in its thread (see :da
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, refuse_bad_arguments, thread_choice
+from explorer.commands.snapshot import (
+    AGENT_DEFAULTS,
+    VIA_FIX,
+    QuickArgs,
+    add_agent_arguments,
+    quick_pid,
+    refuse_bad_arguments,
+    thread_choice,
+)
 from explorer.text import visible
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import argparse
 
 NAME = "eval"
 HELP = "evaluate an expression or statements inside a CPython 3.14 or 3.15 process and print the result's repr"
@@ -32,6 +43,10 @@ EPILOG = (
 )
 
 
+DEFAULT_MAX_REPR = 1 << 20
+"""Characters of the printed repr, unless --max-repr says."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument("pid", type=int, help="process id of the target")
@@ -50,15 +65,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-repr",
         type=int,
-        default=1 << 20,
+        default=DEFAULT_MAX_REPR,
         metavar="CHARS",
         help="cut the printed repr at CHARS characters (default 1048576); a cut repr says how much it dropped",
     )
     add_agent_arguments(parser, modules=False)
 
 
+def parse_quick(argv: list[str]) -> QuickArgs | None:
+    """``eval PID CODE`` (CODE not starting with ``-``, or ``-`` alone for stdin), parsed without
+    argparse; anything else returns None and argparse parses it."""
+    if len(argv) != 2 or (argv[1].startswith("-") and argv[1] != "-"):
+        return None
+    pid = quick_pid(argv[0])
+    if pid is None:
+        return None
+    return QuickArgs(
+        command=NAME, pid=pid, code=argv[1], module=None, thread=None, frame=0, max_repr=DEFAULT_MAX_REPR, **AGENT_DEFAULTS, run=run
+    )
+
+
 def _frame_choice(text: str) -> int | str:
     """``--frame``: an index (0 = innermost) or a function's name or qualified name."""
+    import argparse
+
     try:
         index = int(text)
     except ValueError:

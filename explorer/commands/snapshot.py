@@ -10,9 +10,13 @@ values came from (``source`` in JSON: ``agent`` or ``outside``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
 
 NAME = "snapshot"
 HELP = "attach to a CPython 3.14 or 3.15 process, print one full frame (threads, stacks, locals, module variables), detach"
@@ -80,6 +84,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pid", type=int, help="process id of the target")
     parser.add_argument("--json", action="store_true", help="print the frame as one JSON document")
     add_agent_arguments(parser)
+
+
+MAX_QUICK_PID_DIGITS = 18
+
+
+class QuickArgs:
+    """The arguments a ``parse_quick`` read, as attributes named as argparse names them
+    (types.SimpleNamespace without importing types: start-up time)."""
+
+    def __init__(self, **attributes: Any) -> None:
+        self.__dict__.update(attributes)
+
+
+AGENT_DEFAULTS = {"via": "auto", "timeout": 10.0}
+"""What add_agent_arguments' options default to."""
+
+
+def quick_pid(text: str) -> int | None:
+    """A PID as argparse's ``type=int`` reads it, in its plain form only (ASCII digits)."""
+    if text.isascii() and text.isdigit() and len(text) <= MAX_QUICK_PID_DIGITS:
+        return int(text)
+    return None
+
+
+def parse_quick(argv: list[str]) -> QuickArgs | None:
+    """``snapshot PID`` with ``--json`` before or after it, parsed without argparse (its import and
+    set-up take a tenth of the command); anything else returns None and argparse parses it."""
+    flags = [arg for arg in argv if arg == "--json"]
+    rest = [arg for arg in argv if arg != "--json"]
+    if len(rest) != 1 or len(flags) > 1:
+        return None
+    pid = quick_pid(rest[0])
+    if pid is None:
+        return None
+    return QuickArgs(command=NAME, pid=pid, json=bool(flags), modules=None, **AGENT_DEFAULTS, run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, refuse_bad_arguments, thread_choice
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import argparse
 
 NAME = "watch"
 HELP = "attach to a CPython 3.14 or 3.15 process and print one JSON line per frame until Ctrl+C (or --count)"

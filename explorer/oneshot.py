@@ -70,19 +70,34 @@ def _in_worker(work: _AttachWork, function: Callable[..., Any], *args: Any, disc
     wait ends, a request it wrote is withdrawn, and ``work``'s clean-up runs once it has returned.
     """
     outcome: list[Any] = []
+    done = threading.Event()
 
     def call() -> None:
         try:
             outcome.append((True, work._call(function, args, discard)))
         except BaseException as error:  # handed to the main thread below
             outcome.append((False, error))
+        finally:
+            done.set()
 
+    # Waited for on an Event, not with Thread.join: a join that Ctrl+C interrupts can mark a
+    # thread that still runs as finished (CPython 3.11), and the withdrawal would be missed.
     worker = threading.Thread(target=call, name="periscope-attach")
     worker.start()
-    while worker.is_alive():
-        worker.join(POLL)
-        if give_up is not None and worker.is_alive() and give_up():
-            work.cancel.set()
+    try:
+        while not done.wait(POLL):
+            if give_up is not None and give_up():
+                work.cancel.set()
+    except BaseException:
+        # Ctrl+C (or SIGTERM, SIGHUP): end the worker's wait and see it withdraw what it wrote
+        # before going on; never leave that to the interpreter's exit.
+        work.cancel.set()
+        while not done.is_set():
+            try:
+                done.wait(POLL)
+            except KeyboardInterrupt:
+                continue  # pressed again: the withdrawal is bounded, wait for it all the same
+        raise
     ok, value = outcome[0]
     if not ok:
         raise value
@@ -116,14 +131,20 @@ def attach(
     try:
         version_hex = work.process.offsets.version_hex
         compiled: list[Any] = []
-        compiler = threading.Thread(
-            target=lambda: compiled.append(agent_code(pid, version_hex)), name="periscope-agent-code"
-        )
-        compiler.start()  # a compile that takes longer goes on (for next time); periscope's exit waits for it
+        ready = threading.Event()
+
+        def compile_agent() -> None:
+            try:
+                compiled.append(agent_code(pid, version_hex))
+            finally:
+                ready.set()
+
+        # A compile that takes longer goes on (for next time); periscope's exit waits for it.
+        threading.Thread(target=compile_agent, name="periscope-agent-code").start()
         script_dir = prepare_script_dir(pid, **SCRIPT_DIR_FIT)
         cleanup.append(script_dir.cleanup)
         candidates = _candidates(work.process, thread)
-        compiler.join(min(AGENT_CODE_WAIT, max(0.0, deadline - time.monotonic()) / 2))
+        ready.wait(min(AGENT_CODE_WAIT, max(0.0, deadline - time.monotonic()) / 2))  # not a join: see _in_worker
         code = compiled[0] if compiled else None
         not_after = time.time() + max(0.0, deadline - time.monotonic()) + STAGED_GRACE
         staged = _stage(pid, rate, tuple(modules), limits, code, script_dir, not_after)

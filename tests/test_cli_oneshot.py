@@ -19,6 +19,7 @@ from explorer import cli
 from explorer.commands import eval as eval_command
 from explorer.commands import snapshot as snapshot_command
 from tests.agent_helpers import SETTLED, kill, periscope_process, start_watched
+from tests.test_security_signals import _check_target_untouched, _wait_until_pending, blocked  # noqa: F401  (the fixture)
 
 TARGET = '''
 import sys, time
@@ -127,3 +128,24 @@ def test_quick_parse_takes_the_plain_forms() -> None:
         quick = module.parse_quick(argv)
         assert quick is not None and vars(quick) == _argparse_result(command, argv)
         assert quick.pid == 42
+
+
+@pytest.mark.parametrize("command", ["eval", "watch"])
+def test_ctrl_c_while_the_request_waits_withdraws_it(blocked, command):
+    """Ctrl+C while the target's only thread is blocked in C, before it took the agent's request."""
+    argv = [command, str(blocked.pid), *(["1 + 1"] if command == "eval" else ["--count", "1"]), "--timeout", "120"]
+    periscope = subprocess.Popen([sys.executable, "-m", "explorer", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_until_pending(blocked.pid, periscope)
+        periscope.send_signal(signal.SIGINT)
+        periscope.wait(timeout=30)
+    finally:
+        if periscope.poll() is None:
+            periscope.kill()
+            periscope.wait()
+        stderr = periscope.stderr.read().decode(errors="replace")
+        periscope.stdout.close()
+        periscope.stderr.close()
+    assert periscope.returncode == (130 if command == "eval" else 0), (periscope.returncode, stderr)  # watch ends on Ctrl+C
+    assert "Traceback" not in stderr, stderr
+    _check_target_untouched(blocked)

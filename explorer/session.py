@@ -24,7 +24,6 @@ import enum
 import functools
 import itertools
 import os
-import secrets
 import socket
 import stat
 import struct
@@ -297,7 +296,7 @@ def _write_code(path: Path, code: AgentCode) -> bool:
         code.hexversion,
         hashlib.sha256(code.data).hexdigest().encode(),
     )
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not _owned_by_us(os.stat(path.parent, follow_symlinks=False)):
@@ -633,7 +632,7 @@ def _stage(
     if script_dir is None:
         script_dir = prepare_script_dir(pid, **SCRIPT_DIR_FIT)
     try:
-        token = secrets.token_hex(32)
+        token = os.urandom(32).hex()  # secrets.token_hex(32) without importing secrets (random, base64: start-up time)
         target_dir = script_dir.target_path
         config = {
             "directory": target_dir,

@@ -10,7 +10,6 @@ values came from (``source`` in JSON: ``agent`` or ``outside``).
 
 from __future__ import annotations
 
-import json
 import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
@@ -158,6 +157,8 @@ def _snapshot(args: argparse.Namespace) -> int:
         session.detach()
     if args.json:
         document = frame_json(args.pid, session.hello, frame)
+        import json
+
         print(json.dumps(mark_source(document, "agent"), indent=2))
     else:
         print(render_text(args.pid, session.hello, frame, source="values from the agent, live inside the process"))
@@ -176,6 +177,8 @@ def _print_outside(args: argparse.Namespace, modules: tuple[str, ...], why: str)
     if args.json:
         document = frame_json(args.pid, hello, frame)
         document["why"] = f"{why}: the agent could not start"
+        import json
+
         print(json.dumps(mark_source(document, SOURCE), indent=2))
     else:
         line = f"values read from outside (not live): {why}, so the agent could not start"

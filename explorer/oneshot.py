@@ -215,6 +215,8 @@ def _inject(
                     raise
                 continue  # that thread exited (or finished its script): try the next one
             if result.picked_up:
+                # Taken just as give_up() withdrew it: the agent starts, so connect to it after all.
+                work.cancel.clear()
                 return result.native_id
             if work.cancel.is_set():
                 return _NOT_TAKEN

@@ -2,8 +2,8 @@
 
 The same attach as :func:`explorer.session.attach` (the same staging, compiled-agent cache,
 thread choice, remote exec, socket connect, peer check and token auth: the blocking functions of
-explorer.session), without an event loop: importing asyncio alone would cost these commands a
-third of their start-up. Work that may block for long (a remote-exec pickup, the wait for the
+explorer.session), without an event loop: importing asyncio alone (with ssl, concurrent.futures
+and logging) costs some 25 ms, more than the rest of an attach to an idle target. Work that may block for long (a remote-exec pickup, the wait for the
 agent's socket) runs in a worker thread through explorer.session's ``_AttachWork``, so that
 Ctrl+C (and SIGTERM or SIGHUP, see explorer.signals) in the main thread withdraws a pending
 request, and the session directory goes once that worker has returned.
@@ -21,7 +21,7 @@ import time
 
 from explorer import session as _session
 from explorer import wire
-from explorer.errors import InjectionTimeout, PeriscopeError, ProtocolError
+from explorer.errors import PeriscopeError, ProtocolError
 from explorer.model import AgentError, Bye, Frame, Hello, OutOfStep, Output, Response
 from explorer.session import (
     AGENT_CODE_WAIT,
@@ -38,6 +38,7 @@ from explorer.session import (
     _exec_on,
     _stage,
     agent_code,
+    no_thread_ran,
     why_closed,
 )
 
@@ -62,8 +63,13 @@ class NotTaken(PeriscopeError):
     """No thread took the agent's request within ``attach(taken_within=...)``; it was withdrawn."""
 
 
-def _in_worker(work: _AttachWork, function: Callable[..., Any], *args: Any, discard: Callable[[Any], None] | None = None,
-               give_up: Callable[[], bool] | None = None) -> Any:
+def _in_worker(
+    work: _AttachWork,
+    function: Callable[..., Any],
+    *args: Any,
+    discard: Callable[[Any], None] | None = None,
+    give_up: Callable[[], bool] | None = None,
+) -> Any:
     """``function(*args)`` in a worker thread (through ``work``), waited for here.
 
     A KeyboardInterrupt here (Ctrl+C) or ``give_up()`` turning true stops ``work``: the worker's
@@ -150,12 +156,9 @@ def attach(
         staged = _stage(pid, rate, tuple(modules), limits, code, script_dir, not_after)
         spread = thread in ("any", "auto")
         injected_at = time.monotonic()
-        not_taken = False
 
         def give_up() -> bool:
-            nonlocal not_taken
-            not_taken = taken_within is not None and time.monotonic() - injected_at >= min(taken_within, timeout)
-            return not_taken
+            return taken_within is not None and time.monotonic() - injected_at >= min(taken_within, timeout)
 
         picked = _inject(work, staged, candidates, deadline, spread, blocked_fix, give_up)
         if picked is _NOT_TAKEN:
@@ -198,13 +201,7 @@ def _inject(
         for index, native_id in enumerate(candidates):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise InjectionTimeout(
-                    f"no thread of process {staged.pid} ran Python within the timeout "
-                    f"(tried {', '.join('main' if c is None else str(c) for c in candidates)}): its threads are "
-                    "blocked (input(), a sleep, a lock, a long C call)",
-                    blocked_fix,
-                    no_thread_ran=True,
-                )
+                raise no_thread_ran(staged.pid, candidates, blocked_fix)
             wait = min(remaining, slice_) if spread and len(candidates) > 1 else remaining
             fresh = spread and index == 0 and first_round
             arguments = (work.process, staged.pid, staged.script_target_path, native_id, wait, fresh, work.cancel)
@@ -215,8 +212,7 @@ def _inject(
                     raise
                 continue  # that thread exited (or finished its script): try the next one
             if result.picked_up:
-                # Taken just as give_up() withdrew it: the agent starts, so connect to it after all.
-                work.cancel.clear()
+                work.cancel.clear()  # if give_up() fired as the thread took it: the agent starts, connect after all
                 return result.native_id
             if work.cancel.is_set():
                 return _NOT_TAKEN

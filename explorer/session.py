@@ -1089,6 +1089,17 @@ async def _finish_or_dispose(job: Any, dispose: Callable[[Any], None]) -> Any:
         raise
 
 
+def no_thread_ran(pid: int, candidates: list[int | None], blocked_fix: str) -> InjectionTimeout:
+    """The error of an attach whose request no candidate thread took before the deadline."""
+    return InjectionTimeout(
+        f"no thread of process {pid} ran Python within the timeout "
+        f"(tried {', '.join('main' if c is None else str(c) for c in candidates)}): its threads are "
+        "blocked (input(), a sleep, a lock, a long C call)",
+        blocked_fix,
+        no_thread_ran=True,
+    )
+
+
 async def _inject(
     staged: _Staged,
     candidates: list[int | None],
@@ -1119,13 +1130,7 @@ async def _inject(
         for index, native_id in enumerate(candidates):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise InjectionTimeout(
-                    f"no thread of process {staged.pid} ran Python within the timeout "
-                    f"(tried {', '.join('main' if c is None else str(c) for c in candidates)}): its threads are "
-                    "blocked (input(), a sleep, a lock, a long C call)",
-                    blocked_fix,
-                    no_thread_ran=True,
-                )
+                raise no_thread_ran(staged.pid, candidates, blocked_fix)
             wait = min(remaining, slice_) if spread and len(candidates) > 1 else remaining
             fresh = holder_first and index == 0 and first_round
             arguments = (process, staged.pid, staged.script_target_path, native_id, wait, fresh)

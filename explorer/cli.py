@@ -132,7 +132,20 @@ def print_where_blocked(pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``periscope`` and ``python -m explorer``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv is not None:
+        return _main(list(argv))
+    try:
+        return _main(sys.argv[1:])
+    finally:
+        # The process ends right after this, with everything closed and removed: without this,
+        # its exit would walk every object once more looking for garbage cycles (a tenth of a
+        # one-shot command). Not when a caller passes argv (tests call main() in their process).
+        import gc
+
+        gc.freeze()
+
+
+def _main(argv: list[str]) -> int:
     args = None
     commands = command_summaries()
     from explorer import signals

@@ -29,8 +29,6 @@ from __future__ import annotations
 import errno
 import math
 import os
-import secrets
-import shutil
 import stat
 import threading
 import time
@@ -204,6 +202,7 @@ class ScriptDir:
             # Built by hand (not by prepare_script_dir): go by path, but never through a symlink.
             try:
                 if not os.path.islink(self.host_path) and os.path.isdir(self.host_path):
+                    import shutil  # here, not at the top: it imports zlib, bz2 and lzma (start-up time)
                     shutil.rmtree(self.host_path)
             except FileNotFoundError:
                 pass
@@ -239,6 +238,7 @@ class ScriptDir:
         for entry in os.listdir(self._dir_fd):
             try:
                 if stat.S_ISDIR(os.stat(entry, dir_fd=self._dir_fd, follow_symlinks=False).st_mode):
+                    import shutil  # here, not at the top: it imports zlib, bz2 and lzma (start-up time)
                     shutil.rmtree(entry, dir_fd=self._dir_fd)
                 else:
                     os.unlink(entry, dir_fd=self._dir_fd)
@@ -453,7 +453,7 @@ def prepare_script_dir(pid: int, *, limit: int = 511, room: int = 64) -> ScriptD
 def _make_private_dir(parent_fd: int, pid: int, uid: int, gid: int) -> tuple[str, int] | None:
     """mkdir a randomly named 0700 directory in ``parent_fd``; (name, fd) or None if not writable."""
     for _ in range(100):
-        name = DIR_PREFIX + secrets.token_hex(6)
+        name = DIR_PREFIX + os.urandom(6).hex()  # secrets.token_hex without its imports (start-up time)
         try:
             os.mkdir(name, 0o700, dir_fd=parent_fd)
         except FileExistsError:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +144,7 @@ def remove_stale(parent_fd: int) -> list[str]:
             continue
         if (current.st_dev, current.st_ino) == record.inode and stat.S_ISDIR(current.st_mode):
             try:
+                import shutil  # here, not at the top: it imports zlib, bz2 and lzma (start-up time)
                 shutil.rmtree(record.name, dir_fd=parent_fd)
             except OSError:
                 continue

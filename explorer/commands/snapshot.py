@@ -10,9 +10,12 @@ values came from (``source`` in JSON: ``agent`` or ``outside``).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
 
 NAME = "snapshot"
 HELP = "attach to a CPython 3.14 or 3.15 process, print one full frame (threads, stacks, locals, module variables), detach"
@@ -82,70 +85,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_agent_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    import asyncio
+MAX_QUICK_PID_DIGITS = 18
 
+
+class QuickArgs:
+    """The arguments a ``parse_quick`` read, as attributes named as argparse names them
+    (types.SimpleNamespace without importing types: start-up time)."""
+
+    def __init__(self, **attributes: Any) -> None:
+        self.__dict__.update(attributes)
+
+
+AGENT_DEFAULTS = {"via": "auto", "timeout": 10.0}
+"""What add_agent_arguments' options default to."""
+
+
+def quick_pid(text: str) -> int | None:
+    """A PID as argparse's ``type=int`` reads it, in its plain form only (ASCII digits)."""
+    if text.isascii() and text.isdigit() and len(text) <= MAX_QUICK_PID_DIGITS:
+        return int(text)
+    return None
+
+
+def parse_quick(argv: list[str]) -> QuickArgs | None:
+    """``snapshot PID`` with ``--json`` before or after it, parsed without argparse (its import and
+    set-up take a tenth of the command); anything else returns None and argparse parses it."""
+    flags = [arg for arg in argv if arg == "--json"]
+    rest = [arg for arg in argv if arg != "--json"]
+    if len(rest) != 1 or len(flags) > 1:
+        return None
+    pid = quick_pid(rest[0])
+    if pid is None:
+        return None
+    return QuickArgs(command=NAME, pid=pid, json=bool(flags), modules=None, **AGENT_DEFAULTS, run=run)
+
+
+def run(args: argparse.Namespace) -> int:
     refusal = refuse_bad_arguments(args)
     if refusal is not None:
         print(f"periscope: {refusal}", file=sys.stderr)
         return 2
-    return asyncio.run(_snapshot(args))
+    return _snapshot(args)
 
 
-async def _snapshot(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from explorer.errors import InjectionTimeout, PeriscopeError
+def _snapshot(args: argparse.Namespace) -> int:
+    """Attach with the synchronous client (explorer.oneshot), take one frame, detach, print it."""
+    from explorer.errors import InjectionTimeout
     from explorer.model import frame_json
-    from explorer.session import AttachProgress, AttachState, attach
+    from explorer.oneshot import NotTaken, attach
 
     modules = tuple(args.modules or ("__main__",))
-    loop = asyncio.get_running_loop()
-    taken = asyncio.Event()
-    injected_at: list[float] = []
-
-    def progress(step: AttachProgress) -> None:
-        if step.state is AttachState.INJECTED and not injected_at:
-            injected_at.append(loop.time())
-        if step.state in (AttachState.STARTING, AttachState.CONNECTED):
-            taken.set()
-
-    attaching = asyncio.ensure_future(
-        attach(
+    try:
+        session = attach(
             args.pid,
             thread=thread_choice(args),
             timeout=args.timeout,
             rate=0.0,
             modules=modules,
             blocked_fix=VIA_FIX,
-            progress=progress,
+            taken_within=OUTSIDE_AFTER,  # every thread blocked in C: read from outside instead
         )
-    )
-    # OUTSIDE_AFTER counts from the moment the request is in a thread, not from the start: staging
-    # and compiling the agent take their own time on a loaded machine.
-    while not attaching.done() and not taken.is_set():
-        await asyncio.wait({attaching}, timeout=0.02)
-        if injected_at and not taken.is_set() and loop.time() - injected_at[0] >= min(OUTSIDE_AFTER, args.timeout):
-            # Every thread is blocked in C: withdraw the request (cancelling does) and read from outside.
-            attaching.cancel()
-            (outcome,) = await asyncio.gather(attaching, return_exceptions=True)
-            if isinstance(outcome, (asyncio.CancelledError, PeriscopeError)):
-                return await asyncio.to_thread(_print_outside, args, modules, f"no thread ran Python within {OUTSIDE_AFTER:g} s")
-            if isinstance(outcome, BaseException):
-                raise outcome
-            break
-    try:
-        session = await attaching
+    except NotTaken:
+        return _print_outside(args, modules, f"no thread ran Python within {OUTSIDE_AFTER:g} s")
     except InjectionTimeout as error:
         if not error.no_thread_ran:
             raise
-        return await asyncio.to_thread(_print_outside, args, modules, "no thread ran Python within the timeout")
+        return _print_outside(args, modules, "no thread ran Python within the timeout")
     try:
-        frame = await session.sample()
+        frame = session.sample()
     finally:
-        await session.detach()
+        session.detach()
     if args.json:
         document = frame_json(args.pid, session.hello, frame)
+        import json
+
         print(json.dumps(mark_source(document, "agent"), indent=2))
     else:
         print(render_text(args.pid, session.hello, frame, source="values from the agent, live inside the process"))
@@ -164,6 +177,8 @@ def _print_outside(args: argparse.Namespace, modules: tuple[str, ...], why: str)
     if args.json:
         document = frame_json(args.pid, hello, frame)
         document["why"] = f"{why}: the agent could not start"
+        import json
+
         print(json.dumps(mark_source(document, SOURCE), indent=2))
     else:
         line = f"values read from outside (not live): {why}, so the agent could not start"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, refuse_bad_arguments, thread_choice
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import argparse
 
 NAME = "watch"
 HELP = "attach to a CPython 3.14 or 3.15 process and print one JSON line per frame until Ctrl+C (or --count)"
@@ -20,8 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
     if not args.interval >= 0.01:  # also refuses nan
         print("periscope: --interval must be at least 0.01 seconds", file=sys.stderr)
         return 2
@@ -29,8 +30,14 @@ def run(args: argparse.Namespace) -> int:
     if refusal is not None:
         print(f"periscope: {refusal}", file=sys.stderr)
         return 2
+    from explorer.oneshot import on_remote_host
+
     try:
-        return asyncio.run(_watch(args))
+        if on_remote_host():
+            import asyncio
+
+            return asyncio.run(_watch(args))
+        return _watch_here(args)
     except KeyboardInterrupt:
         from explorer import signals
 
@@ -38,7 +45,36 @@ def run(args: argparse.Namespace) -> int:
         return signals.exit_status(0)
 
 
+def _watch_here(args: argparse.Namespace) -> int:
+    """The watch on this machine, with the synchronous client (explorer.oneshot)."""
+    from explorer.model import frame_json
+    from explorer.oneshot import attach
+
+    session = attach(
+        args.pid,
+        thread=thread_choice(args),
+        timeout=args.timeout,
+        rate=1.0 / args.interval,
+        modules=tuple(args.modules or ("__main__",)),
+        blocked_fix=VIA_FIX,
+    )
+    count = 0
+    try:
+        for frame in session.frames():
+            sys.stdout.write(json.dumps(frame_json(args.pid, session.hello, frame)) + "\n")
+            sys.stdout.flush()
+            count += 1
+            if args.count is not None and count >= args.count:
+                break
+    finally:
+        session.detach()
+    if session.error is not None and (args.count is None or count < args.count):
+        raise session.error
+    return 0
+
+
 async def _watch(args: argparse.Namespace) -> int:
+    """The watch through --host or --exec (the async session that explorer.hosts relays)."""
     from explorer.model import frame_json
     from explorer.hosts import attach
 

@@ -96,7 +96,7 @@ class QuickArgs:
         self.__dict__.update(attributes)
 
 
-AGENT_DEFAULTS = {"via": "auto", "timeout": 10.0}
+AGENT_DEFAULTS = {"via": "any", "timeout": 10.0}
 """What add_agent_arguments' options default to."""
 
 

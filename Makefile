@@ -49,7 +49,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache >/dev/null || $(BIN)/lint-imports --no-cache
 
 test: setup lint
-	$(BIN)/python -m pytest -n 2 -m "not soak" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -m "not soak" --durations=15 $(PYTEST_ARGS)
 
 soak: setup
 	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)

@@ -152,6 +152,23 @@ class StackView(KeyedTable[StackEntry]):
     def _index_of(self, key: str) -> int:
         return len(self._frames) - 1 - int(key)
 
+    def action_cursor_down(self) -> None:
+        """Move to the next (outer) frame: it is the selection at once, so that a stack update
+        arriving before the highlight event is handled keeps it."""
+        super().action_cursor_down()
+        self._take_cursor()
+
+    def action_cursor_up(self) -> None:
+        """Move to the previous (inner) frame, selected at once (see ``action_cursor_down``)."""
+        super().action_cursor_up()
+        self._take_cursor()
+
+    def _take_cursor(self) -> None:
+        index = self.cursor_row
+        if index != self.selected_index and 0 <= index < len(self._frames):
+            self.selected_index = index
+            self.post_message(self.FrameSelected(self, index))
+
     def _row_highlighted(self, key: str) -> None:
         index = self._index_of(key)
         if index != self.selected_index and 0 <= index < len(self._frames):

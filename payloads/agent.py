@@ -2137,7 +2137,12 @@ class Agent:
         """The target's own switch interval back when the last eval is done, unless it changed it meanwhile."""
         if self.evals:
             self._shorten_switch_interval()
-        elif self.eval_switch is not None:
+        else:
+            self._give_back_eval_switch()
+
+    def _give_back_eval_switch(self):
+        """The switch interval the target had before evals shortened it, unless it changed it since."""
+        if self.eval_switch is not None:
             before, ours = self.eval_switch
             self.eval_switch = None
             if abs(sys.getswitchinterval() - ours) < 1e-9:
@@ -3349,11 +3354,7 @@ class Agent:
                     pass
         self.conn = self.listener = None
         self._close_wake()
-        if self.eval_switch is not None:
-            before, ours = self.eval_switch
-            self.eval_switch = None
-            if abs(sys.getswitchinterval() - ours) < 1e-9:
-                sys.setswitchinterval(before)
+        self._give_back_eval_switch()
         self._end_monitoring()
         self._restore_switch_interval()
         self._restore_routers()
@@ -3404,6 +3405,9 @@ class Agent:
         if not self.stops:
             self._end_monitoring()  # else the last stopped worker does it as it exits
         self.fork_cell[0] = None
+        # A detach while an eval ran (or before the loop gave it back): the target's interval again.
+        self._give_back_eval_switch()
+        self._restore_switch_interval()
         self._restore_routers()
         self._close_listener()
         if self.config.get("script_path"):

@@ -209,7 +209,8 @@ def test_format_size(size: int, text: str) -> None:
 
 PARENT = """
 import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", "import time\\nprint('child', flush=True)\\nwhile True: sum(range(1000))"], stdout=sys.stdout)
+# The child runs Python until its parent is gone (it never outlives the test, whatever happens).
+child = subprocess.Popen([sys.executable, "-c", "import os\\nparent = os.getppid()\\nprint('child', flush=True)\\nwhile os.getppid() == parent: sum(range(1000))"], stdout=sys.stdout)
 time.sleep(0.5)
 print("ready", child.pid, flush=True)
 time.sleep(120)
@@ -220,9 +221,9 @@ def test_tree_puts_a_child_under_its_parent_and_marks_only_the_blocked_one(spawn
     """A parent sleeping in C and its child running Python in a loop: the child's row comes right
     after the parent's, indented under it with --tree; only the parent is "blocked in C"."""
     parent = spawn(PARENT)
-    line = parent.wait_for_line("ready")
-    child_pid = int(line.split()[1])
     try:
+        line = parent.wait_for_line("ready")
+        child_pid = int(line.split()[1])
         result = periscope("--tree")
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
@@ -238,7 +239,26 @@ def test_tree_puts_a_child_under_its_parent_and_marks_only_the_blocked_one(spawn
         index = next(i for i, line in enumerate(plain) if line.split() and line.split()[0] == str(parent.pid))
         assert plain[index + 1].split()[0] == str(child_pid) and "└─" not in plain[index + 1]
     finally:
+        # The child is the parent's, not the spawn fixture's: stop it here, also when the test
+        # failed before the parent said its pid.
+        for child in _children_of(parent.pid):
+            try:
+                os.kill(child, 9)
+            except ProcessLookupError:
+                pass
+
+
+def _children_of(pid: int) -> list[int]:
+    """The processes ``pid`` started (from /proc: every task's children)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
         try:
-            os.kill(child_pid, 9)
-        except ProcessLookupError:
-            pass
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(child) for child in handle.read().split()]
+        except OSError:
+            continue
+    return found

@@ -122,6 +122,18 @@ class ScriptDir:
             return False
         return True
 
+    def removed(self) -> bool:
+        """Whether the directory itself is gone (removed, or moved out of its parent, by someone else)."""
+        try:
+            if self._dir_fd is not None:
+                return os.fstat(self._dir_fd).st_nlink == 0
+            os.lstat(self.host_path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return False
+
     def read_note(self, name: str, limit: int = NOTE_LIMIT) -> str | None:
         """The text of the note ``name`` the agent left in the directory, or None when there is none
         (or it is still empty).

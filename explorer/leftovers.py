@@ -4,10 +4,15 @@ A session directory (explorer.inject.prepare_script_dir) normally goes when the 
 agent removes it, and periscope removes whatever is left. A periscope killed between staging the
 agent and the agent starting leaves it behind, with the staged script in it. So periscope records
 each directory it makes, in its own user's cache (``~/.cache/periscope/sessions``, ``0700``): the
-directory's name, device and inode, those of the directory it is in, and periscope's own pid and
-start time. The next attach that makes a directory in the same place removes every recorded one
-whose periscope is gone, if it still is the very directory recorded (same device and inode);
-nothing else named ``periscope-*`` is ever touched.
+directory's name, device and inode, those of the directory it is in, and periscope's own pid, start
+time and pid namespace. The next attach that makes a directory in the same place removes every
+recorded one whose periscope is gone, if it still is the very directory recorded (same device and
+inode); nothing else named ``periscope-*`` is ever touched.
+
+Whether a periscope is gone can only be told from its own pid namespace: a periscope run in a
+container (``nsenter -a``, ``--exec``) may share the host's ``/tmp`` and cache while its ``/proc``
+shows none of the host's processes. It leaves the records of other namespaces alone, or it would
+take the host's live sessions for left-behind ones and remove their directories mid-attach.
 
 No Textual here.
 """
@@ -40,6 +45,17 @@ class Record:
     """(st_dev, st_ino) of the directory it is in."""
     inode: tuple[int, int]
     """Its own (st_dev, st_ino)."""
+    pid_namespace: tuple[int, int] | None = None
+    """(st_dev, st_ino) of that process's pid namespace (None: a record without it, never removed)."""
+
+
+def _pid_namespace() -> tuple[int, int] | None:
+    """(st_dev, st_ino) of this process's pid namespace, or None when unreadable."""
+    try:
+        info = os.stat("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _records_dir(create: bool) -> Path | None:
@@ -65,9 +81,10 @@ def remember(name: str, parent: os.stat_result, made: os.stat_result) -> None:
 
     folder = _records_dir(create=True)
     start = process_start_time(os.getpid())
-    if folder is None or start is None:
+    namespace = _pid_namespace()
+    if folder is None or start is None or namespace is None:
         return  # no cache to record in: a directory left behind is then not cleaned up later
-    text = f"{os.getpid()} {start} {parent.st_dev} {parent.st_ino} {made.st_dev} {made.st_ino}\n"
+    text = f"{os.getpid()} {start} {parent.st_dev} {parent.st_ino} {made.st_dev} {made.st_ino} {namespace[0]} {namespace[1]}\n"
     try:
         fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -95,10 +112,16 @@ def _read(folder: Path, name: str) -> Record | None:
             data = os.read(fd, RECORD_LIMIT)
         finally:
             os.close(fd)
-        pid, start, parent_dev, parent_ino, dev, ino = (int(field) for field in data.split())
+        fields = [int(field) for field in data.split()]
     except (OSError, ValueError):
         return None
-    return Record(name, pid, start, (parent_dev, parent_ino), (dev, ino))
+    if len(fields) == 6:
+        fields += [None, None]  # written before records named the namespace
+    if len(fields) != 8:
+        return None
+    pid, start, parent_dev, parent_ino, dev, ino, ns_dev, ns_ino = fields
+    namespace = None if ns_dev is None or ns_ino is None else (ns_dev, ns_ino)
+    return Record(name, pid, start, (parent_dev, parent_ino), (dev, ino), namespace)
 
 
 def records() -> list[Record]:
@@ -118,9 +141,13 @@ def records() -> list[Record]:
     return found
 
 
-def _owner_gone(record: Record) -> bool:
+def _owner_gone(record: Record, namespace: tuple[int, int] | None) -> bool:
+    """Whether the periscope that made ``record`` is gone, as far as this process can tell: only one
+    in this very pid namespace can be seen to be gone."""
     from explorer.memory import process_exited
 
+    if namespace is None or record.pid_namespace != namespace:
+        return False
     return process_exited(record.owner_pid, record.owner_start)
 
 
@@ -128,12 +155,14 @@ def remove_stale(parent_fd: int) -> list[str]:
     """Remove the directories in ``parent_fd`` that a periscope now gone made; their names.
 
     Only a recorded directory that still has the recorded device and inode is removed, without
-    following any symlink in it (shutil.rmtree through descriptors).
+    following any symlink in it (shutil.rmtree through descriptors), and only if its periscope ran
+    in this process's pid namespace.
     """
     parent = os.fstat(parent_fd)
+    namespace = _pid_namespace()
     removed: list[str] = []
     for record in records():
-        if record.parent != (parent.st_dev, parent.st_ino) or not _owner_gone(record):
+        if record.parent != (parent.st_dev, parent.st_ino) or not _owner_gone(record, namespace):
             continue
         try:
             current = os.stat(record.name, dir_fd=parent_fd, follow_symlinks=False)

@@ -794,6 +794,13 @@ def _connect_counted(
             )
         if process_exited(staged.pid, start_time):  # also a zombie its parent has not reaped yet
             raise ProcessGone(f"process {staged.pid} exited")
+        if staged.script_dir.removed():
+            from explorer.inject import SessionTampered
+
+            raise SessionTampered(
+                f"the session directory {staged.script_dir.host_path} was removed while the agent of process "
+                f"{staged.pid} was starting (by another program, or the target's user); attach again"
+            )
         if time.monotonic() - started > START_WAIT and staged.script_dir.contains(SCRIPT_NAME):
             raise AgentRefused(
                 f"process {staged.pid} took the request but did not run the agent script within {START_WAIT:g} s: "

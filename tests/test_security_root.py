@@ -49,6 +49,9 @@ def plant(event, args):
             os.mkfifo(path)
         elif kind == "zero":
             os.symlink("/dev/zero", path)
+        elif kind == "remove":
+            import shutil
+            shutil.rmtree(os.path.dirname(args[0]))
         elif kind == "note":
             with open(path, "w") as handle:
                 handle.write("the precompiled agent is for another interpreter build")
@@ -227,6 +230,20 @@ def test_what_the_user_plants_in_the_session_directory_is_never_followed(spawn, 
     assert _dirs_of(stranger[0]) <= before
 
 
+async def test_a_session_directory_removed_under_the_attach_is_reported_at_once(spawn, stranger, cache):
+    # The user removes the directory the moment the request is picked up: periscope says so
+    # instead of waiting out its timeout for a socket that can no longer appear.
+    from explorer.inject import SessionTampered
+
+    target = _spawn_as(spawn, stranger, PLANTER, "planter-remove.py", args=("remove", "-", "-"))
+    started = time.monotonic()
+    with pytest.raises(SessionTampered) as raised:
+        await attach(target.pid, rate=0, timeout=60)
+    assert time.monotonic() - started < 30  # far less than the timeout
+    assert "was removed" in str(raised.value) and "attach again" in str(raised.value)
+    assert target.proc.poll() is None
+
+
 def _dirs_of(uid: int) -> set[str]:
     """The periscope-* directories in /tmp that ``uid`` owns."""
     found = set()
@@ -303,6 +320,41 @@ async def test_a_directory_a_killed_periscope_left_behind_is_removed_on_the_next
         assert Path(session._script_dir.host_path).exists()
     finally:
         await session.detach()
+
+
+async def test_a_periscope_in_another_pid_namespace_leaves_live_sessions_alone(spawn, stranger, cache, tmp_path):
+    # A periscope run in a container that shares this machine's /tmp and cache (as ``--exec
+    # "nsenter -t PID -a"`` does) sees none of this machine's processes in its /proc: it must not
+    # take this live session for one a killed periscope left behind. It did, and removed the
+    # directory of an attach in progress.
+    import shutil
+
+    from explorer.inject import prepare_script_dir
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) for a pid namespace")
+    target = _spawn_as(spawn, stranger, IDLE, "idle-namespace.py")
+    live = prepare_script_dir(target.pid)
+    try:
+        parent = os.path.dirname(live.target_path)
+        sweep = (
+            "import os, sys\n"
+            "from explorer import leftovers\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "print(os.getpid(), len(leftovers.records()), leftovers.remove_stale(fd))\n"
+        )
+        done = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", sweep, parent],
+            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent,
+            env={**os.environ, "XDG_CACHE_HOME": str(cache.parent)},
+        )
+        assert done.returncode == 0, done.stderr
+        pid, seen, removed = done.stdout.split(maxsplit=2)
+        assert pid == "1" and int(seen) >= 1  # in a namespace of its own, and it read the record
+        assert removed.strip() == "[]"
+        assert Path(live.host_path).is_dir()
+    finally:
+        live.cleanup()
 
 
 async def test_a_staged_script_picked_up_after_its_attach_starts_no_agent(spawn, stranger, cache):

@@ -9,8 +9,10 @@ from typing import Any, ClassVar
 from rich.text import Text
 from rich.style import Style
 from textual.binding import Binding, BindingType
+from textual.geometry import Region
 from textual.message import Message
 from textual.reactive import reactive
+from textual.strip import Strip
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
@@ -146,6 +148,7 @@ class VariablesTree(Tree[_NodeData]):
         self._previous: dict[tuple[str, ...], str] = {}
         self.changed_paths: set[tuple[str, ...]] = set()
         """Paths of the values that changed in the latest update (for tests and the status line)."""
+        self._label_room = -1
 
     # --- attributes down -----------------------------------------------------------------------
 
@@ -227,6 +230,15 @@ class VariablesTree(Tree[_NodeData]):
         if changed:
             text.append(" *", style=self.get_component_rich_style("variables-tree--changed", partial=True))
         return text
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # Labels are cut to the room beside the scrollbar, and Tree keeps drawn lines by the
+        # widget's width, which a scrollbar coming or going does not change: redraw them all then.
+        room = self.scrollable_content_region.width
+        if room != self._label_room:
+            self._label_room = room
+            self.root.refresh()
+        return super().render_lines(crop)
 
     def render_label(self, node: TreeNode[_NodeData], base_style: Style, style: Style) -> Text:
         """A value's label cut to the pane's width: the repr gives way (ending in an ellipsis),

@@ -600,6 +600,7 @@ _type_dict = type.__dict__["__dict__"].__get__
 _dict_items = dict.items
 _dict_len = dict.__len__
 _dict_get = dict.get
+_weakref_ref = _original("_weakref").ref
 _exception_args = BaseException.__dict__["args"].__get__
 _getset_type = type(type.__dict__["__qualname__"])
 _member_type = type(type(sys).__dict__["__dict__"])
@@ -1419,6 +1420,33 @@ class SessionGlobals(dict):
         return (dict, (dict(self.items()),))
 
 
+def release_names(names):
+    """After detach, leave a session's names (a SessionGlobals) with nothing of the agent in them.
+
+    They outlive the session only where the target holds on to something the REPL made: a
+    function's ``__globals__``, which cannot be replaced. Its class becomes a plain dict subclass
+    whose only method is the module's own ``dict.__getitem__`` (a builtin: no agent code, no
+    reference to the agent's module), so that function still sees the session's names and then
+    the module's, and its writes stay in its own dict; the instance forgets its ``base``.
+    """
+    base = names.base
+    module_name = _dict_get(base, "__name__") if type(base) is dict else None
+    released = type(
+        "namespace",
+        (dict,),
+        {
+            "__missing__": base.__getitem__,
+            "__module__": module_name if type(module_name) is str else "builtins",
+            "__doc__": "The names a periscope REPL session defined here, over the module's.",
+        },
+    )
+    try:
+        names.__class__ = released
+    except TypeError:
+        return
+    object.__getattribute__(names, "__dict__").clear()
+
+
 class SessionLocals:
     """The locals REPL code runs with in a frame: the frame's ``f_locals`` (``base``, a
     write-through proxy on 3.13+) with the session's names (``own``, its SessionGlobals) over
@@ -1433,7 +1461,13 @@ class SessionLocals:
         own = self.own
         if dict.__contains__(own, name) and name not in _COPIED_GLOBALS:
             return dict.__getitem__(own, name)
-        return self.base[name]  # then LOAD_NAME looks in the globals (the session's, then the frame's)
+        try:
+            return self.base[name]
+        except KeyError:
+            pass
+        # LOAD_NAME reads the globals next, but only their own content (PyDict_GetItemRef calls
+        # no __missing__), which is the session's names: the frame's globals are read here.
+        return own.base[name]
 
     def __setitem__(self, name, value):
         if not dict.__contains__(self.own, name) and _has_name(self.base, name):
@@ -1735,6 +1769,7 @@ class Agent:
         self.evals = {}
         self.module_names = {}  # module name -> (its globals, the session's own names there)
         self.frame_names = {}  # id(frame) -> (frame, the session's own names there)
+        self.namespaces = []  # weak references to every SessionGlobals made, released at detach
         self.captures = {}
         self.outbox = []
         self.outbox_lock = _thread.allocate_lock()
@@ -2856,7 +2891,22 @@ class Agent:
         own = self.module_names.get(name)
         if own is None or own[0] is not globals_:
             own = self.module_names[name] = (globals_, SessionGlobals(globals_))
+            self._keep_names(own[1])
         return own[1], None
+
+    def _keep_names(self, names):
+        """Remember ``names`` (a SessionGlobals) for release_names at detach, as long as it lives."""
+        if len(self.namespaces) >= 64:
+            self.namespaces = [ref for ref in self.namespaces if ref() is not None]
+        self.namespaces.append(_weakref_ref(names))
+
+    def _release_names(self):
+        """release_names for every SessionGlobals of the session that target code still holds."""
+        namespaces, self.namespaces = self.namespaces, []
+        for ref in namespaces:
+            names = ref()
+            if names is not None and type(names) is SessionGlobals:
+                release_names(names)
 
     def _frame_names(self, frame):
         """``(globals, locals)`` for code in a frame: the session's names of that frame layered
@@ -2876,6 +2926,7 @@ class Agent:
             if len(self.frame_names) >= 32:
                 del self.frame_names[next(iter(self.frame_names))]
             entry = self.frame_names[key] = (frame, SessionGlobals(frame.f_globals))
+            self._keep_names(entry[1])
         return entry[1], SessionLocals(frame.f_locals, entry[1])
 
     def _pick_frame(self, native_id, message):
@@ -3363,6 +3414,7 @@ class Agent:
         self.evals.clear()
         self.captures.clear()
         self.refs.clear()
+        self._release_names()
         self.module_names.clear()
         self.frame_names.clear()
         self.early_job = None
@@ -3420,6 +3472,7 @@ class Agent:
         except OSError:
             pass
         self.refs.clear()
+        self._release_names()
         self.module_names.clear()
         self.frame_names.clear()
         self.captures.clear()

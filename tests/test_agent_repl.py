@@ -77,6 +77,50 @@ async def test_module_names_stay_the_sessions_and_none_are_left_after_detach(spa
         await second.detach()
 
 
+async def test_a_function_the_repl_handed_to_the_target_keeps_nothing_of_the_agent(spawn):
+    """A function defined in the REPL and kept by the target (here as an attribute of one of its
+    objects) outlives the session with its ``__globals__``, the session's names: after detach
+    they hold no agent code and no reference to the agent, and the function still works."""
+    target, native, session = await _attached(spawn)
+    try:
+        assert (await session.eval("probe = 5\ndef helper():\n    return probe + settings.batch_size + len(CONFIG)\n")).ok
+        assert (await session.eval("settings.callback = helper")).ok
+        assert (await session.eval("inner = 2\ndef in_frame():\n    return inner * settings.limit\n", thread=native, frame_name="runtest")).ok
+        handed = await session.eval("settings.in_frame = in_frame", thread=native, frame_name="runtest")
+        assert handed.ok, handed.traceback
+        kind = await session.eval("type(settings.callback.__globals__).__module__")
+        assert kind.value.repr == "'_periscope_agent'"  # while attached: the session's layered names
+    finally:
+        await session.detach()
+    second = await attach(target.pid, rate=0)
+    try:
+        result = await second.eval("settings.callback(), settings.in_frame()")
+        assert result.ok, result.traceback
+        assert result.value.repr == "(16, 10)"
+        probe = (
+            "import gc, types\n"
+            "found = []\n"
+            "for f in (settings.callback, settings.in_frame):\n"
+            "    g = f.__globals__\n"
+            "    cls = type(g)\n"
+            "    found.append((cls.__module__, cls.__mro__[1:] == (dict, object), vars(g),\n"
+            "        [type(v).__name__ for k, v in vars(cls).items() if callable(v)],\n"
+            "        any(getattr(r, '__name__', None) == '_periscope_agent'\n"
+            "            or getattr(type(r), '__module__', None) == '_periscope_agent'\n"
+            "            or (type(r) is types.FunctionType and r.__module__ == '_periscope_agent')\n"
+            "            for r in gc.get_referents(cls, g, *vars(cls).values()))))\n"
+            "found"
+        )
+        found = await second.eval(probe)
+        assert found.ok, found.traceback
+        assert found.value.repr == (
+            "[('__main__', True, {}, ['builtin_function_or_method'], False), "
+            "('__main__', True, {}, ['builtin_function_or_method'], False)]"
+        )
+    finally:
+        await second.detach()
+
+
 async def test_frame_names_persist_for_later_lines_in_the_same_frame(spawn):
     _target, native, session = await _attached(spawn)
     try:
@@ -85,6 +129,10 @@ async def test_frame_names_persist_for_later_lines_in_the_same_frame(spawn):
         result = await session.eval("double(probe) + item_value", thread=native, frame_name="runtest")
         assert result.ok, result.traceback
         assert result.value.repr == "287"
+        # The module's globals by their bare names, beside the frame's locals and the session's names.
+        result = await session.eval("settings.limit + item_value + len(CONFIG) + probe", thread=native, frame_name="runtest")
+        assert result.ok, result.traceback
+        assert result.value.repr == "170"
         assert result.frame is not None and result.frame.function == "runtest" and result.frame.index == 0
         leaked = await session.eval("'probe' in vars(sys.modules['__main__']), 'probe' in sys._current_frames()", module="__main__")
         assert leaked.value.repr == "(False, False)"

@@ -78,6 +78,9 @@ class StackFrame(Struct, frozen=True):
     locals: Annotated[tuple[Variable, ...], Many] | None = None
     """None when the agent skipped them (frame size bound, or a brief thread); see ``locals_total``."""
     locals_total: int = wire_name(default=0, name="nlocals")
+    frame_id: int | None = wire_name(default=None, name="fid")
+    """The frame's identity in the target while it runs (the focused thread's frames; None for a
+    brief thread or a frame read from outside): ``Session.eval(frame_id=...)`` runs in that very call."""
 
     def local(self, name: str) -> Value | None:
         """The preview of one local variable, or None."""
@@ -242,6 +245,9 @@ class EvalFrame:
     lineno: int | None
     index: int
     """Its position on the thread's stack when the code started, 0 = innermost."""
+    new_call: bool = False
+    """Asked for by its identity (``frame_id``), that call had returned: this is a later call of
+    the same function (found by name and place), not the one periscope showed."""
 
 
 @dataclass(frozen=True)

@@ -1236,7 +1236,13 @@ class EvalHandle:
 
 
 def _scope_arguments(
-    module: str | None, thread: int | None, task: int | None, frame: int, frame_name: str | None, frame_from_bottom: int | None
+    module: str | None,
+    thread: int | None,
+    task: int | None,
+    frame: int,
+    frame_name: str | None,
+    frame_from_bottom: int | None,
+    frame_id: int | None = None,
 ) -> dict[str, Any]:
     """The request fields that say where code runs (a module, a thread's frame, a task's frame)."""
     arguments: dict[str, Any] = {}
@@ -1248,6 +1254,8 @@ def _scope_arguments(
             arguments["frame_name"] = frame_name
         if frame_from_bottom is not None:
             arguments["frame_from_bottom"] = frame_from_bottom
+        if frame_id is not None:
+            arguments["frame_id"] = frame_id
     elif module is not None:
         arguments["module"] = module
     return arguments
@@ -1486,6 +1494,7 @@ class Session:
         frame: int = 0,
         frame_name: str | None = None,
         frame_from_bottom: int | None = None,
+        frame_id: int | None = None,
         repr_chars: int | None = None,
         on_output: Callable[[Output], None] | None = None,
     ) -> EvalHandle:
@@ -1498,9 +1507,11 @@ class Session:
         In a thread, ``frame_name`` picks the innermost frame running that function (by name or
         qualified name) instead of an index; with ``frame_from_bottom`` (its position counted
         from the outermost frame) it pins one frame: the eval fails if that frame returned.
-        ``EvalResult.frame`` says which frame ran the code. Names the code defines stay the
-        session's (layered over the module or the frame), except names the scope already has."""
-        arguments = _scope_arguments(module, thread, task, frame, frame_name, frame_from_bottom)
+        ``frame_id`` (a ``StackFrame.frame_id`` from the stream) pins that very call, and fails
+        once it returned, whatever runs in its place now. ``EvalResult.frame`` says which frame
+        ran the code. Names the code defines stay the session's (layered over the module or the
+        frame), except names the scope already has."""
+        arguments = _scope_arguments(module, thread, task, frame, frame_name, frame_from_bottom, frame_id)
         arguments["code"] = code
         if repr_chars is not None:
             arguments["repr_chars"] = repr_chars
@@ -1519,11 +1530,12 @@ class Session:
         frame: int = 0,
         frame_name: str | None = None,
         frame_from_bottom: int | None = None,
+        frame_id: int | None = None,
         timeout: float = 10.0,
     ) -> Completions:
         """Completions of the name or attribute path ``text`` ends with, in the scope an eval with
         the same arguments runs in; the agent reads them without running any of the target's code."""
-        arguments = _scope_arguments(module, thread, task, frame, frame_name, frame_from_bottom)
+        arguments = _scope_arguments(module, thread, task, frame, frame_name, frame_from_bottom, frame_id)
         return wire.decode_completions(await self.request("complete", timeout=timeout, text=text, **arguments))
 
     async def inspect_value(self, ref: int, repr_chars: int = 1 << 20, timeout: float = 30.0) -> Value:

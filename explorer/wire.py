@@ -394,6 +394,7 @@ def _eval_frame(data: Any) -> EvalFrame | None:
         filename=_get(data, "file", str, "eval frame"),
         lineno=_get(data, "line", int, "eval frame", optional=True),
         index=_get(data, "index", int, "eval frame"),
+        new_call=_get(data, "new_call", bool, "eval frame", optional=True) or False,
     )
 
 

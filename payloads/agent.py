@@ -1684,7 +1684,8 @@ def _completions(text, own, frame_locals):
 
 
 def _describe_frame(frame, index):
-    """Which frame an eval ran in, for its result: ``{"func", "qualname", "file", "line", "index"}``."""
+    """Which frame an eval ran in, for its result: ``{"func", "qualname", "file", "line", "index"}``
+    (and ``new_call`` when the eval asked for a frame by its id)."""
     code = frame.f_code
     return {"func": code.co_name, "qualname": code.co_qualname, "file": code.co_filename, "line": frame.f_lineno, "index": index}
 
@@ -2576,6 +2577,8 @@ class Agent:
                 for entry in stack:
                     del entry["_frame"]
                 continue
+            for entry in stack:
+                entry["fid"] = id(entry["_frame"])  # the frame's identity, for an eval pinned to it
             if focus is not None and thread["native_id"] == focus and 0 < self.focus_frame < len(stack):
                 # The frame periscope looks at gets its locals first, should the size bound cut them.
                 stack = [stack[self.focus_frame]] + stack[: self.focus_frame] + stack[self.focus_frame + 1 :]
@@ -2864,6 +2867,8 @@ class Agent:
             frame, index = self._pick_frame(thread, message)
             globals_, locals_ = self._frame_names(frame)
             ran_in = _describe_frame(frame, index)
+            if message.get("frame_id") is not None:
+                ran_in["new_call"] = bool(message.get("_new_call"))
             del frame
         else:
             name = message.get("module") or "__main__"
@@ -2936,19 +2941,34 @@ class Agent:
         put while the stack above it moves) checked against ``frame_name``."""
         name = message.get("frame_name")
         bottom = message.get("frame_from_bottom")
-        if name is None and bottom is None:
+        frame_id = message.get("frame_id")
+        if name is None and bottom is None and frame_id is None:
             index = message.get("frame", 0)
             return self._find_frame(native_id, index), index
         if name is not None and type(name) is not str:
             raise ValueError("frame_name must be a str")
         if bottom is not None and (type(bottom) is not int or bottom < 0):
             raise ValueError("frame_from_bottom must be an index >= 0")
+        if frame_id is not None and type(frame_id) is not int:
+            raise ValueError("frame_id must be an int (a frame's fid)")
         stack = []
         frame = self._find_frame(native_id, 0)
         while frame is not None:
             if id(frame.f_code) not in self.own_codes:  # counted as the frames periscope shows
                 stack.append(frame)
             frame = frame.f_back
+        if frame_id is not None:
+            # The very frame periscope showed (its fid): a frame the session has run code in is
+            # held in frame_names, so its id cannot be another frame's while it is on the stack.
+            held = self.frame_names.get(frame_id)
+            for index, frame in enumerate(stack):
+                if id(frame) == frame_id and (held is None or held[0] is frame):
+                    return frame, index
+            if name is None and bottom is None:
+                raise ValueError("the selected frame returned: thread %d no longer runs that call (select a frame again)" % native_id)
+            # That call returned: a later call of the same function, at the same place counted from
+            # the outermost frame, or anywhere (by name); the result says it is another call.
+            message["_new_call"] = True
         if bottom is not None:
             if bottom >= len(stack):
                 raise ValueError("thread %d has fewer than %d frames now: the selected frame returned" % (native_id, bottom + 1))

@@ -144,6 +144,52 @@ async def test_frame_names_persist_for_later_lines_in_the_same_frame(spawn):
         await session.detach()
 
 
+async def test_a_frame_by_its_id_is_that_very_call_and_a_later_one_is_reported(spawn):
+    """``frame_id`` (a frame's fid from the stream) runs in that call; once it returned, the eval
+    fails without a name to fall back on, and with one runs in the later call and says so."""
+    target = spawn(CALLS)
+    target.wait_for_line("ready")
+    native = int(target.wait_for_line("native ").split()[1])
+    session = await attach(target.pid, rate=0)
+    try:
+        frame = await session.sample()
+        thread = frame.thread(native)
+        work = next(f for f in thread.frames if f.function == "work")
+        assert work.frame_id is not None and all(f.frame_id is not None for f in thread.frames)
+        result = await session.eval("call", thread=native, frame_id=work.frame_id)
+        assert result.ok and result.frame.function == "work" and not result.frame.new_call
+        first = int(result.value.repr)
+        target.wait_for_line(f"call {first // 10 + 1}", timeout=30)
+        with pytest.raises(RequestFailed, match="returned"):
+            await session.eval("call", thread=native, frame_id=work.frame_id)
+        later = await session.eval("call", thread=native, frame_id=work.frame_id, frame_name="work")
+        assert later.ok and later.frame.new_call and int(later.value.repr) > first
+    finally:
+        await session.detach()
+
+
+CALLS = """
+import sys, threading, time
+
+def work(call):
+    time.sleep(0.5)
+
+def looper():
+    sys.stdout.write(f"native {threading.get_native_id()}\\n")
+    call = 0
+    while True:
+        call += 1
+        sys.stdout.write(f"call {call}\\n")
+        sys.stdout.flush()
+        work(call * 10)
+
+threading.Thread(target=looper, daemon=True).start()
+sys.stdout.write("ready\\n")
+while True:
+    time.sleep(0.1)
+"""
+
+
 async def test_frames_by_name_and_pinned_from_the_bottom(spawn):
     _target, native, session = await _attached(spawn)
     try:

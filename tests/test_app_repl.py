@@ -1,7 +1,8 @@
 """The REPL and the values panes of the TUI against real CPython 3.14 and 3.15 targets, driven with
 Pilot: Tab completion, Escape leaving the input, names defined in a frame kept for later lines,
 one SyntaxError, None not echoed, the value inspector, cut labels that keep their type, expanded
-children kept and marked while they reload, and a ``<module>`` frame's globals listed once."""
+children kept and marked while they reload, a ``<module>`` frame's globals listed once, and the
+picked frame pinned by identity."""
 
 from __future__ import annotations
 
@@ -201,3 +202,72 @@ async def test_the_inspector_cut_labels_children_kept_and_marked_and_module_fram
         await wait_until(pilot, lambda: isinstance(app.screen, ValueInspector), "the inspector on a leaf")
         assert "'same'" in app.screen.query_one("#inspector-text").text
         await pilot.press("escape")
+
+
+CALLS = """
+import sys, threading, time
+
+def inner(call):
+    time.sleep(0.8)
+
+def work(call):
+    time.sleep(0.8)   # work innermost
+    inner(call)       # then a frame above it
+    time.sleep(0.8)
+
+def looper():
+    call = 0
+    while True:
+        call += 1
+        sys.stdout.write(f"call {call}\\n")
+        sys.stdout.flush()
+        work(call * 10)
+
+threading.Thread(target=looper, name="looper", daemon=True).start()
+sys.stdout.write("ready\\n")
+while True:
+    time.sleep(0.1)
+"""
+
+
+async def test_the_picked_frame_is_followed_as_the_stack_moves_and_a_later_call_is_reported(spawn, tmp_path):
+    """Pick work() while it is the innermost frame: when inner() runs above it the selection
+    stays on work(), and the REPL runs in that very call; once it returned, the REPL runs in the
+    later call of work() at the same place and says so."""
+    target = spawn(CALLS)
+    target.wait_for_line("ready")
+    app = PeriscopeApp(pid=target.pid, history_path=tmp_path / "history")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await attached_screen(pilot)
+        threads = screen.query_one(ThreadList)
+        await wait_until(pilot, lambda: any(t.name == "looper" for t in threads.threads.values()), "the looper thread")
+        looper = next(t for t in threads.threads.values() if t.name == "looper")
+        threads.focus()
+        while threads.selected_id != looper.native_id:
+            await pilot.press("down")
+        stack = screen.query_one(StackView)
+        await wait_until(pilot, lambda: [f.function for f in stack.frames[:2]] == ["work", "looper"], "work() innermost", timeout=30)
+        stack.focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: screen.pinned_frame is not None, "work() picked")
+        picked = screen.pinned_frame
+        await pilot.press("e", *"call", "enter")
+        entry = await last_result(pilot, repl := screen.query_one(ReplPane), 1)
+        first = int(result_text(entry))
+        assert "work" in entry.scope and "later call" not in str(entry.query_one(".repl-prompt").render())
+
+        # inner() comes above work(): the selection moves with work(), the REPL stays in that call.
+        await wait_until(pilot, lambda: stack.frames and stack.frames[0].function == "inner", "inner() above work()")
+        await wait_until(pilot, lambda: stack.selected_index == 1 and screen.selected_frame == 1, "the selection on work()")
+        assert stack.frames[1].function == "work" and screen.pinned_frame == picked
+        screen.query_one(ReplInput).focus()
+        await pilot.press(*"call", "enter")
+        entry = await last_result(pilot, repl, 2)
+        assert int(result_text(entry)) == first
+
+        # That call returns; the next call of work() runs at the same place.
+        target.wait_for_line(f"call {first // 10 + 1}", timeout=30)
+        await pilot.press(*"call", "enter")
+        entry = await last_result(pilot, repl, 3)
+        assert int(result_text(entry)) > first, result_text(entry)
+        assert "ran in a later call of work()" in str(entry.query_one(".repl-prompt").render())

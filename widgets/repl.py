@@ -281,10 +281,19 @@ class ReplEntry(Vertical):
         self.state = "running"
         """"running", "done", "error" or "interrupted"."""
 
-    def compose(self) -> ComposeResult:
+    def _prompt(self, note: str = "") -> Text:
         prompt = Text(f"In [{self.number}] ", style="bold $accent")
         prompt.append(f"({self.scope})", style="dim")
-        yield Static(prompt, classes="repl-prompt")
+        if note:
+            prompt.append(f" {note}", style="italic")
+        return prompt
+
+    def note_scope(self, note: str) -> None:
+        """Say more of where the code ran, after the scope ("in a later call: ...")."""
+        self.query_one(".repl-prompt", Static).update(self._prompt(visible(note)))
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._prompt(), classes="repl-prompt")
         yield Static(highlight(self.code, language="python"), classes="repl-code")
         yield Static("running… (Ctrl+C interrupts)", classes="repl-status")
 

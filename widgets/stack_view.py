@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from rich.text import Text
@@ -34,6 +34,8 @@ class StackEntry:
     lineno: int
     source: str | None = None
     """The source line, stripped, when periscope could read the file."""
+    key: int | None = field(default=None, compare=False)
+    """The identity of the call shown (the agent's frame id), when known; not shown."""
 
 
 _COLUMNS: tuple[Column, ...] = (
@@ -91,11 +93,17 @@ class StackView(KeyedTable[StackEntry]):
     class FrameSelected(Message):
         """The user selected a frame (moved the cursor to it, pressed Enter or clicked it)."""
 
-        def __init__(self, stack_view: StackView, index: int) -> None:
+        def __init__(self, stack_view: StackView, index: int, key: int | None = None, function: str = "") -> None:
             self.stack_view = stack_view
             """The view the cursor moved in."""
             self.index = index
             """The selected frame's position, 0 = innermost."""
+            self.key = key
+            """The identity of the call in that row when the user selected it (``StackEntry.key``)."""
+            self.function = function
+            """The function shown in that row then."""
+            self.from_bottom = len(stack_view.frames) - 1 - index
+            """Its place counted from the outermost frame shown then."""
             super().__init__()
 
         @property
@@ -167,13 +175,13 @@ class StackView(KeyedTable[StackEntry]):
         index = self.cursor_row
         if index != self.selected_index and 0 <= index < len(self._frames):
             self.selected_index = index
-            self.post_message(self.FrameSelected(self, index))
+            self.post_message(self.FrameSelected(self, index, self._frames[index].key, self._frames[index].function))
 
     def _row_highlighted(self, key: str) -> None:
         index = self._index_of(key)
         if index != self.selected_index and 0 <= index < len(self._frames):
             self.selected_index = index
-            self.post_message(self.FrameSelected(self, index))
+            self.post_message(self.FrameSelected(self, index, self._frames[index].key, self._frames[index].function))
 
     def _row_selected(self, event: DataTable.RowSelected) -> None:
         if not self._is_current(event) or event.row_key is None or event.row_key.value is None:
@@ -181,4 +189,4 @@ class StackView(KeyedTable[StackEntry]):
         index = self._index_of(event.row_key.value)
         if 0 <= index < len(self._frames):
             self.selected_index = index
-            self.post_message(self.FrameSelected(self, index))
+            self.post_message(self.FrameSelected(self, index, self._frames[index].key, self._frames[index].function))

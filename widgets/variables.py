@@ -232,12 +232,15 @@ class VariablesTree(Tree[_NodeData]):
         return text
 
     def render_lines(self, crop: Region) -> list[Strip]:
-        # Labels are cut to the room beside the scrollbar, and Tree keeps drawn lines by the
-        # widget's width, which a scrollbar coming or going does not change: redraw them all then.
+        # Labels are cut to the room beside the scrollbar, and both Tree's line cache and the
+        # widget's strip cache keep drawn lines by the widget's width, which a scrollbar coming
+        # or going does not change: redraw them all then.
         room = self.scrollable_content_region.width
         if room != self._label_room:
             self._label_room = room
-            self.root.refresh()
+            for scope in self.root.children:  # new keys for Tree's cached lines (each line's
+                scope.refresh()  # path starts at its scope: the root is not shown)
+            self.refresh()  # and the widget's own strips are stale
         return super().render_lines(crop)
 
     def render_label(self, node: TreeNode[_NodeData], base_style: Style, style: Style) -> Text:

@@ -317,6 +317,11 @@ class ProcessScreen(Screen[None]):
         """Native id of the selected thread."""
         self.selected_frame = 0
         """The selected frame of that thread (0 = innermost)."""
+        self.pinned_frame: int | None = None
+        """The identity (agent frame id) of the call the user selected: the selection follows it
+        as the stack above or below moves, and the REPL runs in it (an error once it returned)."""
+        self.pinned_function = ""
+        self.pinned_from_bottom: int | None = None
         self._cpu_times: dict[int, float] = {}
         self._gil_states: dict[int, tuple[bool, bool]] = {}
         self._arrivals: deque[tuple[float, int | None]] = deque(maxlen=50)
@@ -728,16 +733,34 @@ class ProcessScreen(Screen[None]):
 
     def _show_thread_selection(self, frame: Frame, *, moved: bool) -> None:
         thread, stack_frame = self._selected(frame)
+        frames = thread.frames if thread is not None else ()
+        if self.pinned_frame is not None and thread is not None and not thread.brief:
+            # The call the user picked: the selection follows it; once it returned, the REPL runs
+            # in a later call of the same function at the same place, and says so.
+            place = next((index for index, item in enumerate(frames) if item.frame_id == self.pinned_frame), None)
+            if place is None and self.pinned_from_bottom is not None and thread.depth == len(frames) > self.pinned_from_bottom:
+                later = len(frames) - 1 - self.pinned_from_bottom  # a later call of it, at its place?
+                if (frames[later].qualname or frames[later].function) == self.pinned_function:
+                    place = later
+            if place is not None and place != self.selected_frame:
+                self.selected_frame = place  # the stack moved around the picked call: follow it
+                thread, stack_frame = self._selected(frame)
         stack = self.query_one(StackView)
         stack.update_frames(
             [
-                StackEntry(item.qualname or item.function, item.filename, item.lineno or 0, self._sources.line(item.filename, item.lineno or 0))
-                for item in (thread.frames if thread is not None else ())
+                StackEntry(
+                    item.qualname or item.function, item.filename, item.lineno or 0, self._sources.line(item.filename, item.lineno or 0),
+                    key=item.frame_id,
+                )
+                for item in frames
             ]
         )
         if stack.frames and stack.selected_index != self.selected_frame:
-            self.selected_frame = stack.selected_index  # the stack got shorter than the selection
-            thread, stack_frame = self._selected(frame)
+            if self.selected_frame < len(stack.frames):
+                stack.select_frame(self.selected_frame)
+            else:
+                self.selected_frame = stack.selected_index  # the stack got shorter than the selection
+                thread, stack_frame = self._selected(frame)
         thread_name = (thread.name or str(thread.native_id)) if thread is not None else "no thread"
         title = f"Stack of {thread_name}"
         if title != self._stack_title:  # a label update re-lays out the screen: only when it changes
@@ -798,6 +821,7 @@ class ProcessScreen(Screen[None]):
         self.selected_task = None
         self.selected_thread = message.native_id
         self.selected_frame = 0
+        self.pinned_frame = self.pinned_from_bottom = None
         self.query_one(StackView).select_frame(0)
         self.query_one(ReplPane).eval_in = "module"  # until the user picks a frame of this thread
         self._tell_view()
@@ -812,6 +836,7 @@ class ProcessScreen(Screen[None]):
             return
         self.selected_task = message.task_id
         self.selected_frame = 0
+        self.pinned_frame = self.pinned_from_bottom = None
         self.query_one(StackView).select_frame(0)
         self.load_task_frames(message.task_id)
         if self.frame is not None:
@@ -822,6 +847,11 @@ class ProcessScreen(Screen[None]):
     def _on_frame_selected(self, message: StackView.FrameSelected) -> None:
         message.stop()
         self.selected_frame = message.index
+        self.pinned_frame = message.key if self.selected_task is None else None
+        self.pinned_function = message.function
+        thread = self.frame.thread(self.selected_thread) if self.frame is not None and self.selected_thread is not None else None
+        complete = thread is not None and not thread.brief and thread.depth == len(thread.frames)
+        self.pinned_from_bottom = message.from_bottom if complete else None
         self.query_one(ReplPane).eval_in = "frame"  # the user picked a frame: the REPL runs there
         self._tell_view()
         if self.frame is not None:
@@ -848,8 +878,9 @@ class ProcessScreen(Screen[None]):
 
     def _eval_scope(self, eval_in: str) -> dict[str, Any]:
         """Where REPL code (or a completion) runs: the watched module, a task's frame, or the
-        selected frame of a thread, pinned by its function and its place counted from the
-        outermost frame (the stack above it may have moved since the frame was shown)."""
+        selected frame of a thread, pinned by its identity (the very call picked; once it
+        returned, a later call of the same function at the same place, which the result reports),
+        else by its function and its place counted from the outermost frame."""
         if eval_in == "frame" and self.selected_task is not None:
             return {"task": self.selected_task, "frame": self.selected_frame}
         if eval_in == "frame" and self.frame is not None:
@@ -859,6 +890,17 @@ class ProcessScreen(Screen[None]):
                 if selected.depth >= len(selected.frames) and selected.depth > self.selected_frame:
                     scope["frame_name"] = stack_frame.qualname or stack_frame.function
                     scope["frame_from_bottom"] = selected.depth - 1 - self.selected_frame
+                if self.pinned_frame is not None:
+                    # That very call while it runs; then a later call of it at its place, reported.
+                    scope["frame_id"] = self.pinned_frame
+                    scope["frame_name"] = self.pinned_function or stack_frame.qualname or stack_frame.function
+                    if self.pinned_from_bottom is not None:
+                        scope["frame_from_bottom"] = self.pinned_from_bottom
+                    else:
+                        scope.pop("frame_from_bottom", None)
+                elif stack_frame.frame_id is not None:
+                    scope["frame_id"] = stack_frame.frame_id
+                    scope.setdefault("frame_name", stack_frame.qualname or stack_frame.function)
                 return scope
         return {"module": self.watched_module}
 
@@ -922,6 +964,8 @@ class ProcessScreen(Screen[None]):
         except PeriscopeError as error:
             entry.show_error(str(error))
         else:
+            if result.frame is not None and result.frame.new_call:
+                entry.note_scope(f"ran in a later call of {result.frame.qualname}(): the one picked had returned")
             if result.status == "interrupted":
                 entry.show_interrupted()
             elif result.ok:

@@ -196,14 +196,25 @@ async def _tasks(pilot: Pilot[Any], server_pid: int) -> None:
     await pilot.press("p")  # pause: the picture of one moment
     tasks.focus()
     await pilot.pause()
-    while not tasks.tasks[tasks.cursor_row].where.startswith("handle"):
-        await pilot.press("down")
     stack = screen.query_one(StackView)
-    await wait_until(pilot, lambda: len(stack.frames) > 1, "the request's coroutine stack")
-    stack.focus()
-    await pilot.press("down")  # handle(): the request's own code
     tree = screen.query_one(VariablesTree)
-    await wait_until(pilot, lambda: ("locals", "path") in tree.value_paths(), "handle()'s locals")
+    for attempt in range(6):
+        # A request of the paused picture may end before its locals arrive (it was up to 5 s
+        # old): then the next one.
+        if attempt:
+            tasks.focus()
+            await pilot.press("down")
+        while not tasks.tasks[tasks.cursor_row].where.startswith("handle"):
+            await pilot.press("down")
+        await wait_until(pilot, lambda: len(stack.frames) > 1, "the request's coroutine stack")
+        stack.focus()
+        await pilot.press("down")  # handle(): the request's own code
+        try:
+            await wait_until(pilot, lambda: ("locals", "path") in tree.value_paths(), "handle()'s locals", timeout=6)
+            break
+        except AssertionError:
+            if attempt == 5:
+                raise
     tasks.focus()
 
 

@@ -171,8 +171,12 @@ async def test_a_frame_by_its_id_is_that_very_call_and_a_later_one_is_reported(s
 CALLS = """
 import sys, threading, time
 
+def inner(call):
+    time.sleep(1.0)
+
 def work(call):
-    time.sleep(0.5)
+    time.sleep(2.0)   # work innermost (only in this first part of a call)
+    inner(call)       # then a frame above it, until the call returns
 
 def looper():
     sys.stdout.write(f"native {threading.get_native_id()}\\n")
@@ -183,11 +187,12 @@ def looper():
         sys.stdout.flush()
         work(call * 10)
 
-threading.Thread(target=looper, daemon=True).start()
+threading.Thread(target=looper, name="looper", daemon=True).start()
 sys.stdout.write("ready\\n")
 while True:
     time.sleep(0.1)
 """
+"""A thread that calls work() over and over, each call 3 s: work() innermost for 2 s, then inner() above it."""
 
 
 async def test_frames_by_name_and_pinned_from_the_bottom(spawn):

@@ -12,6 +12,7 @@ from explorer.app import PeriscopeApp
 from explorer.screens.inspector import ValueInspector
 from explorer.screens.process import ProcessScreen
 from tests.screenshots import SIZE, wait_until
+from tests.test_agent_repl import CALLS
 from tests.test_app import attached_screen, last_result, result_text, walk
 from widgets.repl import ReplEntry, ReplInput, ReplPane
 from widgets.stack_view import StackView
@@ -45,6 +46,16 @@ while True:
 
 def node_at(tree: VariablesTree, *path: str):  # type: ignore[no-untyped-def]
     return next((n for n in walk(tree.root) if n.data is not None and n.data.path == path), None)
+
+
+async def pick_thread(pilot, screen: ProcessScreen, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Move the thread list's cursor to the thread called ``name``."""
+    threads = screen.query_one(ThreadList)
+    await wait_until(pilot, lambda: any(t.name == name for t in threads.threads.values()), f"the {name} thread")
+    wanted = next(t for t in threads.threads.values() if t.name == name)
+    threads.focus()
+    while threads.selected_id != wanted.native_id:
+        await pilot.press("down")
 
 
 def has_error(entry: ReplEntry) -> bool:
@@ -109,12 +120,7 @@ async def test_names_defined_in_a_frame_are_kept_for_later_lines(spawn, tmp_path
     app = PeriscopeApp(pid=target.pid, history_path=tmp_path / "history")
     async with app.run_test(size=SIZE) as pilot:
         screen = await attached_screen(pilot)
-        threads = screen.query_one(ThreadList)
-        await wait_until(pilot, lambda: any(t.name == "worker" for t in threads.threads.values()), "the worker thread")
-        worker = next(t for t in threads.threads.values() if t.name == "worker")
-        threads.focus()
-        while threads.selected_id != worker.native_id:
-            await pilot.press("down")
+        await pick_thread(pilot, screen, "worker")
         stack = screen.query_one(StackView)
         await wait_until(pilot, lambda: stack.frames and stack.frames[0].function == "worker_loop", "the worker's stack")
         stack.focus()
@@ -204,31 +210,6 @@ async def test_the_inspector_cut_labels_children_kept_and_marked_and_module_fram
         await pilot.press("escape")
 
 
-CALLS = """
-import sys, threading, time
-
-def inner(call):
-    time.sleep(0.8)
-
-def work(call):
-    time.sleep(0.8)   # work innermost
-    inner(call)       # then a frame above it
-    time.sleep(0.8)
-
-def looper():
-    call = 0
-    while True:
-        call += 1
-        sys.stdout.write(f"call {call}\\n")
-        sys.stdout.flush()
-        work(call * 10)
-
-threading.Thread(target=looper, name="looper", daemon=True).start()
-sys.stdout.write("ready\\n")
-while True:
-    time.sleep(0.1)
-"""
-
 
 async def test_the_picked_frame_is_followed_as_the_stack_moves_and_a_later_call_is_reported(spawn, tmp_path):
     """Pick work() while it is the innermost frame: when inner() runs above it the selection
@@ -239,12 +220,7 @@ async def test_the_picked_frame_is_followed_as_the_stack_moves_and_a_later_call_
     app = PeriscopeApp(pid=target.pid, history_path=tmp_path / "history")
     async with app.run_test(size=SIZE) as pilot:
         screen = await attached_screen(pilot)
-        threads = screen.query_one(ThreadList)
-        await wait_until(pilot, lambda: any(t.name == "looper" for t in threads.threads.values()), "the looper thread")
-        looper = next(t for t in threads.threads.values() if t.name == "looper")
-        threads.focus()
-        while threads.selected_id != looper.native_id:
-            await pilot.press("down")
+        await pick_thread(pilot, screen, "looper")
         stack = screen.query_one(StackView)
         await wait_until(pilot, lambda: [f.function for f in stack.frames[:2]] == ["work", "looper"], "work() innermost", timeout=30)
         stack.focus()

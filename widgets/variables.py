@@ -320,8 +320,8 @@ class VariablesTree(Tree[_NodeData]):
                             self.post_message(self.ExpandRequested(self, node, value.ref, 0))
                         else:
                             self._request(node, value.ref)
-                    elif not node.is_expanded:
-                        node.remove_children()
+                    elif not node.is_expanded and node.children:
+                        node.remove_children()  # (on a node without children it re-lays out the screen all the same)
         return changed
 
     def _add_value(self, parent: TreeNode[_NodeData], path: tuple[str, ...], value: ValueView, changed: bool) -> TreeNode[_NodeData]:

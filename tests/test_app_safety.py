@@ -91,6 +91,28 @@ async def test_the_cursor_returns_to_the_process_just_left_after_escape(spawn, h
         assert agent_threads(other.pid) == 0
 
 
+async def test_the_list_is_not_rescanned_while_a_process_screen_covers_it(spawn, history):
+    """Scanning every process of the machine for a list nobody sees costs CPU all the while one
+    is attached: the list rescans again, at once, when it is back on top."""
+    from explorer.screens.process_list import SCAN_INTERVAL
+
+    target = sleeper(spawn, "periscope_safety_covered.py")
+    app = PeriscopeApp(history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        list_screen = app.screen
+        table = list_screen.query_one(ProcessTable)
+        await wait_until(pilot, lambda: target.pid in table.processes, "the target in the list")
+        table.select_pid(target.pid)
+        await pilot.press("enter")
+        await attached_screen(pilot)
+        await pilot.pause(0.5)  # a scan that had already started when the screen was covered
+        scans = list_screen.scans
+        await pilot.pause(SCAN_INTERVAL * 2.5)
+        assert list_screen.scans == scans
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.screen is list_screen and list_screen.scans > scans, "a scan on return", timeout=SCAN_INTERVAL)
+
+
 async def test_after_a_failed_attach_the_cursor_stays_on_that_process(spawn, history):
     old = spawn("import time\nprint('ready', flush=True)\ntime.sleep(600)\n", python="/usr/bin/python3.11", script_name="periscope_safety_old.py")
     old.wait_for_line("ready")

@@ -93,6 +93,8 @@ class ProcessListScreen(Screen[None]):
         """How many scans have been shown (tests wait on it)."""
         self._stop = threading.Event()
         self._scan_now = threading.Event()
+        self._shown = threading.Event()  # the screen is on top: a list nobody sees is not rescanned
+        self._shown.set()
         self._latest: list[ProcessInfo] = []
         self._select_on_mount: int | None = None
 
@@ -117,6 +119,17 @@ class ProcessListScreen(Screen[None]):
     def on_unmount(self) -> None:
         self._stop.set()
         self._scan_now.set()
+        self._shown.set()
+
+    def on_screen_suspend(self) -> None:
+        # Another screen is on top (a process, its profile): scanning every process of the
+        # machine every 2 s for a list nobody sees was a steady part of periscope's CPU.
+        self._shown.clear()
+
+    def on_screen_resume(self) -> None:
+        if not self._shown.is_set():
+            self._shown.set()
+            self._scan_now.set()  # back on top: a fresh list at once
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         forward_failure(event, self.post_message)
@@ -128,6 +141,9 @@ class ProcessListScreen(Screen[None]):
         """Scan every SCAN_INTERVAL seconds (or when asked) until the screen goes away."""
         scanner = self.scanner_factory()
         while not self._stop.is_set():
+            self._shown.wait()
+            if self._stop.is_set():
+                break
             processes = scanner.scan()
             if self._stop.is_set():
                 break

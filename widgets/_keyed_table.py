@@ -204,7 +204,11 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
         return reorder
 
     def _sort_rows(self, keys: Iterable[str], order: Callable[[str], Any]) -> None:
-        """Order the rows ``keys`` (all the rows on show) by ``order(key)``."""
+        """Order the rows ``keys`` (all the rows on show) by ``order(key)``; rows already in that
+        order are left alone (a sort redraws the whole table)."""
+        shown = [str(row.key.value) for row in self.ordered_rows]
+        if shown == sorted(shown, key=order):
+            return
         by_cell = {id(self.get_row(key)[0]): key for key in keys}
         self.sort(key=lambda cells: order(by_cell[id(cells[0])]))
 

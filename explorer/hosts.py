@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +133,9 @@ class Host:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self._link: Link | None = None
+        self._connecting = threading.Lock()
+        """Held while the link starts: workers that ask at once (the list's scan, the profile's
+        start) share one connection instead of each starting its own."""
 
     @property
     def name(self) -> str:
@@ -140,11 +144,13 @@ class Host:
     @property
     def link(self) -> Link:
         """The running link (started now if it is not; HostError when the far side cannot be reached)."""
-        if self._link is None or self._link.dead is not None:
-            if self._link is not None:
-                self._link.close(timeout=1.0)
-            self._link = Link(self.endpoint)
-        return self._link
+        with self._connecting:
+            if self._link is None or self._link.dead is not None:
+                if self._link is not None:
+                    self._link.close(timeout=1.0)
+                    self._link = None
+                self._link = Link(self.endpoint)
+            return self._link
 
     @property
     def connected(self) -> bool:
@@ -326,6 +332,8 @@ RUN_THERE = frozenset({"stack", "tasks", "target-python", "snapshot", "record", 
 their output is shown here as they print it there, with control characters written out."""
 RELAYED = frozenset({"eval", "watch"})
 """Commands that run here, their agent session relayed from the far side."""
+STREAMED = frozenset({"top"})
+"""Commands that run here on what the far side streams (the profile sampler's counts)."""
 
 
 def run_command(command: str, argv: list[str], args: Any = None) -> int:

@@ -123,7 +123,8 @@ class Server:
         self.tasks: dict[int, asyncio.Task[Any]] = {}
         self.children: set[subprocess.Popen[bytes]] = set()
         self.attaching: set[int] = set()
-        """Ids of the attach requests in flight (withdrawn, not waited for, when stdin closes)."""
+        """Ids of the attach and profile requests in flight (withdrawn or stopped, not waited for,
+        when stdin closes)."""
         self._sids = 0
         self._scanner: Any = None
 
@@ -157,7 +158,7 @@ class Server:
             return
         task = asyncio.ensure_future(self._run(request_id, handler, message))
         self.tasks[request_id] = task
-        if op == "attach":
+        if op in ("attach", "profile"):
             self.attaching.add(request_id)
 
         def done(_task: asyncio.Task[Any]) -> None:
@@ -343,6 +344,34 @@ class Server:
             self.output.send({"t": "data", "sid": relay.sid, "b": bytes(leftover)})
         relay.task = asyncio.ensure_future(self._pump(relay))
         return _ALREADY_ANSWERED
+
+    async def op_profile(self, request_id: int, request: dict[str, Any]) -> dict[str, Any]:
+        """Sample the process here (explorer.sampler) and stream what was counted, as ``update``
+        messages, until the near side cancels the request, stdin closes or the target exits."""
+        from explorer.remote_profile import ProfileFeed
+        from explorer.sampler import MAX_RATE, Sampler
+
+        pid = _pid(request)
+        rate = _get(request, "rate", (int, float), 100.0, check=lambda r: 1 <= r <= MAX_RATE)
+        interval = _get(request, "interval", (int, float), 0.5, check=lambda s: 0.1 <= s <= 10)
+        feed = ProfileFeed()
+        sampler = await asyncio.to_thread(Sampler, pid, rate=float(rate), mode="wall", profile=feed)
+        try:
+            sampler.start()
+            while True:
+                ended = sampler.done.is_set()  # before the update: it then carries every sample
+                self.output.send({"t": "update", "id": request_id, **feed.take_update(sampler.stats())})
+                if ended:
+                    break
+                await asyncio.sleep(interval)
+        finally:
+            await asyncio.to_thread(sampler.stop)
+        error = sampler.error
+        if isinstance(error, (PeriscopeError, OSError)):
+            raise error
+        if error is not None:
+            raise PeriscopeError(f"sampling process {pid} stopped: {error}")
+        return {"ticks": sampler.stats().ticks}
 
     async def _pump(self, relay: _Relay) -> None:
         reason = "the agent closed the connection"

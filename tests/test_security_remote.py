@@ -42,3 +42,39 @@ def test_a_huge_message_header_is_refused_without_buffering_it():
     result = periscope("huge", "ps")
     assert result.returncode == 1
     assert "sent a message larger than" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("mode", ["profile-skips-stacks", "profile-unknown-stack", "profile-unknown-thread", "profile-line-type",
+                                  "profile-deep-stack", "profile-tags", "profile-negative-count", "profile-no-stats"])
+def test_a_lying_profile_update_is_refused(mode, monkeypatch):
+    """The near side of the profile op checks each update whole before it counts any of it."""
+    from explorer.errors import ProtocolError
+    from explorer.hosts import Host
+    from explorer.remote_profile import RemoteSampler
+    from explorer.transport import exec_endpoint
+
+    monkeypatch.setenv("PERISCOPE_REMOTE_COMMAND", f"{shlex.quote(sys.executable)} {shlex.quote(str(HOSTILE))} {mode}")
+    host = Host(exec_endpoint("env"))
+    try:
+        with pytest.raises(ProtocolError, match="the far side's profile|distinct stacks"):
+            RemoteSampler(host.link, 4242, rate=100)
+    finally:
+        host.close()
+
+
+def test_a_truthful_profile_update_is_counted(monkeypatch):
+    """The same far side with a well-formed update: counted (the refusals above are of the lies)."""
+    from explorer.hosts import Host
+    from explorer.remote_profile import RemoteSampler
+    from explorer.transport import exec_endpoint
+
+    monkeypatch.setenv("PERISCOPE_REMOTE_COMMAND", f"{shlex.quote(sys.executable)} {shlex.quote(str(HOSTILE))} profile-good")
+    host = Host(exec_endpoint("env"))
+    try:
+        sampler = RemoteSampler(host.link, 4242, rate=100)
+        rows = sampler.profile.counts("cpu", window=10).summary()
+        assert [(row.function, row.self_samples) for row in rows] == [("hot", 1)]
+        assert sampler.stats().ticks == 1
+        sampler.stop()
+    finally:
+        host.close()

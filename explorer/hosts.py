@@ -170,6 +170,14 @@ class Host:
             raise ProtocolError(f"{self.name} answered ps with a malformed list")
         return [process_from_json(row, self.name) for row in rows]
 
+    def target_thread(self, pid: int, native_id: int) -> int:
+        """The far side's native thread id ``native_id`` of ``pid`` as the target itself knows it
+        (they differ when the target runs in a pid namespace below the far side's)."""
+        found = self.link.request("target_thread", pid=pid, native_id=native_id)
+        if type(found) is not int or not 0 < found < 1 << 32:
+            raise ProtocolError(f"{self.name} answered target_thread with a malformed thread id")
+        return found
+
     def run(self, argv: list[str], file: tuple[int, bytes] | None = None) -> tuple[int, str, str]:
         """Run a periscope command there: its exit status, stdout and stderr (hostile text).
 

@@ -233,6 +233,23 @@ class Server:
 
         return await asyncio.to_thread(read)
 
+    async def op_target_thread(self, _id: int, request: dict[str, Any]) -> int:
+        """A native thread id as this side sees it, as the target sees it (the target may run in a
+        child pid namespace, where the agent knows its threads by other ids); unknown ids unchanged."""
+        pid = _pid(request)
+        native_id = _get(request, "native_id", int, check=lambda n: 0 < n < 1 << 32)
+
+        def translate() -> int:
+            from explorer.remote import RemoteProcess
+
+            with RemoteProcess.open(pid) as process:
+                try:
+                    return process.thread_by_native_id(native_id).target_native_id
+                except LookupError:
+                    return native_id
+
+        return await asyncio.to_thread(translate)
+
     async def op_target_python(self, _id: int, request: dict[str, Any]) -> str:
         from explorer.pythons import find_target_python, parse_minor
         from explorer.versions import DEFAULT_MINOR

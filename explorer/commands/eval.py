@@ -227,7 +227,11 @@ def _target_thread_id(pid: int, native_id: int | None) -> int | None:
     from explorer.oneshot import on_remote_host
 
     if on_remote_host():
-        return native_id  # the thread is on the far side, as it sees it
+        from explorer.hosts import current
+
+        host = current()
+        assert host is not None
+        return host.target_thread(pid, native_id)  # the far side's id, translated there
     try:
         from explorer.remote import RemoteProcess
 

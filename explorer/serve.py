@@ -214,6 +214,8 @@ class Server:
     async def op_stack(self, _id: int, request: dict[str, Any]) -> dict[str, Any]:
         pid = _pid(request)
         with_locals = _get(request, "locals", bool, False)
+        # The attach screen's read: the locals of one thread only (the main one when it is gone).
+        locals_thread = _get(request, "locals_thread", (int, type(None)), None)
 
         def read() -> dict[str, Any]:
             from explorer.commands.stack import add_variables_json, read_variables, stacks_to_json
@@ -223,9 +225,15 @@ class Server:
             with RemoteProcess.open(pid) as process:
                 stacks = StackReader(process).read()
                 document = stacks_to_json(pid, process.version, stacks)
+                for thread, stack in zip(document["threads"], stacks):
+                    thread["attached"] = stack.attached
                 if with_locals:
+                    chosen = stacks
+                    if "locals_thread" in request:
+                        chosen = [s for s in stacks if s.native_id == locals_thread] or [s for s in stacks if s.is_main]
+                        chosen = chosen[:1]
                     try:
-                        variables = read_variables(process, stacks)
+                        variables = read_variables(process, chosen)
                     except SystemExit as refusal:  # the CLI's way to refuse --locals on this build
                         raise PeriscopeError(str(refusal.code).removeprefix("periscope: ")) from None
                     add_variables_json(document, variables)

@@ -156,3 +156,81 @@ def test_the_serve_profile_op_ends_when_the_target_exits(sshd, spawn, monkeypatc
         assert host.link.request("hello")["serve"] == 1  # the link goes on
     finally:
         host.close()
+
+
+WAITING = """
+import threading, time
+
+def busy():
+    while True:
+        sum(range(1000))
+        time.sleep(0.01)
+
+def serve():
+    greeting = "hello"
+    count = 0
+    print("ready", flush=True)
+    while True:
+        line = input()
+        count += 1
+
+threading.Thread(target=busy, name="busy", daemon=True).start()
+serve()
+"""
+
+
+async def test_the_attach_screen_over_ssh_shows_the_stacks_and_locals_the_far_side_read(sshd, spawn, monkeypatch):
+    """While an attach through a host waits for the target's main thread (blocked in input()), the
+    waiting screen shows every thread's stack and the selected thread's locals, read from outside
+    by the far side; nothing of the target is read here. Once a line arrives the agent starts."""
+    import subprocess as sp
+
+    from explorer.screens.attach import AttachScreen
+    from explorer.screens.process import ProcessScreen
+    from widgets.stack_view import StackView
+    from widgets.thread_list import ThreadList
+    from widgets.variables import VariablesTree
+
+    target = spawn(WAITING, stdin=sp.PIPE)
+    target.wait_for_line("ready")
+    for key, value in sshd.env().items():
+        if key.startswith("PERISCOPE_"):
+            monkeypatch.setenv(key, value)
+    before = _serve_processes(sshd)
+    host = Host(ssh_endpoint(sshd.destination))
+    try:
+        app = PeriscopeApp(connector=HostConnector(host), scanner_factory=lambda: HostScanner(host), history_path=Path(tempfile.mkdtemp()) / "h")
+        async with app.run_test(size=SIZE) as pilot:
+            app.attach(target.pid, thread=target.pid)  # through the main thread, blocked in input()
+            await wait_until(pilot, lambda: isinstance(app.screen, AttachScreen) and app.screen.step == "waiting", "waiting")
+            attach = app.screen
+            assert isinstance(attach, AttachScreen)
+            threads = attach.query_one(ThreadList)
+            await wait_until(pilot, lambda: len(threads.threads) == 2, "both threads, read by the far side")
+            main = next(t for t in threads.threads.values() if t.is_main)
+            busy = next(t for t in threads.threads.values() if not t.is_main)
+            assert main.where == "serve" and busy.name == "busy" and main.native_id == target.pid
+            tree = attach.query_one("#attach-locals", VariablesTree)
+            await wait_until(pilot, lambda: ("locals", "greeting") in tree.value_paths(), "the locals read from outside")
+            paths = tree.value_paths()
+            assert paths[("locals", "greeting")].preview == "'hello'" and paths[("locals", "count")].preview == "0"
+            stack = attach.query_one(StackView)
+            assert [frame.function for frame in stack.frames] == ["serve", "<module>"]
+            assert stack.frames[0].source is None  # no file of this machine stands for the far side's
+            (serve,) = _serve_processes(sshd) - before
+            reads = attach.stack_reads
+            await wait_until(pilot, lambda: attach.stack_reads > reads + 1, "more reads")
+            assert not holds_files_of(os.getpid(), target.pid)  # read over there, not here
+
+            # Another thread selected: its stack, and its locals read anew by the far side.
+            threads.focus()
+            threads.select_thread(busy.native_id)
+            await wait_until(pilot, lambda: [f.function for f in attach.query_one(StackView).frames][:1] == ["busy"], "busy's stack")
+            assert serve in _still_serving({serve})
+
+            assert target.proc.stdin is not None
+            target.proc.stdin.write(b"one\n")
+            target.proc.stdin.flush()
+            await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen) and app.screen.frames_applied >= 1, "attached")
+    finally:
+        host.close()

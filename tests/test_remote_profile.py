@@ -232,5 +232,7 @@ async def test_the_attach_screen_over_ssh_shows_the_stacks_and_locals_the_far_si
             target.proc.stdin.write(b"one\n")
             target.proc.stdin.flush()
             await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen) and app.screen.frames_applied >= 1, "attached")
+            frames = app.screen.query_one(StackView).frames
+            assert frames and all(frame.source is None for frame in frames)  # nor there: the files are the far side's
     finally:
         host.close()

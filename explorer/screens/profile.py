@@ -40,7 +40,6 @@ REFRESH_INTERVAL = 0.5
 """Seconds between two updates of the view."""
 
 
-
 class Profiling(Protocol):
     """Where a process is profiled: its sampler, its source lines, what discovery knows of it."""
 

@@ -104,8 +104,12 @@ class PeriscopeApp(App[int]):
             self.attach(self.start_pid)
 
     def show_profile(self, pid: int, process: ProcessInfo | None = None, *, mode: str = "cpu", rate: float = 100.0) -> None:
-        """Open the Profile view of ``pid`` (read from outside: no agent needed)."""
-        self.push_screen(ProfileScreen(pid, process, mode=mode, rate=rate, mask_noise=self.mask_noise))
+        """Open the Profile view of ``pid`` (read from outside: no agent needed), sampled where it
+        runs (a host's connector, or the fleet view's row's host, brings its own profiling)."""
+        for_process = getattr(self.connector, "for_process", None)
+        connector = for_process(process) if for_process is not None and process is not None else self.connector
+        profiling = getattr(connector, "profiling", None)
+        self.push_screen(ProfileScreen(pid, process, mode=mode, rate=rate, mask_noise=self.mask_noise, profiling=profiling))
 
     async def action_quit(self) -> None:
         """Detach from every process, then quit."""

@@ -203,7 +203,7 @@ def _main_remote(argv: list[str], commands: dict[str, tuple[str, str]]) -> int:
     hosts.use(endpoints)
     try:
         if argv and argv[0] in commands:
-            if argv[0] in hosts.RELAYED:
+            if argv[0] in hosts.RELAYED or argv[0] in hosts.STREAMED:
                 args = build_parser(commands, with_options=argv[:1]).parse_args(argv)
                 return int(args.run(args) or 0)
             args = build_parser(commands, with_options=argv[:1]).parse_args(argv)  # usage errors are found here

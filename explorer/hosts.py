@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +133,9 @@ class Host:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self._link: Link | None = None
+        self._connecting = threading.Lock()
+        """Held while the link starts: workers that ask at once (the list's scan, the profile's
+        start) share one connection instead of each starting its own."""
 
     @property
     def name(self) -> str:
@@ -140,11 +144,13 @@ class Host:
     @property
     def link(self) -> Link:
         """The running link (started now if it is not; HostError when the far side cannot be reached)."""
-        if self._link is None or self._link.dead is not None:
-            if self._link is not None:
-                self._link.close(timeout=1.0)
-            self._link = Link(self.endpoint)
-        return self._link
+        with self._connecting:
+            if self._link is None or self._link.dead is not None:
+                if self._link is not None:
+                    self._link.close(timeout=1.0)
+                    self._link = None
+                self._link = Link(self.endpoint)
+            return self._link
 
     @property
     def connected(self) -> bool:
@@ -163,6 +169,14 @@ class Host:
         if not isinstance(rows, list):
             raise ProtocolError(f"{self.name} answered ps with a malformed list")
         return [process_from_json(row, self.name) for row in rows]
+
+    def target_thread(self, pid: int, native_id: int) -> int:
+        """The far side's native thread id ``native_id`` of ``pid`` as the target itself knows it
+        (they differ when the target runs in a pid namespace below the far side's)."""
+        found = self.link.request("target_thread", pid=pid, native_id=native_id)
+        if type(found) is not int or not 0 < found < 1 << 32:
+            raise ProtocolError(f"{self.name} answered target_thread with a malformed thread id")
+        return found
 
     def run(self, argv: list[str], file: tuple[int, bytes] | None = None) -> tuple[int, str, str]:
         """Run a periscope command there: its exit status, stdout and stderr (hostile text).
@@ -326,6 +340,8 @@ RUN_THERE = frozenset({"stack", "tasks", "target-python", "snapshot", "record", 
 their output is shown here as they print it there, with control characters written out."""
 RELAYED = frozenset({"eval", "watch"})
 """Commands that run here, their agent session relayed from the far side."""
+STREAMED = frozenset({"top"})
+"""Commands that run here on what the far side streams (the profile sampler's counts)."""
 
 
 def run_command(command: str, argv: list[str], args: Any = None) -> int:

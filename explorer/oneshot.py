@@ -59,6 +59,21 @@ def on_remote_host() -> bool:
     return hosts is not None and hosts.current() is not None
 
 
+INTERRUPT_GRACE = 2.0
+"""Seconds an eval has, after Ctrl+C sent it KeyboardInterrupt, to end before periscope stops
+waiting: code blocked in a C call (a sleep, a lock, I/O) takes it only when that call returns."""
+
+
+class InterruptPending(PeriscopeError):
+    """Ctrl+C sent the eval KeyboardInterrupt, but it is in a C call that has not returned."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(
+            f"KeyboardInterrupt sent to the eval in process {pid}, which is blocked in a C call (a sleep, a lock, I/O): "
+            "it is raised there when that call returns; detached, the target runs on"
+        )
+
+
 class NotTaken(PeriscopeError):
     """No thread took the agent's request within ``attach(taken_within=...)``; it was withdrawn."""
 
@@ -378,7 +393,8 @@ class OneShotSession:
         """Evaluate ``code`` as ``Session.start_eval`` does and wait for its result.
 
         A first Ctrl+C (or SIGTERM, SIGHUP) asks the agent to interrupt the code and goes on
-        waiting for its result; a second one raises KeyboardInterrupt here.
+        waiting for its result, up to INTERRUPT_GRACE seconds (then InterruptPending: the code is
+        blocked in C); a second one raises KeyboardInterrupt here.
         """
         import _signal as signal
 
@@ -387,6 +403,7 @@ class OneShotSession:
         if repr_chars is not None:
             arguments["repr_chars"] = repr_chars
         wanted: list[bool] = []
+        sent_at: list[float] = []
 
         def on_sigint(signum: int, frame: Any) -> None:
             if wanted:
@@ -397,6 +414,9 @@ class OneShotSession:
             if wanted and len(wanted) == 1:
                 wanted.append(True)  # asked once
                 self._send("interrupt", {"eval_id": eval_id})
+                sent_at.append(time.monotonic())
+            elif sent_at and time.monotonic() - sent_at[0] > INTERRUPT_GRACE:
+                raise InterruptPending(self.pid)
 
         eval_id = self._send("eval", arguments)
         if on_output is not None:

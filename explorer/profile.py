@@ -244,6 +244,45 @@ class Profile:
                     else:
                         self.timeline_full = True
 
+    def add_counts(self, second: int, samples: list[tuple[ThreadMeta, int, int, int]]) -> None:
+        """Count samples summed elsewhere (the far side of a host): ``n`` samples of each (thread,
+        stack id, tags, n) taken in clock second ``second`` (of this Profile's clock)."""
+        with self._lock:
+            buckets = self._buckets
+            newest = max(second, buckets[-1][0] if buckets else second)
+            while buckets and buckets[0][0] <= newest - WINDOW:
+                buckets.popleft()
+            bucket = None
+            if second > newest - WINDOW:
+                # Mostly the newest second; an update may also carry the one before it.
+                index = len(buckets)
+                while index > 0 and buckets[index - 1][0] > second:
+                    index -= 1
+                if index > 0 and buckets[index - 1][0] == second:
+                    bucket = buckets[index - 1][1]
+                else:
+                    bucket = {}
+                    buckets.insert(index, (second, bucket))
+            for thread, stack_id, tags, n in samples:
+                self.samples += n
+                if self.threads.get(thread.native_id) is not thread:
+                    self.threads[thread.native_id] = thread
+                key = (thread.native_id, tags)
+                total = self._totals.get(key)
+                if total is None:
+                    total = self._totals[key] = Counter()
+                total[stack_id] += n
+                if bucket is not None:
+                    recent = bucket.get(key)
+                    if recent is None:
+                        recent = bucket[key] = Counter()
+                    recent[stack_id] += n
+
+    def add_ticks(self, ticks: int) -> None:
+        """Count ticks taken elsewhere (their samples come through :meth:`add_counts`)."""
+        with self._lock:
+            self.ticks += ticks
+
     # --- the readers' side -------------------------------------------------------------------
 
     def counts(self, mode: str = "wall", *, window: float | None = None, thread: int | None = None) -> StackCounts:

@@ -123,7 +123,8 @@ class Server:
         self.tasks: dict[int, asyncio.Task[Any]] = {}
         self.children: set[subprocess.Popen[bytes]] = set()
         self.attaching: set[int] = set()
-        """Ids of the attach requests in flight (withdrawn, not waited for, when stdin closes)."""
+        """Ids of the attach and profile requests in flight (withdrawn or stopped, not waited for,
+        when stdin closes)."""
         self._sids = 0
         self._scanner: Any = None
 
@@ -157,7 +158,7 @@ class Server:
             return
         task = asyncio.ensure_future(self._run(request_id, handler, message))
         self.tasks[request_id] = task
-        if op == "attach":
+        if op in ("attach", "profile"):
             self.attaching.add(request_id)
 
         def done(_task: asyncio.Task[Any]) -> None:
@@ -213,6 +214,8 @@ class Server:
     async def op_stack(self, _id: int, request: dict[str, Any]) -> dict[str, Any]:
         pid = _pid(request)
         with_locals = _get(request, "locals", bool, False)
+        # The attach screen's read: the locals of one thread only (the main one when it is gone).
+        locals_thread = _get(request, "locals_thread", (int, type(None)), None)
 
         def read() -> dict[str, Any]:
             from explorer.commands.stack import add_variables_json, read_variables, stacks_to_json
@@ -222,15 +225,38 @@ class Server:
             with RemoteProcess.open(pid) as process:
                 stacks = StackReader(process).read()
                 document = stacks_to_json(pid, process.version, stacks)
+                for thread, stack in zip(document["threads"], stacks):
+                    thread["attached"] = stack.attached
                 if with_locals:
+                    chosen = stacks
+                    if "locals_thread" in request:
+                        chosen = [s for s in stacks if s.native_id == locals_thread] or [s for s in stacks if s.is_main]
+                        chosen = chosen[:1]
                     try:
-                        variables = read_variables(process, stacks)
+                        variables = read_variables(process, chosen)
                     except SystemExit as refusal:  # the CLI's way to refuse --locals on this build
                         raise PeriscopeError(str(refusal.code).removeprefix("periscope: ")) from None
                     add_variables_json(document, variables)
             return document
 
         return await asyncio.to_thread(read)
+
+    async def op_target_thread(self, _id: int, request: dict[str, Any]) -> int:
+        """A native thread id as this side sees it, as the target sees it (the target may run in a
+        child pid namespace, where the agent knows its threads by other ids); unknown ids unchanged."""
+        pid = _pid(request)
+        native_id = _get(request, "native_id", int, check=lambda n: 0 < n < 1 << 32)
+
+        def translate() -> int:
+            from explorer.remote import RemoteProcess
+
+            with RemoteProcess.open(pid) as process:
+                try:
+                    return process.thread_by_native_id(native_id).target_native_id
+                except LookupError:
+                    return native_id
+
+        return await asyncio.to_thread(translate)
 
     async def op_target_python(self, _id: int, request: dict[str, Any]) -> str:
         from explorer.pythons import find_target_python, parse_minor
@@ -343,6 +369,34 @@ class Server:
             self.output.send({"t": "data", "sid": relay.sid, "b": bytes(leftover)})
         relay.task = asyncio.ensure_future(self._pump(relay))
         return _ALREADY_ANSWERED
+
+    async def op_profile(self, request_id: int, request: dict[str, Any]) -> dict[str, Any]:
+        """Sample the process here (explorer.sampler) and stream what was counted, as ``update``
+        messages, until the near side cancels the request, stdin closes or the target exits."""
+        from explorer.remote_profile import ProfileFeed
+        from explorer.sampler import MAX_RATE, Sampler
+
+        pid = _pid(request)
+        rate = _get(request, "rate", (int, float), 100.0, check=lambda r: 1 <= r <= MAX_RATE)
+        interval = _get(request, "interval", (int, float), 0.5, check=lambda s: 0.1 <= s <= 10)
+        feed = ProfileFeed()
+        sampler = await asyncio.to_thread(Sampler, pid, rate=float(rate), mode="wall", profile=feed)
+        try:
+            sampler.start()
+            while True:
+                ended = sampler.done.is_set()  # before the update: it then carries every sample
+                self.output.send({"t": "update", "id": request_id, **feed.take_update(sampler.stats())})
+                if ended:
+                    break
+                await asyncio.sleep(interval)
+        finally:
+            await asyncio.to_thread(sampler.stop)
+        error = sampler.error
+        if isinstance(error, (PeriscopeError, OSError)):
+            raise error
+        if error is not None:
+            raise PeriscopeError(f"sampling process {pid} stopped: {error}")
+        return {"ticks": sampler.stats().ticks}
 
     async def _pump(self, relay: _Relay) -> None:
         reason = "the agent closed the connection"

@@ -273,7 +273,7 @@ class Link:
                 if isinstance(message.get("reason"), str):
                     stream.reason = message["reason"][:1000]
                 stream.deliver(None)
-        elif kind == "progress":
+        elif kind in ("progress", "update"):  # a step of an attach, a profile's counts
             callback = self._progress.get(message.get("id")) if type(message.get("id")) is int else None
             if callback is not None:
                 callback(message)

@@ -1,6 +1,7 @@
 """A far side that lies (run as PERISCOPE_REMOTE_COMMAND by tests/test_security_remote.py): it
 answers hello correctly, then sends what argv[1] names: terminal escapes in process rows and
-command output, fields of the wrong type, or a message announcing gigabytes."""
+command output, fields of the wrong type, a message announcing gigabytes, or (``profile-*``)
+profile updates that lie about their stacks, threads and counts."""
 
 import os
 import struct
@@ -25,6 +26,21 @@ ROW = {
     "remote_debug_enabled": True, "attachable": False, "reason": "no" + ESCAPES, "fix": None,
 }
 
+STATS = {"ticks": 1, "missed": 0, "samples": 1, "walks": 1, "reused": 0, "retries": 0, "torn": 0, "elapsed": 0.01}
+GOOD = {"first": 0, "stacks": [[["hot", "/x.py", 3]]], "threads": [[7, None, True]], "counts": [[0, 7, 1, 0, 1]], "ticks": 1, "stats": STATS}
+PROFILE_LIES = {
+    "profile-skips-stacks": {**GOOD, "first": 5},
+    "profile-unknown-stack": {**GOOD, "counts": [[0, 7, 1, 1, 1]]},
+    "profile-unknown-thread": {**GOOD, "counts": [[0, 8, 1, 0, 1]]},
+    "profile-line-type": {**GOOD, "stacks": [[["hot", "/x.py", "3"]]]},
+    "profile-deep-stack": {**GOOD, "stacks": [[["f", "/x.py", 1]] * 5000]},
+    "profile-tags": {**GOOD, "counts": [[0, 7, 9, 0, 1]]},
+    "profile-negative-count": {**GOOD, "counts": [[0, 7, 1, 0, -4]]},
+    "profile-no-stats": {**GOOD, "stats": None},
+    "profile-good": GOOD,
+}
+
+
 def requests():
     unpacker = msgpack.Unpacker(raw=False)
     while chunk := os.read(0, 1 << 16):
@@ -41,6 +57,8 @@ for request in requests():
         send({"t": "resp", "id": request["id"], "ok": True, "result": {"status": 0, "stdout": "frame" + ESCAPES + "\n", "stderr": ESCAPES}})
     elif MODE == "escapes" and request.get("op") == "attach":
         send({"t": "resp", "id": request["id"], "ok": False, "error": {"type": "PermissionDenied", "message": "denied" + ESCAPES, "fix": None}})
+    elif MODE in PROFILE_LIES and request.get("op") == "profile":
+        send({"t": "update", "id": request["id"], **PROFILE_LIES[MODE]})
     elif MODE == "types":
         send({"t": "resp", "id": request["id"], "ok": True, "result": [{**ROW, "pid": "4242"}]})
     elif MODE == "huge":

@@ -99,6 +99,27 @@ def test_ctrl_c_during_an_eval_leaves_the_target_clean(spawn, tmp_path, presses)
     watched.wait_for_counter_beyond(max(back["counter"], attached["counter"]))  # the target counts on
 
 
+def test_ctrl_c_during_an_eval_blocked_in_c_does_not_wait_for_the_call(spawn, tmp_path):
+    """Code in a long C call (a sleep) takes KeyboardInterrupt only when the call returns: periscope
+    says so and detaches at once (status 130); the eval's thread ends with the call, the target is clean."""
+    watched = start_watched(spawn, tmp_path)
+    quiet = watched.quiet()
+    descriptors = watched.descriptors()
+    periscope = periscope_process("eval", str(watched.pid), "import time; time.sleep(25)")
+    try:
+        watched.wait_for(lambda state: state["agent"] and state["threads"] == quiet["threads"] + 3)
+        periscope.send_signal(signal.SIGINT)
+        _out, err = periscope.communicate(timeout=30)
+    finally:
+        kill(periscope)
+    assert periscope.returncode == 130, err
+    assert "KeyboardInterrupt sent to the eval" in err and "blocked in a C call" in err, err
+    assert watched.state()["threads"] > quiet["threads"]  # the sleep goes on: periscope did not wait for it
+    fds = {quiet["fds"]} | ({quiet["fds"] + 1} if not any("libffi" in path for path in descriptors) else set())
+    watched.wait_for(lambda state: {key: state[key] for key in SETTLED} in [{**quiet, "fds": n} for n in fds], timeout=60)
+    assert list(watched.tmpdir.iterdir()) == []
+
+
 # -- the quick parsers agree with argparse -----------------------------------------------------
 
 WORDS = ["--json", "--js", "-h", "--help", "--", "-", "-5", "12", "007", "0", "1_0", "+4", " 3", "٣", "x", "", "1+1", "--via", "main"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from explorer.versions import minor_name
-from tests.agent_helpers import kill, start_watched
+from tests.agent_helpers import SETTLED, kill, periscope_process, start_watched
 from tests.sshd import SSH, SSHD, SshServer, start_sshd
 
 pytestmark = pytest.mark.skipif(
@@ -267,3 +267,34 @@ def test_a_host_that_drops_off_is_marked_and_comes_back(spawn, tmp_path, monkeyp
         if host is not None:
             host.close()
         server.stop()
+
+
+def test_ctrl_c_during_an_eval_over_ssh_interrupts_it_in_the_target(sshd, spawn, tmp_path):
+    """SIGINT to ``periscope --host H eval PID CODE``: Python code is interrupted in the target
+    (its KeyboardInterrupt shown, status 130 as locally); code blocked in a C call (a sleep) is
+    sent the KeyboardInterrupt, periscope says so and detaches without waiting for the call to
+    return (130); either way the agent leaves and the target runs on."""
+    watched = start_watched(spawn, tmp_path)
+    quiet = watched.quiet()
+    descriptors = watched.descriptors()
+    for code, blocked in (("while True: pass", False), ("import time; time.sleep(25)", True)):
+        periscope = periscope_process("--host", sshd.destination, "eval", str(watched.pid), code, env=sshd.env())
+        try:
+            # The agent's thread, its worker and the eval's thread: the code is running.
+            attached = watched.wait_for(lambda state: state["agent"] and state["threads"] == quiet["threads"] + 3)
+            periscope.send_signal(signal.SIGINT)
+            _out, err = periscope.communicate(timeout=30)
+        finally:
+            kill(periscope)
+        assert periscope.returncode == 130, err
+        if blocked:
+            assert "KeyboardInterrupt sent to the eval" in err and "blocked in a C call" in err, err
+            # periscope did not wait for the sleep: the eval's thread is still in it.
+            assert watched.state()["threads"] > quiet["threads"]
+        else:
+            assert "Traceback" in err and "KeyboardInterrupt" in err, err  # raised in the target, shown here
+        fds = {quiet["fds"]} | ({quiet["fds"] + 1} if not any("libffi" in path for path in descriptors) else set())
+        back = watched.wait_for(lambda state, fds=fds: {key: state[key] for key in SETTLED} in [{**quiet, "fds": n} for n in fds], timeout=60)
+        assert all("libffi" in path for path in watched.descriptors() - descriptors)
+        assert list(watched.tmpdir.iterdir()) == []  # the far side removed the session directory
+        watched.wait_for_counter_beyond(max(back["counter"], attached["counter"]))  # the target counts on

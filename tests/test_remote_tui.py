@@ -146,3 +146,62 @@ def test_fleet_view_lists_every_host_with_a_host_column_and_attaches_per_row(spa
     finally:
         subprocess.run([TMUX, "-L", term.socket, "kill-server"], capture_output=True, timeout=10)
         server.stop()
+
+
+def test_top_and_the_fleet_views_profile_over_ssh(spawn, target_python, tmp_path):
+    """``periscope --host H top PID`` shows the target's hot function, sampled on the far side;
+    so does Ctrl+F on the fleet view's row of that host; quitting leaves no serve behind."""
+    from tests.profile_targets import HOT_TARGET
+    from tests.test_remote_profile import holds_files_of
+    from tests.test_remote_ssh import _serve_processes
+
+    server = start_sshd(tmp_path / "sshd")
+    term = Terminal(f"periscope-test-{secrets.token_hex(4)}")
+    env = {
+        **{k: v for k, v in server.env().items() if not k.startswith("TMUX")},
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "PS1": "$ ",
+    }
+    try:
+        hot = spawn(HOT_TARGET)
+        hot.wait_for_line("ready")
+        assert hot.script is not None
+        subprocess.run(
+            [TMUX, "-L", term.socket, "-f", "/dev/null", "new-session", "-d", "-s", "main", "-x", "150", "-y", "40",
+             "bash --norc --noprofile"],
+            check=True, env=env, timeout=10,
+        )
+        periscope = Path(sys.executable).with_name("periscope")
+        term.type(f"{periscope} --host {server.destination} top {hot.pid}; echo periscope-top-exited-$?")
+        term.press("Enter")
+        term.wait_for(rf"periscope · profile · {hot.pid}")
+        term.wait_for(r"hot_loop\s")
+        (serve,) = _serve_processes(server)
+        assert holds_files_of(serve, hot.pid)  # sampled over there
+        term.press("C-q")
+        term.wait_for(r"periscope-top-exited-0")
+        deadline = time.monotonic() + 15
+        while _serve_processes(server):
+            assert time.monotonic() < deadline, "the far side's serve outlived periscope top"
+            time.sleep(0.1)
+
+        term.type(f"clear; {periscope} --host {server.destination} --exec env; echo periscope-exited-$?")
+        term.press("Enter")
+        term.wait_for(r"HOST\s+PID")
+        term.type(f"{hot.script.parent.name} root@")
+        term.wait_for(rf"{re.escape(server.destination)}\s+{hot.pid}\s")
+        term.press("Down")
+        term.wait_for(r"can attach")
+        term.press("C-f")
+        term.wait_for(rf"periscope · profile · {hot.pid}")
+        term.wait_for(r"hot_loop\s")
+        (serve,) = _serve_processes(server)
+        assert holds_files_of(serve, hot.pid)  # by the row's host, the ssh one
+        term.press("Escape")
+        term.wait_for(r"HOST\s+PID")
+        term.press("C-q")
+        term.wait_for(r"periscope-exited-0")
+        assert hot.proc.poll() is None
+    finally:
+        subprocess.run([TMUX, "-L", term.socket, "kill-server"], capture_output=True, timeout=10)
+        server.stop()

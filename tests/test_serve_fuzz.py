@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from explorer.serve import RUN_COMMANDS
 
-SAFE_OPS = ["hello", "stack", "attach", "close", "cancel", "run", "nope", ""]
+SAFE_OPS = ["hello", "stack", "attach", "close", "cancel", "run", "profile", "target_thread", "nope", ""]
 SLOW_OPS = {"ps", "target_python"}
 
 
@@ -102,7 +102,7 @@ def requests(draw: st.DrawFn) -> Any:
     shape = draw(st.sampled_from(["value", "request", "data"]))
     if shape == "value":
         return draw(values)
-    message = draw(st.dictionaries(st.sampled_from(["pid", "sid", "argv", "thread", "timeout", "rate", "modules", "limits", "request", "x"]), values, max_size=5))
+    message = draw(st.dictionaries(st.sampled_from(["pid", "sid", "argv", "thread", "timeout", "rate", "modules", "limits", "request", "interval", "native_id", "locals_thread", "locals", "x"]), values, max_size=5))
     if shape == "data":
         message.update(t="data", sid=draw(values), b=draw(st.binary(max_size=50) | values))
         return message

@@ -163,7 +163,24 @@ class HostConnector:
     def __init__(self, host: Any) -> None:
         self.host = host
         self.host_name = host.name
-        """Names the host in the attach screen; also tells it not to read the pid from outside here."""
+        """Names the host in the attach screen and the process screen (which then reads no pid here)."""
+        self.profiling = HostProfiling(host)
+        """The Profile view's sampler on that host (explorer.screens.profile.Profiling)."""
+
+    def inspect(self, pid: int) -> Any:
+        """What the far side's discovery says about ``pid`` (None: not listed there)."""
+        return self.profiling.inspect(pid)
+
+    def sources(self, pid: int) -> Any:
+        """Source lines of the far side's frames: none (its files are not this machine's)."""
+        return self.profiling.sources(pid)
+
+    def read_outside(self, pid: int, selected: int | None) -> Any:
+        """The attach screen's read from outside, done by the far side (explorer.screens.attach.read_outside)."""
+        from explorer.remote_outside import outside_from_json
+
+        document = self.host.link.request("stack", pid=pid, locals=True, locals_thread=selected)
+        return outside_from_json(document)
 
     async def __call__(self, pid: int, *, thread: int | None, progress: Any) -> Any:
         from explorer.screens.attach import _STATE_STEPS, ATTACH_TIMEOUT, BLOCKED_FIX, STREAM_RATE
@@ -179,6 +196,43 @@ class HostConnector:
             progress=report,
             blocked_fix=BLOCKED_FIX,
         )
+
+
+class HostProfiling:
+    """Profiles a process of one host: the far side samples it (explorer.remote_profile)."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+
+    def sampler(self, pid: int, rate: float) -> Any:
+        from explorer.remote_profile import RemoteSampler
+
+        return RemoteSampler(self.host.link, pid, rate=rate, where=self.host.name)
+
+    def sources(self, pid: int) -> Any:
+        from explorer.screens.sources import NoSources
+
+        return NoSources()
+
+    def inspect(self, pid: int) -> Any:
+        return next((process for process in self.host.scan() if process.pid == pid), None)
+
+
+class NoProfiling:
+    """The fleet view without a row: which host's process is meant is not known."""
+
+    def sampler(self, pid: int, rate: float) -> Any:
+        from explorer.errors import PeriscopeError
+
+        raise PeriscopeError(f"profile {pid} from the process list: its row says which host it runs on")
+
+    def sources(self, pid: int) -> Any:
+        from explorer.screens.sources import NoSources
+
+        return NoSources()
+
+    def inspect(self, pid: int) -> Any:
+        return None
 
 
 def host_app_options() -> dict[str, Any]:
@@ -200,6 +254,7 @@ class FleetConnector:
     def __init__(self, fleet: list[Any]) -> None:
         self.connectors = {host.name: HostConnector(host) for host in fleet}
         self.host_name = ", ".join(self.connectors)
+        self.profiling = NoProfiling()
 
     def for_process(self, process: Any) -> HostConnector | FleetConnector:
         return self.connectors.get(getattr(process, "host", ""), self)
@@ -208,3 +263,8 @@ class FleetConnector:
         from explorer.errors import PeriscopeError
 
         raise PeriscopeError(f"attach to {pid} from the process list: its row says which host it runs on")
+
+    def read_outside(self, pid: int, selected: int | None) -> Any:
+        from explorer.errors import PeriscopeError
+
+        raise PeriscopeError(f"pick {pid} in the process list: its row says which host it runs on")

@@ -109,11 +109,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from explorer.oneshot import on_remote_host
 
-    if on_remote_host():
-        import asyncio
+    from explorer.oneshot import InterruptPending
 
-        return _report(args, asyncio.run(_eval(args)))
-    return _report(args, _eval_here(args))
+    try:
+        if on_remote_host():
+            import asyncio
+
+            return _report(args, asyncio.run(_eval(args)))
+        return _report(args, _eval_here(args))
+    except InterruptPending as pending:
+        print(f"periscope: {pending}", file=sys.stderr)
+        return 130
 
 
 def _read_code(args: argparse.Namespace) -> str | None:
@@ -156,6 +162,7 @@ async def _eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     import signal
 
     from explorer.hosts import attach
+    from explorer.oneshot import INTERRUPT_GRACE, InterruptPending
 
     module = args.module
     session = await attach(args.pid, thread=thread_choice(args), timeout=args.timeout, rate=0.0, blocked_fix=VIA_FIX)
@@ -172,6 +179,14 @@ async def _eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
         interrupted = False
         interrupting: list[asyncio.Task[None]] = []  # the loop keeps only a weak reference to a task
+        waiting = asyncio.ensure_future(handle.result())
+        given_up: list[bool] = []
+
+        def give_up() -> None:
+            # Still running after the grace: blocked in a C call, which takes the interrupt when it returns.
+            if not waiting.done():
+                given_up.append(True)
+                waiting.cancel()
 
         def on_sigint() -> None:
             nonlocal interrupted
@@ -181,10 +196,16 @@ async def _eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 return
             interrupted = True
             interrupting.append(asyncio.ensure_future(handle.interrupt()))
+            loop.call_later(INTERRUPT_GRACE, give_up)
 
         loop.add_signal_handler(signal.SIGINT, on_sigint)
         try:
-            result = await handle
+            try:
+                result = await waiting
+            except asyncio.CancelledError:
+                if not given_up:
+                    raise
+                raise InterruptPending(args.pid) from None
         finally:
             loop.remove_signal_handler(signal.SIGINT)
     finally:
@@ -227,7 +248,11 @@ def _target_thread_id(pid: int, native_id: int | None) -> int | None:
     from explorer.oneshot import on_remote_host
 
     if on_remote_host():
-        return native_id  # the thread is on the far side, as it sees it
+        from explorer.hosts import current
+
+        host = current()
+        assert host is not None
+        return host.target_thread(pid, native_id)  # the far side's id, translated there
     try:
         from explorer.remote import RemoteProcess
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 import sys
 
 NAME = "top"
@@ -30,5 +31,23 @@ def run(args: argparse.Namespace) -> int:
     if args.pid <= 0:
         print(f"periscope: {args.pid} is not a process id", file=sys.stderr)
         return 2
+    from explorer import hosts
+
+    host = hosts.current()
+    if host is not None:
+        return _run_on_host(host, args)
     RemoteProcess.open(args.pid).close()  # refuse now, in one line, what the view could not read
     return run_app(pid=args.pid, demo=False, profile=(args.mode, args.rate))
+
+
+def _run_on_host(host: Any, args: argparse.Namespace) -> int:
+    """``top`` through ``--host`` or ``--exec``: the far side samples, the view runs here."""
+    from explorer import hosts
+    from explorer.commands.app import host_app_options, run_app
+    from explorer.transport import HostError
+
+    if len(hosts.all_hosts()) > 1:
+        raise HostError("periscope top works on one host at a time", "give one --host or --exec")
+    # Refuse now, in one line, what the view could not read: the far side opens it as the sampler would.
+    host.link.request("stack", pid=args.pid)
+    return run_app(pid=args.pid, demo=False, profile=(args.mode, args.rate), **host_app_options())

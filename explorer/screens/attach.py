@@ -110,6 +110,28 @@ async def default_connector(
     )
 
 
+def read_outside(pid: int, selected: int | None) -> tuple[list[Any], dict[int, list[Any]], tuple[Any, ...] | None]:
+    """Every thread's stack, the locals of thread ``selected`` (None or gone: the main thread's)
+    and ``__main__``'s variables, read from outside on this machine."""
+    from explorer.model import Variable
+    from explorer.outside import frame_locals, to_value
+    from explorer.remote import RemoteProcess
+    from explorer.stacks import StackReader
+    from explorer.values import Unsupported, ValueReader
+
+    with RemoteProcess.open(pid) as process:
+        stacks = StackReader(process).read()
+        chosen = [s for s in stacks if s.native_id == selected] or [s for s in stacks if s.is_main]
+        try:
+            reader = ValueReader(process)
+            found = {stack.native_id: frame_locals(reader, stack) for stack in chosen[:1]}
+            main = reader.module_globals("__main__")
+            module = tuple(Variable(name, to_value(value)) for name, value in main or ())
+        except Unsupported:
+            found, module = {}, None
+    return stacks, found, module
+
+
 class StacksRead(Message):
     """The latest read-only stacks of the target; a newer read replaces a queued older one."""
 
@@ -200,7 +222,8 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
         """How many reads of the selected thread's locals have been shown (tests wait on it)."""
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._sources = SourceLines(pid)
+        # A host's connector brings its own (no files of this machine for a far side's frames).
+        self._sources = (getattr(connector, "sources", None) or SourceLines)(pid)
         self._stacks: dict[int, Any] = {}
         self._locals: dict[int, list[Any]] = {}
         self._selected: int | None = None
@@ -241,8 +264,7 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
         progress = self.query_one(AttachProgress)
         progress.animate_spinner = not self.mask_noise
         self.query_one(ThreadList).focus()
-        if getattr(self.connector, "host_name", None) is None:  # the pid is on another host: nothing to read here
-            self.read_stacks()
+        self.read_stacks()
         self.attach()
 
     def on_unmount(self) -> None:
@@ -258,7 +280,8 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
     async def attach(self) -> None:
         """Check the verdict, then attach; dismiss the screen with the session."""
         if self.process is None:
-            self.process = await asyncio.to_thread(ProcessScanner().inspect, self.pid)
+            inspect = getattr(self.connector, "inspect", None) or ProcessScanner().inspect  # a host's: its own discovery
+            self.process = await asyncio.to_thread(inspect, self.pid)
             self.query_one("#attach-command", Label).update(Text(self._describe()))
         process = self.process
         if process is not None and not process.attachable:
@@ -274,26 +297,12 @@ class AttachScreen(Screen["Attached | AttachFailed | None"]):
     @work(thread=True, name="read-stacks", exit_on_error=False, exclusive=True, group="read-stacks")
     def read_stacks(self) -> None:
         """Read every thread's stack and the selected thread's locals from outside, twice a
-        second (at once when another thread is selected), until attached or cancelled."""
-        from explorer.model import Variable
-        from explorer.outside import frame_locals, to_value
-        from explorer.remote import RemoteProcess
-        from explorer.stacks import StackReader
-        from explorer.values import Unsupported, ValueReader
-
+        second (at once when another thread is selected), until attached or cancelled: here, or
+        on the far side when the connector goes through a host (its ``read_outside``)."""
+        read = getattr(self.connector, "read_outside", None) or read_outside
         while not self._stop.is_set():
             try:
-                with RemoteProcess.open(self.pid) as process:
-                    stacks = StackReader(process).read()
-                    selected = self._selected
-                    chosen = [s for s in stacks if s.native_id == selected] or [s for s in stacks if s.is_main]
-                    try:
-                        reader = ValueReader(process)
-                        found = {stack.native_id: frame_locals(reader, stack) for stack in chosen[:1]}
-                        main = reader.module_globals("__main__")
-                        module = tuple(Variable(name, to_value(value)) for name, value in main or ())
-                    except Unsupported:
-                        found, module = {}, None
+                stacks, found, module = read(self.pid, self._selected)
             except PeriscopeError as error:
                 self.post_message(StacksRead([], error=str(error)))
             else:

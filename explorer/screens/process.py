@@ -35,7 +35,7 @@ from explorer.model import Frame, StackFrame, ThreadInfo, Value, Variable
 from explorer.model import is_definition as is_definition_of
 from explorer.screens.dialogs import forward_failure
 from explorer.screens.inspector import ValueInspector
-from explorer.screens.sources import SourceLines
+from explorer.screens.sources import NoSources, SourceLines
 from explorer.text import visible
 from widgets._format import MASK, display_command
 from widgets.process_header import ProcessFigures, ProcessHeader
@@ -326,7 +326,8 @@ class ProcessScreen(Screen[None]):
         self._gil_states: dict[int, tuple[bool, bool]] = {}
         self._arrivals: deque[tuple[float, int | None]] = deque(maxlen=50)
         self._stop = threading.Event()
-        self._sources = SourceLines(self.pid)
+        # A far side's frames name its files, not this machine's (nor a local process's of that pid).
+        self._sources = NoSources() if getattr(session, "host_name", None) else SourceLines(self.pid)
         self._detached = False
         self._evals: list[Any] = []
         self._shown_key: tuple[int | None, int, str] | None = None

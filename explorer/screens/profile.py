@@ -6,12 +6,16 @@ sample tagged with whether its thread was on a CPU and held the GIL; the mode ke
 change what is counted. Twice a second a thread worker sums the selection (mode, window,
 thread) into the table, the selected function's callers, callees and hot lines, and the icicle,
 and posts one ``ProfileUpdated`` (a newer one replaces a queued older one).
+
+Where the sampler runs is the screen's ``profiling``: :class:`LocalProfiling` on this machine, or
+a host's (explorer.commands.app.HostProfiling), whose sampler has the same interface and is fed
+by the far side (explorer.remote_profile).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -34,6 +38,37 @@ from widgets.profile_table import ProfileTable
 
 REFRESH_INTERVAL = 0.5
 """Seconds between two updates of the view."""
+
+
+class Profiling(Protocol):
+    """Where a process is profiled: its sampler, its source lines, what discovery knows of it."""
+
+    def sampler(self, pid: int, rate: float) -> Any:
+        """A started-or-startable sampler of ``pid`` (explorer.sampler.Sampler's interface); raises what opening it raises."""
+
+    def sources(self, pid: int) -> Any:
+        """Source lines of ``pid``'s frames (explorer.screens.sources.SourceLines' ``line()``)."""
+
+    def inspect(self, pid: int) -> ProcessInfo | None:
+        """What discovery says about ``pid`` (None: gone)."""
+
+
+class LocalProfiling:
+    """Profiles a process of this machine: the sampler runs in periscope's process."""
+
+    def sampler(self, pid: int, rate: float) -> Any:
+        from explorer.sampler import Sampler
+
+        return Sampler(pid, rate=rate, mode="wall")
+
+    def sources(self, pid: int) -> SourceLines:
+        return SourceLines(pid)
+
+    def inspect(self, pid: int) -> ProcessInfo | None:
+        from explorer.discovery import ProcessScanner
+
+        return ProcessScanner().inspect(pid)
+
 
 MODE_NAMES = {"cpu": "CPU (threads on a CPU)", "wall": "wall (every thread)", "gil": "GIL (the thread holding it)"}
 
@@ -102,6 +137,7 @@ class ProfileScreen(Screen[None]):
         mode: str = "cpu",
         rate: float = 100.0,
         mask_noise: bool = False,
+        profiling: Profiling | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -120,15 +156,17 @@ class ProfileScreen(Screen[None]):
         """Native id of the one thread counted; None: every thread."""
         self.mask_noise = mask_noise
         """Hide the pid (reproducible screenshots)."""
-        self.sampler = None
-        """The :class:`~explorer.sampler.Sampler`, once started."""
+        self.profiling: Profiling = profiling or LocalProfiling()
+        """Where the sampler runs (this machine, or a host's far side)."""
+        self.sampler: Any = None
+        """The sampler (explorer.sampler.Sampler or a host's), once started."""
         self.updates = 0
         """How many updates were shown (tests wait on it)."""
         self.rows: list[FunctionRow] = []
         """The functions on show, in the table's order."""
         self._threads: list[ThreadMeta] = []
         self._selected: FunctionKey | None = None
-        self._sources = SourceLines(pid)
+        self._sources = self.profiling.sources(pid)
         self._stopped = threading.Event()
 
     def compose(self) -> ComposeResult:
@@ -170,18 +208,14 @@ class ProfileScreen(Screen[None]):
     @work(thread=True, name="profile-start", exit_on_error=False, exclusive=True, group="profile-start")
     def start_sampler(self) -> None:
         """Open the process and start sampling it (every thread, tagged: the modes only filter)."""
-        from explorer.sampler import Sampler
-
-        sampler = Sampler(self.pid, rate=self.rate, mode="wall")
+        sampler = self.profiling.sampler(self.pid, self.rate)
         if self._stopped.is_set():
             sampler.stop()
             return
         self.sampler = sampler
         sampler.start()
         if self.process is None:
-            from explorer.discovery import ProcessScanner
-
-            self.process = ProcessScanner().inspect(self.pid)
+            self.process = self.profiling.inspect(self.pid)
             self.app.call_from_thread(self._show_title)
 
     def _show_title(self) -> None:

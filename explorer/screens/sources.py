@@ -117,3 +117,11 @@ class SourceLines:
             if lines is not None:
                 return lines
         return None
+
+
+class NoSources:
+    """Source lines of a process on another machine: none (its files are not this machine's)."""
+
+    def line(self, filename: str, lineno: int) -> str | None:
+        """Always None: a file of that name here is another file."""
+        return None

@@ -6,6 +6,8 @@
 * link bytes/s while streaming at the default rates (2 Hz, the session's; 4 Hz, the TUI's) from
   the 100-thread target, against what the agent itself sends; goal: under 50 KiB/s (with
   protocol v2's deltas, once they land);
+* link bytes/s while the TUI's process screen (Pilot, headless) streams the 100-thread target
+  through the host, per second, beside the same screen's agent stream locally;
 * the ssh client killed mid-stream: time until the agent has left the target; goal: 2 s.
 
 The machine may be shared: every figure is a median with its range, and the load average is printed.
@@ -101,6 +103,67 @@ async def _stream(host: Host, pid: int) -> None:
         )
 
 
+async def _tui_rates(connector, pid: int, link_bytes) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
+    """(link, agent stream) bytes/s, one figure per second, while the TUI's process screen shows ``pid``."""
+    from explorer.app import PeriscopeApp
+    from explorer.screens.process import ProcessScreen
+
+    with tempfile.TemporaryDirectory(prefix="periscope-bench-tui-") as directory:
+        options = {} if connector is None else {"connector": connector}
+        app = PeriscopeApp(pid=pid, history_path=Path(directory) / "history", **options)
+        async with app.run_test(size=(130, 40)) as pilot:
+            deadline = time.monotonic() + 60
+            while not (isinstance(app.screen, ProcessScreen) and app.screen.frames_applied >= 2):
+                assert time.monotonic() < deadline, "the process screen did not show the target"
+                await pilot.pause(0.05)
+            screen = app.screen
+            links, agents = [], []
+            last = time.perf_counter(), link_bytes(screen), screen.session.bytes_received
+            for _ in range(int(STREAM_SECONDS)):
+                await pilot.pause(1.0)
+                now = time.perf_counter(), link_bytes(screen), screen.session.bytes_received
+                links.append((now[1] - last[1]) / (now[0] - last[0]))
+                agents.append((now[2] - last[2]) / (now[0] - last[0]))
+                last = now
+            await screen.detach()
+    return links, agents
+
+
+async def _tui(host: Host, pid: int) -> None:
+    from explorer.commands.app import HostConnector
+    from explorer.screens.attach import STREAM_RATE
+
+    print(f"  the TUI's process screen on the 100-thread target at its default {STREAM_RATE:g} Hz, per second for {STREAM_SECONDS:g} s:")
+    links, agents = await _tui_rates(HostConnector(host), pid, lambda screen: host.link.bytes_received)
+    print(f"    over ssh: link        {_range(links, 'KiB/s', 1 / 1024)} (goal: under 50 KiB/s)")
+    print(f"    over ssh: agent stream {_range(agents, 'KiB/s', 1 / 1024)}")
+    local, _ = await _tui_rates(None, pid, lambda screen: screen.session.bytes_received)
+    print(f"    locally: agent stream {_range(local, 'KiB/s', 1 / 1024)}")
+
+
+def _profile(host: Host, pid: int) -> None:
+    """The Profile view's sampler on the far side (serve's profile op): what its updates cost the link."""
+    from explorer.remote_profile import RemoteSampler
+
+    sampler = RemoteSampler(host.link, pid, rate=100.0, where=host.name)
+    try:
+        time.sleep(1.0)  # the first updates carry the stacks, once
+        rates = []
+        last = time.perf_counter(), host.link.bytes_received
+        for _ in range(int(STREAM_SECONDS)):
+            time.sleep(1.0)
+            now = time.perf_counter(), host.link.bytes_received
+            rates.append((now[1] - last[1]) / (now[0] - last[0]))
+            last = now
+        stats = sampler.stats()
+    finally:
+        sampler.stop()
+    print(
+        f"  the profile sampler on the far side, 100-thread target at 100 Hz: link {_range(rates, 'KiB/s', 1 / 1024)}, "
+        f"{stats.achieved_rate:.0f} ticks/s there"
+    )
+
+
 async def _kill(endpoint, pid: int) -> None:  # type: ignore[no-untyped-def]
     gone = []
     for _ in range(KILLS):
@@ -125,6 +188,8 @@ async def _main(host: Host) -> None:
         wide.wait_for_line("ready")
         await _attach(host, idle.pid)
         await _stream(host, wide.pid)
+        await _tui(host, wide.pid)
+        await asyncio.to_thread(_profile, host, wide.pid)
         await _kill(host.endpoint, idle.pid)
     finally:
         idle.stop()

@@ -134,8 +134,8 @@ def read_maps(pid: int) -> list[Mapping]:
         raise ProcessGone(f"process {pid} does not exist (any more)") from None
     except PermissionError:
         raise PermissionDenied(
-            f"cannot read /proc/{pid}/maps: the process belongs to another user or is not dumpable; "
-            "run periscope as the target's user, or as root / with CAP_SYS_PTRACE"
+            f"cannot read /proc/{pid}/maps: the process belongs to another user or is not dumpable",
+            "run periscope as the target's user, or as root / with CAP_SYS_PTRACE",
         ) from None
     except ProcessLookupError:
         raise ProcessGone(f"process {pid} exited") from None
@@ -527,15 +527,15 @@ def find_runtime(pid: int, maps: list[Mapping] | None = None) -> RuntimeImage:
         )
     if denied:
         raise PermissionDenied(
-            f"cannot open the executable of process {pid} through /proc/{pid}/root: "
-            "run periscope as the target's user, or as root / with CAP_SYS_PTRACE"
+            f"cannot open the executable of process {pid} through /proc/{pid}/root",
+            "run periscope as the target's user, or as root / with CAP_SYS_PTRACE",
         )
     if process_exited(pid, process_start_time(pid)):
         # A zombie (exited, not yet reaped) has an empty map: it is gone, not "not Python".
         raise ProcessGone(f"process {pid} exited")
     raise NotAPythonProcess(
-        f"process {pid} ({_program_name(pid)}) is not a Python program: no CPython interpreter is loaded in it; "
-        "run 'periscope ps' for the Python processes and their pids"
+        f"process {pid} ({_program_name(pid)}) is not a Python program: no CPython interpreter is loaded in it",
+        "run 'periscope ps' for the Python processes and their pids",
     )
 
 

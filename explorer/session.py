@@ -726,7 +726,7 @@ def _note_error(staged: _Staged) -> PeriscopeError | None:
             continue
         text = visible(text.strip())
         if error is AgentBusy:
-            return AgentBusy(f"process {staged.pid}: {text}; detach that session first")
+            return AgentBusy(f"process {staged.pid}: {text}", "detach that session first")
         return PeriscopeError(f"the agent could not start in process {staged.pid}: {text}")
     return None
 
@@ -799,13 +799,15 @@ def _connect_counted(
 
             raise SessionTampered(
                 f"the session directory {staged.script_dir.host_path} was removed while the agent of process "
-                f"{staged.pid} was starting (by another program, or the target's user); attach again"
+                f"{staged.pid} was starting (by another program, or the target's user)",
+                "attach again",
             )
         if time.monotonic() - started > START_WAIT and staged.script_dir.contains(SCRIPT_NAME):
             raise AgentRefused(
                 f"process {staged.pid} took the request but did not run the agent script within {START_WAIT:g} s: "
                 "an audit hook (cpython.remote_debugger_script) or an open-code hook refused it (see the target's "
-                f"stderr); without the agent, 'periscope stack {staged.pid}' still reads its stacks from outside"
+                "stderr)",
+                f"without the agent, 'periscope stack {staged.pid}' still reads its stacks from outside",
             )
         check_cancel()
         time.sleep(pause)
@@ -850,7 +852,7 @@ def _connect_counted(
             raise InjectionTimeout(f"the agent in process {staged.pid} did not take periscope's first message in time", "try again") from None
         except (ConnectionError, OSError) as error:
             raise gone_or(
-                SessionClosed(f"lost the connection to the agent in process {staged.pid} during the handshake ({error}); attach again")
+                SessionClosed(f"lost the connection to the agent in process {staged.pid} during the handshake ({error})", "attach again")
             ) from None
     except BaseException:
         sock.close()
@@ -1189,13 +1191,13 @@ def _decode(decoder: wire.Decoder, data: bytes) -> tuple[list[Any], ProtocolErro
     return messages, None
 
 
-def why_closed(pid: int, what: str) -> str:
-    """Why a session's stream ended, in one line: the target exited, or what happened to the connection."""
+def why_closed(pid: int, what: str) -> tuple[str, str | None]:
+    """Why a session's stream ended (the target exited, or what happened to the connection), and the fix."""
     from explorer.memory import process_exited, process_start_time
 
     if process_exited(pid, process_start_time(pid)):
-        return f"process {pid} exited; the session is over"
-    return f"{what} in process {pid}; attach again"
+        return f"process {pid} exited; the session is over", None
+    return f"{what} in process {pid}", "attach again"
 
 
 def _ignore_result(job: asyncio.Future[Any]) -> None:
@@ -1314,14 +1316,14 @@ class Session:
                 data = await self._reader.read(1 << 20)
                 if not data:
                     if self.error is None and not self._closing:
-                        self.error = SessionClosed(self._why_closed("the agent closed the connection"))
+                        self.error = SessionClosed(*self._why_closed("the agent closed the connection"))
                     break
                 self.bytes_received += len(data)
                 await self._dispatch_decoded(data)
         except ProtocolError as error:
             self.error = error
         except (ConnectionError, OSError) as error:
-            self.error = SessionClosed(self._why_closed(f"lost the connection to the agent ({error})"))
+            self.error = SessionClosed(*self._why_closed(f"lost the connection to the agent ({error})"))
         finally:
             self._shut()
 
@@ -1335,7 +1337,7 @@ class Session:
         if error is not None:
             raise error
 
-    def _why_closed(self, what: str) -> str:
+    def _why_closed(self, what: str) -> tuple[str, str | None]:
         return why_closed(self.pid, what)
 
     _closing = False

@@ -331,8 +331,8 @@ def decode_hello(data: Any) -> Hello:
     protocol = _get(data, "protocol", int, "hello")
     if protocol != PROTOCOL_VERSION:
         raise ProtocolError(
-            f"the agent speaks protocol {protocol}, this periscope speaks {PROTOCOL_VERSION}: "
-            "use the same periscope version on both sides"
+            f"the agent speaks protocol {protocol}, this periscope speaks {PROTOCOL_VERSION}",
+            "use the same periscope version on both sides",
         )
     version = _list(data.get("version", []), "hello.version")
     capabilities = _list(data.get("capabilities", []), "hello.capabilities")

@@ -91,8 +91,10 @@ class _Relay:
 
 
 def _error(error: BaseException) -> dict[str, Any]:
-    """A typed error as the protocol carries it: the class name, the one-line message, the fix."""
-    return {"type": type(error).__name__, "message": str(error), "fix": getattr(error, "fix", None)}
+    """A typed error as the protocol carries it: the class name, the reason and the fix, and the one
+    line they make (what a near side that knows no ``reason`` reads)."""
+    reason, fix = (error.reason, error.fix) if isinstance(error, PeriscopeError) else (str(error), None)
+    return {"type": type(error).__name__, "message": str(error), "reason": reason, "fix": fix}
 
 
 def _get(request: dict[str, Any], key: str, types: type | tuple[type, ...], default: Any = ..., *, check: Any = None) -> Any:
@@ -223,11 +225,7 @@ class Server:
                 stacks = StackReader(process).read()
                 document = stacks_to_json(pid, process.version, stacks)
                 if with_locals:
-                    try:
-                        variables = read_variables(process, stacks)
-                    except SystemExit as refusal:  # the CLI's way to refuse --locals on this build
-                        raise PeriscopeError(str(refusal.code).removeprefix("periscope: ")) from None
-                    add_variables_json(document, variables)
+                    add_variables_json(document, read_variables(process, stacks))  # PeriscopeError on a build without values
             return document
 
         return await asyncio.to_thread(read)

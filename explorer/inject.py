@@ -33,8 +33,9 @@ import stat
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec import Struct
 
 from explorer import leftovers
 from explorer.errors import (
@@ -83,8 +84,7 @@ def fd_address(fd: int) -> str:
 # -- staging: a private directory the target can read ------------------------------------------
 
 
-@dataclass
-class ScriptDir:
+class ScriptDir(Struct):
     """A fresh private directory for scripts, as both sides see it.
 
     ``host_path`` is where periscope finds it (``/proc/PID/root/tmp/periscope-XXXX``, or the plain
@@ -97,9 +97,9 @@ class ScriptDir:
     target_path: str
     uid: int
     gid: int
-    _dir_fd: int | None = field(default=None, repr=False, compare=False)
-    _parent_fd: int | None = field(default=None, repr=False, compare=False)
-    _inode: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+    _dir_fd: int | None = None
+    _parent_fd: int | None = None
+    _inode: tuple[int, int] | None = None
 
     def address(self, name: str) -> str:
         """A path to ``name`` in the directory short enough for a Unix socket address (107 bytes):
@@ -532,8 +532,7 @@ STAGED_SCRIPT_NAME = "script.py"
 STAGED_LAUNCHER_NAME = "launch.py"
 
 
-@dataclass(frozen=True)
-class StagedScript:
+class StagedScript(Struct, frozen=True):
     """A script staged in a ScriptDir behind a launcher that removes both files as soon as it starts."""
 
     script_dir: ScriptDir
@@ -588,8 +587,7 @@ def stage_script(script_dir: ScriptDir, source: str | bytes, label: str, *, not_
 # -- the request --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ExecResult:
+class ExecResult(Struct, frozen=True):
     """What happened to one remote-exec request."""
 
     picked_up: bool

@@ -286,7 +286,7 @@ class Server:
 
     async def op_attach(self, request_id: int, request: dict[str, Any]) -> dict[str, Any]:
         """Attach (inject, connect, handshake), then relay the agent's bytes as ``data`` messages."""
-        import dataclasses
+        import msgspec
 
         from explorer.session import attach
 
@@ -331,7 +331,7 @@ class Server:
                 "result": {
                     "sid": relay.sid,
                     "pid": pid,
-                    "hello": {"t": "hello", **dataclasses.asdict(session.hello)},
+                    "hello": {"t": "hello", **msgspec.structs.asdict(session.hello)},
                     "injected_via": session.injected_via,
                     "agent_code": session.agent_code,
                 },

@@ -277,13 +277,10 @@ _written = 0  # entries this process wrote (names its temporary files)
 
 
 def disk_cache_dir() -> str:
-    """Where inspect_elf keeps its results: ``explorer.pythons.cache_dir() / "elf-cache"``.
+    """Where inspect_elf keeps its results: ``explorer.cache.cache_path() / "elf-cache"``."""
+    from explorer.cache import cache_path
 
-    The same rule as explorer.pythons.cache_dir(), spelt out here because importing that module
-    (subprocess, pathlib, ...) would cost more start-up time than the cache saves.
-    """
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "periscope", "elf-cache")
+    return os.path.join(cache_path(), "elf-cache")
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:

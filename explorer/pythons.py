@@ -76,9 +76,10 @@ class TargetPythonError(PeriscopeError):
 
 
 def cache_dir() -> Path:
-    """The per-user cache directory periscope provisions interpreters into."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "periscope"
+    """The per-user cache directory periscope provisions interpreters into (explorer.cache)."""
+    from explorer.cache import cache_path
+
+    return Path(cache_path())
 
 
 def prefix_dir(version: Minor = DEFAULT_MINOR) -> Path:

@@ -181,7 +181,8 @@ def _main(argv: list[str]) -> int:
     except PeriscopeError as error:
         from explorer.text import visible
 
-        print(f"periscope: {visible(str(error))}", file=sys.stderr)
+        fix = f"; {visible(error.fix)}" if error.fix else ""
+        print(f"periscope: {visible(error.reason)}{fix}", file=sys.stderr)
         if getattr(error, "no_thread_ran", False) and isinstance(getattr(args, "pid", None), int):
             print_where_blocked(args.pid)
         return 1

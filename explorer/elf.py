@@ -134,8 +134,8 @@ def read_maps(pid: int) -> list[Mapping]:
         raise ProcessGone(f"process {pid} does not exist (any more)") from None
     except PermissionError:
         raise PermissionDenied(
-            f"cannot read /proc/{pid}/maps: the process belongs to another user or is not dumpable; "
-            "run periscope as the target's user, or as root / with CAP_SYS_PTRACE"
+            f"cannot read /proc/{pid}/maps: the process belongs to another user or is not dumpable",
+            "run periscope as the target's user, or as root / with CAP_SYS_PTRACE",
         ) from None
     except ProcessLookupError:
         raise ProcessGone(f"process {pid} exited") from None
@@ -277,13 +277,10 @@ _written = 0  # entries this process wrote (names its temporary files)
 
 
 def disk_cache_dir() -> str:
-    """Where inspect_elf keeps its results: ``explorer.pythons.cache_dir() / "elf-cache"``.
+    """Where inspect_elf keeps its results: ``explorer.cache.cache_path() / "elf-cache"``."""
+    from explorer.cache import cache_path
 
-    The same rule as explorer.pythons.cache_dir(), spelt out here because importing that module
-    (subprocess, pathlib, ...) would cost more start-up time than the cache saves.
-    """
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "periscope", "elf-cache")
+    return os.path.join(cache_path(), "elf-cache")
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -527,15 +524,15 @@ def find_runtime(pid: int, maps: list[Mapping] | None = None) -> RuntimeImage:
         )
     if denied:
         raise PermissionDenied(
-            f"cannot open the executable of process {pid} through /proc/{pid}/root: "
-            "run periscope as the target's user, or as root / with CAP_SYS_PTRACE"
+            f"cannot open the executable of process {pid} through /proc/{pid}/root",
+            "run periscope as the target's user, or as root / with CAP_SYS_PTRACE",
         )
     if process_exited(pid, process_start_time(pid)):
         # A zombie (exited, not yet reaped) has an empty map: it is gone, not "not Python".
         raise ProcessGone(f"process {pid} exited")
     raise NotAPythonProcess(
-        f"process {pid} ({_program_name(pid)}) is not a Python program: no CPython interpreter is loaded in it; "
-        "run 'periscope ps' for the Python processes and their pids"
+        f"process {pid} ({_program_name(pid)}) is not a Python program: no CPython interpreter is loaded in it",
+        "run 'periscope ps' for the Python processes and their pids",
     )
 
 

@@ -1,10 +1,20 @@
-"""Typed errors a user can meet; each message is one line that says what to do about it."""
+"""Typed errors a user can meet: what happened (``reason``) and what to do about it (``fix``)."""
 
 from __future__ import annotations
 
 
 class PeriscopeError(Exception):
-    """Base of every error periscope reports to the user; ``str()`` is a one-line message with the fix."""
+    """Base of every error periscope reports to the user; front ends format ``reason`` and ``fix``.
+
+    ``str()`` is the one line the CLI prints: ``"{reason}; {fix}"``, or the reason alone.
+    """
+
+    def __init__(self, reason: str, fix: str | None = None) -> None:
+        super().__init__(f"{reason}; {fix}" if fix else reason)
+        self.reason = reason
+        """What happened, in one line ("process 42 exited")."""
+        self.fix = fix
+        """What to do about it, in the words of the front end at hand; None when there is nothing to do."""
 
 
 class NotAPythonProcess(PeriscopeError):
@@ -14,9 +24,10 @@ class NotAPythonProcess(PeriscopeError):
 class UnsupportedPython(PeriscopeError):
     """The process runs a CPython whose version or build periscope cannot attach to."""
 
-    def __init__(self, message: str, version: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, reason: str, fix: str | None = None, *, version: str | None = None) -> None:
+        super().__init__(reason, fix)
         self.version = version
+        """The target's CPython version ("3.11.2"), when it is known."""
 
 
 class RemoteDebuggingDisabled(PeriscopeError):
@@ -42,17 +53,12 @@ class ScriptPathTooLong(PeriscopeError):
 class InjectionTimeout(PeriscopeError):
     """The target did not pick up (or run) the injected script in time.
 
-    ``reason`` says what happened in words that fit every front end; ``fix`` says what to do in
-    the words of the one that asked (the CLI names its options, the TUI its keys: see
-    ``explorer.session.attach(blocked_fix=...)``, or ``with_fix``). ``str()`` is both, in one line.
+    ``fix`` is in the words of the front end that asked (the CLI names its options, the TUI its
+    keys: see ``explorer.session.attach(blocked_fix=...)``, or ``with_fix``).
     """
 
     def __init__(self, reason: str, fix: str | None = None, *, no_thread_ran: bool = False) -> None:
-        super().__init__(f"{reason}; {fix}" if fix else reason)
-        self.reason = reason
-        """What happened ("no thread of process 42 ran Python within 10 s (tried main): ...")."""
-        self.fix = fix
-        """What to do about it, for the front end at hand; None when retrying is all there is."""
+        super().__init__(reason, fix)
         self.no_thread_ran = no_thread_ran
         """No thread picked the request up: all were blocked in C (input(), a sleep, a lock), so
         another thread, or a moment when the program works, may do. False: the agent started but

@@ -110,9 +110,9 @@ def make_session(host: Host, pid: int, result: dict[str, Any]) -> Any:
         host_name = host.name
         """The host the target runs on (the process screen's header names it)."""
 
-        def _why_closed(self, what: str) -> str:
+        def _why_closed(self, what: str) -> tuple[str, str | None]:
             # The pid is the far side's: whether it exited is for the far side to say.
-            return f"{stream.reason} in process {self.pid} on {host.name}; attach again"
+            return f"{stream.reason} in process {self.pid} on {host.name}", "attach again"
 
     injected_via = result.get("injected_via")
     reader = asyncio.StreamReader(limit=1 << 20)

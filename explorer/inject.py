@@ -33,8 +33,9 @@ import stat
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec import Struct
 
 from explorer import leftovers
 from explorer.errors import (
@@ -83,8 +84,7 @@ def fd_address(fd: int) -> str:
 # -- staging: a private directory the target can read ------------------------------------------
 
 
-@dataclass
-class ScriptDir:
+class ScriptDir(Struct):
     """A fresh private directory for scripts, as both sides see it.
 
     ``host_path`` is where periscope finds it (``/proc/PID/root/tmp/periscope-XXXX``, or the plain
@@ -97,9 +97,9 @@ class ScriptDir:
     target_path: str
     uid: int
     gid: int
-    _dir_fd: int | None = field(default=None, repr=False, compare=False)
-    _parent_fd: int | None = field(default=None, repr=False, compare=False)
-    _inode: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+    _dir_fd: int | None = None
+    _parent_fd: int | None = None
+    _inode: tuple[int, int] | None = None
 
     def address(self, name: str) -> str:
         """A path to ``name`` in the directory short enough for a Unix socket address (107 bytes):
@@ -204,8 +204,8 @@ class ScriptDir:
     def _tampered(self, name: str, what: str) -> SessionTampered:
         return SessionTampered(
             f"the session directory of process {self.pid} holds {name!r}, which is {what}: the agent never "
-            "makes that; something in the process, or its user, interferes with the session; not trusting it "
-            f"(without the agent, 'periscope stack {self.pid}' still reads its stacks from outside)"
+            "makes that; something in the process, or its user, interferes with the session; not trusting it",
+            f"without the agent, 'periscope stack {self.pid}' still reads its stacks from outside",
         )
 
     def cleanup(self) -> None:
@@ -306,7 +306,7 @@ def _open_root(pid: int) -> int:
     except (FileNotFoundError, ProcessLookupError):
         raise ProcessGone(f"process {pid} does not exist (any more)") from None
     except PermissionError:
-        raise PermissionDenied(explain_permission(pid)) from None
+        raise PermissionDenied(*explain_permission(pid)) from None
 
 
 def _resolve_dir(root_fd: int, path: str) -> tuple[int, str]:
@@ -389,8 +389,8 @@ def _hand_over(fd: int, uid: int, gid: int, mode: int, pid: int) -> None:
         except PermissionError:
             if info.st_uid != uid:
                 raise PermissionDenied(
-                    f"process {pid} runs as uid {uid}, which cannot read periscope's files: "
-                    "run periscope as that user, or as root"
+                    f"process {pid} runs as uid {uid}, which cannot read periscope's files",
+                    "run periscope as that user, or as root",
                 ) from None
             # Same user, another group: the mode below keeps the group out anyway.
     os.fchmod(fd, mode)
@@ -457,8 +457,8 @@ def prepare_script_dir(pid: int, *, limit: int = 511, room: int = 64) -> ScriptD
     finally:
         os.close(root_fd)
     raise PeriscopeError(
-        f"process {pid} has no temporary directory periscope can safely use ({'; '.join(tried)}): "
-        "give the target a TMPDIR owned by its user"
+        f"process {pid} has no temporary directory periscope can safely use ({'; '.join(tried)})",
+        "give the target a TMPDIR owned by its user",
     )
 
 
@@ -532,8 +532,7 @@ STAGED_SCRIPT_NAME = "script.py"
 STAGED_LAUNCHER_NAME = "launch.py"
 
 
-@dataclass(frozen=True)
-class StagedScript:
+class StagedScript(Struct, frozen=True):
     """A script staged in a ScriptDir behind a launcher that removes both files as soon as it starts."""
 
     script_dir: ScriptDir
@@ -588,8 +587,7 @@ def stage_script(script_dir: ScriptDir, source: str | bytes, label: str, *, not_
 # -- the request --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ExecResult:
+class ExecResult(Struct, frozen=True):
     """What happened to one remote-exec request."""
 
     picked_up: bool
@@ -609,8 +607,8 @@ class ExecResult:
     cancelled: bool = False
     """The caller's ``cancel`` event ended the wait (or came before anything was written)."""
 
-    def explain(self, threads: str | None = None) -> str:
-        """One line for a request that was not picked up: why, the fix, and what became of it.
+    def explain(self, threads: str | None = None) -> tuple[str, str]:
+        """A request that was not picked up: why and what became of it (the reason), and the fix.
 
         ``threads`` is an optional list of candidate threads to name in the fix.
         """
@@ -623,14 +621,14 @@ class ExecResult:
         )
         return (
             f"thread {self.native_id} of process {self.pid} did not pick up the script{within}: it is blocked "
-            f"(sleeping, in a C call, or in input()); choose a thread that runs Python with --thread NATIVE_ID"
-            f"{candidates}, or retry with a longer --wait; {outcome}"
+            f"(sleeping, in a C call, or in input()); {outcome}",
+            f"choose a thread that runs Python with --thread NATIVE_ID{candidates}, or retry with a longer --wait",
         )
 
     def raise_if_not_picked_up(self, threads: str | None = None) -> None:
         """Raise InjectionTimeout (with :meth:`explain`) unless the request was picked up."""
         if not self.picked_up:
-            raise InjectionTimeout(self.explain(threads))
+            raise InjectionTimeout(*self.explain(threads))
 
 
 def _thread_list(process: RemoteProcess, interp: InterpreterRef) -> list[ThreadRef]:
@@ -642,7 +640,7 @@ def _thread_list(process: RemoteProcess, interp: InterpreterRef) -> list[ThreadR
             process.memory.ensure_alive()
             if attempt == 4:
                 raise TargetNotReady(
-                    f"process {process.pid}: its thread list kept changing while being read; try again"
+                    f"process {process.pid}: its thread list kept changing while being read", "try again"
                 ) from None
     raise AssertionError("unreachable")
 
@@ -665,15 +663,15 @@ def select_thread(process: RemoteProcess, native_id: int | None = None) -> tuple
             raise TargetNotReady(f"process {process.pid} is shutting down: nothing can be injected any more")
         main = process.main_interpreter()
         if not process.remote_debugging_enabled(main):
-            raise RemoteDebuggingDisabled(disabled_reason(process.pid))
+            raise RemoteDebuggingDisabled(*disabled_reason(process.pid))
         threads = _thread_list(process, main)
         if native_id is None:
             for thread in threads:
                 if thread.is_main:
                     return main, thread
             raise MainThreadFinished(
-                f"process {process.pid}: the main thread has finished its script and waits for other threads; "
-                f"choose a thread that runs Python with --thread NATIVE_ID (threads: {describe_threads(threads)})"
+                f"process {process.pid}: the main thread has finished its script and waits for other threads",
+                f"choose a thread that runs Python with --thread NATIVE_ID (threads: {describe_threads(threads)})",
             )
         # An OS thread that entered a subinterpreter (concurrent.interpreters) has a thread state
         # in each interpreter; the one in the main interpreter is blocked in the call that entered
@@ -687,7 +685,7 @@ def select_thread(process: RemoteProcess, native_id: int | None = None) -> tuple
                 matches, key=lambda match: (bool(match[1].status & STATUS_BOUND_GILSTATE), not match[0].is_main)
             )
             if not interp.is_main and not process.remote_debugging_enabled(interp):
-                raise RemoteDebuggingDisabled(disabled_reason(process.pid))
+                raise RemoteDebuggingDisabled(*disabled_reason(process.pid))
             return interp, thread
         raise NoSuchThread(
             f"process {process.pid} has no Python thread with native id {native_id}; "
@@ -695,7 +693,7 @@ def select_thread(process: RemoteProcess, native_id: int | None = None) -> tuple
         )
     except MemoryFault:
         process.memory.ensure_alive()
-        raise TargetNotReady(f"process {process.pid}: its state changed while being read; try again") from None
+        raise TargetNotReady(f"process {process.pid}: its state changed while being read", "try again") from None
 
 
 def remote_exec(
@@ -726,8 +724,8 @@ def remote_exec(
         raise ValueError("empty script path")
     if len(encoded) >= 512:
         raise ScriptPathTooLong(
-            f"script path is {len(encoded)} bytes; the remote debugging protocol takes at most 511: "
-            "use a shorter path (for example under /tmp)"
+            f"script path is {len(encoded)} bytes; the remote debugging protocol takes at most 511",
+            "use a shorter path (for example under /tmp)",
         )
     if isinstance(pid_or_process, RemoteProcess):
         return _remote_exec(pid_or_process, encoded, native_id, wait, cancel)
@@ -757,11 +755,12 @@ def _remote_exec(
             t.address == thread.address and t.target_native_id == thread.target_native_id
             for t in _thread_list(process, interp)
         ):
-            raise NoSuchThread(f"thread {thread.native_id} of process {process.pid} exited; choose another with --thread")
+            raise NoSuchThread(f"thread {thread.native_id} of process {process.pid} exited", "choose another with --thread")
         if memory.read_i32(pending_address) != 0:
             raise TargetNotReady(
                 f"thread {thread.native_id} of process {process.pid} already has a remote-exec request pending "
-                "(another debugger's, not yet picked up): wait for it, or choose another thread with --thread"
+                "(another debugger's, not yet picked up)",
+                "wait for it, or choose another thread with --thread",
             )
         if cancel is not None and cancel.is_set():
             return ExecResult(False, thread.native_id, 0.0, process.pid, thread.address, waited=wait, cancelled=True)
@@ -778,7 +777,7 @@ def _remote_exec(
     except MemoryFault:
         memory.ensure_alive()
         raise TargetNotReady(
-            f"process {process.pid}: thread {thread.native_id} changed while being written to; try again"
+            f"process {process.pid}: thread {thread.native_id} changed while being written to", "try again"
         ) from None
     result = ExecResult(
         picked_up=False,

@@ -22,17 +22,17 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
+from msgspec import Struct
+
 SESSIONS_DIR = "sessions"
-"""Directory under explorer.pythons.cache_dir() that holds one record per live session directory."""
+"""Directory under explorer.cache.cache_path() that holds one record per live session directory."""
 RECORD_LIMIT = 256
 """Bytes a record may hold."""
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(Struct, frozen=True):
     """One session directory periscope made."""
 
     name: str
@@ -60,9 +60,9 @@ def _pid_namespace() -> tuple[int, int] | None:
 
 def _records_dir(create: bool) -> Path | None:
     """The records directory, if it is periscope's own (its user's, ``0700``); None otherwise."""
-    from explorer.pythons import cache_dir
+    from explorer.cache import cache_path
 
-    path = cache_dir() / SESSIONS_DIR
+    path = Path(cache_path()) / SESSIONS_DIR
     if create:
         with contextlib.suppress(OSError):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -126,8 +126,8 @@ def yama_scope() -> int | None:
         return None
 
 
-def explain_permission(pid: int) -> str:
-    """A one-line explanation of why this user may not read process ``pid``, with the fix."""
+def explain_permission(pid: int) -> tuple[str, str | None]:
+    """Why this user may not read process ``pid``, and the fix: a PermissionDenied's reason and fix."""
     try:
         owner = os.stat(f"/proc/{pid}").st_uid
         with open(f"/proc/{pid}/status") as handle:
@@ -139,26 +139,26 @@ def explain_permission(pid: int) -> str:
     scope = yama_scope()
     if uids and int(uids[0]) != me and not capable:
         return (
-            f"process {pid} belongs to uid {uids[0]}, not to you (uid {me}): run periscope as that user, "
-            "or as root / with CAP_SYS_PTRACE"
+            f"process {pid} belongs to uid {uids[0]}, not to you (uid {me})",
+            "run periscope as that user, or as root / with CAP_SYS_PTRACE",
         )
     if uids and owner != int(uids[0]) and owner == 0 and not capable:
         return (
-            f"process {pid} is not dumpable (setuid/setcap binary or prctl(PR_SET_DUMPABLE, 0)): "
-            "run periscope as root / with CAP_SYS_PTRACE"
+            f"process {pid} is not dumpable (setuid/setcap binary or prctl(PR_SET_DUMPABLE, 0))",
+            "run periscope as root / with CAP_SYS_PTRACE",
         )
     if scope == 3:
-        return "Yama ptrace_scope is 3: no process may attach until reboot"
+        return "Yama ptrace_scope is 3: no process may attach until reboot", None
     if scope == 2 and not capable:
-        return "Yama ptrace_scope is 2: only CAP_SYS_PTRACE may attach; run periscope as root or with that capability"
+        return "Yama ptrace_scope is 2: only CAP_SYS_PTRACE may attach", "run periscope as root or with that capability"
     if scope == 1 and not capable:
         return (
-            "Yama ptrace_scope is 1: only a parent may attach; run periscope with CAP_SYS_PTRACE, "
-            "or set kernel.yama.ptrace_scope=0 (sysctl)"
+            "Yama ptrace_scope is 1: only a parent may attach",
+            "run periscope with CAP_SYS_PTRACE, or set kernel.yama.ptrace_scope=0 (sysctl)",
         )
     if not capable and os.path.exists("/.dockerenv"):
-        return f"not permitted to read process {pid}: in a container, add --cap-add=SYS_PTRACE"
-    return f"not permitted to read process {pid}: run periscope as its user, or as root / with CAP_SYS_PTRACE"
+        return f"not permitted to read process {pid}", "in a container, add --cap-add=SYS_PTRACE"
+    return f"not permitted to read process {pid}", "run periscope as its user, or as root / with CAP_SYS_PTRACE"
 
 
 class ProcessMemory:
@@ -195,7 +195,7 @@ class ProcessMemory:
         result = libc.process_vm_readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
         code = ctypes.get_errno() if result < 0 else 0
         if code == errno.EPERM:
-            raise PermissionDenied(explain_permission(self.pid))
+            raise PermissionDenied(*explain_permission(self.pid))
         if code == errno.ESRCH:
             raise ProcessGone(f"process {self.pid} exited")
 
@@ -221,7 +221,7 @@ class ProcessMemory:
             if error.errno == errno.ESRCH:
                 raise ProcessGone(f"process {self.pid} exited") from None
             if error.errno in (errno.EPERM, errno.EACCES):
-                raise PermissionDenied(explain_permission(self.pid)) from None
+                raise PermissionDenied(*explain_permission(self.pid)) from None
             raise
         except OverflowError:
             raise MemoryFault(errno.EFAULT, f"address {address:#x} out of range") from None
@@ -253,7 +253,7 @@ class ProcessMemory:
         if code == errno.ESRCH:
             raise ProcessGone(f"process {self.pid} exited")
         if code == errno.EPERM:
-            raise PermissionDenied(explain_permission(self.pid))
+            raise PermissionDenied(*explain_permission(self.pid))
         raise MemoryFault(code, what)
 
     def write(self, address: int, data: bytes) -> None:

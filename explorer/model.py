@@ -5,12 +5,13 @@ Field meanings follow payloads/PROTOCOL.md. The parts a frame is made of (``Valu
 ``Variable``, ``StackFrame``, ``ThreadInfo``, ``ModuleVariables``) are msgspec Structs whose
 field names on the wire are the protocol's: they are the schema, and msgspec decodes the agent's
 bytes straight into them at C speed, checking every type and bound as it goes (measured against
-plain msgpack and per-field checks: ``python -m tests.bench stream``). The rest are dataclasses.
+plain msgpack and per-field checks: ``python -m tests.bench stream``). The rest are frozen Structs
+too, built by explorer.wire: a Struct class costs a hundredth of a dataclass to define, which the
+one-shot commands pay at every start.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from msgspec import Meta, Struct
@@ -128,8 +129,7 @@ class ModuleVariables(Struct, frozen=True):
         return None
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(Struct, frozen=True):
     """One sample of the whole target: threads, stacks, locals and watched module variables."""
 
     seq: int
@@ -150,8 +150,18 @@ class Frame:
     """Milliseconds the agent took to encode the previous frame."""
     paused: str | None = None
     """Why values are not shown (``values paused: target code does not return``), or None."""
-    wire_bytes: int = field(default=0, compare=False)
-    """Bytes this frame took on the stream (a delta: only what changed; 0 when not read from a stream)."""
+    wire_bytes: int = 0
+    """Bytes this frame took on the stream (a delta: only what changed; 0 when not read from a stream).
+    How the frame came, not what it shows: frames that differ only in it are equal."""
+
+    def _shown(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__struct_fields__ if name != "wire_bytes")
+
+    def __eq__(self, other: object) -> bool:
+        return self._shown() == other._shown() if type(other) is Frame else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._shown())
 
     def thread(self, native_id: int) -> ThreadInfo | None:
         """The thread with this native id, or None."""
@@ -176,8 +186,7 @@ class Frame:
         return None
 
 
-@dataclass(frozen=True)
-class Hello:
+class Hello(Struct, frozen=True):
     """The agent's first message: who it is and what it can do."""
 
     protocol: int
@@ -190,11 +199,20 @@ class Hello:
     agent_native_id: int
     rate: float
     modules: tuple[str, ...]
-    limits: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    limits: dict[str, Any] = wire_name(default_factory=dict)
+    """The agent's bounds (PROTOCOL.md ``limits``); not compared: hellos that differ only in them are equal."""
+
+    def _compared(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__struct_fields__ if name != "limits")
+
+    def __eq__(self, other: object) -> bool:
+        return self._compared() == other._compared() if type(other) is Hello else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._compared())
 
 
-@dataclass(frozen=True)
-class Children:
+class Children(Struct, frozen=True):
     """One page of an object's children (``Session.expand``)."""
 
     ref: int
@@ -207,8 +225,7 @@ class Children:
     children: tuple[Variable, ...]
 
 
-@dataclass(frozen=True)
-class EvalResult:
+class EvalResult(Struct, frozen=True):
     """The outcome of ``Session.eval``."""
 
     status: str
@@ -235,8 +252,7 @@ class EvalResult:
         return self.status == "ok"
 
 
-@dataclass(frozen=True)
-class EvalFrame:
+class EvalFrame(Struct, frozen=True):
     """The stack frame an eval ran in, as the agent found it when the code started."""
 
     function: str
@@ -250,8 +266,7 @@ class EvalFrame:
     the same function (found by name and place), not the one periscope showed."""
 
 
-@dataclass(frozen=True)
-class Completions:
+class Completions(Struct, frozen=True):
     """What the name or attribute path at the end of a REPL input can become."""
 
     start: int
@@ -262,8 +277,7 @@ class Completions:
     """There were more matches than the agent sends."""
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(Struct, frozen=True):
     """Print output of a running eval."""
 
     eval_id: int
@@ -271,8 +285,7 @@ class Output:
     text: str
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(Struct, frozen=True):
     """The agent's answer to one request (decoded further by the session)."""
 
     request_id: int
@@ -281,8 +294,7 @@ class Response:
     error: str | None
 
 
-@dataclass(frozen=True)
-class AgentError:
+class AgentError(Struct, frozen=True):
     """An error message from the agent that answers no particular request."""
 
     message: str
@@ -309,15 +321,13 @@ class WireFrame(Struct, frozen=True, kw_only=True):
     module_order: Annotated[tuple[Text, ...], Many] | None = None
 
 
-@dataclass(frozen=True)
-class OutOfStep:
+class OutOfStep(Struct, frozen=True):
     """A delta frame on frame ``base``, which periscope does not hold: it asks the agent to resync."""
 
     base: int
 
 
-@dataclass(frozen=True)
-class Bye:
+class Bye(Struct, frozen=True):
     """The agent has removed itself from the target."""
 
     reason: str

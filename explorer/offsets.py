@@ -81,8 +81,8 @@ def peek_version(data: bytes) -> tuple[int, bool]:
     """(version_hex, free_threaded) from the header; UnsupportedPython when there is no cookie."""
     if len(data) < HEADER.size or data[:8] != COOKIE:
         raise UnsupportedPython(
-            f"this CPython has no debug-offsets table (CPython 3.12 or older): periscope supports "
-            f"{versions.SUPPORTED_TEXT}; restart it under {versions.SUPPORTED_CHOICE}"
+            f"this CPython has no debug-offsets table (CPython 3.12 or older): periscope supports {versions.SUPPORTED_TEXT}",
+            f"restart it under {versions.SUPPORTED_CHOICE}",
         )
     _, version_hex, free_threaded = HEADER.unpack_from(data)
     return version_hex, bool(free_threaded)
@@ -94,7 +94,7 @@ def parse(data: bytes, *, section_size: int | None = None) -> DebugOffsets:
     name = version_string(version_hex)
     refused = versions.unsupported(version_hex, free_threaded, name)
     if refused is not None:
-        raise UnsupportedPython(str(refused), version=name)
+        raise UnsupportedPython(refused.reason, refused.fix, version=name)
     known = versions.layout_for(version_hex, free_threaded)
     assert known is not None
     layout = known.debug_offsets

@@ -283,7 +283,7 @@ class OneShotSession:
     def _lost(self, what: str) -> PeriscopeError:
         self.closed = True
         if self.error is None:
-            self.error = SessionClosed(why_closed(self.pid, what))
+            self.error = SessionClosed(*why_closed(self.pid, what))
         return self.error
 
     def _pump(self, until: float | None) -> bool:

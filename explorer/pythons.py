@@ -76,9 +76,10 @@ class TargetPythonError(PeriscopeError):
 
 
 def cache_dir() -> Path:
-    """The per-user cache directory periscope provisions interpreters into."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "periscope"
+    """The per-user cache directory periscope provisions interpreters into (explorer.cache)."""
+    from explorer.cache import cache_path
+
+    return Path(cache_path())
 
 
 def prefix_dir(version: Minor = DEFAULT_MINOR) -> Path:
@@ -122,10 +123,10 @@ def parse_minor(text: str) -> Minor:
     try:
         major, minor = (int(part) for part in text.strip().split("."))
     except ValueError:
-        raise TargetPythonError(f"--version {text!r}: give a minor such as {minor_name(DEFAULT_MINOR)}") from None
+        raise TargetPythonError(f"--version {text!r}", f"give a minor such as {minor_name(DEFAULT_MINOR)}") from None
     if (major, minor) not in SUPPORTED_MINORS:
         raise TargetPythonError(
-            f"--version {text}: periscope supports {', '.join(minor_name(v) for v in SUPPORTED_MINORS)}; give one of those"
+            f"--version {text}: periscope supports {', '.join(minor_name(v) for v in SUPPORTED_MINORS)}", "give one of those"
         )
     return major, minor
 
@@ -143,23 +144,23 @@ def find_target_python(
     if explicit:
         found_version = _version_of(explicit)
         if found_version is None:
-            raise TargetPythonError(f"{specific}={explicit} does not run: point it at a CPython {name} executable")
+            raise TargetPythonError(f"{specific}={explicit} does not run", f"point it at a CPython {name} executable")
         if found_version != tuple(version):
             raise TargetPythonError(
-                f"{specific}={explicit} is Python {found_version[0]}.{found_version[1]}: point it at CPython {name}"
+                f"{specific}={explicit} is Python {found_version[0]}.{found_version[1]}", f"point it at CPython {name}"
             )
         return explicit
     general = os.environ.get(ENV_VAR)
     if general:
         found_version = _version_of(general)
         if found_version is None:
-            raise TargetPythonError(f"{ENV_VAR}={general} does not run: point it at a CPython {name} executable")
+            raise TargetPythonError(f"{ENV_VAR}={general} does not run", f"point it at a CPython {name} executable")
         if found_version == tuple(version):
             return general
         if tuple(version) == DEFAULT_MINOR:
             raise TargetPythonError(
-                f"{ENV_VAR}={general} is Python {found_version[0]}.{found_version[1]}: point it at CPython {name}, "
-                f"or name each minor's interpreter with {specific} and its siblings"
+                f"{ENV_VAR}={general} is Python {found_version[0]}.{found_version[1]}",
+                f"point it at CPython {name}, or name each minor's interpreter with {specific} and its siblings",
             )
     on_path = shutil.which(f"python{name}")
     if on_path:
@@ -173,18 +174,18 @@ def find_target_python(
         if found.returncode == 0 and found.stdout.strip() and _version_of(found.stdout.strip()) == tuple(version):
             return found.stdout.strip()
     if not provision:
-        raise TargetPythonError(_how_to_get_one(version))
+        raise TargetPythonError(*_how_to_get_one(version))
     if not _is_debian_x86_64():
-        raise TargetPythonError(_how_to_get_one(version))
+        raise TargetPythonError(*_how_to_get_one(version))
     return provision_debian(version, log=log)
 
 
-def _how_to_get_one(version: Minor = DEFAULT_MINOR) -> str:
+def _how_to_get_one(version: Minor = DEFAULT_MINOR) -> tuple[str, str]:
     name = minor_name(version)
     return (
-        f"no CPython {name} interpreter found: install python{name} (your distribution, pyenv, or "
-        f"'uv python install {name}') and put it on PATH, or set "
-        f"{env_var(version)}=/path/to/python{name}"
+        f"no CPython {name} interpreter found",
+        f"install python{name} (your distribution, pyenv, or 'uv python install {name}') and put it on PATH, "
+        f"or set {env_var(version)}=/path/to/python{name}",
     )
 
 
@@ -232,8 +233,8 @@ def debian_archive_uri() -> str:
         if "/debian" in uri:
             return uri
     raise TargetPythonError(
-        "could not find a Debian archive in /etc/apt/sources.list*: "
-        f"set {ENV_VAR}_3_X to a CPython 3.X executable instead"
+        "could not find a Debian archive in /etc/apt/sources.list*",
+        f"set {ENV_VAR}_3_X to a CPython 3.X executable instead",
     )
 
 
@@ -343,7 +344,7 @@ def provision_debian(version: Minor = DEFAULT_MINOR, log: Callable[[str], None] 
     base.mkdir(parents=True, exist_ok=True)
     prefix = prefix_dir(version)
     if "|" in str(prefix):
-        raise TargetPythonError(f"the cache path {prefix} contains '|': set XDG_CACHE_HOME elsewhere")
+        raise TargetPythonError(f"the cache path {prefix} contains '|'", "set XDG_CACHE_HOME elsewhere")
     with open(base / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers wait for the first one
         done = _provisioned(version)

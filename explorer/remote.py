@@ -78,7 +78,7 @@ class ThreadRef(
 
 def _uncached_open_check(pid: int) -> None:
     if not os.path.exists(f"/proc/{pid}"):
-        raise ProcessGone(f"no process with pid {pid}: check the pid (periscope ps lists the Python processes)")
+        raise ProcessGone(f"no process with pid {pid}", "check the pid (periscope ps lists the Python processes)")
 
 
 class RemoteProcess:
@@ -100,14 +100,14 @@ class RemoteProcess:
         Raises ProcessGone, NotAPythonProcess, UnsupportedPython or PermissionDenied.
         """
         if pid <= 0:
-            raise ProcessGone(f"no process with pid {pid}: check the pid (periscope ps lists the Python processes)")
+            raise ProcessGone(f"no process with pid {pid}", "check the pid (periscope ps lists the Python processes)")
         _uncached_open_check(pid)
         image = elf.find_runtime(pid)
         if not image.has_debug_offsets:
             refused = versions.unsupported(image.version_hex, None, image.version)
             reason = refused.reason if refused else f"CPython {image.version}: periscope supports {versions.SUPPORTED_TEXT}"
             fix = refused.fix if refused else f"restart it under {versions.SUPPORTED_CHOICE}"
-            raise UnsupportedPython(f"process {pid}: {reason}; {fix}", version=image.version)
+            raise UnsupportedPython(f"process {pid}: {reason}", fix, version=image.version)
         # Check the file's table first: it names the version even when memory cannot be read.
         static_version, static_free = offsets_module.peek_version(image.static_header)
         known = versions.layout_for(static_version, static_free)
@@ -154,7 +154,7 @@ class RemoteProcess:
         o = self.offsets
         address = self.memory.read_u64(self.runtime + o.runtime_state.interpreters_head)
         if address == 0:
-            raise TargetNotReady(f"process {self.pid}: the interpreter is not initialised yet; try again in a moment")
+            raise TargetNotReady(f"process {self.pid}: the interpreter is not initialised yet", "try again in a moment")
         found: list[InterpreterRef] = []
         seen: set[int] = set()
         while address and address not in seen and len(found) < MAX_INTERPRETERS:
@@ -179,7 +179,7 @@ class RemoteProcess:
     def require_remote_debugging(self) -> None:
         """Raise RemoteDebuggingDisabled (with the fix) when the target refuses remote scripts."""
         if not self.remote_debugging_enabled():
-            raise RemoteDebuggingDisabled(disabled_reason(self.pid))
+            raise RemoteDebuggingDisabled(*disabled_reason(self.pid))
 
     def code_object_generation(self, interpreter: InterpreterRef) -> int:
         """Counter that goes up whenever a code object is destroyed (cache invalidation)."""
@@ -296,8 +296,8 @@ def _nspid(status_path: str) -> list[int]:
     return []
 
 
-def disabled_reason(pid: int) -> str:
-    """Why remote debugging is off in ``pid`` (from its environment and command line), with the fix."""
+def disabled_reason(pid: int) -> tuple[str, str]:
+    """Why remote debugging is off in ``pid`` (from its environment and command line), and the fix."""
     environ: bytes = b""
     cmdline: list[bytes] = []
     try:
@@ -311,12 +311,13 @@ def disabled_reason(pid: int) -> str:
     except OSError:
         pass
     if any(arg.startswith(b"disable-remote-debug") for arg in cmdline) or b"-Xdisable-remote-debug" in cmdline:
-        return "remote debugging disabled by -X disable-remote-debug: restart the target without that option"
+        return "remote debugging disabled by -X disable-remote-debug", "restart the target without that option"
     if any(entry.startswith(b"PYTHON_DISABLE_REMOTE_DEBUG=") for entry in environ.split(b"\0")):
-        return "remote debugging disabled by PYTHON_DISABLE_REMOTE_DEBUG: restart the target without that variable"
+        return "remote debugging disabled by PYTHON_DISABLE_REMOTE_DEBUG", "restart the target without that variable"
     return (
         "remote debugging is disabled in the target (PYTHON_DISABLE_REMOTE_DEBUG, -X disable-remote-debug, "
-        "or a build --without-remote-debug): restart it with remote debugging enabled"
+        "or a build --without-remote-debug)",
+        "restart it with remote debugging enabled",
     )
 
 

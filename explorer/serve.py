@@ -91,8 +91,10 @@ class _Relay:
 
 
 def _error(error: BaseException) -> dict[str, Any]:
-    """A typed error as the protocol carries it: the class name, the one-line message, the fix."""
-    return {"type": type(error).__name__, "message": str(error), "fix": getattr(error, "fix", None)}
+    """A typed error as the protocol carries it: the class name, the reason and the fix, and the one
+    line they make (what a near side that knows no ``reason`` reads)."""
+    reason, fix = (error.reason, error.fix) if isinstance(error, PeriscopeError) else (str(error), None)
+    return {"type": type(error).__name__, "message": str(error), "reason": reason, "fix": fix}
 
 
 def _get(request: dict[str, Any], key: str, types: type | tuple[type, ...], default: Any = ..., *, check: Any = None) -> Any:
@@ -232,11 +234,7 @@ class Server:
                     if "locals_thread" in request:
                         chosen = [s for s in stacks if s.native_id == locals_thread] or [s for s in stacks if s.is_main]
                         chosen = chosen[:1]
-                    try:
-                        variables = read_variables(process, chosen)
-                    except SystemExit as refusal:  # the CLI's way to refuse --locals on this build
-                        raise PeriscopeError(str(refusal.code).removeprefix("periscope: ")) from None
-                    add_variables_json(document, variables)
+                    add_variables_json(document, read_variables(process, chosen))  # PeriscopeError on a build without values
             return document
 
         return await asyncio.to_thread(read)
@@ -314,7 +312,7 @@ class Server:
 
     async def op_attach(self, request_id: int, request: dict[str, Any]) -> dict[str, Any]:
         """Attach (inject, connect, handshake), then relay the agent's bytes as ``data`` messages."""
-        import dataclasses
+        import msgspec
 
         from explorer.session import attach
 
@@ -359,7 +357,7 @@ class Server:
                 "result": {
                     "sid": relay.sid,
                     "pid": pid,
-                    "hello": {"t": "hello", **dataclasses.asdict(session.hello)},
+                    "hello": {"t": "hello", **msgspec.structs.asdict(session.hello)},
                     "injected_via": session.injected_via,
                     "agent_code": session.agent_code,
                 },

@@ -30,9 +30,10 @@ import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from msgspec import Struct
 
 from explorer import wire
 from explorer.errors import InjectionTimeout, PeriscopeError, ProcessGone, ProtocolError
@@ -111,8 +112,7 @@ class AttachState(enum.Enum):
     """The agent answered; frames are on their way."""
 
 
-@dataclass(frozen=True)
-class AttachProgress:
+class AttachProgress(Struct, frozen=True):
     """One step of ``attach()``, for a progress display."""
 
     state: AttachState
@@ -157,7 +157,7 @@ Progress = Callable[[AttachProgress], None]
 # compiles for every target. A note in the session directory never touches the cache.
 
 AGENT_CODE_DIR = "agent-code"
-"""Directory under explorer.pythons.cache_dir() for compiled agent code."""
+"""Directory under explorer.cache.cache_path() for compiled agent code."""
 AGENT_CODE_WAIT = 5.0
 """Seconds attach() waits for a compiler subprocess before the target compiles the agent itself."""
 _CODE_HEADER = b"periscope-agent-code 3 "
@@ -165,8 +165,7 @@ COMPILE_OUTPUT_LIMIT = 16 << 20
 """Bytes a compiler subprocess may print (the agent compiles to a few hundred KiB)."""
 
 
-@dataclass(frozen=True)
-class AgentCode:
+class AgentCode(Struct, frozen=True):
     """The agent compiled by an interpreter of the target's version (``payloads.agent.build_script``)."""
 
     magic: bytes
@@ -183,8 +182,7 @@ class AgentCode:
         return self.magic, self.cache_tag, self.data
 
 
-@dataclass(frozen=True)
-class Compiler:
+class Compiler(Struct, frozen=True):
     """An interpreter that may compile the agent for one target, and whose code it may be given to."""
 
     path: str
@@ -201,10 +199,8 @@ class Compiler:
 
     def key(self) -> str:
         """The part of a cache entry's name that says who made it and for whom."""
-        import hashlib
-
         text = f"{self.identity} {self.run_as} {self.for_uid} {self.exact}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return sha256(text.encode()).hexdigest()[:16]
 
 
 _code_memo: dict[Path, tuple[tuple[int, int] | None, AgentCode]] = {}
@@ -215,25 +211,34 @@ CODE_RETRY_AFTER = 60.0
 """Seconds before periscope tries again to compile for a target version it failed to compile for."""
 
 
-def _source_key(source: str) -> str:
-    import hashlib
+def sha256(data: bytes) -> Any:
+    """``hashlib.sha256(data)`` from CPython's own SHA-2 module: hashlib loads OpenSSL first, which
+    alone costs a one-shot command some 2 ms of its start."""
+    try:
+        from _sha2 import sha256 as builtin  # CPython 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256 as builtin  # CPython 3.11
+        except ImportError:  # a build without its own hashes
+            from hashlib import sha256 as builtin
+    return builtin(data)
 
+
+def _source_key(source: str) -> str:
     from payloads.agent import compile_input
 
-    return hashlib.sha256(compile_input(source)).hexdigest()[:24]
+    return sha256(compile_input(source)).hexdigest()[:24]
 
 
 def agent_code_path(compiler: Compiler, version_hex: int, source: str) -> Path:
     """The cache entry for the agent ``source`` compiled by ``compiler`` for targets of CPython ``version_hex``."""
-    from explorer.pythons import cache_dir
+    from explorer.cache import cache_path
 
-    return cache_dir() / AGENT_CODE_DIR / f"{version_hex:08x}-{compiler.key()}-{_source_key(source)}.bin"
+    return Path(cache_path()) / AGENT_CODE_DIR / f"{version_hex:08x}-{compiler.key()}-{_source_key(source)}.bin"
 
 
 def _parse_code(blob: bytes) -> AgentCode | None:
     """``<header> magic tag hexversion sha256\\n<marshal data>``; None when it is not a whole entry."""
-    import hashlib
-
     if not blob.startswith(_CODE_HEADER):
         return None
     line, newline, data = blob[len(_CODE_HEADER) :].partition(b"\n")
@@ -245,7 +250,7 @@ def _parse_code(blob: bytes) -> AgentCode | None:
         code = AgentCode(bytes.fromhex(magic_hex), tag, int(hexversion, 16), data)
     except ValueError:
         return None
-    if len(code.magic) != 4 or hashlib.sha256(data).hexdigest() != digest:
+    if len(code.magic) != 4 or sha256(data).hexdigest() != digest:
         return None
     return code
 
@@ -287,14 +292,12 @@ def _file_signature(path: Path) -> tuple[int, int] | None:
 
 def _write_code(path: Path, code: AgentCode) -> bool:
     """Store ``code`` atomically (write a temporary file, rename); whether it worked."""
-    import hashlib
-
     header = b"%s%s %s %x %s\n" % (
         _CODE_HEADER,
         code.magic.hex().encode(),
         code.cache_tag.encode(),
         code.hexversion,
-        hashlib.sha256(code.data).hexdigest().encode(),
+        sha256(code.data).hexdigest().encode(),
     )
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
     try:
@@ -602,8 +605,7 @@ def warm_agent_code(pid: int) -> bool:
     return agent_code(pid, version_hex) is not None
 
 
-@dataclass
-class _Staged:
+class _Staged(Struct):
     pid: int
     script_dir: Any
     script_target_path: str
@@ -726,7 +728,7 @@ def _note_error(staged: _Staged) -> PeriscopeError | None:
             continue
         text = visible(text.strip())
         if error is AgentBusy:
-            return AgentBusy(f"process {staged.pid}: {text}; detach that session first")
+            return AgentBusy(f"process {staged.pid}: {text}", "detach that session first")
         return PeriscopeError(f"the agent could not start in process {staged.pid}: {text}")
     return None
 
@@ -799,13 +801,15 @@ def _connect_counted(
 
             raise SessionTampered(
                 f"the session directory {staged.script_dir.host_path} was removed while the agent of process "
-                f"{staged.pid} was starting (by another program, or the target's user); attach again"
+                f"{staged.pid} was starting (by another program, or the target's user)",
+                "attach again",
             )
         if time.monotonic() - started > START_WAIT and staged.script_dir.contains(SCRIPT_NAME):
             raise AgentRefused(
                 f"process {staged.pid} took the request but did not run the agent script within {START_WAIT:g} s: "
                 "an audit hook (cpython.remote_debugger_script) or an open-code hook refused it (see the target's "
-                f"stderr); without the agent, 'periscope stack {staged.pid}' still reads its stacks from outside"
+                "stderr)",
+                f"without the agent, 'periscope stack {staged.pid}' still reads its stacks from outside",
             )
         check_cancel()
         time.sleep(pause)
@@ -850,7 +854,7 @@ def _connect_counted(
             raise InjectionTimeout(f"the agent in process {staged.pid} did not take periscope's first message in time", "try again") from None
         except (ConnectionError, OSError) as error:
             raise gone_or(
-                SessionClosed(f"lost the connection to the agent in process {staged.pid} during the handshake ({error}); attach again")
+                SessionClosed(f"lost the connection to the agent in process {staged.pid} during the handshake ({error})", "attach again")
             ) from None
     except BaseException:
         sock.close()
@@ -1189,13 +1193,13 @@ def _decode(decoder: wire.Decoder, data: bytes) -> tuple[list[Any], ProtocolErro
     return messages, None
 
 
-def why_closed(pid: int, what: str) -> str:
-    """Why a session's stream ended, in one line: the target exited, or what happened to the connection."""
+def why_closed(pid: int, what: str) -> tuple[str, str | None]:
+    """Why a session's stream ended (the target exited, or what happened to the connection), and the fix."""
     from explorer.memory import process_exited, process_start_time
 
     if process_exited(pid, process_start_time(pid)):
-        return f"process {pid} exited; the session is over"
-    return f"{what} in process {pid}; attach again"
+        return f"process {pid} exited; the session is over", None
+    return f"{what} in process {pid}", "attach again"
 
 
 def _ignore_result(job: asyncio.Future[Any]) -> None:
@@ -1322,14 +1326,14 @@ class Session:
                 data = await self._reader.read(1 << 20)
                 if not data:
                     if self.error is None and not self._closing:
-                        self.error = SessionClosed(self._why_closed("the agent closed the connection"))
+                        self.error = SessionClosed(*self._why_closed("the agent closed the connection"))
                     break
                 self.bytes_received += len(data)
                 await self._dispatch_decoded(data)
         except ProtocolError as error:
             self.error = error
         except (ConnectionError, OSError) as error:
-            self.error = SessionClosed(self._why_closed(f"lost the connection to the agent ({error})"))
+            self.error = SessionClosed(*self._why_closed(f"lost the connection to the agent ({error})"))
         finally:
             self._shut()
 
@@ -1343,7 +1347,7 @@ class Session:
         if error is not None:
             raise error
 
-    def _why_closed(self, what: str) -> str:
+    def _why_closed(self, what: str) -> tuple[str, str | None]:
         return why_closed(self.pid, what)
 
     _closing = False

@@ -318,7 +318,7 @@ class StackReader:
                 self.memory.ensure_alive()
                 if time.monotonic() - start > LIST_PATIENCE:
                     raise TargetNotReady(
-                        f"process {self.process.pid}: its thread list kept changing while being read; try again"
+                        f"process {self.process.pid}: its thread list kept changing while being read", "try again"
                     ) from None
                 if attempt >= LIST_ATTEMPTS:
                     time.sleep(0.001)

@@ -89,13 +89,13 @@ _U32 = struct.Struct("<I")
 class AsyncioUnavailable(PeriscopeError):
     """The target's tasks cannot be read: it has not imported asyncio, or its build publishes no task layout.
 
-    ``reason`` is one line in the user's words, ``imported`` whether asyncio is loaded at all.
+    ``imported`` says whether asyncio is loaded at all.
     """
 
-    def __init__(self, reason: str, *, imported: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, reason: str, fix: str | None = None, *, imported: bool) -> None:
+        super().__init__(reason, fix)
         self.imported = imported
+        """Whether the target has imported asyncio (False: it has no tasks to read)."""
 
 
 class TaskInfo(namedtuple(
@@ -329,7 +329,7 @@ class TaskReader:
                 return [(interp, ref) for interp in self.process.interpreters() for ref in self.process.threads(interp)]
             except MemoryFault:
                 self.memory.ensure_alive()  # a thread state freed while the list was followed
-        raise TargetNotReady(f"process {self.process.pid}: its thread list kept changing while being read; try again")
+        raise TargetNotReady(f"process {self.process.pid}: its thread list kept changing while being read", "try again")
 
     def _check_generations(self, interpreters: dict[int, InterpreterRef]) -> None:
         """Drop the code cache when a code object was destroyed in the target (its address may be reused)."""

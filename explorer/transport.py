@@ -43,38 +43,41 @@ INSTALL_FIX = "install it there: pipx install pyperiscope (or set PERISCOPE_REMO
 class HostError(PeriscopeError):
     """The far side could not be reached, or it went away; ``fix`` says what to do."""
 
-    def __init__(self, reason: str, fix: str | None = None) -> None:
-        super().__init__(f"{reason}; {fix}" if fix else reason)
-        self.reason = reason
-        self.fix = fix
-
 
 class RemoteError(PeriscopeError):
     """An error the far side reported that is not one of periscope's own classes."""
 
 
 _KNOWN_ERRORS: dict[str, type[PeriscopeError]] = {
-    name: cls
-    for name, cls in vars(errors).items()
-    if isinstance(cls, type) and issubclass(cls, PeriscopeError) and cls.__init__ is PeriscopeError.__init__
+    name: cls for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, PeriscopeError)
 }
-"""Far-side error classes rebuilt as themselves (those whose constructor takes one message)."""
+"""Far-side error classes rebuilt as themselves (each constructor takes a reason and a fix)."""
 
 
 def rebuild_error(data: Any, where: str) -> PeriscopeError:
-    """A typed error from the far side's ``{"type", "message", "fix"}`` (anything else: RemoteError)."""
-    if not isinstance(data, dict) or not isinstance(data.get("message"), str):
+    """A typed error from the far side's ``{"type", "reason", "fix", "message"}`` (anything else: RemoteError).
+
+    A far side without the ``reason`` field sends ``message``, the one line, with the fix (when it
+    names one in ``fix``) at its end.
+    """
+    if not isinstance(data, dict):
         return RemoteError(f"{where} failed (the far side sent a malformed error)")
-    message = data["message"][:4096]
-    fix = data.get("fix") if isinstance(data.get("fix"), str) else None
+    fix = data.get("fix")
+    fix = fix[:4096] if isinstance(fix, str) and fix else None
+    if isinstance(data.get("reason"), str):
+        reason = data["reason"][:4096]
+    elif isinstance(data.get("message"), str):
+        message = data["message"][:4096]
+        reason = message.removesuffix(f"; {fix}") if fix else message
+    else:
+        return RemoteError(f"{where} failed (the far side sent a malformed error)")
     kind = data.get("type")
     if kind == "InjectionTimeout":
-        reason = message.removesuffix(f"; {fix}") if fix else message
         return errors.InjectionTimeout(reason, fix, no_thread_ran="ran Python" in reason)
     cls = _KNOWN_ERRORS.get(kind) if isinstance(kind, str) else None
     if cls is not None:
-        return cls(message)
-    return RemoteError(f"{where}: {message}")
+        return cls(reason, fix)
+    return RemoteError(f"{where}: {reason}", fix)
 
 
 @dataclass(frozen=True)

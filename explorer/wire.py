@@ -8,7 +8,6 @@ the stream is ever executed or used to build objects other than plain data and t
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -320,7 +319,7 @@ class FrameAssembler:
                 modules = tuple(by_name[name] for name in names)
             except KeyError:
                 raise _fail("a delta's module order names a module it never sent") from None
-        frame = dataclasses.replace(_full(wire_frame, size), threads=threads, modules=modules)
+        frame = msgspec.structs.replace(_full(wire_frame, size), threads=threads, modules=modules)
         self.frame = frame
         return frame
 
@@ -331,8 +330,8 @@ def decode_hello(data: Any) -> Hello:
     protocol = _get(data, "protocol", int, "hello")
     if protocol != PROTOCOL_VERSION:
         raise ProtocolError(
-            f"the agent speaks protocol {protocol}, this periscope speaks {PROTOCOL_VERSION}: "
-            "use the same periscope version on both sides"
+            f"the agent speaks protocol {protocol}, this periscope speaks {PROTOCOL_VERSION}",
+            "use the same periscope version on both sides",
         )
     version = _list(data.get("version", []), "hello.version")
     capabilities = _list(data.get("capabilities", []), "hello.capabilities")

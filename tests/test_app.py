@@ -21,7 +21,9 @@ from explorer.screens.dialogs import ErrorDialog
 from explorer.screens.help import HelpScreen
 from explorer.screens.process import ProcessScreen, load_history
 from explorer.screens.process_list import ProcessListScreen
+from explorer.session import attach
 from textual import events
+from textual.widgets import Static
 
 from tests.screenshots import SIZE, wait_until
 from tests.test_inject import request_state
@@ -380,6 +382,29 @@ async def test_remote_debugging_disabled_shows_a_dialog_with_the_fix(spawn, hist
         assert "disabled" in dialog.message
         assert dialog.fix and "PYTHON_DISABLE_REMOTE_DEBUG" in dialog.fix
     assert agent_threads(target.pid) == 0
+
+
+async def test_an_error_raised_with_its_fix_shows_the_fix_apart(spawn, history):
+    """Another session's agent is in the target: the dialog says so, and below, apart, what to do
+    (the fix is the error's own field: the words are not taken back out of one message)."""
+    target = spawn("import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.01)\n")
+    target.wait_for_line("ready")
+    first = await attach(target.pid, rate=0)
+    try:
+        app = PeriscopeApp(pid=target.pid, history_path=history)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the error dialog")
+            dialog = app.screen
+            assert dialog.title_text == f"Cannot attach to {target.pid}"
+            assert dialog.message == f"process {target.pid}: another periscope agent is attached to this process"
+            assert dialog.fix == "detach that session first"
+            assert str(dialog.query_one("#message", Static).render()) == dialog.message
+            assert str(dialog.query_one("#fix", Static).render()) == "fix: detach that session first"
+            await pilot.press("enter")
+            assert isinstance(app.screen, ProcessListScreen)
+        assert (await first.eval("1 + 1")).value.repr == "2"  # the first session goes on
+    finally:
+        await first.detach()
 
 
 BLOCKED = """

@@ -64,6 +64,10 @@ def test_one_shot_commands_do_not_import_asyncio(spawn, command):
     assert "explorer.hosts" not in modules and "explorer.oneshot" in modules
     if command[0] != "watch":  # plain forms: parsed without argparse
         assert "argparse" not in modules
+    # Records are Structs, hashes CPython's own, the cache found by explorer.cache: none of
+    # dataclasses (and the class-building work per dataclass), hashlib's OpenSSL binding or the
+    # interpreter provisioning module on the way.
+    assert [name for name in ("dataclasses", "hashlib", "_hashlib", "explorer.pythons") if name in modules] == []
     if command[0] == "eval":
         assert done.stdout == "'idle'\n"
     elif command[0] == "watch":

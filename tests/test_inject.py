@@ -181,8 +181,10 @@ def test_main_blocked_in_input_reached_through_a_worker(spawn: Spawn, stage: Cal
     assert not blocked.picked_up and blocked.withdrawn
     assert blocked.native_id == target.pid and blocked.elapsed >= 0.5
     assert request_state(target.pid)[0] == 0
-    with pytest.raises(InjectionTimeout, match=f"--thread NATIVE_ID \\(threads: {worker}\\).*withdrawn"):
+    with pytest.raises(InjectionTimeout, match=f"withdrawn; choose a thread that runs Python with --thread NATIVE_ID \\(threads: {worker}\\)") as raised:
         blocked.raise_if_not_picked_up(str(worker))
+    assert raised.value.reason.endswith("the request was withdrawn") and raised.value.fix is not None
+    assert raised.value.fix.startswith("choose a thread that runs Python")
 
     # A worker that runs Python picks it up.
     through_worker = remote_exec(target.pid, path, native_id=worker)

@@ -68,7 +68,7 @@ def test_environment_variable_wins(target_python: str, target_minor: tuple[int, 
 def test_environment_variable_of_another_minor_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     other = pythons.find_target_python((3, 14), provision=False)
     monkeypatch.setenv(pythons.env_var((3, 15)), other)
-    with pytest.raises(TargetPythonError, match=r"PERISCOPE_TARGET_PYTHON_3_15=.* is Python 3\.14: point it at CPython 3\.15"):
+    with pytest.raises(TargetPythonError, match=r"PERISCOPE_TARGET_PYTHON_3_15=.* is Python 3\.14; point it at CPython 3\.15"):
         find_target_python((3, 15), provision=False)
 
 

@@ -77,7 +77,7 @@ CAUSES = {
     "pid 1": r"run periscope as|CAP_SYS_PTRACE",
     "not Python": r"is not a Python program: no CPython interpreter is loaded in it",
     "CPython 3.11": r"3\.11.*restart it under CPython 3\.14 or 3\.15",
-    "remote debugging disabled": r"PYTHON_DISABLE_REMOTE_DEBUG: restart the target without",
+    "remote debugging disabled": r"PYTHON_DISABLE_REMOTE_DEBUG; restart the target without",
 }
 
 

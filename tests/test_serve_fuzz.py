@@ -19,7 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from explorer.errors import RemoteDebuggingDisabled
+from explorer.hosts import Host
 from explorer.serve import RUN_COMMANDS
+from explorer.transport import Endpoint
 
 SAFE_OPS = ["hello", "stack", "attach", "close", "cancel", "run", "profile", "target_thread", "nope", ""]
 SLOW_OPS = {"ps", "target_python"}
@@ -174,3 +177,29 @@ def test_typed_ops_answer_for_a_real_target(spawn):
     finally:
         assert server.close() == 0
         server.process.stderr.close()
+
+
+async def test_a_typed_error_keeps_its_fix_over_serve(spawn):
+    """A target started without remote debugging, attached through ``serve --stdio``: the error
+    crosses as its class with the reason and the fix as fields, and the near side's rebuilt error
+    (explorer.hosts over a real link) keeps them apart."""
+    target = spawn("import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.01)\n", env={"PYTHON_DISABLE_REMOTE_DEBUG": "1"})
+    target.wait_for_line("ready")
+    reason, fix = "remote debugging disabled by PYTHON_DISABLE_REMOTE_DEBUG", "restart the target without that variable"
+    server = Serve()
+    try:
+        server.send(msgpack.packb({"t": "req", "id": 1, "op": "attach", "pid": target.pid, "timeout": 5.0}))
+        answer = server.messages.get(timeout=60)
+        assert answer is not None and answer["id"] == 1 and answer["ok"] is False, answer
+        assert answer["error"] == {"type": "RemoteDebuggingDisabled", "reason": reason, "fix": fix, "message": f"{reason}; {fix}"}
+    finally:
+        assert server.close() == 0
+        server.process.stderr.close()
+
+    host = Host(Endpoint("here", (sys.executable, "-m", "explorer", "serve", "--stdio"), "exec"))
+    try:
+        with pytest.raises(RemoteDebuggingDisabled) as raised:
+            await host.attach(target.pid, timeout=5.0)
+    finally:
+        host.close()
+    assert (raised.value.reason, raised.value.fix) == (reason, fix)

@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
                         threads = describe_threads(process.threads(process.main_interpreter()))
                     except MemoryFault:
                         threads = None  # the list changed under us: the message is useful without it
-                    return _fail(result.explain(threads), 2)
+                    reason, fix = result.explain(threads)
+                    return _fail(f"{reason}; {fix}", 2)
                 milliseconds = result.elapsed * 1000
                 try:
                     started = staged.wait_until_started(START_WAIT, process)

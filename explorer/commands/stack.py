@@ -109,13 +109,14 @@ class Variables:
 
 
 def _value_reader(process: Any) -> ValueReader:
-    """A value reader of the target, or the exit with the reason when its minor has none."""
+    """A value reader of the target; a PeriscopeError that says why when its minor has none."""
+    from explorer.errors import PeriscopeError
     from explorer.values import Unsupported, ValueReader
 
     try:
         return ValueReader(process)
     except Unsupported as error:
-        raise SystemExit(f"periscope: {error}; run periscope stack without --locals") from None
+        raise PeriscopeError(str(error), "run periscope stack without --locals") from None
 
 
 def read_variables(process: Any, stacks: list[ThreadStack], reader: ValueReader | None = None) -> Variables:

@@ -65,10 +65,9 @@ class AttachRefused(PeriscopeError):
     """Discovery already knows periscope cannot attach (old Python, remote debugging off, ...)."""
 
     def __init__(self, pid: int, reason: str, fix: str | None) -> None:
-        super().__init__(f"{reason}; {fix}" if fix else reason)
+        super().__init__(reason, fix)
         self.pid = pid
-        self.reason = reason
-        self.fix = fix
+        """The process discovery refused."""
 
 
 @dataclass(frozen=True)

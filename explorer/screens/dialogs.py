@@ -17,24 +17,6 @@ from explorer.errors import PeriscopeError
 from explorer.text import visible
 
 
-def split_fix(message: str) -> tuple[str, str | None]:
-    """Split a one-line error message into (what happened, what to do) where it says both.
-
-    periscope's messages put the fix after a colon or a semicolon ("...: run it with ...").
-    """
-    for marker in ("; ", ": "):
-        head, sep, tail = message.rpartition(marker)
-        if sep and head and any(tail.lower().startswith(verb) for verb in _FIX_VERBS):
-            return head, tail
-    return message, None
-
-
-_FIX_VERBS = (
-    "run ", "restart", "start ", "try ", "install", "set ", "use ", "ask ", "press ", "attach ",
-    "wait", "check", "point ", "reboot", "close", "enable", "remove", "pass ", "give ", "make ",
-)
-
-
 class ErrorDialog(ModalScreen[None]):
     """An error, and what to do about it; Enter or Escape closes it.
 
@@ -86,13 +68,9 @@ class ErrorDialog(ModalScreen[None]):
 
     @classmethod
     def from_error(cls, title: str, error: BaseException) -> ErrorDialog:
-        """A dialog for ``error``: a PeriscopeError's message carries its fix; anything else is a bug."""
-        reason, fix = getattr(error, "reason", None), getattr(error, "fix", None)
-        if isinstance(error, PeriscopeError) and isinstance(reason, str):
-            return cls(title, reason, fix if isinstance(fix, str) else None)
+        """A dialog for ``error``: a PeriscopeError's reason, and its fix apart; anything else is a bug."""
         if isinstance(error, PeriscopeError):
-            message, fix = split_fix(str(error))
-            return cls(title, message, fix)
+            return cls(title, error.reason, error.fix)
         return cls(
             title,
             f"{type(error).__name__}: {error}",

@@ -67,8 +67,10 @@ waiting: code blocked in a C call (a sleep, a lock, I/O) takes it only when that
 class InterruptPending(PeriscopeError):
     """Ctrl+C sent the eval KeyboardInterrupt, but it is in a C call that has not returned."""
 
-    def __init__(self, pid: int) -> None:
-        super().__init__(
+    @classmethod
+    def of(cls, pid: int) -> InterruptPending:
+        """The error for the eval in process ``pid``."""
+        return cls(
             f"KeyboardInterrupt sent to the eval in process {pid}, which is blocked in a C call (a sleep, a lock, I/O): "
             "it is raised there when that call returns; detached, the target runs on"
         )
@@ -416,7 +418,7 @@ class OneShotSession:
                 self._send("interrupt", {"eval_id": eval_id})
                 sent_at.append(time.monotonic())
             elif sent_at and time.monotonic() - sent_at[0] > INTERRUPT_GRACE:
-                raise InterruptPending(self.pid)
+                raise InterruptPending.of(self.pid)
 
         eval_id = self._send("eval", arguments)
         if on_output is not None:

@@ -205,7 +205,7 @@ async def _eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             except asyncio.CancelledError:
                 if not given_up:
                     raise
-                raise InterruptPending(args.pid) from None
+                raise InterruptPending.of(args.pid) from None
         finally:
             loop.remove_signal_handler(signal.SIGINT)
     finally:

@@ -425,7 +425,8 @@ class ProcessScreen(Screen[None]):
         repl = self.query_one(ReplPane)
         if self.history_path is not None:
             repl.history = load_history(self.history_path)
-        self.query_one(ThreadList).focus()
+        self._panes = self.query_one(ThreadList)
+        self._panes.focus()
         self.query_one("#tasks-pane").display = False
         self.query_one(TaskList).display = False
         self.read_stream()
@@ -531,7 +532,15 @@ class ProcessScreen(Screen[None]):
             if remote is not None:
                 remote.close()
 
+    def _taken_down(self) -> bool:
+        """Whether the panes are gone while the screen still takes messages: the app exiting
+        removes them first, with a worker's message (frame, CPU times, tasks) still on its way."""
+        panes = getattr(self, "_panes", None)
+        return panes is None or not panes.is_attached
+
     def on_tasks_read(self, message: TasksRead) -> None:
+        if self._taken_down():
+            return
         self._tasks_latest = message
         if self.paused:
             return  # the panes show one moment: these tasks wait for the resume
@@ -583,6 +592,8 @@ class ProcessScreen(Screen[None]):
             self.query_one(TaskList).focus()
 
     def on_thread_times(self, message: ThreadTimes) -> None:
+        if self._taken_down():
+            return
         self._cpu_times = message.times
         self._gil_states = message.states
         if message.usage is not None and not self.paused:
@@ -595,6 +606,8 @@ class ProcessScreen(Screen[None]):
             self._show_threads(self.frame)
 
     def on_frame_received(self, message: FrameReceived) -> None:
+        if self._taken_down():
+            return
         self._arrivals.append((message.received, message.total_bytes))
         self.latest = message.frame
         self._update_status(message.frame)

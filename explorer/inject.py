@@ -824,9 +824,11 @@ def wait_for_pickup(
     """
     debugger = process.offsets.debugger_support
     pending_address = thread_address + debugger.remote_debugger_support + debugger.debugger_pending_call
+    breaker_address = thread_address + debugger.eval_breaker
     start = time.perf_counter() if started is None else started
     deadline = start + timeout
     pause = 0.0
+    reasserted = start
     while True:
         try:
             pending = process.memory.read_i32(pending_address)
@@ -838,10 +840,18 @@ def wait_for_pickup(
         now = time.perf_counter()
         if now >= deadline:
             return None
+        listed = None
         if pending != 1 or pause >= 0.001:
-            if not _is_listed(process, thread_address):
+            listed = _is_listed(process, thread_address)
+            if not listed:
                 process.memory.ensure_alive()  # the whole process going away is ProcessGone
                 raise NoSuchThread(f"the chosen thread of process {process.pid} exited before it picked the request up")
+        if pending == 1 and listed and now - reasserted >= REASSERT_INTERVAL:
+            # The eval-breaker bit can be lost: the target updates that word itself (taking the
+            # GIL, handling other events) and our write is not atomic with its updates. A request
+            # whose bit is gone waits for nothing: set it again while the request is pending.
+            reasserted = now
+            _reassert_breaker(process, breaker_address)
         # Never spin: on a machine with few cores the target may share ours and can only pick
         # the request up while we sleep. Start with short sleeps (a busy thread picks up within
         # tens of µs on its own core) and back off to 10 ms.
@@ -850,6 +860,21 @@ def wait_for_pickup(
             time.sleep(min(pause, max(0.0, deadline - now)))
         elif cancel.wait(min(pause, max(0.0, deadline - now))):
             return None
+
+
+REASSERT_INTERVAL = 0.05
+"""Seconds between two checks of a pending request's eval-breaker bit (see wait_for_pickup)."""
+
+
+def _reassert_breaker(process: RemoteProcess, breaker_address: int) -> None:
+    """Set PLEASE_STOP in a listed thread's eval breaker again if it is not set (low byte only, as
+    remote_exec writes it). A spurious bit costs the thread one suspend and resume."""
+    try:
+        low = process.memory.read(breaker_address, 1)[0]
+        if not low & PLEASE_STOP_BIT:
+            process.memory.write(breaker_address, bytes([low | PLEASE_STOP_BIT]))
+    except MemoryFault:
+        process.memory.ensure_alive()
 
 
 def _is_listed(process: RemoteProcess, thread_address: int) -> bool:

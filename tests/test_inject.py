@@ -34,6 +34,7 @@ from explorer.inject import (
     remote_exec,
     select_thread,
     stage_script,
+    wait_for_pickup,
     write_script,
 )
 from explorer.remote import RemoteProcess, ThreadRef
@@ -160,6 +161,39 @@ def test_exec_into_main_thread(spawn: Spawn, stage: Callable[[int, str], str]) -
     assert result.elapsed >= 0 and not result.withdrawn
     assert target.wait_for_line("ran ") == f"ran MainThread {target.pid}"
     assert request_state(target.pid)[0] == 0
+
+
+SLEEPS_THEN_RUNS = """
+import time
+print("ready", flush=True)
+while True:
+    time.sleep(0.3)  # in C: a request written now waits for the loop below
+    for _ in range(20000):
+        pass
+"""
+
+
+def test_a_request_whose_eval_breaker_bit_was_lost_is_still_picked_up(spawn: Spawn, stage: Callable[[int, str], str]) -> None:
+    """The target updates its eval-breaker word itself, and an outside write is not atomic with
+    those updates: the bit can be lost. Lose it on purpose while the thread sleeps in C: the
+    wait sets it again, and the thread picks the request up once it runs Python."""
+    from explorer.inject import PLEASE_STOP_BIT
+
+    target = started(spawn, SLEEPS_THEN_RUNS)
+    path = stage(target.pid, REPORT)
+    with RemoteProcess.open(target.pid) as process:
+        for _attempt in range(20):
+            result = remote_exec(process, path, wait=None)
+            breaker = result.thread_address + process.offsets.debugger_support.eval_breaker
+            low = process.memory.read(breaker, 1)[0]
+            process.memory.write(breaker, bytes([low & ~PLEASE_STOP_BIT & 0xFF]))
+            if request_state(target.pid)[0] == 1:
+                break  # still pending, the bit gone: the case to test
+            target.wait_for_line("ran ")  # the thread was quicker: try again
+        else:
+            pytest.fail("the thread always picked the request up before its bit could be cleared")
+        assert wait_for_pickup(process, result.thread_address, 10.0) is not None
+    assert target.wait_for_line("ran ") == f"ran MainThread {target.pid}"
 
 
 def test_exec_into_named_worker_thread(spawn: Spawn, stage: Callable[[int, str], str]) -> None:

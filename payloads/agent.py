@@ -2132,6 +2132,10 @@ class Agent:
             self.decoder.feed(data)
             try:
                 for message in self.decoder:
+                    # Served with the short switch interval too (given back at the loop's next
+                    # turn when no eval runs): each of the request's GIL hand-overs (the preview
+                    # worker, the reply) waits a switch interval per busy thread of the target.
+                    self._shorten_switch_interval()
                     self._handle(message)
                     if self.stopping:
                         break
@@ -2162,7 +2166,7 @@ class Agent:
                 self.note_error("closing the eventfd", error)
 
     def _shorten_switch_interval(self):
-        """A 0.5 ms GIL switch interval while evals run (PROTOCOL.md, *The agent's loop*)."""
+        """A 0.5 ms GIL switch interval while evals run and requests are served (PROTOCOL.md, *The agent's loop*)."""
         if self.eval_switch is None and "restore_switch_interval" not in self.config:
             before = sys.getswitchinterval()
             if before > 0.0005:
@@ -3477,8 +3481,6 @@ class Agent:
         if not self.stops:
             self._end_monitoring()  # else the last stopped worker does it as it exits
         self.fork_cell[0] = None
-        # A detach while an eval ran (or before the loop gave it back): the target's interval again.
-        self._give_back_eval_switch()
         self._restore_switch_interval()
         self._restore_routers()
         self._close_listener()
@@ -3500,11 +3502,10 @@ class Agent:
             del sys.modules[MODULE_NAME]
         self.alive = False
         self._close_wake()
-        if self.eval_switch is not None:
-            before, ours = self.eval_switch
-            self.eval_switch = None
-            if abs(sys.getswitchinterval() - ours) < 1e-9:
-                sys.setswitchinterval(before)
+        # The target's own switch interval again, as late as can be: each system call of the
+        # cleanup above hands the GIL over, and on a busy target every hand-over waits a switch
+        # interval per computing thread.
+        self._give_back_eval_switch()
         conn, self.conn = self.conn, None
         if conn is not None:
             try:

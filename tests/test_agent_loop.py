@@ -1,6 +1,6 @@
 """The agent's loop in a real target (PROTOCOL.md, *The agent's loop*): it sleeps until there is
 something to do (no periodic wake-up while an eval runs: the eval's result wakes it), and while an
-eval runs the target's GIL switch interval is short, then the target's own again."""
+eval runs (or a request is served) the target's GIL switch interval is short, then the target's own again."""
 
 from __future__ import annotations
 
@@ -66,3 +66,44 @@ async def test_an_eval_runs_with_a_short_switch_interval_and_the_target_gets_its
         assert target.state()["switch"] == 0.002
     finally:
         await session.detach()
+
+
+
+PROBED = """
+import os, sys, time
+seen = []
+
+class Probe:
+    def __repr__(self):  # a module variable: the agent's previews call it, in their worker thread
+        seen.append(sys.getswitchinterval())
+        return "probe"
+
+probe = Probe()
+last = None
+print("ready", flush=True)
+while True:
+    now = sys.getswitchinterval()
+    if now != last:
+        last = now
+        with open(sys.argv[1] + ".tmp", "w") as handle:
+            handle.write(repr(now))
+        os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    time.sleep(0.005)
+"""
+
+
+async def test_a_request_is_served_with_the_short_switch_interval_and_the_target_gets_its_own_back(spawn, tmp_path):
+    """A ``sample`` on a busy target hands the GIL over many times (to the preview worker and
+    back): it is served with the 0.5 ms interval, as an eval runs, and the target's own comes back."""
+    switch = tmp_path / "switch"
+    target = spawn(PROBED, args=[str(switch)])
+    target.wait_for_line("ready")
+    session = await attach(target.pid, rate=0)  # (rate 0: the start-up's short interval is over at the hello)
+    try:
+        await session.sample()
+        seen = await session.eval("seen[-1]")
+        assert seen.value.repr == "0.0005"
+    finally:
+        await session.detach()
+    await asyncio.sleep(0.2)  # the target's loop looks every 5 ms
+    assert switch.read_text() == "0.005"

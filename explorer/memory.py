@@ -161,7 +161,30 @@ def explain_permission(pid: int) -> tuple[str, str | None]:
     return f"not permitted to read process {pid}", "run periscope as its user, or as root / with CAP_SYS_PTRACE"
 
 
-class ProcessMemory:
+class _TypedReads:
+    """Integers read through the class's own ``read(address, size)``."""
+
+    def read(self, address: int, size: int) -> bytes:
+        raise NotImplementedError
+
+    def read_u64(self, address: int) -> int:
+        """An unsigned 64-bit integer (also pointers)."""
+        return _U64.unpack(self.read(address, 8))[0]
+
+    def read_i64(self, address: int) -> int:
+        """A signed 64-bit integer."""
+        return _I64.unpack(self.read(address, 8))[0]
+
+    def read_u32(self, address: int) -> int:
+        """An unsigned 32-bit integer."""
+        return _U32.unpack(self.read(address, 4))[0]
+
+    def read_i32(self, address: int) -> int:
+        """A signed 32-bit integer."""
+        return _I32.unpack(self.read(address, 4))[0]
+
+
+class ProcessMemory(_TypedReads):
     """Access to one process's address space, valid only while that same process lives."""
 
     def __init__(self, pid: int) -> None:
@@ -294,22 +317,6 @@ class ProcessMemory:
                 raise ProcessGone(f"process {self.pid} exited")
             raise MemoryFault(errno.EFAULT, f"short write at {address:#x}: {written} of {len(data)} bytes")
 
-    def read_u64(self, address: int) -> int:
-        """An unsigned 64-bit integer (also pointers)."""
-        return _U64.unpack(self.read(address, 8))[0]
-
-    def read_i64(self, address: int) -> int:
-        """A signed 64-bit integer."""
-        return _I64.unpack(self.read(address, 8))[0]
-
-    def read_u32(self, address: int) -> int:
-        """An unsigned 32-bit integer."""
-        return _U32.unpack(self.read(address, 4))[0]
-
-    def read_i32(self, address: int) -> int:
-        """A signed 32-bit integer."""
-        return _I32.unpack(self.read(address, 4))[0]
-
     def close(self) -> None:
         """Release the descriptors (idempotent)."""
         for name in ("_fd", "_write_fd"):
@@ -333,7 +340,7 @@ MAX_PAGED_READ = 4 * PAGE
 """Reads larger than this go to the process directly, uncached."""
 
 
-class PageCache:
+class PageCache(_TypedReads):
     """Reads of one process served from whole pages, each read once: many small reads become a few.
 
     A page copied once goes on being served as it was: the cache is a picture of the target at the
@@ -381,22 +388,6 @@ class PageCache:
         page = self._pages[start] = self.memory.read(start, PAGE)
         self.page_reads += 1
         return page
-
-    def read_u64(self, address: int) -> int:
-        """An unsigned 64-bit integer (also pointers)."""
-        return _U64.unpack(self.read(address, 8))[0]
-
-    def read_i64(self, address: int) -> int:
-        """A signed 64-bit integer."""
-        return _I64.unpack(self.read(address, 8))[0]
-
-    def read_u32(self, address: int) -> int:
-        """An unsigned 32-bit integer."""
-        return _U32.unpack(self.read(address, 4))[0]
-
-    def read_i32(self, address: int) -> int:
-        """A signed 32-bit integer."""
-        return _I32.unpack(self.read(address, 4))[0]
 
     def ensure_alive(self) -> None:
         """Raise ProcessGone if the process exited (as ProcessMemory.ensure_alive)."""

@@ -10,6 +10,7 @@ from explorer.commands.snapshot import VIA_FIX, add_agent_arguments, refuse_bad_
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     import argparse
+    from typing import Any
 
 NAME = "watch"
 HELP = "attach to a CPython 3.14 or 3.15 process and print one JSON line per frame until Ctrl+C (or --count)"
@@ -45,26 +46,36 @@ def run(args: argparse.Namespace) -> int:
         return signals.exit_status(0)
 
 
+def _attach_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What watch asks of attach, here and through a host."""
+    return {
+        "thread": thread_choice(args),
+        "timeout": args.timeout,
+        "rate": 1.0 / args.interval,
+        "modules": tuple(args.modules or ("__main__",)),
+        "blocked_fix": VIA_FIX,
+    }
+
+
+def _print_frame(args: argparse.Namespace, hello: Any, frame: Any, count: int) -> bool:
+    """Print the ``count``-th frame as a JSON line; whether that was the last one asked for."""
+    from explorer.model import frame_json
+
+    sys.stdout.write(json.dumps(frame_json(args.pid, hello, frame)) + "\n")
+    sys.stdout.flush()
+    return args.count is not None and count >= args.count
+
+
 def _watch_here(args: argparse.Namespace) -> int:
     """The watch on this machine, with the synchronous client (explorer.oneshot)."""
-    from explorer.model import frame_json
     from explorer.oneshot import attach
 
-    session = attach(
-        args.pid,
-        thread=thread_choice(args),
-        timeout=args.timeout,
-        rate=1.0 / args.interval,
-        modules=tuple(args.modules or ("__main__",)),
-        blocked_fix=VIA_FIX,
-    )
+    session = attach(args.pid, **_attach_options(args))
     count = 0
     try:
         for frame in session.frames():
-            sys.stdout.write(json.dumps(frame_json(args.pid, session.hello, frame)) + "\n")
-            sys.stdout.flush()
             count += 1
-            if args.count is not None and count >= args.count:
+            if _print_frame(args, session.hello, frame, count):
                 break
     finally:
         session.detach()
@@ -75,24 +86,14 @@ def _watch_here(args: argparse.Namespace) -> int:
 
 async def _watch(args: argparse.Namespace) -> int:
     """The watch through --host or --exec (the async session that explorer.hosts relays)."""
-    from explorer.model import frame_json
     from explorer.hosts import attach
 
-    session = await attach(
-        args.pid,
-        thread=thread_choice(args),
-        timeout=args.timeout,
-        rate=1.0 / args.interval,
-        modules=tuple(args.modules or ("__main__",)),
-        blocked_fix=VIA_FIX,
-    )
+    session = await attach(args.pid, **_attach_options(args))
     count = 0
     try:
         async for frame in session.frames():
-            sys.stdout.write(json.dumps(frame_json(args.pid, session.hello, frame)) + "\n")
-            sys.stdout.flush()
             count += 1
-            if args.count is not None and count >= args.count:
+            if _print_frame(args, session.hello, frame, count):
                 break
     finally:
         await session.detach()

@@ -87,7 +87,9 @@ class ErrorDialog(ModalScreen[None]):
                 yield Button("OK", variant="primary", id="ok")
 
     def on_mount(self) -> None:
-        self.query_one("#ok", Button).focus()
+        # (No button when the app quits at once: it takes the dialog's children down first.)
+        for button in self.query("#ok").results(Button):
+            button.focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -45,8 +46,18 @@ def periscope(*args: str, env: dict[str, str] | None = None, prefix: list[str] |
 
 
 def start_ready(spawn: Spawn, **kwargs) -> Target:
+    """A WAITING target that has printed "ready" and is asleep in its sleep (not still between the
+    print and the sleep, where a loaded machine can keep it running Python while ps looks)."""
     target = spawn(WAITING, **kwargs)
     target.wait_for_line("ready")
+    deadline = time.monotonic() + 30
+    asleep = 0
+    while asleep < 5:
+        with open(f"/proc/{target.pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+        asleep = asleep + 1 if state == "S" else 0
+        assert time.monotonic() < deadline, "the target did not go to sleep"
+        time.sleep(0.02)
     return target
 
 

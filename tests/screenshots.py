@@ -92,6 +92,12 @@ async def wait_until(pilot: Pilot[Any], condition: Callable[[], object], what: s
         await pilot.pause(0.05)
 
 
+def on_top(app: Any, screen_type: type) -> bool:
+    """Whether ``app``'s top screen is a ``screen_type`` that has mounted (its children composed):
+    a screen is on top a moment before its widgets exist."""
+    return isinstance(app.screen, screen_type) and app.screen.is_mounted
+
+
 # --- the screenshots ---------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from explorer.session import attach
 from textual import events
 from textual.widgets import Static
 
-from tests.screenshots import SIZE, wait_until
+from tests.screenshots import SIZE, on_top, wait_until
 from tests.test_inject import request_state
 from widgets.process_table import ProcessTable
 from widgets.repl import ReplEntry, ReplInput, ReplPane
@@ -310,7 +310,7 @@ async def test_periscope_pid_attaches_straight_away_and_quit_detaches(demo, hist
         await wait_until(pilot, lambda: re.search(r"data \d+(\.\d)? (B|KiB|MiB)/s", str(status.render())), "the data rate")
         assert status.bytes_per_second is not None and status.bytes_per_second > 0
         await pilot.press("question_mark")
-        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen")
+        await wait_until(pilot, lambda: on_top(app, HelpScreen), "the help screen")
         assert "Detach" in app.screen.text() and "Pause/resume" in app.screen.text()
         await pilot.press("escape")
         await pilot.press("p")
@@ -353,7 +353,7 @@ async def test_python_311_target_shows_a_dialog_with_the_fix(spawn, history):
     old.wait_for_line("ready")
     app = PeriscopeApp(pid=old.pid, history_path=history)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the error dialog")
+        await wait_until(pilot, lambda: on_top(app, ErrorDialog), "the error dialog")
         dialog = app.screen
         assert "3.11" in dialog.message
         assert dialog.fix and "CPython 3.14 or 3.15" in dialog.fix
@@ -366,7 +366,7 @@ async def test_python_311_target_shows_a_dialog_with_the_fix(spawn, history):
         table.select_pid(old.pid)
         await wait_until(pilot, lambda: "cannot attach" in str(app.screen.query_one(AttachVerdict).render()), "the verdict")
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the dialog from the list")
+        await wait_until(pilot, lambda: on_top(app, ErrorDialog), "the dialog from the list")
         assert "CPython 3.14 or 3.15" in (app.screen.fix or "")
 
 
@@ -377,7 +377,7 @@ async def test_remote_debugging_disabled_shows_a_dialog_with_the_fix(spawn, hist
     target.wait_for_line("ready")
     app = PeriscopeApp(pid=target.pid, history_path=history)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the error dialog")
+        await wait_until(pilot, lambda: on_top(app, ErrorDialog), "the error dialog")
         dialog = app.screen
         assert "disabled" in dialog.message
         assert dialog.fix and "PYTHON_DISABLE_REMOTE_DEBUG" in dialog.fix
@@ -393,7 +393,7 @@ async def test_an_error_raised_with_its_fix_shows_the_fix_apart(spawn, history):
     try:
         app = PeriscopeApp(pid=target.pid, history_path=history)
         async with app.run_test(size=SIZE) as pilot:
-            await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the error dialog")
+            await wait_until(pilot, lambda: on_top(app, ErrorDialog), "the error dialog")
             dialog = app.screen
             assert dialog.title_text == f"Cannot attach to {target.pid}"
             assert dialog.message == f"process {target.pid}: another periscope agent is attached to this process"
@@ -457,7 +457,7 @@ async def test_cancel_while_waiting_returns_to_the_list(spawn, history):
         assert app.screen.query_one(StackView).frames[0].source == "line = input()"
         assert request_state(target.pid)[0] == 1
         await pilot.press("escape")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProcessListScreen), "back to the list")
+        await wait_until(pilot, lambda: on_top(app, ProcessListScreen), "back to the list")
         assert not app.attached
         await wait_until(pilot, lambda: request_state(target.pid)[0] == 0, "the request withdrawn", timeout=2)
 
@@ -477,7 +477,7 @@ async def test_a_target_that_never_runs_python_ends_in_a_dialog_not_a_hang(spawn
     target.wait_for_line("ready")
     app = PeriscopeApp(pid=target.pid, connector=partial(default_connector, timeout=2.0), history_path=history)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the timeout dialog")
+        await wait_until(pilot, lambda: on_top(app, ErrorDialog), "the timeout dialog")
         dialog = app.screen
         assert dialog.title_text == f"Cannot attach to {target.pid}"
         assert "blocked" in dialog.message and "press t" in (dialog.fix or "")

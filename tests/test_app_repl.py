@@ -11,7 +11,7 @@ from rich.style import Style
 from explorer.app import PeriscopeApp
 from explorer.screens.inspector import ValueInspector
 from explorer.screens.process import ProcessScreen
-from tests.screenshots import SIZE, wait_until
+from tests.screenshots import SIZE, on_top, wait_until
 from tests.test_agent_repl import CALLS
 from tests.test_app import attached_screen, last_result, result_text, walk
 from widgets.repl import ReplEntry, ReplInput, ReplPane
@@ -173,7 +173,7 @@ async def test_the_inspector_cut_labels_children_kept_and_marked_and_module_fram
         await wait_until(pilot, lambda: isinstance(app.screen, ValueInspector) and app.screen.whole is not None, "the whole repr")
         assert app.screen.whole == repr("start-" + "x" * 300 + "-end")
         await pilot.press("escape")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen), "the inspector closed")
+        await wait_until(pilot, lambda: on_top(app, ProcessScreen), "the inspector closed")
 
         # The target's control characters are written out, never sent to the terminal.
         variables.move_cursor(node_at(variables, "module", "ESCAPED"))
@@ -183,7 +183,7 @@ async def test_the_inspector_cut_labels_children_kept_and_marked_and_module_fram
         assert app.screen.whole.startswith("\x1b]0;owned\x07")  # as the target's __repr__ returned it
         assert "\x1b" not in shown and "\x07" not in shown and shown.startswith("\\x1b]0;owned\\x07q")
         await pilot.press("escape")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProcessScreen), "the inspector closed")
+        await wait_until(pilot, lambda: on_top(app, ProcessScreen), "the inspector closed")
 
         # An expanded dict that changes keeps its children shown while they reload, and marks the changed one.
         node = node_at(variables, "module", "state")
@@ -205,7 +205,7 @@ async def test_the_inspector_cut_labels_children_kept_and_marked_and_module_fram
         # Enter on a leaf inspects it too.
         variables.move_cursor(node_at(variables, "module", "state", "fixed"))
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ValueInspector), "the inspector on a leaf")
+        await wait_until(pilot, lambda: on_top(app, ValueInspector), "the inspector on a leaf")
         assert "'same'" in app.screen.query_one("#inspector-text").text
         await pilot.press("escape")
 

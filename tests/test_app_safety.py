@@ -14,7 +14,7 @@ from explorer.screens.dialogs import ConfirmDialog, ErrorDialog
 from explorer.screens.process import ProcessScreen
 from explorer.screens.process_list import ProcessListScreen
 from tests.attacker import as_user, needs_root
-from tests.screenshots import SIZE, wait_until
+from tests.screenshots import SIZE, on_top, wait_until
 from tests.test_app import agent_threads, attached_screen
 from tests.test_security_root import stranger  # noqa: F401 (a fixture)
 from widgets.process_table import ProcessTable
@@ -79,7 +79,7 @@ async def test_the_cursor_returns_to_the_process_just_left_after_escape(spawn, h
     async with app.run_test(size=SIZE) as pilot:
         await attached_screen(pilot)
         await pilot.press("escape")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProcessListScreen), "the list")
+        await wait_until(pilot, lambda: on_top(app, ProcessListScreen), "the list")
         table = app.screen.query_one(ProcessTable)
         await wait_until(pilot, lambda: {target.pid, other.pid} <= set(table.shown_pids), "both in the list")
         assert table.selected_process is not None and table.selected_process.pid == target.pid
@@ -122,9 +122,9 @@ async def test_after_a_failed_attach_the_cursor_stays_on_that_process(spawn, his
         await wait_until(pilot, lambda: old.pid in table.processes, "the 3.11 process in the list")
         table.select_pid(old.pid)
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the dialog")
+        await wait_until(pilot, lambda: on_top(app, ErrorDialog), "the dialog")
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProcessListScreen), "the list")
+        await wait_until(pilot, lambda: on_top(app, ProcessListScreen), "the list")
         scans = app.screen.scans
         await wait_until(pilot, lambda: app.screen.scans > scans, "a new scan")
         assert table.selected_process is not None and table.selected_process.pid == old.pid
@@ -138,10 +138,10 @@ async def test_after_lost_process_the_cursor_is_on_nothing(spawn, history):
         await attached_screen(pilot)
         target.proc.kill()
         target.proc.wait()
-        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the Lost process dialog")
+        await wait_until(pilot, lambda: on_top(app, ErrorDialog), "the Lost process dialog")
         assert app.screen.title_text.startswith("Lost process")
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProcessListScreen), "the list")
+        await wait_until(pilot, lambda: on_top(app, ProcessListScreen), "the list")
         table = app.screen.query_one(ProcessTable)
         await wait_until(pilot, lambda: other.pid in table.shown_pids and target.pid not in table.processes, "a scan without the lost process")
         assert table.selected_process is None and not table.show_cursor
@@ -166,14 +166,14 @@ async def test_attaching_to_another_users_process_asks_first(spawn, stranger, hi
         await wait_until(pilot, lambda: target.pid in table.processes, "the other user's process in the list")
         table.select_pid(target.pid)
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the question")
+        await wait_until(pilot, lambda: on_top(app, ConfirmDialog), "the question")
         assert "user" in app.screen.title_text
         await pilot.press("n")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProcessListScreen), "back in the list")
+        await wait_until(pilot, lambda: on_top(app, ProcessListScreen), "back in the list")
         assert agent_threads(target.pid) == 0
 
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the question again (the answer was no)")
+        await wait_until(pilot, lambda: on_top(app, ConfirmDialog), "the question again (the answer was no)")
         await pilot.press("y")
         await wait_until(pilot, lambda: isinstance(app.screen, (AttachScreen, ProcessScreen)), "attaching")
         await attached_screen(pilot)

@@ -8,7 +8,7 @@ from pathlib import Path
 from explorer.app import PeriscopeApp
 from explorer.screens.profile import ProfileScreen
 from tests.profile_targets import HOT_TARGET
-from tests.screenshots import SIZE, wait_until
+from tests.screenshots import SIZE, on_top, wait_until
 from widgets.flame_graph import FlameGraph
 from widgets.function_detail import FunctionDetailView
 from widgets.profile_table import ProfileTable
@@ -23,7 +23,7 @@ async def test_the_profile_view_shows_the_hottest_function_first(spawn):
     target.wait_for_line("ready")
     app = _app(target.pid)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, ProfileScreen), "the Profile view")
+        await wait_until(pilot, lambda: on_top(app, ProfileScreen), "the Profile view")
         screen = app.screen
         assert isinstance(screen, ProfileScreen)
 
@@ -73,7 +73,7 @@ async def test_a_pid_that_is_not_python_is_reported(spawn):
     async with app.run_test(size=SIZE) as pilot:
         from explorer.screens.dialogs import ErrorDialog
 
-        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the error dialog")
+        await wait_until(pilot, lambda: on_top(app, ErrorDialog), "the error dialog")
         dialog = app.screen
         assert "Cannot profile" in str(dialog.query_one("#dialog-title").render())
         assert "is not a Python program" in str(dialog.query_one("#message").render())
@@ -93,7 +93,7 @@ async def test_the_profile_view_opens_from_a_process_screen_and_is_in_the_palett
         process_screen = app.screen
         assert "Profile" in {command.title for command in app.get_system_commands(process_screen)}
         await pilot.press("f")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProfileScreen), "the Profile view")
+        await wait_until(pilot, lambda: on_top(app, ProfileScreen), "the Profile view")
         profile = app.screen
         assert isinstance(profile, ProfileScreen)
         await wait_until(pilot, lambda: bool(profile.rows) and profile.rows[0].function == "hot_loop", "hot_loop first", 30)
@@ -120,7 +120,7 @@ async def test_the_view_keeps_what_it_sampled_when_the_process_exits(spawn):
     target.wait_for_line("ready")
     app = _app(target.pid)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, ProfileScreen), "the Profile view")
+        await wait_until(pilot, lambda: on_top(app, ProfileScreen), "the Profile view")
         screen = app.screen
         assert isinstance(screen, ProfileScreen)
         status = screen.query_one("#profile-status")

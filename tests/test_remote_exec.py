@@ -160,7 +160,7 @@ async def test_the_profile_view_through_nsenter_samples_in_the_namespace(spawn, 
     from explorer.screens.profile import ProfileScreen
     from explorer.transport import exec_endpoint
     from tests.profile_targets import HOT_TARGET
-    from tests.screenshots import SIZE, wait_until
+    from tests.screenshots import SIZE, on_top, wait_until
     from tests.test_remote_profile import holds_files_of, host_app, hottest_first
     from tests.test_remote_ssh import _descendants, _still_serving
 
@@ -170,7 +170,7 @@ async def test_the_profile_view_through_nsenter_samples_in_the_namespace(spawn, 
     try:
         app = host_app(host, 1)
         async with app.run_test(size=SIZE) as pilot:
-            await wait_until(pilot, lambda: isinstance(app.screen, ProfileScreen), "the Profile view")
+            await wait_until(pilot, lambda: on_top(app, ProfileScreen), "the Profile view")
             screen = app.screen
             assert isinstance(screen, ProfileScreen)
             await wait_until(pilot, lambda: hottest_first(screen), "hot_loop at the top with 50 samples", timeout=30)

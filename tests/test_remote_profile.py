@@ -23,7 +23,7 @@ from explorer.remote_profile import RemoteSampler
 from explorer.screens.profile import ProfileScreen
 from explorer.transport import ssh_endpoint
 from tests.profile_targets import HOT_TARGET
-from tests.screenshots import SIZE, wait_until
+from tests.screenshots import SIZE, on_top, wait_until
 from tests.sshd import SSH, SSHD, SshServer, start_sshd
 from tests.test_remote_ssh import _serve_processes, _still_serving
 
@@ -82,7 +82,7 @@ async def test_the_profile_view_over_ssh_shows_the_hot_function_and_stops_the_fa
     try:
         app = host_app(host, target.pid)
         async with app.run_test(size=SIZE) as pilot:
-            await wait_until(pilot, lambda: isinstance(app.screen, ProfileScreen), "the Profile view")
+            await wait_until(pilot, lambda: on_top(app, ProfileScreen), "the Profile view")
             screen = app.screen
             assert isinstance(screen, ProfileScreen)
             await wait_until(pilot, lambda: hottest_first(screen), "hot_loop at the top with 50 samples", timeout=30)

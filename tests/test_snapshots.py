@@ -24,7 +24,7 @@ from explorer.screens.help import HelpScreen
 from explorer.screens.process import ProcessScreen
 from explorer.screens.process_list import ProcessListScreen
 from explorer.versions import minor_name
-from tests.screenshots import SCENE_DIR, SIZE, scene_script, wait_until
+from tests.screenshots import SCENE_DIR, SIZE, scene_script, on_top, wait_until
 from widgets.process_table import ProcessTable
 from widgets.repl import ReplPane
 from widgets.variables import VariablesTree
@@ -185,7 +185,7 @@ def test_error_dialog_for_python_311(snap_compare, spawn, target_minor):
         await pilot.press(*f"old_python_{minor_name(target_minor)}.py")
         await wait_until(pilot, lambda: table.shown_pids == [old.pid], "the 3.11 process in the list")
         await pilot.press("down", "enter")  # pick the row, then attach
-        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog), "the dialog")
+        await wait_until(pilot, lambda: on_top(app, ErrorDialog), "the dialog")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
@@ -200,7 +200,7 @@ def test_help_screen(snap_compare, scene):
         await attached(pilot)
         await pilot.press("p")
         await pilot.press("question_mark")
-        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help")
+        await wait_until(pilot, lambda: on_top(app, HelpScreen), "the help")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 

@@ -829,6 +829,24 @@ def _brief_sig(entry):
     )
 
 
+def _encode_stack_entry(item, known):
+    """``(item, its encoding, {local's name: (its preview, its encoding)})`` for a stack entry that
+    changed since ``known`` (that tuple for the same frame in the last frame, or None): its locals
+    that did not change (most of them, in a frame where one counter moved) are not encoded again."""
+    names = item["locals"]
+    encodings = {}
+    if not names:
+        return item, Encoded(encode(item)), encodings
+    before = {} if known is None else known[2]
+    pieces = []
+    for pair in names:
+        old = before.get(pair[0])
+        data = old[1] if old is not None and old[0] == pair[1] else encode(pair)
+        encodings[pair[0]] = (pair[1], data)
+        pieces.append(Encoded(data))
+    return item, Encoded(encode({**item, "locals": pieces})), encodings
+
+
 class Baseline:
     """The last frame sent on the stream, entry by entry, to send the next one as a delta on it
     (PROTOCOL.md, *Deltas and the view*). Pure data: no target object is kept here."""
@@ -836,6 +854,7 @@ class Baseline:
     def __init__(self):
         self.seq = None  # None: the next frame goes out full
         self.threads = {}  # ident -> (brief signature or None, encoded entry)
+        self.stack_entries = {}  # a detailed stack entry's fid -> (that entry, its encoding, its locals' encodings)
         self.order = []
         self.modules = {}  # name -> encoded entry
         self.module_order = []
@@ -847,9 +866,12 @@ class Baseline:
     def delta(self, frame, seq):
         """Turn ``frame`` (a full frame's map, numbered ``seq``) into a delta on this baseline, in
         place, and make it the new baseline. An unchanged brief thread is recognised by its
-        signature, without encoding it; every other entry by its encoding."""
+        signature, without encoding it; every other entry by its encoding, made of its stack
+        entries' encodings, each one reused while that entry is equal to the last frame's."""
         full = self.seq is None
         old_threads = {} if full else self.threads
+        old_entries = self.stack_entries
+        stack_entries = {}
         threads = {}
         changed = []
         order = []
@@ -861,7 +883,19 @@ class Baseline:
             if sig is not None and old is not None and old[0] == sig:
                 threads[ident] = old
                 continue
-            data = encode(entry)
+            if sig is None and entry["stack"]:
+                pieces = []
+                for item in entry["stack"]:
+                    fid = item.get("fid")
+                    known = old_entries.get(fid)
+                    if known is None or known[0] != item:
+                        known = _encode_stack_entry(item, known)
+                    if fid is not None:
+                        stack_entries[fid] = known
+                    pieces.append(known[1])
+                data = encode({**entry, "stack": pieces})
+            else:
+                data = encode(entry)
             threads[ident] = (sig, data)
             if old is None or old[1] != data:
                 changed.append(Encoded(data))
@@ -886,6 +920,7 @@ class Baseline:
                 frame["module_order"] = module_order
         self.seq = seq
         self.threads = threads
+        self.stack_entries = stack_entries
         self.order = order
         self.modules = modules
         self.module_order = module_order
@@ -905,13 +940,24 @@ class Previews:
         self.items = limits["items"]
         self.depth = limits["depth"]
         self.bytes = 0  # estimated encoded size so far
+        # One preview per object per job: the same object under several names (a Thread as
+        # ``self`` in three frames of its thread) is formatted, and its __repr__ run, once. The
+        # job holds the objects it saw until it ends, so an id is not reused meanwhile.
+        self.seen = {}  # id -> (object, preview, its estimated size)
 
     def preview(self, obj, pin=False, repr_chars=None):
         """``{"type", "repr", "ref"?, "len"?, "cut"?, "fail"?}`` for one object.
 
         An error while formatting it becomes its preview (``<preview failed: ...>``): one value
-        never costs the frame.
+        never costs the frame. Within one job, an object shown again gets the same preview (the
+        same dict: nothing changes a preview once it is made).
         """
+        memo = not pin and repr_chars is None
+        if memo:
+            known = self.seen.get(id(obj))
+            if known is not None and known[0] is obj:
+                self.bytes += known[2]
+                return known[1]
         cls = type(obj)
         limit = repr_chars or self.repr_chars
         self._cut = False
@@ -938,7 +984,10 @@ class Previews:
             result["cut"] = True
         if self._fail:
             result["fail"] = True
-        self.bytes += len(text) + len(result["type"]) + 24
+        size = len(text) + len(result["type"]) + 24
+        self.bytes += size
+        if memo:
+            self.seen[id(obj)] = (obj, result, size)
         return result
 
     def result_preview(self, obj, repr_chars):

@@ -23,12 +23,13 @@ from payloads import agent
 IDENTS = st.sampled_from([1, 2, 3, 140000000001, 140000000002, 7])
 TEXT = st.text(max_size=6)
 PREVIEW = st.fixed_dictionaries({"type": st.sampled_from(["int", "str", "list"]), "repr": TEXT}, optional={"ref": st.integers(1, 5), "cut": st.just(True)})
+FIDS = st.sampled_from([11, 12, 13])
 LOCALS = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), PREVIEW).map(list), max_size=3)
 
 
 @st.composite
 def stack_frame(draw: st.DrawFn, brief: bool) -> dict[str, Any]:
-    return {
+    entry = {
         "file": draw(st.sampled_from(["a.py", "b.py"])),
         "line": draw(st.one_of(st.none(), st.integers(1, 4))),
         "func": draw(st.sampled_from(["f", "g"])),
@@ -36,6 +37,11 @@ def stack_frame(draw: st.DrawFn, brief: bool) -> dict[str, Any]:
         "locals": None if brief else draw(st.one_of(st.none(), LOCALS)),
         "nlocals": 0 if brief else draw(st.integers(0, 3)),
     }
+    if not brief:
+        # The frame's identity (its id in the target): few, so that frames share them, as a
+        # frame that moved to another thread's entry or another depth would.
+        entry["fid"] = draw(FIDS)
+    return entry
 
 
 @st.composite
@@ -158,6 +164,9 @@ def test_any_changes_drops_and_resyncs_give_the_model_of_full_frames(steps: list
                 resync_in -= 1
         delta = baseline.delta({**copy.deepcopy(frame), "seq": seq}, seq)
         data = agent.encode(delta)
+        for entry in frame["threads"]:
+            if not entry["brief"]:  # made of the last frame's pieces, yet the bytes of the entry itself
+                assert baseline.threads[entry["ident"]][1] == agent.encode(entry)
         if lost:
             previous = None
             continue

@@ -14,13 +14,14 @@ relayed by explorer.hosts.
 
 from __future__ import annotations
 
+import functools
 import socket
 import sys
 import threading
 import time
 
 from explorer import session as _session
-from explorer import wire
+from explorer import switch, wire
 from explorer.errors import PeriscopeError, ProtocolError
 from explorer.model import AgentError, Bye, Frame, Hello, OutOfStep, Output, Response
 from explorer.session import (
@@ -170,7 +171,10 @@ def attach(
         ready.wait(min(AGENT_CODE_WAIT, max(0.0, deadline - time.monotonic()) / 2))  # not a join: see _in_worker
         code = compiled[0] if compiled else None
         not_after = time.time() + max(0.0, deadline - time.monotonic()) + STAGED_GRACE
-        staged = _stage(pid, rate, tuple(modules), limits, code, script_dir, not_after)
+        switch_us = switch.target_interval(work.process) if _session.FAST_START else None
+        staged = _stage(pid, rate, tuple(modules), limits, code, script_dir, not_after, switch_us)
+        if switch.shorten(work.process, switch_us):
+            cleanup.append(functools.partial(switch.give_back, work.process, switch_us))  # the agent gives it back once it runs
         spread = thread in ("any", "auto")
         injected_at = time.monotonic()
 

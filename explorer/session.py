@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import Struct
 
-from explorer import wire
+from explorer import switch, wire
 from explorer.errors import InjectionTimeout, PeriscopeError, ProcessGone, ProtocolError
 from explorer.model import (
     AgentError,
@@ -621,13 +621,15 @@ def _stage(
     code: AgentCode | None = None,
     script_dir: Any = None,
     not_after: float | None = None,
+    switch_us: int | None = None,
 ) -> _Staged:
     """Write the agent script (config header, agent source and compiled ``code``) into a fresh private
     directory (``script_dir`` from explorer.inject.prepare_script_dir, or a new one).
 
     ``not_after`` (wall-clock time, default STAGED_LIFETIME from now): a thread that picks the
     script up later removes it without starting the agent, so neither the agent nor its token
-    outlives the attach that staged it."""
+    outlives the attach that staged it. ``switch_us``: the target's switch interval, which
+    periscope is about to shorten from outside (explorer.switch), for the agent to give back."""
     from explorer.inject import prepare_script_dir, write_script
     from payloads.agent import agent_source, build_script
 
@@ -648,6 +650,8 @@ def _stage(
             "fast_start": FAST_START,
             "not_after": time.time() + STAGED_LIFETIME if not_after is None else not_after,
         }
+        if switch_us is not None:
+            config["switch_interval"] = switch_us / 1e6
         script = build_script(config, agent_source(), None if code is None else code.for_script())
         _, target_path = write_script(script_dir, SCRIPT_NAME, script)
     except BaseException:
@@ -914,7 +918,10 @@ async def attach(
             raise
         cleanup.append(script_dir.cleanup)
         not_after = time.time() + max(0.0, deadline - time.monotonic()) + STAGED_GRACE
-        staged = await work.run(_stage, pid, rate, tuple(modules), limits, code, script_dir, not_after)
+        switch_us = switch.target_interval(work.process) if FAST_START else None
+        staged = await work.run(_stage, pid, rate, tuple(modules), limits, code, script_dir, not_after, switch_us)
+        if switch.shorten(work.process, switch_us):
+            cleanup.append(functools.partial(switch.give_back, work.process, switch_us))  # the agent gives it back once it runs
         spread = thread in ("any", "auto")
         picked = await _inject(
             staged, candidates, deadline, report, spread=spread, holder_first=spread, work=work, blocked_fix=blocked_fix

@@ -384,9 +384,20 @@ def _periscope_bootstrap(config, source, code, offered):
                     (os.rmdir if path == directory else os.unlink)(path)
                 except OSError:
                     pass
+            outside = config.get("switch_interval")
+            if outside is not None and abs(sys.getswitchinterval() - 0.0005) < 1e-9:
+                sys.setswitchinterval(outside)
             return
         existing = sys.modules.get(name)
-        if config.get("fast_start") and existing is None:
+        # periscope shortened the switch interval from outside while it waited for this pickup
+        # (explorer/switch.py): ``switch_interval`` is the target's own, to give back as ours.
+        outside = config.get("switch_interval")
+        if outside is not None and abs(sys.getswitchinterval() - 0.0005) < 1e-9:
+            if config.get("fast_start") and existing is None:
+                config["restore_switch_interval"] = [outside, sys.getswitchinterval()]
+            else:
+                sys.setswitchinterval(outside)
+        elif config.get("fast_start") and existing is None:
             # Start-up takes a dozen GIL handovers; on a target whose threads all compute, each
             # waits up to a switch interval per busy thread. A short interval until the first
             # frame is out makes attach several times faster; the agent puts it back. (First

@@ -192,9 +192,14 @@ def attach(
         if code is not None and _code_rejected(staged):
             code_used = "rejected"
         cleanup.clear()  # attached: the session owns the directory and the socket from here on
+        booster = None
+        if switch_us is not None and switch_us > switch.SHORT_US:
+            booster = switch.Booster(work.process, switch_us)
+            work.keep_process = True  # the session's now (closed by its booster)
     finally:
         work.stop(*cleanup)
     client = OneShotSession(pid, hello, sock, decoder, staged.script_dir, picked)
+    client.switch = booster
     client.agent_code = code_used
     client.bytes_received = received
     return client
@@ -270,6 +275,8 @@ class OneShotSession:
         self._resyncing = False
         self._closing = False
         self.closed = False
+        self.switch: switch.Booster | None = None
+        """As ``Session.switch``."""
 
     # -- the stream -------------------------------------------------------------------------
 
@@ -277,6 +284,9 @@ class OneShotSession:
         if self.closed:
             raise self.error or SessionClosed(f"the session with process {self.pid} is closed")
         self._ids += 1
+        target_switch = self.switch.before_request() if self.switch is not None else None
+        if target_switch is not None:
+            arguments = {**arguments, "switch": target_switch}
         try:
             self._sock.settimeout(5.0)
             self._sock.sendall(wire.encode({"t": "req", "id": self._ids, "op": op, **arguments}))
@@ -464,3 +474,6 @@ class OneShotSession:
             if self._script_dir is not None:
                 script_dir, self._script_dir = self._script_dir, None
                 script_dir.cleanup()
+            if self.switch is not None:
+                booster, self.switch = self.switch, None
+                booster.close()

@@ -936,6 +936,10 @@ async def attach(
         if code is not None and await asyncio.to_thread(_code_rejected, staged):
             code_used = "rejected"
         cleanup.clear()  # attached: the session owns the directory and the socket from here on
+        booster = None
+        if switch_us is not None and switch_us > switch.SHORT_US:
+            booster = switch.Booster(work.process, switch_us)
+            work.keep_process = True  # the session's now (closed by its booster)
     finally:
         # Cancelled (Esc, another thread chosen, the app exiting) or failed: a worker thread may
         # still wait for a pickup; it withdraws the request before the directory goes and the
@@ -946,10 +950,13 @@ async def attach(
     except BaseException:
         sock.close()
         staged.script_dir.cleanup()
+        if booster is not None:
+            booster.close()
         raise
     session = Session(pid, hello, reader, writer, decoder, staged.script_dir, picked)
     session.agent_code = code_used
     session.bytes_received = received
+    session.switch = booster
     session._start()
     report(AttachState.CONNECTED, f"connected to the agent in process {pid}", picked)
     return session
@@ -1046,6 +1053,8 @@ class _AttachWork:
         self._lock = threading.Lock()
         self._running = 0
         self._cleanup: list[Callable[[], None]] | None = None
+        self.keep_process = False
+        """Set once attached when the session takes the process over (see explorer.switch.Booster)."""
 
     async def run(self, function: Callable[..., Any], *args: Any, discard: Callable[[Any], None] | None = None) -> Any:
         """``function(*args)`` in a worker thread that keeps the process open while it runs.
@@ -1093,7 +1102,8 @@ class _AttachWork:
                 with contextlib.suppress(OSError):  # a clean-up that fails must not hide why attaching ended
                     step()
         finally:
-            self.process.close()
+            if not self.keep_process:
+                self.process.close()
 
 
 async def _finish_or_dispose(job: Any, dispose: Callable[[Any], None]) -> Any:
@@ -1316,6 +1326,8 @@ class Session:
         self._ids = itertools.count(1)
         self._closed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.switch: switch.Booster | None = None
+        """Shortens the target's switch interval for each request while the target is busy (set by attach)."""
 
     # -- the stream -------------------------------------------------------------------------
 
@@ -1457,6 +1469,9 @@ class Session:
         request_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        target_switch = self.switch.before_request() if self.switch is not None else None
+        if target_switch is not None:
+            arguments = {**arguments, "switch": target_switch}
         self._writer.write(wire.encode({"t": "req", "id": request_id, "op": op, **arguments}))
         return request_id, future
 
@@ -1587,6 +1602,9 @@ class Session:
         if self._script_dir is not None:
             script_dir, self._script_dir = self._script_dir, None
             await asyncio.to_thread(script_dir.cleanup)
+        if self.switch is not None:
+            booster, self.switch = self.switch, None
+            booster.close()
 
     async def __aenter__(self) -> Session:
         return self

@@ -85,3 +85,33 @@ def give_back(process: RemoteProcess, before_us: int) -> None:
             process.memory.write(address, _U64.pack(before_us))
     except (OSError, ValueError, PeriscopeError):
         pass
+
+
+class Booster:
+    """A session's own handle on the target's interval: each request it sends to a busy target
+    goes with the interval shortened (``before_request``), and the agent gives it back once the
+    request is served, as it gives back its own. The agent's frames at its rate are not requests:
+    nothing changes for them."""
+
+    def __init__(self, process: RemoteProcess, target_us: int) -> None:
+        self.process: RemoteProcess | None = process
+        self.target_us = target_us
+        self.shortened = 0
+        """Requests that went with the interval shortened."""
+
+    def before_request(self) -> float | None:
+        """Shorten the interval if the target is busy; the target's own (seconds) for the request, or None."""
+        if self.process is None or not shorten(self.process, self.target_us):
+            return None
+        self.shortened += 1
+        return self.target_us / 1e6
+
+    def close(self) -> None:
+        """Give the interval back if a request left it short (the agent went before serving it)
+        and release the process."""
+        process, self.process = self.process, None
+        if process is not None:
+            try:
+                give_back(process, self.target_us)
+            finally:
+                process.close()

@@ -2195,7 +2195,7 @@ class Agent:
                     # Served with the short switch interval too (given back at the loop's next
                     # turn when no eval runs): each of the request's GIL hand-overs (the preview
                     # worker, the reply) waits a switch interval per busy thread of the target.
-                    self._shorten_switch_interval()
+                    self._shorten_switch_interval(message)
                     self._handle(message)
                     if self.stopping:
                         break
@@ -2225,11 +2225,17 @@ class Agent:
             except OSError as error:
                 self.note_error("closing the eventfd", error)
 
-    def _shorten_switch_interval(self):
-        """A 0.5 ms GIL switch interval while evals run and requests are served (PROTOCOL.md, *The agent's loop*)."""
+    def _shorten_switch_interval(self, message=None):
+        """A 0.5 ms GIL switch interval while evals run and requests are served (PROTOCOL.md, *The agent's loop*).
+
+        A request's ``switch`` is the target's own interval when periscope shortened it from
+        outside to send this request (explorer/switch.py): given back as if the agent had set it."""
         if self.eval_switch is None and "restore_switch_interval" not in self.config:
             before = sys.getswitchinterval()
-            if before > 0.0005:
+            outside = message.get("switch") if type(message) is dict else None
+            if type(outside) is float and 0.0005 < outside <= 1.0 and abs(before - 0.0005) < 1e-9:
+                self.eval_switch = (outside, before)
+            elif before > 0.0005:
                 sys.setswitchinterval(0.0005)
                 self.eval_switch = (before, sys.getswitchinterval())
 

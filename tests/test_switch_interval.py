@@ -119,3 +119,43 @@ def test_a_value_the_target_set_meanwhile_is_kept(spawn):
         assert _interval(target.pid) == 4000
     finally:
         process.close()
+
+
+async def test_requests_to_a_busy_target_go_with_the_interval_shortened_and_it_comes_back(spawn):
+    """Each request to a target whose threads compute is sent with the interval shortened from
+    outside; the agent serves it and gives the target's own 4 ms back."""
+    target = spawn(BUSY)
+    target.wait_for_line("ready")
+    session = await attach(target.pid, rate=0, timeout=30)
+    try:
+        assert session.switch is not None
+        for _ in range(10):
+            frame = await session.sample()
+            assert frame.threads
+            result = await session.eval("1 + 1")
+            assert result.value.repr == "2"
+        assert session.switch.shortened > 0
+        deadline = time.monotonic() + 10
+        while _interval(target.pid) != 4000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert _interval(target.pid) == 4000
+    finally:
+        await session.detach()
+    assert _interval(target.pid) == 4000
+
+
+def test_the_one_shot_client_shortens_it_for_its_requests_too(spawn):
+    target = spawn(BUSY)
+    target.wait_for_line("ready")
+    session = oneshot.attach(target.pid, rate=0, timeout=30)
+    try:
+        for _ in range(10):
+            session.sample()
+        assert session.switch is not None and session.switch.shortened > 0
+        deadline = time.monotonic() + 10
+        while _interval(target.pid) != 4000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _interval(target.pid) == 4000
+    finally:
+        session.detach()
+    assert _interval(target.pid) == 4000

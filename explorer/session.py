@@ -60,6 +60,10 @@ if TYPE_CHECKING:
 
 SOCKET_NAME = "agent.sock"
 SCRIPT_NAME = "agent.py"
+CODE_NAME = "agent.code"
+"""Beside the script: the agent precompiled (marshal data), which the launcher loads."""
+SOURCE_NAME = "agent-source.py"
+"""Beside the script: the agent's source, which the target compiles only when it cannot load the code."""
 SCRIPT_DIR_FIT = {"limit": 107, "room": 1 + len(SOCKET_NAME)}
 """For prepare_script_dir: the agent binds agent.sock in the directory, and the target's path to
 it must fit a Unix socket address (107 bytes); a deeper TMPDIR is passed over."""
@@ -641,6 +645,8 @@ def _stage(
         config = {
             "directory": target_dir,
             "script_path": f"{target_dir}/{SCRIPT_NAME}",
+            "code_path": f"{target_dir}/{CODE_NAME}",
+            "source_path": f"{target_dir}/{SOURCE_NAME}",
             "socket_path": f"{target_dir}/{SOCKET_NAME}",
             "token": token,
             "rate": float(rate),
@@ -652,7 +658,11 @@ def _stage(
         }
         if switch_us is not None:
             config["switch_interval"] = switch_us / 1e6
-        script = build_script(config, agent_source(), None if code is None else code.for_script())
+        # The blobs first: the script that names them is the last thing the target could pick up.
+        if code is not None:
+            write_script(script_dir, CODE_NAME, code.data)
+        write_script(script_dir, SOURCE_NAME, agent_source().encode("utf-8"))
+        script = build_script(config, None if code is None else code.for_script())
         _, target_path = write_script(script_dir, SCRIPT_NAME, script)
     except BaseException:
         script_dir.cleanup()

@@ -346,8 +346,8 @@ class StreamDecoder:
 
 BOOTSTRAP = r'''
 def _periscope_bootstrap(config, source, code, offered):
-    # code: the agent module's code object, or None to compile ``source`` (and offered: whether
-    # precompiled code came with the script and was turned down).
+    # code: the agent module's code object, or None to compile the text ``source()`` returns
+    # (and offered: whether precompiled code came with the script and was turned down).
     import sys
     name = "_periscope_agent"
     directory = config["directory"]
@@ -379,9 +379,10 @@ def _periscope_bootstrap(config, source, code, offered):
             # periscope stopped waiting long ago (killed before it could withdraw the request):
             # nobody will connect, and the token must not be good for anything any more.
             import os
-            for path in (config["script_path"], directory):
+            for path in (config["script_path"], config.get("code_path"), config.get("source_path"), directory):
                 try:
-                    (os.rmdir if path == directory else os.unlink)(path)
+                    if path is not None:
+                        (os.rmdir if path == directory else os.unlink)(path)
                 except OSError:
                     pass
             outside = config.get("switch_interval")
@@ -406,10 +407,12 @@ def _periscope_bootstrap(config, source, code, offered):
             if before > 0.0005:
                 sys.setswitchinterval(0.0005)
                 config["restore_switch_interval"] = [before, sys.getswitchinterval()]
-        try:
-            __import__("os").unlink(config["script_path"])
-        except OSError:
-            pass
+        for path in (config["script_path"], config.get("code_path"), None if code is None else config.get("source_path")):
+            try:
+                if path is not None:
+                    __import__("os").unlink(path)
+            except OSError:
+                pass
         if offered and code is None:
             mark("code-rejected", "the precompiled agent is for another interpreter build")
         if existing is not None and type(existing) is type(sys) and existing.__dict__.get("directory") == directory:
@@ -454,7 +457,15 @@ def _periscope_bootstrap(config, source, code, offered):
             # Compiling takes about 15 ms: in the agent's own thread, so this one goes on at once.
             try:
                 config["code"] = "compiled"
-                exec(compile(source, "<periscope-agent>", "exec"), module.__dict__)
+                try:
+                    text = source()
+                finally:
+                    try:
+                        __import__("os").unlink(config["source_path"])
+                    except (OSError, KeyError):
+                        pass
+                exec(compile(text, "<periscope-agent>", "exec"), module.__dict__)
+                text = None
                 module.__dict__["start"](config, module, False)
             except BaseException as error:
                 give_up(error)
@@ -476,14 +487,21 @@ def _periscope_bootstrap(config, source, code, offered):
 # it loads the precompiled bootstrap and agent when the magic number and cache tag are the
 # target's own (marshal data is valid for those only), and compiles the bootstrap otherwise.
 LAUNCHER = r'''
-def _periscope_launch(config, source, bootstrap, shipped):
+def _periscope_launch(config, bootstrap, shipped):
     import sys
+
+    def read(path):
+        # A file periscope left beside the script, read as the script itself was: through
+        # io.open_code, so that an open-code hook of the target judges it as it judged the script.
+        with __import__("io").open_code(path) as handle:
+            return handle.read()
+
     try:
         code = None
         if shipped is not None:
             external = sys.modules.get("_frozen_importlib_external")
             if getattr(external, "MAGIC_NUMBER", None) == shipped[0] and sys.implementation.cache_tag == shipped[1]:
-                code = __import__("marshal").loads(bytes.fromhex(shipped[2]))
+                code = __import__("marshal").loads(read(config["code_path"]))
         namespace = {}
         exec(code[0] if code else compile(bootstrap, "<periscope-bootstrap>", "exec"), namespace)
     except BaseException as error:
@@ -495,10 +513,12 @@ def _periscope_launch(config, source, bootstrap, shipped):
         except OSError:
             pass
         return
-    namespace["_periscope_bootstrap"](config, source, code[1] if code else None, shipped is not None)
+    namespace["_periscope_bootstrap"](
+        config, lambda: read(config["source_path"]).decode("utf-8"), code[1] if code else None, shipped is not None
+    )
 
 
-_periscope_launch(_PERISCOPE_CONFIG, _PERISCOPE_SOURCE, _PERISCOPE_BOOTSTRAP, _PERISCOPE_CODE)
+_periscope_launch(_PERISCOPE_CONFIG, _PERISCOPE_BOOTSTRAP, _PERISCOPE_CODE)
 '''
 
 # Run by periscope with an interpreter of the target's version (``python -I -S -c``, stdin from
@@ -523,34 +543,35 @@ def compile_input(source):
     return b"%d\n" % len(bootstrap) + bootstrap + source.encode("utf-8")
 
 
-def build_script(config, source, code=None):
-    """The text of the injected script: the config, the agent and the bootstrap as literals, LAUNCHER.
+def build_script(config, code=None):
+    """The text of the injected script: the config and the bootstrap as literals, and LAUNCHER.
 
-    ``config`` holds plain data only (str, int, float, bool, None, lists and dicts of them).
-    ``code`` is ``(magic, cache_tag, marshal_data)``, COMPILE_PROGRAM's output from an
-    interpreter of the target's version, or None. The target compiles only LAUNCHER: it loads the
-    marshal data when magic and tag are its own; otherwise it compiles the bootstrap, which
-    compiles ``source`` in the agent's own thread.
+    ``config`` holds plain data only (str, int, float, bool, None, lists and dicts of them), with
+    ``code_path`` and ``source_path``: where periscope leaves, beside the script, the marshal data
+    of ``code`` and the agent's source. ``code`` is ``(magic, cache_tag, marshal_data)``,
+    COMPILE_PROGRAM's output from an interpreter of the target's version, or None. The target
+    compiles only this short script: it loads the marshal data when magic and tag are its own;
+    otherwise it compiles the bootstrap, which compiles the source in the agent's own thread.
+    Neither big blob is a literal the target has to parse (that was 586 KB, a few milliseconds of
+    the target's thread at every attach).
     """
-    shipped = None if code is None else (bytes(code[0]), str(code[1]), bytes(code[2]))
+    shipped = None if code is None else (bytes(code[0]), str(code[1]))
     return "# periscope agent (generated; deleted as soon as the target reads it)\n_PERISCOPE_CONFIG = %r\n%s" % (
         config,
-        _script_body(source, shipped),
+        _script_body(shipped),
     )
 
 
 _bodies = {}
 
 
-def _script_body(source, shipped):
+def _script_body(shipped):
     """Everything in the script after the config (the same for every attach: kept for the next one)."""
-    key = (source, shipped)
-    body = _bodies.get(key)
+    body = _bodies.get(shipped)
     if body is None:
-        code = None if shipped is None else (shipped[0], shipped[1], shipped[2].hex())
-        body = "_PERISCOPE_SOURCE = %r\n_PERISCOPE_BOOTSTRAP = %r\n_PERISCOPE_CODE = %r\n%s" % (source, BOOTSTRAP, code, LAUNCHER)
+        body = "_PERISCOPE_BOOTSTRAP = %r\n_PERISCOPE_CODE = %r\n%s" % (BOOTSTRAP, shipped, LAUNCHER)
         _bodies.clear()
-        _bodies[key] = body
+        _bodies[shipped] = body
     return body
 
 

@@ -111,6 +111,8 @@ def test_every_part_imports_on_its_own(name: str) -> None:
         "from .codec import (encode, decode)  # agent-part",
         "from payloads.agent.codec import encode",
         "import payloads.agent.codec",
+        "import os, payloads.agent.codec",
+        "from \\\n    .codec import encode  # agent-part",  # spread over two lines
         "    from .codec import encode  # agent-part",  # indented: inside a function or a block
         "from .later import encode  # agent-part",  # a part not joined before this one
         "from .core import Agent  # agent-part",  # the part itself comes later

@@ -10,20 +10,43 @@ the target it would fail, or look for periscope's files.
 """
 
 import os
-import re
 
 PARTS = ("base", "codec", "reads", "watchdog", "previews", "capture", "scopes", "eval", "frames", "connection", "core")
 """The parts of the injected agent in the order they are joined: each after every part it imports from."""
 
-_IMPORT_LINE = re.compile(r"\n[ \t]*(?:from|import)\b[^\n]*")
-_OF_A_PART = re.compile(r"[ \t]*from[ \t]*(?:[^\w \t]|$)|.*\bpayloads\b")
-_PART_IMPORT = re.compile(r"from \.(\w+) import \w+(?:, \w+)*  # agent-part")
+MARK = "  # agent-part"
+"""How a line that imports from another part ends (after ``from .part import names``)."""
 _source = None
 
 
 class AssemblyError(ValueError):
     """A part that cannot go into the flat script: an import of another part not in the marked form,
     or of a part that does not come before it."""
+
+
+def _imports_a_part(statement):
+    """Whether a line that starts with ``from`` or ``import`` (after its indentation) imports a part
+    of the agent or anything of periscope's (plain string tests: ``re`` would cost periscope's start-up)."""
+    if statement.startswith("from"):
+        module = statement[4:]
+        if module[:1].isidentifier() or module[:1].isdigit():
+            return False  # a name such as "fromage", not an import
+        module = module.lstrip(" \t")
+        return not module[:1].isidentifier() or module.partition(" ")[0].partition(".")[0] == "payloads"
+    names = statement[6:]
+    if names[:1].isidentifier() or names[:1].isdigit():
+        return False
+    return any(name.strip(" \t").partition(".")[0] == "payloads" for name in names.partition(" as ")[0].split(","))
+
+
+def _marked_part(line):
+    """The part a marked import line (``from .part import a, b  # agent-part``) imports from, or None."""
+    if not (line.startswith("from .") and line.endswith(MARK)):
+        return None
+    part, found, names = line[6 : -len(MARK)].partition(" import ")
+    if not (found and part.isidentifier() and all(name.isidentifier() for name in names.split(", "))):
+        return None
+    return part
 
 
 def assemble(parts):
@@ -34,28 +57,21 @@ def assemble(parts):
     done = []
     pieces = []
     for name, text in parts:
-        text = "\n" + text  # every line, the first one too, follows a newline
         kept = []
-        start = 0
-        for line in _IMPORT_LINE.finditer(text):
-            statement = line.group()[1:]
-            if _OF_A_PART.match(statement) is None:
-                continue  # the standard library's
-            marked = _PART_IMPORT.fullmatch(statement)
-            if marked is None:
+        for number, line in enumerate(text.split("\n"), 1):
+            statement = line.lstrip(" \t")
+            if not (statement.startswith(("from", "import")) and _imports_a_part(statement)):
+                kept.append(line)
+                continue
+            part = _marked_part(line)
+            if part is None:
                 raise AssemblyError(
-                    "%s.py line %d: %r: a part imports another only as 'from .part import names  # agent-part', "
-                    "on one line of its own" % (name, text.count("\n", 0, line.start()) + 1, statement)
+                    "%s.py line %d: %r: a part imports another only as 'from .part import names%s', "
+                    "on one line of its own" % (name, number, line, MARK)
                 )
-            if marked.group(1) not in done:
-                raise AssemblyError(
-                    "%s.py line %d imports from %r, which is not a part joined before it"
-                    % (name, text.count("\n", 0, line.start()) + 1, marked.group(1))
-                )
-            kept.append(text[start : line.start()])
-            start = line.end()
-        kept.append(text[start:])
-        pieces.append("# ---- part: %s ----\n\n%s" % (name, "".join(kept).strip("\n")))
+            if part not in done:
+                raise AssemblyError("%s.py line %d imports from %r, which is not a part joined before it" % (name, number, part))
+        pieces.append("# ---- part: %s ----\n\n%s" % (name, "\n".join(kept).strip("\n")))
         done.append(name)
     return "\n\n\n".join(pieces) + "\n"
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------------------------
 
 DEFAULT_LIMITS = {"repr_chars": 200, "items": 10, "depth": 3, "locals": 100, "module_vars": 1000}
-"""The agent's preview bounds (payloads/agent.py DEFAULT_LIMITS), so that both sources look alike."""
+"""The agent's preview bounds (payloads/agent/previews.py DEFAULT_LIMITS), so that both sources look alike."""
 ATTEMPTS = 4
 """Reads of one variable before a value that keeps changing is returned as torn."""
 FRAME_ATTEMPTS = 4

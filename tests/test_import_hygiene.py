@@ -40,7 +40,7 @@ def test_payloads_use_only_the_standard_library() -> None:
     code = (
         "import json, sys, pkgutil, importlib, payloads\n"
         "before = set(sys.modules)\n"
-        "for info in pkgutil.iter_modules(payloads.__path__, 'payloads.'): importlib.import_module(info.name)\n"
+        "for info in pkgutil.walk_packages(payloads.__path__, 'payloads.'): importlib.import_module(info.name)\n"
         "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
         "print(json.dumps(sorted(new - set(sys.stdlib_module_names) - {'payloads', 'msgpack'})))"
     )

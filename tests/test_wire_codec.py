@@ -1,4 +1,4 @@
-"""The agent's own msgpack codec (payloads/agent.py) against msgpack-python, and periscope's
+"""The agent's own msgpack codec (payloads/agent/codec.py) against msgpack-python, and periscope's
 bounded decoder (explorer/wire.py) against well-formed and malformed streams."""
 
 from __future__ import annotations

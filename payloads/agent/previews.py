@@ -1,0 +1,520 @@
+"""Bounded previews of target objects (the limits, the reprs, the children of an expanded value),
+the refs they hand out (RefTable), and the last frame sent, to send the next one as a delta on it
+(Baseline)."""
+
+from .base import time  # agent-part
+from .codec import Encoded, encode  # agent-part
+from .reads import _NoneType, _dict_items, _dict_len, _error_text, _islice, _member_type, _module_type, _type_dict, _type_mro, field, instance_dict, type_name  # agent-part
+from .watchdog import Abandoned, PAUSED  # agent-part
+
+
+DEFAULT_LIMITS = {
+    "repr_chars": 200,  # length of one preview string
+    "items": 10,  # container elements shown inside one preview
+    "depth": 3,  # nesting shown inside one preview
+    "locals": 100,  # locals per stack frame
+    "module_vars": 1000,  # variables per watched module
+    "stack_depth": 128,  # stack frames per thread (innermost first)
+    "threads": 512,  # threads per frame
+    "frame_bytes": 2 * 1024 * 1024,  # estimated encoded size of one frame
+    "repr_budget": 0.1,  # seconds one __repr__ may take before its type is given up on
+    "frame_budget": 0.5,  # CPU seconds of user __repr__ calls per frame
+    "module_cpu": 0.005,  # CPU seconds per frame of the agent's own work on watched modules' variables
+    "refs": 50000,  # objects held for lazy expansion
+    "eval_output": 1 << 20,  # characters of print output kept per eval
+    "await_timeout": 30.0,  # seconds eval code may run in the target's loop thread before it is stopped
+}
+
+_ELLIPSIS = "\u2026"
+_FULL_REPR = 1 << 20  # characters of the whole repr an eval result or the value inspector may show
+_SCALARS = frozenset([int, float, complex, bool, _NoneType, type(Ellipsis), type(NotImplemented)])
+_C_REPR_SAFE = frozenset(
+    [
+        type(len),  # builtin_function_or_method
+        type(lambda: None),  # function
+        type((lambda: None).__code__),  # code
+        type("".join),  # builtin method (same as builtin_function_or_method)
+        type(object.__init__),  # wrapper_descriptor
+        type(object().__str__),  # method-wrapper
+        type(str.join),  # method_descriptor
+        range,
+    ]
+)
+_CONTAINERS = frozenset([list, tuple, dict, set, frozenset])
+_NOT_EXPANDABLE = frozenset([int, float, complex, bool, _NoneType, str, bytes, bytearray, range])
+
+
+class RefTable:
+    """Objects that previews point at (ref id -> object), for lazy expansion. Bounded; cleared on detach.
+
+    Refs seen in the last two frames stay; refs handed out by expand and eval stay pinned until
+    the table is full, oldest first.
+    """
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.objects = {}  # ref -> object
+        self.by_id = {}  # id(object) -> ref
+        self.seen = {}  # ref -> frame seq (or -1 when pinned)
+        self.next_ref = 1
+        self.seq = 0
+        self.keep = frozenset()  # refs in periscope's view (expanded objects): they do not expire
+
+    def ref(self, obj, pin=False):
+        key = id(obj)
+        ref = self.by_id.get(key)
+        if ref is None or self.objects.get(ref) is not obj:
+            if len(self.objects) >= self.limit:
+                return None
+            ref = self.next_ref
+            self.next_ref += 1
+            self.objects[ref] = obj
+            self.by_id[key] = ref
+        if pin:
+            self.seen[ref] = -1
+        elif self.seen.get(ref) != -1:
+            self.seen[ref] = self.seq
+        return ref
+
+    def get(self, ref):
+        return self.objects.get(ref)
+
+    def end_frame(self):
+        """Drop refs not seen in the last two frames (pinned ones stay until the table is full)."""
+        self.seq += 1
+        old = self.seq - 2
+        keep = self.keep
+        drop = [r for r, s in self.seen.items() if 0 <= s < old and r not in keep]
+        if len(self.objects) > self.limit * 3 // 4:
+            pinned = [r for r, s in self.seen.items() if s == -1]
+            drop += pinned[: len(pinned) // 2]
+        for ref in drop:
+            obj = self.objects.pop(ref, None)
+            self.seen.pop(ref, None)
+            if obj is not None and self.by_id.get(id(obj)) == ref:
+                del self.by_id[id(obj)]
+
+    def clear(self):
+        self.objects.clear()
+        self.by_id.clear()
+        self.seen.clear()
+
+
+def _brief_sig(entry):
+    """What a brief thread entry (header and innermost frame, no values) shows, as a plain tuple."""
+    stack = entry["stack"]
+    top = stack[0] if stack else None
+    return (
+        entry["native_id"], entry["name"], entry["daemon"], entry["main"], entry["agent"], entry["depth"], entry["stack_omitted"],
+        None if top is None else (top["file"], top["line"], top["func"], top["qualname"]),
+    )
+
+
+def _encode_stack_entry(item, known):
+    """``(item, its encoding, {local's name: (its preview, its encoding)})`` for a stack entry that
+    changed since ``known`` (that tuple for the same frame in the last frame, or None): its locals
+    that did not change (most of them, in a frame where one counter moved) are not encoded again.
+    Equal previews and entries encode alike because the agent makes each with its keys in one
+    order (``Previews.preview``, ``FrameBuilder._build_frame``)."""
+    names = item["locals"]
+    encodings = {}
+    if not names:
+        return item, Encoded(encode(item)), encodings
+    before = {} if known is None else known[2]
+    pieces = []
+    for pair in names:
+        old = before.get(pair[0])
+        data = old[1] if old is not None and old[0] == pair[1] else encode(pair)
+        encodings[pair[0]] = (pair[1], data)
+        pieces.append(Encoded(data))
+    return item, Encoded(encode({**item, "locals": pieces})), encodings
+
+
+class Baseline:
+    """The last frame sent on the stream, entry by entry, to send the next one as a delta on it
+    (PROTOCOL.md, *Deltas and the view*). Pure data: no target object is kept here."""
+
+    def __init__(self):
+        self.seq = None  # None: the next frame goes out full
+        self.threads = {}  # ident -> (brief signature or None, encoded entry)
+        self.stack_entries = {}  # a detailed stack entry's fid -> (that entry, its encoding, its locals' encodings)
+        self.order = []
+        self.modules = {}  # name -> encoded entry
+        self.module_order = []
+
+    def reset(self):
+        """The next frame goes out full (a resync, or a new connection)."""
+        self.seq = None
+
+    def delta(self, frame, seq):
+        """Turn ``frame`` (a full frame's map, numbered ``seq``) into a delta on this baseline, in
+        place, and make it the new baseline. An unchanged brief thread is recognised by its
+        signature, without encoding it; every other entry by its encoding, made of its stack
+        entries' encodings, each one reused while that entry is equal to the last frame's."""
+        full = self.seq is None
+        old_threads = {} if full else self.threads
+        old_entries = self.stack_entries
+        stack_entries = {}
+        threads = {}
+        changed = []
+        order = []
+        for entry in frame["threads"]:
+            ident = entry["ident"]
+            order.append(ident)
+            old = old_threads.get(ident)
+            sig = _brief_sig(entry) if entry.get("brief") else None
+            if sig is not None and old is not None and old[0] == sig:
+                threads[ident] = old
+                continue
+            if sig is None and entry["stack"]:
+                pieces = []
+                for item in entry["stack"]:
+                    fid = item.get("fid")
+                    known = old_entries.get(fid)
+                    if known is None or known[0] != item:
+                        known = _encode_stack_entry(item, known)
+                    if fid is not None:
+                        stack_entries[fid] = known
+                    pieces.append(known[1])
+                data = encode({**entry, "stack": pieces})
+            else:
+                data = encode(entry)
+            threads[ident] = (sig, data)
+            if old is None or old[1] != data:
+                changed.append(Encoded(data))
+        old_modules = {} if full else self.modules
+        modules = {}
+        changed_modules = []
+        module_order = []
+        for entry in frame["modules"]:
+            name = entry["name"]
+            module_order.append(name)
+            data = encode(entry)
+            modules[name] = data
+            if old_modules.get(name) != data:
+                changed_modules.append(Encoded(data))
+        frame["base"] = self.seq
+        frame["threads"] = changed
+        frame["modules"] = changed_modules
+        if not full:
+            if order != self.order:
+                frame["order"] = order
+            if module_order != self.module_order:
+                frame["module_order"] = module_order
+        self.seq = seq
+        self.threads = threads
+        self.stack_entries = stack_entries
+        self.order = order
+        self.modules = modules
+        self.module_order = module_order
+        return frame
+
+
+class Previews:
+    """Bounded previews of target objects; runs in a watched worker thread (user code may run)."""
+
+    def __init__(self, agent, worker, limits, refs, cpu_deadline):
+        self.agent = agent
+        self.worker = worker
+        self.limits = limits
+        self.refs = refs
+        self.cpu_deadline = cpu_deadline  # the worker's thread CPU time at which user reprs stop
+        self.repr_chars = limits["repr_chars"]
+        self.items = limits["items"]
+        self.depth = limits["depth"]
+        self.bytes = 0  # estimated encoded size so far
+        # One preview per object per job: the same object under several names (a Thread as
+        # ``self`` in three frames of its thread) is formatted, and its __repr__ run, once. The
+        # job holds the objects it saw until it ends, so an id is not reused meanwhile.
+        self.seen = {}  # id -> (object, preview, its estimated size)
+
+    def preview(self, obj, pin=False, repr_chars=None):
+        """``{"type", "repr", "ref"?, "len"?, "cut"?, "fail"?}`` for one object.
+
+        An error while formatting it becomes its preview (``<preview failed: ...>``): one value
+        never costs the frame. Within one job, an object shown again gets the same preview (the
+        same dict: nothing changes a preview once it is made).
+        """
+        memo = not pin and repr_chars is None
+        if memo:
+            known = self.seen.get(id(obj))
+            if known is not None and known[0] is obj:
+                self.bytes += known[2]
+                return known[1]
+        cls = type(obj)
+        limit = repr_chars or self.repr_chars
+        self._cut = False
+        self._fail = False
+        try:
+            text = self._fmt(obj, 0, limit, ())
+        except Abandoned:
+            raise
+        except BaseException as error:
+            self._fail = True
+            text = "<preview failed: %s>" % _error_text(error)
+        if len(text) > limit:
+            text = text[:limit] + _ELLIPSIS
+            self._cut = True
+        result = {"type": type_name(cls), "repr": text}
+        # A cut string gets a ref too: not to expand, but for its whole repr (op eval_repr).
+        if cls not in _NOT_EXPANDABLE or (self._cut and (cls is str or cls is bytes or cls is bytearray)):
+            ref = self.refs.ref(obj, pin)
+            if ref is not None:
+                result["ref"] = ref
+        if cls in _CONTAINERS or cls in (str, bytes, bytearray):
+            result["len"] = len(obj)
+        if self._cut:
+            result["cut"] = True
+        if self._fail:
+            result["fail"] = True
+        size = len(text) + len(result["type"]) + 24
+        self.bytes += size
+        if memo:
+            self.seen[id(obj)] = (obj, result, size)
+        return result
+
+    def result_preview(self, obj, repr_chars):
+        """The preview of an eval's result: every item up to ``repr_chars`` characters (not just
+        the first ``items`` of a frame's preview); a cut one says how many characters it dropped."""
+        return self.full_preview(obj, repr_chars, pin=True)
+
+    def full_preview(self, obj, repr_chars, pin=False):
+        """A preview up to ``repr_chars`` characters with the items and depth that fit (user
+        ``__repr__`` calls as ever watched); ``dropped`` says how many characters were cut, and
+        ``dropped_more`` that there were more than that (the whole repr was not made)."""
+        limit = max(1, min(repr_chars, _FULL_REPR))
+        saved = self.repr_chars, self.items, self.depth
+        self.repr_chars = _FULL_REPR
+        self.items = max(self.items, min(_FULL_REPR // 2, limit * 8 + 1000))
+        self.depth = max(self.depth, 16)
+        try:
+            result = self.preview(obj, pin=pin, repr_chars=_FULL_REPR)
+        finally:
+            self.repr_chars, self.items, self.depth = saved
+        text = result["repr"]
+        if len(text) > limit:
+            result["dropped"] = len(text) - limit
+            if result.get("cut"):
+                result["dropped_more"] = True
+            result["repr"] = text[:limit] + _ELLIPSIS
+            result["cut"] = True
+        return result
+
+    def _fmt(self, obj, depth, budget, path):
+        cls = type(obj)
+        if cls in _SCALARS:
+            try:
+                return repr(obj)
+            except ValueError:  # an int beyond sys.get_int_max_str_digits()
+                self._cut = True
+                return "<int with %d bits>" % obj.bit_length()
+        if cls is str or cls is bytes or cls is bytearray:
+            if len(obj) > budget:
+                self._cut = True
+                return repr(obj[: budget + 1])
+            return repr(obj)
+        if cls in _CONTAINERS:
+            return self._fmt_container(obj, cls, depth, budget, path)
+        if cls is type:
+            return "<class '%s'>" % type_name(obj)
+        if cls is _module_type:
+            return _module_repr(obj)
+        if cls in _C_REPR_SAFE:
+            return repr(obj)
+        return self.user_repr(obj)
+
+    def _fmt_container(self, obj, cls, depth, budget, path):
+        if cls is dict:
+            open_, close = "{", "}"
+        elif cls is list:
+            open_, close = "[", "]"
+        elif cls is tuple:
+            open_, close = "(", ")"
+        elif cls is set:
+            open_, close = "{", "}"
+        else:
+            open_, close = "frozenset({", "})"
+        key = id(obj)
+        if key in path:
+            return open_ + "..." + close  # a container that contains itself, as Python shows it
+        size = len(obj)
+        if size == 0:
+            return {set: "set()", frozenset: "frozenset()"}.get(cls, open_ + close)
+        if depth >= self.depth:
+            self._cut = True
+            return open_ + "..." + close
+        path = path + (key,)
+        try:
+            # A single C-level copy: no user code runs, so another thread cannot mutate midway.
+            if cls is dict:
+                entries = _islice(_dict_items(obj), 0, self.items)
+            else:
+                entries = _islice(obj, 0, self.items)
+        except RuntimeError:  # changed size during iteration (cannot happen with the GIL held)
+            self._cut = True
+            return open_ + "..." + close
+        parts = []
+        used = len(open_)
+        for entry in entries:
+            if used > budget:
+                break
+            if cls is dict:
+                part = self._fmt(entry[0], depth + 1, budget - used, path) + ": " + self._fmt(entry[1], depth + 1, budget - used, path)
+            else:
+                part = self._fmt(entry, depth + 1, budget - used, path)
+            parts.append(part)
+            used += len(part) + 2
+        if len(parts) < size:
+            self._cut = True
+            parts.append("...")
+        if cls is tuple and size == 1 and len(parts) == 1:
+            return "(" + parts[0] + ",)"
+        return open_ + ", ".join(parts) + close
+
+    def user_repr(self, obj):
+        """``repr(obj)`` for an object whose ``__repr__`` may be the target's own code."""
+        cls = type(obj)
+        agent = self.agent
+        if cls in agent.hung_types:
+            self._fail = True
+            return "<repr timed out>"
+        if agent.values_paused:
+            self._fail = True
+            return "<%s>" % PAUSED
+        if time.thread_time() > self.cpu_deadline:
+            self._cut = True
+            return "<%s object: repr skipped, time budget spent>" % type_name(cls)
+        try:
+            text = self.worker.call(cls, repr, obj)
+        except Abandoned:
+            raise
+        except BaseException as error:
+            self._fail = True
+            return "<repr failed: %s>" % _error_text(error)
+        if type(text) is not str:
+            text = str.__str__(text)
+        if len(text) > self.repr_chars * 4:
+            self._cut = True
+            text = text[: self.repr_chars * 4] + _ELLIPSIS
+        return text
+
+    # ---- children for lazy expansion ------------------------------------------------------
+
+    def children(self, obj, kind, offset, limit):
+        """The children of one object: items of a container, or attributes."""
+        cls = type(obj)
+        kinds = []
+        if issubclass(cls, (dict, list, tuple, set, frozenset)):
+            kinds.append("items")
+        if cls not in _CONTAINERS:
+            kinds.append("attrs")
+        if kind == "auto":
+            kind = kinds[0] if kinds else "attrs"
+        if kind == "items":
+            total, pairs = self._items(obj, cls, offset, limit)
+        elif kind == "attrs":
+            total, pairs = self._attrs(obj, cls, offset, limit)
+        else:
+            raise ValueError("unknown kind %r (use auto, items or attrs)" % (kind,))
+        children = [[name, self.preview(value, pin=True)] for name, value in pairs]
+        return {"kind": kind, "kinds": kinds, "offset": offset, "total": total, "children": children}
+
+    def _items(self, obj, cls, offset, limit):
+        if issubclass(cls, dict):
+            total = _dict_len(obj)
+            entries = _islice(_dict_items(obj), offset, offset + limit)
+            return total, [(self.label(k), v) for k, v in entries]
+        if issubclass(cls, (list, tuple)):
+            total = (list.__len__ if issubclass(cls, list) else tuple.__len__)(obj)
+            getitem = list.__getitem__ if issubclass(cls, list) else tuple.__getitem__
+            values = getitem(obj, slice(offset, offset + limit))
+            return total, [("[%d]" % (offset + i), v) for i, v in enumerate(values)]
+        if issubclass(cls, (set, frozenset)):
+            total = (set.__len__ if issubclass(cls, set) else frozenset.__len__)(obj)
+            values = _islice((set.__iter__ if issubclass(cls, set) else frozenset.__iter__)(obj), offset, offset + limit)
+            return total, [("{%d}" % (offset + i), v) for i, v in enumerate(values)]
+        raise ValueError("%s has no items to expand" % type_name(cls))
+
+    def label(self, key):
+        """A dict key or attribute name as text: a str as it is, anything else as its preview
+        (so a key's own ``__str__``/``__repr__`` runs only as a watched call, like any repr)."""
+        if type(key) is str:
+            return key
+        self._cut = False
+        try:
+            text = self._fmt(key, 1, 80, ())
+        except Abandoned:
+            raise
+        except BaseException as error:
+            return "<key failed: %s>" % _error_text(error)
+        return text[:80] + _ELLIPSIS if len(text) > 80 else text
+
+    def named(self, items, budget, cpu_budget=None):
+        """``[[name, preview], ...]`` of ``(name, value)`` pairs until the frame's size budget
+        (or ``cpu_budget``, seconds of this thread's CPU time) is spent, and whether it was."""
+        result = []
+        worker = self.worker
+        # The target's own __repr__ calls have their own budgets (repr_budget, frame_budget):
+        # cpu_budget bounds the agent's own work.
+        stop_at = None if cpu_budget is None else time.thread_time() - worker.target_cpu + cpu_budget
+        for index, (key, value) in enumerate(items):
+            if self.bytes > budget:
+                return result, True
+            if stop_at is not None and index & 15 == 15 and time.thread_time() - worker.target_cpu > stop_at:
+                return result, True
+            key = self.label(key)
+            self.bytes += len(key) + 8
+            result.append([key, self.preview(value)])
+        return result, False
+
+    def _attrs(self, obj, cls, offset, limit):
+        # The instance dict (or a class's namespace) by C-level reads only, then __slots__
+        # members; a page costs memory in proportion to the page, not to the namespace.
+        if issubclass(cls, type):
+            namespace = dict(_type_dict(obj))
+        else:
+            namespace = instance_dict(obj)
+        slots = []
+        if not issubclass(cls, type) and cls is not _module_type:
+            for klass in _type_mro(cls):
+                names = _type_dict(klass).get("__slots__")
+                if type(names) is str:
+                    names = (names,)
+                if type(names) not in (tuple, list):
+                    continue  # iterating anything else would run the class's own code
+                for slot in names:
+                    if type(slot) is not str:
+                        continue
+                    descriptor = _type_dict(klass).get(slot)
+                    if type(descriptor) is not _member_type:
+                        continue
+                    try:
+                        slots.append((slot, descriptor.__get__(obj, klass)))
+                    except AttributeError:
+                        continue
+        in_dict = 0 if namespace is None else _dict_len(namespace)
+        page = _islice(_dict_items(namespace), offset, offset + limit) if offset < in_dict else []
+        if len(page) < limit:
+            first = max(0, offset - in_dict)
+            page += slots[first : first + limit - len(page)]
+        return in_dict + len(slots), [(self.label(k), v) for k, v in page]
+
+
+def _module_repr(module):
+    """``repr(module)`` as importlib writes it, from C-level reads of the module's and its spec's
+    instance dicts (module.__repr__ itself asks importlib, which reads properties of the spec
+    and calls the loader's code)."""
+    spec = field(module, "__spec__")
+    name = field(spec, "name") if spec is not None else None
+    if type(name) is not str:
+        name = field(module, "__name__")
+    name = repr(name) if type(name) is str else "'?'"
+    origin = field(spec, "origin") if spec is not None else None
+    if type(origin) is str:
+        if field(spec, "_set_fileattr") is True:
+            return "<module %s from %r>" % (name, origin)
+        return "<module %s (%s)>" % (name, origin)
+    where = field(module, "__file__")
+    if spec is None and type(where) is str:
+        return "<module %s from %r>" % (name, where)
+    return "<module %s>" % name

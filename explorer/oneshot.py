@@ -144,7 +144,7 @@ def attach(
     written is withdrawn and NotTaken raised (``snapshot`` then reads the frame from outside).
     Raises the same typed errors as the async attach.
     """
-    from explorer.inject import prepare_script_dir
+    from explorer.staging import prepare_script_dir
     from explorer.remote import RemoteProcess
 
     started = time.monotonic()
@@ -210,7 +210,7 @@ def _inject(
 ) -> Any:
     """Ask the candidate threads in turn to run the script (as explorer.session's ``_inject``); the
     native id of the one that did, or _NOT_TAKEN when ``give_up()`` withdrew the request."""
-    from explorer.inject import MainThreadFinished, NoSuchThread
+    from explorer.remote_exec import MainThreadFinished, NoSuchThread
 
     slice_ = 0.25
     first_round = True

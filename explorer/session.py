@@ -1,7 +1,7 @@
 """A live session with the agent inside a target: ``attach()``, the frame stream, requests, ``detach()``.
 
 ``attach(pid)`` stages the agent script in a fresh private directory the target can read
-(explorer.inject), asks one of the target's threads to run it (PEP 768 remote exec), waits for
+(explorer.staging), asks one of the target's threads to run it (PEP 768 remote exec), waits for
 the agent's Unix socket (never through a link planted in the directory, which belongs to the
 target's user), checks with SO_PEERCRED that the process on the other end is the target (pid and uid),
 proves itself with the one-time token from the script and reads the agent's ``hello``. From then
@@ -417,7 +417,7 @@ def _compilers(pid: int, version_hex: int | None = None, *, own: bool = True) ->
     targets with (explorer.pythons), when only periscope's user or root can have changed it; it
     fits when its major.minor is the target's (the target checks the magic number anyway).
     """
-    from explorer.inject import same_view
+    from explorer.staging import same_view
 
     found: list[Compiler] = []
     ids = _target_ids(pid)
@@ -623,12 +623,12 @@ def _stage(
     not_after: float | None = None,
 ) -> _Staged:
     """Write the agent script (config header, agent source and compiled ``code``) into a fresh private
-    directory (``script_dir`` from explorer.inject.prepare_script_dir, or a new one).
+    directory (``script_dir`` from explorer.staging.prepare_script_dir, or a new one).
 
     ``not_after`` (wall-clock time, default STAGED_LIFETIME from now): a thread that picks the
     script up later removes it without starting the agent, so neither the agent nor its token
     outlives the attach that staged it."""
-    from explorer.inject import prepare_script_dir, write_script
+    from explorer.staging import prepare_script_dir, write_script
     from payloads.agent import agent_source, build_script
 
     if script_dir is None:
@@ -673,7 +673,7 @@ def _candidates(process: Any, choice: ThreadChoice) -> list[int | None]:
         return [None]
     if choice not in ("auto", "any"):
         raise ValueError(f"thread must be 'auto', 'main', 'any' or a native thread id, not {choice!r}")
-    from explorer.inject import _thread_list
+    from explorer.remote_exec import _thread_list
 
     threads = _thread_list(process, process.main_interpreter())
     holder = [t.native_id for t in threads if t.holds_gil]
@@ -737,7 +737,7 @@ def _connect_socket(staged: _Staged, deadline: float) -> socket.socket | None:
     """Connect to the agent's socket if it is there and listening (None otherwise), never through a
     planted symlink: the socket file is opened ``O_PATH | O_NOFOLLOW``, checked, and connected to
     through that descriptor."""
-    from explorer.inject import fd_address
+    from explorer.staging import fd_address
 
     path_fd = staged.script_dir.open_socket(SOCKET_NAME)
     if path_fd is None:
@@ -797,7 +797,7 @@ def _connect_counted(
         if process_exited(staged.pid, start_time):  # also a zombie its parent has not reaped yet
             raise ProcessGone(f"process {staged.pid} exited")
         if staged.script_dir.removed():
-            from explorer.inject import SessionTampered
+            from explorer.staging import SessionTampered
 
             raise SessionTampered(
                 f"the session directory {staged.script_dir.host_path} was removed while the agent of process "
@@ -895,7 +895,7 @@ async def attach(
         if progress is not None:
             progress(AttachProgress(state, message, time.monotonic() - started, native_id, stacks))
 
-    from explorer.inject import prepare_script_dir
+    from explorer.staging import prepare_script_dir
     from explorer.remote import RemoteProcess
 
     work = _AttachWork(await _finish_or_dispose(asyncio.to_thread(RemoteProcess.open, pid), lambda process: process.close()))
@@ -1013,7 +1013,7 @@ def _fresh_holder(process: Any, fallback: int | None) -> int | None:
 def _exec_on(
     process: Any, pid: int, path: str, native_id: int | None, wait: float, fresh: bool, cancel: threading.Event | None = None
 ) -> Any:
-    from explorer.inject import remote_exec
+    from explorer.remote_exec import remote_exec
 
     if fresh and process is not None:
         native_id = _fresh_holder(process, native_id)
@@ -1129,7 +1129,7 @@ async def _inject(
     ``work``, requests go through its process and end early when it is stopped.
     """
     import asyncio
-    from explorer.inject import MainThreadFinished, NoSuchThread
+    from explorer.remote_exec import MainThreadFinished, NoSuchThread
 
     if work is not None:
         process = work.process

@@ -233,7 +233,7 @@ def test_what_the_user_plants_in_the_session_directory_is_never_followed(spawn, 
 async def test_a_session_directory_removed_under_the_attach_is_reported_at_once(spawn, stranger, cache):
     # The user removes the directory the moment the request is picked up: periscope says so
     # instead of waiting out its timeout for a socket that can no longer appear.
-    from explorer.inject import SessionTampered
+    from explorer.staging import SessionTampered
 
     target = _spawn_as(spawn, stranger, PLANTER, "planter-remove.py", args=("remove", "-", "-"))
     started = time.monotonic()
@@ -329,7 +329,7 @@ async def test_a_periscope_in_another_pid_namespace_leaves_live_sessions_alone(s
     # directory of an attach in progress.
     import shutil
 
-    from explorer.inject import prepare_script_dir
+    from explorer.staging import prepare_script_dir
 
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare (util-linux) for a pid namespace")

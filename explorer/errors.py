@@ -54,7 +54,7 @@ class InjectionTimeout(PeriscopeError):
     """The target did not pick up (or run) the injected script in time.
 
     ``fix`` is in the words of the front end that asked (the CLI names its options, the TUI its
-    keys: see ``explorer.session.attach(blocked_fix=...)``, or ``with_fix``).
+    keys: see ``explorer.attach.attach(blocked_fix=...)``, or ``with_fix``).
     """
 
     def __init__(self, reason: str, fix: str | None = None, *, no_thread_ran: bool = False) -> None:

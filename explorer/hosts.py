@@ -205,7 +205,7 @@ class Host:
         """The far side attaches (injection, handshake); a Session over the relayed agent stream."""
         import time
 
-        from explorer.session import AttachProgress, AttachState
+        from explorer.attach import AttachProgress, AttachState
 
         loop = asyncio.get_running_loop()
         link = self._link if self.connected else await asyncio.to_thread(lambda: self.link)
@@ -243,7 +243,7 @@ class Host:
             raise
         session = make_session(self, pid, result)
         if progress is not None:
-            from explorer.session import AttachProgress as Step
+            from explorer.attach import AttachProgress as Step
 
             progress(Step(AttachState.CONNECTED, f"connected to the agent in process {pid} on {self.name}", time.monotonic() - started, session.injected_via))
         return session
@@ -323,10 +323,10 @@ def process_from_json(row: Any, host: str) -> Any:
 
 
 async def attach(pid: int, **options: Any) -> Any:
-    """explorer.session.attach on this machine, or the same through the current host."""
+    """explorer.attach.attach on this machine, or the same through the current host."""
     host = current()
     if host is None:
-        from explorer.session import attach as attach_here
+        from explorer.attach import attach as attach_here
 
         return await attach_here(pid, **options)
     return await host.attach(pid, **options)

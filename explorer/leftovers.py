@@ -1,6 +1,6 @@
 """Session directories periscope made, so that those a killed periscope left behind are removed later.
 
-A session directory (explorer.inject.prepare_script_dir) normally goes when the session ends: the
+A session directory (explorer.staging.prepare_script_dir) normally goes when the session ends: the
 agent removes it, and periscope removes whatever is left. A periscope killed between staging the
 agent and the agent starting leaves it behind, with the staged script in it. So periscope records
 each directory it makes, in its own user's cache (``~/.cache/periscope/sessions``, ``0700``): the

@@ -1,10 +1,10 @@
 """A synchronous agent client for the one-shot commands (``snapshot``, ``eval``, ``watch``).
 
-The same attach as :func:`explorer.session.attach` (the same staging, compiled-agent cache,
+The same attach as :func:`explorer.attach.attach` (the same staging, compiled-agent cache,
 thread choice, remote exec, socket connect, peer check and token auth: the blocking functions of
-explorer.session), without an event loop: importing asyncio alone (with ssl, concurrent.futures
+explorer.attach, explorer.compiled_agent and explorer.handshake), without an event loop: importing asyncio alone (with ssl, concurrent.futures
 and logging) costs some 25 ms, more than the rest of an attach to an idle target. Work that may block for long (a remote-exec pickup, the wait for the
-agent's socket) runs in a worker thread through explorer.session's ``_AttachWork``, so that
+agent's socket) runs in a worker thread through explorer.attach's ``_AttachWork``, so that
 Ctrl+C (and SIGTERM or SIGHUP, see explorer.signals) in the main thread withdraws a pending
 request, and the session directory goes once that worker has returned.
 
@@ -20,28 +20,26 @@ import sys
 import threading
 import time
 
+from explorer import attach as _attach
 from explorer import session as _session
 from explorer import switch, wire
-from explorer.errors import PeriscopeError, ProtocolError
-from explorer.model import AgentError, Bye, Frame, Hello, OutOfStep, Output, Response
-from explorer.session import (
-    AGENT_CODE_WAIT,
+from explorer.attach import (
     BLOCKED_FIX,
     SCRIPT_DIR_FIT,
     STAGED_GRACE,
-    RequestFailed,
-    SessionClosed,
     ThreadChoice,
     _AttachWork,
     _candidates,
     _code_rejected,
-    _connect_counted,
     _exec_on,
     _stage,
-    agent_code,
     no_thread_ran,
-    why_closed,
 )
+from explorer.compiled_agent import AGENT_CODE_WAIT, agent_code
+from explorer.errors import PeriscopeError, ProtocolError
+from explorer.handshake import _connect_counted
+from explorer.model import AgentError, Bye, Frame, Hello, OutOfStep, Output, Response
+from explorer.session import RequestFailed, SessionClosed, why_closed
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
@@ -139,13 +137,13 @@ def attach(
     blocked_fix: str = BLOCKED_FIX,
     taken_within: float | None = None,
 ) -> OneShotSession:
-    """Inject the agent into ``pid`` and connect to it, as :func:`explorer.session.attach` does.
+    """Inject the agent into ``pid`` and connect to it, as :func:`explorer.attach.attach` does.
 
     With ``taken_within``, a request that no thread took within that many seconds of being
     written is withdrawn and NotTaken raised (``snapshot`` then reads the frame from outside).
     Raises the same typed errors as the async attach.
     """
-    from explorer.inject import prepare_script_dir
+    from explorer.staging import prepare_script_dir
     from explorer.remote import RemoteProcess
 
     started = time.monotonic()
@@ -171,7 +169,7 @@ def attach(
         ready.wait(min(AGENT_CODE_WAIT, max(0.0, deadline - time.monotonic()) / 2))  # not a join: see _in_worker
         code = compiled[0] if compiled else None
         not_after = time.time() + max(0.0, deadline - time.monotonic()) + STAGED_GRACE
-        switch_us = switch.target_interval(work.process) if _session.FAST_START else None
+        switch_us = switch.target_interval(work.process) if _attach.FAST_START else None
         staged = _stage(pid, rate, tuple(modules), limits, code, script_dir, not_after, switch_us)
         if switch.shorten(work.process, switch_us):
             cleanup.append(functools.partial(switch.give_back, work.process, switch_us))  # the agent gives it back once it runs
@@ -217,9 +215,9 @@ def _inject(
     blocked_fix: str,
     give_up: Callable[[], bool],
 ) -> Any:
-    """Ask the candidate threads in turn to run the script (as explorer.session's ``_inject``); the
+    """Ask the candidate threads in turn to run the script (as explorer.attach's ``_inject``); the
     native id of the one that did, or _NOT_TAKEN when ``give_up()`` withdrew the request."""
-    from explorer.inject import MainThreadFinished, NoSuchThread
+    from explorer.remote_exec import MainThreadFinished, NoSuchThread
 
     slice_ = 0.25
     first_round = True

@@ -2,7 +2,7 @@
 
 ``RemoteProcess.open(pid)`` finds ``_PyRuntime`` (explorer.elf), opens the process's memory
 (explorer.memory), reads the debug-offsets table from the live process and validates it
-(explorer.offsets). Nothing here writes to the target; remote exec lives in explorer.inject.
+(explorer.offsets). Nothing here writes to the target; remote exec lives in explorer.remote_exec.
 """
 
 from __future__ import annotations

@@ -314,7 +314,7 @@ class Server:
         """Attach (inject, connect, handshake), then relay the agent's bytes as ``data`` messages."""
         import msgspec
 
-        from explorer.session import attach
+        from explorer.attach import attach
 
         pid = _pid(request)
         thread = _get(request, "thread", (str, int), "auto")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.session import attach
+from explorer.attach import attach
 from payloads import agent
 from payloads.agent import PARTS, AssemblyError, agent_source, assemble
 

@@ -10,7 +10,7 @@ import json
 import msgpack
 
 from explorer import wire
-from explorer.session import attach
+from explorer.attach import attach
 
 IDLE = """
 import json, threading, time

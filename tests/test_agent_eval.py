@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from explorer.errors import InjectionTimeout
-from explorer.session import attach
+from explorer.attach import attach
 
 TARGET = '''
 import sys, threading, time

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from explorer.session import attach
+from explorer.attach import attach
 
 FORKING = '''
 import json, os, sys, time

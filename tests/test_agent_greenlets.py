@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from explorer.session import attach
+from explorer.attach import attach
 from tests.target_venv import NoWheel, target_venv
 
 TICKER = '''

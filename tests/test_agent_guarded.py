@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from explorer.session import attach
+from explorer.attach import attach
 
 HOOKS = '''
 import sys, threading, time, types

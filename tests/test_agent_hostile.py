@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 
-from explorer.session import attach
+from explorer.attach import attach
 
 TARGET = '''
 import sys, threading, time

@@ -13,8 +13,10 @@ import time
 import msgpack
 import pytest
 
-from explorer import session as session_module
-from explorer.session import AgentBusy, attach
+from explorer import attach as attach_module
+from explorer import handshake as handshake_module
+from explorer.attach import attach
+from explorer.handshake import AgentBusy
 from tests.agent_helpers import connect_when_listening
 
 TARGET = '''
@@ -163,14 +165,14 @@ async def test_a_wrong_token_is_turned_away_and_the_right_one_still_works(spawn)
     target = spawn(TARGET)
     target.wait_for_line(_state_line(BASELINE))
     _wait_for_state(target, lambda s: s == BASELINE)
-    staged = session_module._stage(target.pid, 0.0, ("__main__",), None)
+    staged = attach_module._stage(target.pid, 0.0, ("__main__",), None)
     try:
-        await session_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
+        await attach_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
         intruder = connect_when_listening(staged.socket_host_path)
         intruder.sendall(msgpack.packb({"t": "auth", "token": "0" * 64}))
         assert intruder.recv(100) == b""  # closed without a word
         intruder.close()
-        sock, decoder, hello = session_module._connect(staged, time.monotonic() + 10)
+        sock, decoder, hello = handshake_module._connect(staged, time.monotonic() + 10)
         assert hello.pid == target.pid
         sock.sendall(msgpack.packb({"t": "req", "id": 1, "op": "detach"}))
         while sock.recv(65536):
@@ -186,10 +188,10 @@ async def test_the_agent_removes_itself_when_nobody_connects(spawn, monkeypatch)
     target = spawn(TARGET)
     target.wait_for_line(_state_line(BASELINE))
     _wait_for_state(target, lambda s: s == BASELINE)
-    monkeypatch.setattr(session_module, "CONNECT_TIMEOUT", 1.0)
-    staged = session_module._stage(target.pid, 0.0, ("__main__",), None)
+    monkeypatch.setattr(attach_module, "CONNECT_TIMEOUT", 1.0)
+    staged = attach_module._stage(target.pid, 0.0, ("__main__",), None)
     try:
-        await session_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
+        await attach_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
         _wait_for_state(target, lambda s: s["agent"])
         _wait_for_state(target, lambda s: s == BASELINE, timeout=10)
         assert not staged.script_dir.host_path.exists(), os.listdir(staged.script_dir.host_path)

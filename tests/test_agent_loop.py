@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from explorer.session import attach
+from explorer.attach import attach
 from tests.agent_helpers import start_watched
 
 SWITCH = """

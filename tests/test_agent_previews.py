@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from explorer.session import attach
+from explorer.attach import attach
 
 TARGET = '''
 import sys, threading, time

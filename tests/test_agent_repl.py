@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.session import RequestFailed, attach
+from explorer.attach import attach
+from explorer.session import RequestFailed
 
 TARGET = '''
 import sys, threading, time

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import statistics
 
-from explorer.session import attach
+from explorer.attach import attach
 
 THREADS = '''
 import json, sys, threading

@@ -13,9 +13,11 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from explorer import session as session_module
+from explorer import attach as attach_module
+from explorer import compiled_agent as compiled_agent_module
 from explorer.remote import RemoteProcess
-from explorer.session import AgentCode, agent_code_path, attach, warm_agent_code
+from explorer.attach import attach
+from explorer.compiled_agent import AgentCode, agent_code_path, warm_agent_code
 from payloads.agent import agent_source
 from tests.agent_helpers import connect_when_listening
 from tests.test_agent_lifecycle import BASELINE, TARGET, _state_line, _wait_for_state
@@ -34,7 +36,7 @@ ORIGIN = "__import__('sys').modules['_periscope_agent'].agent.config['code']"
 def cache(tmp_path, monkeypatch) -> Path:
     """A fresh per-test cache directory (explorer.pythons.cache_dir() follows XDG_CACHE_HOME)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "periscope" / session_module.AGENT_CODE_DIR
+    return tmp_path / "cache" / "periscope" / compiled_agent_module.AGENT_CODE_DIR
 
 
 def _version_hex(pid: int) -> int:
@@ -44,7 +46,7 @@ def _version_hex(pid: int) -> int:
 
 def _entry(pid: int, version_hex: int) -> Path:
     """The cache entry of the best compiler for ``pid`` (the target's own executable here)."""
-    return agent_code_path(session_module._compilers(pid)[0], version_hex, agent_source())
+    return agent_code_path(compiled_agent_module._compilers(pid)[0], version_hex, agent_source())
 
 
 def _private_interpreter(target_python: str, folder: Path, mode: int) -> str:
@@ -94,7 +96,7 @@ async def test_the_target_compiles_the_source_when_no_interpreter_can_be_trusted
     monkeypatch.setenv("PERISCOPE_TARGET_PYTHON", str(tmp_path / "no-such-python"))
     target = spawn(IDLE, python=python)
     target.wait_for_line("ready")
-    assert session_module._compilers(target.pid) == []
+    assert compiled_agent_module._compilers(target.pid) == []
     assert not warm_agent_code(target.pid)
     session = await attach(target.pid, rate=5)
     try:
@@ -113,7 +115,7 @@ async def test_an_executable_replaced_on_disk_compiles_through_proc_exe(spawn, c
     target = spawn(IDLE, python=python)
     target.wait_for_line("ready")
     os.unlink(python)
-    assert [c.path for c in session_module._compilers(target.pid)] == [f"/proc/{target.pid}/exe"]
+    assert [c.path for c in compiled_agent_module._compilers(target.pid)] == [f"/proc/{target.pid}/exe"]
     assert warm_agent_code(target.pid)
     session = await attach(target.pid, rate=0)
     try:
@@ -131,10 +133,10 @@ async def test_a_cache_entry_for_another_magic_number_is_rejected_but_never_evic
     version_hex = _version_hex(target.pid)
     assert warm_agent_code(target.pid)
     entry = _entry(target.pid, version_hex)
-    good = session_module._parse_code(entry.read_bytes())
+    good = compiled_agent_module._parse_code(entry.read_bytes())
     assert good is not None
     wrong = AgentCode(bytes([good.magic[0] ^ 0xFF, good.magic[1], 13, 10]), good.cache_tag, good.hexversion, good.data)
-    assert session_module._write_code(entry, wrong)
+    assert compiled_agent_module._write_code(entry, wrong)
     session = await attach(target.pid, rate=5)
     try:
         assert session.agent_code == "rejected"
@@ -143,9 +145,9 @@ async def test_a_cache_entry_for_another_magic_number_is_rejected_but_never_evic
         assert frame.main_thread is not None
     finally:
         await session.detach()
-    assert session_module._parse_code(entry.read_bytes()) == wrong  # the note evicted nothing
-    assert session_module._write_code(entry, good)
-    session_module._code_memo.clear()
+    assert compiled_agent_module._parse_code(entry.read_bytes()) == wrong  # the note evicted nothing
+    assert compiled_agent_module._write_code(entry, good)
+    compiled_agent_module._code_memo.clear()
     session = await attach(target.pid, rate=0)
     try:
         assert session.agent_code == "precompiled"
@@ -157,21 +159,21 @@ def test_a_damaged_cache_entry_is_not_used(cache, target_python, spawn):
     target = spawn(IDLE)
     target.wait_for_line("ready")
     version_hex = _version_hex(target.pid)
-    code = session_module.agent_code(target.pid, version_hex)
+    code = compiled_agent_module.agent_code(target.pid, version_hex)
     assert code is not None
     entry = _entry(target.pid, version_hex)
     blob = entry.read_bytes()
-    assert session_module._parse_code(blob) == code
-    assert session_module._parse_code(blob[:-100]) is None  # cut short
-    assert session_module._parse_code(blob[:-1] + bytes([blob[-1] ^ 1])) is None  # one bit flipped
-    assert session_module._parse_code(b"not an entry\n" + code.data) is None
+    assert compiled_agent_module._parse_code(blob) == code
+    assert compiled_agent_module._parse_code(blob[:-100]) is None  # cut short
+    assert compiled_agent_module._parse_code(blob[:-1] + bytes([blob[-1] ^ 1])) is None  # one bit flipped
+    assert compiled_agent_module._parse_code(b"not an entry\n" + code.data) is None
     entry.write_bytes(blob[:-100])
-    assert session_module.agent_code(target.pid, version_hex, compile_now=False) is None
-    assert session_module.agent_code(target.pid, version_hex) == code  # compiled again
+    assert compiled_agent_module.agent_code(target.pid, version_hex, compile_now=False) is None
+    assert compiled_agent_module.agent_code(target.pid, version_hex) == code  # compiled again
     # An entry for another minor version under this key is never used either.
     other = AgentCode(code.magic, code.cache_tag, 0x030D00F0, code.data)
-    assert session_module._write_code(entry, other)
-    assert session_module.agent_code(target.pid, version_hex, compile_now=False) is None
+    assert compiled_agent_module._write_code(entry, other)
+    assert compiled_agent_module.agent_code(target.pid, version_hex, compile_now=False) is None
 
 
 async def test_detach_after_a_precompiled_start_leaves_nothing(spawn, cache):
@@ -191,16 +193,16 @@ async def test_detach_after_a_precompiled_start_leaves_nothing(spawn, cache):
 
 
 def test_the_cache_follows_xdg_cache_home_and_names_compiler_and_user(cache):
-    compiler = session_module.Compiler("/usr/bin/python3.14", (1, 2, 3, 4, 5), None, True, 0)
+    compiler = compiled_agent_module.Compiler("/usr/bin/python3.14", (1, 2, 3, 4, 5), None, True, 0)
     path = agent_code_path(compiler, 0x030E0AF0, "source")
     assert path.parent == cache
     assert path.name.startswith("030e0af0-")
     assert agent_code_path(compiler, 0x030E0AF0, "other source") != path
     assert agent_code_path(compiler, 0x030E0BF0, "source") != path
     for other in (
-        session_module.Compiler("/usr/bin/python3.14", (1, 2, 3, 4, 6), None, True, 0),  # the file changed
-        session_module.Compiler("/usr/bin/python3.14", (1, 2, 3, 4, 5), (1000, 1000), True, 1000),  # another user
-        session_module.Compiler("/usr/bin/python3.14", (1, 2, 3, 4, 5), None, False, None),  # periscope's own
+        compiled_agent_module.Compiler("/usr/bin/python3.14", (1, 2, 3, 4, 6), None, True, 0),  # the file changed
+        compiled_agent_module.Compiler("/usr/bin/python3.14", (1, 2, 3, 4, 5), (1000, 1000), True, 1000),  # another user
+        compiled_agent_module.Compiler("/usr/bin/python3.14", (1, 2, 3, 4, 5), None, False, None),  # periscope's own
     ):
         assert agent_code_path(other, 0x030E0AF0, "source") != path
 
@@ -226,12 +228,12 @@ def test_the_request_goes_to_a_thread_that_runs_python(spawn):
     idle = spawn(IDLE)
     idle.wait_for_line("ready")
     with RemoteProcess.open(busy.pid) as process:
-        picked = [session_module._fresh_holder(process, None) for _ in range(10)]
+        picked = [attach_module._fresh_holder(process, None) for _ in range(10)]
     # The spinners hold the GIL nearly all the time (the main thread wakes every 0.5 s).
     assert set(picked) <= spinners | {busy.pid, None}
     assert sum(p in spinners for p in picked) >= 8, picked
     with RemoteProcess.open(idle.pid) as process:
-        assert session_module._fresh_holder(process, 12345) in (12345, idle.pid)  # nobody computes
+        assert attach_module._fresh_holder(process, 12345) in (12345, idle.pid)  # nobody computes
 
 
 async def test_auth_that_changes_the_modules_gets_a_first_frame_of_those_modules(spawn, cache):
@@ -239,11 +241,11 @@ async def test_auth_that_changes_the_modules_gets_a_first_frame_of_those_modules
     # an auth message that asks for others must not get that early frame.
     target = spawn(IDLE)
     target.wait_for_line("ready")
-    code = session_module.agent_code(target.pid, _version_hex(target.pid))
+    code = compiled_agent_module.agent_code(target.pid, _version_hex(target.pid))
     assert code is not None
-    staged = session_module._stage(target.pid, 20.0, ("__main__",), None, code)
+    staged = attach_module._stage(target.pid, 20.0, ("__main__",), None, code)
     try:
-        await session_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
+        await attach_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
         sock = connect_when_listening(staged.socket_host_path)
         sock.sendall(msgpack.packb({"t": "auth", "token": staged.token, "modules": ["sys"]}))
         unpacker = msgpack.Unpacker(raw=False)

@@ -9,7 +9,8 @@ import json
 import msgpack
 import pytest
 
-from explorer.session import RequestFailed, attach
+from explorer.attach import attach
+from explorer.session import RequestFailed
 
 VIEW = '''
 def tname(value):

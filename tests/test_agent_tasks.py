@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from explorer.remote import RemoteProcess
-from explorer.session import attach
+from explorer.attach import attach
 from explorer.tasks import TaskReader
 
 TARGET = '''

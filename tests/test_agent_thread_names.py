@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from explorer.session import attach
+from explorer.attach import attach
 
 SPINNING = '''
 import sys, threading, time

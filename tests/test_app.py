@@ -21,7 +21,7 @@ from explorer.screens.dialogs import ErrorDialog
 from explorer.screens.help import HelpScreen
 from explorer.screens.process import ProcessScreen, load_history
 from explorer.screens.process_list import ProcessListScreen
-from explorer.session import attach
+from explorer.attach import attach
 from textual import events
 from textual.widgets import Static
 

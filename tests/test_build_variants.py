@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer import session as session_module
+from explorer import compiled_agent as compiled_agent_module
 from explorer.discovery import ProcessScanner
 from explorer.elf import find_runtime
 from explorer.versions import minor_name
@@ -156,7 +156,7 @@ def test_the_debug_interpreter_may_compile_the_agent(spawn, builds: variants.Var
     for binary in (builds.debug, builds.nopie):
         target = spawn("import time\nprint('ready', flush=True)\ntime.sleep(60)\n", python=str(binary))
         target.wait_for_line("ready")
-        compilers = [compiler.path for compiler in session_module._compilers(target.pid, _version_hex(target.pid))]
+        compilers = [compiler.path for compiler in compiled_agent_module._compilers(target.pid, _version_hex(target.pid))]
         runs_itself = find_runtime(target.pid).opened_path
         assert compilers[0] == str(binary) or os.path.samefile(compilers[0], runs_itself), compilers
         target.stop()
@@ -189,7 +189,7 @@ def test_libpython_embedded_in_a_c_host_attaches(
     assert find_runtime(target.pid).path.endswith(f"libpython{minor_name(target_minor)}.so.1.0")
     # So the host is never run to compile the agent (it would start the program again); the
     # interpreter of the target's minor compiles it.
-    compilers = [compiler.path for compiler in session_module._compilers(target.pid, _version_hex(target.pid))]
+    compilers = [compiler.path for compiler in compiled_agent_module._compilers(target.pid, _version_hex(target.pid))]
     assert str(host) not in compilers and f"/proc/{target.pid}/exe" not in compilers
     assert compilers == [variants.pythons.find_target_python(target_minor, provision=False)]
     _check_attachable(target.pid, target_minor, f"libpython{minor_name(target_minor)}.so.1.0")

@@ -1,4 +1,4 @@
-"""Remote exec (explorer.inject) against real CPython 3.14 and 3.15 processes the tests start.
+"""Staging and remote exec (explorer.staging, explorer.remote_exec) against real CPython 3.14 and 3.15 processes the tests start.
 
 Each script that runs in a target prints a line to the target's stdout; the tests wait for it.
 Refusals are checked for their typed error and for having written nothing into the target.
@@ -26,16 +26,18 @@ from explorer.errors import (
     TargetNotReady,
     UnsupportedPython,
 )
-from explorer.inject import (
-    MainThreadFinished,
-    NoSuchThread,
+from explorer.staging import (
     ScriptDir,
     prepare_script_dir,
+    stage_script,
+    write_script,
+)
+from explorer.remote_exec import (
+    MainThreadFinished,
+    NoSuchThread,
     remote_exec,
     select_thread,
-    stage_script,
     wait_for_pickup,
-    write_script,
 )
 from explorer.remote import RemoteProcess, ThreadRef
 from tests.targets import Target
@@ -177,7 +179,7 @@ def test_a_request_whose_eval_breaker_bit_was_lost_is_still_picked_up(spawn: Spa
     """The target updates its eval-breaker word itself, and an outside write is not atomic with
     those updates: the bit can be lost. Lose it on purpose while the thread sleeps in C: the
     wait sets it again, and the thread picks the request up once it runs Python."""
-    from explorer.inject import PLEASE_STOP_BIT
+    from explorer.remote_exec import PLEASE_STOP_BIT
 
     target = started(spawn, SLEEPS_THEN_RUNS)
     path = stage(target.pid, REPORT)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from explorer.errors import InjectionTimeout
-from explorer.session import BLOCKED_FIX, attach
+from explorer.attach import BLOCKED_FIX, attach
 
 BLOCKED = "print('ready', flush=True)\nline = input()\n"
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from explorer.session import attach
+from explorer.attach import attach
 from tests.agent_helpers import Usage, WatchedTarget, start_watched, usage
 
 WARM_UP = 10

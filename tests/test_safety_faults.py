@@ -11,7 +11,8 @@ import time
 import pytest
 
 from explorer.errors import ProcessGone
-from explorer.session import AttachState, SessionClosed, attach
+from explorer.attach import AttachState, attach
+from explorer.session import SessionClosed
 from tests.agent_helpers import WatchedTarget, kill, periscope_process, start_watched, usage
 
 REMOVAL_BOUND = 2.0

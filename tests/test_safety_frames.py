@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from explorer import wire
 from explorer.errors import ProtocolError
 from explorer.model import Response
-from explorer.session import SessionClosed, attach
+from explorer.attach import attach
+from explorer.session import SessionClosed
 from tests.agent_helpers import start_watched
 from tests.test_wire_codec import FRAME, HELLO, plain
 

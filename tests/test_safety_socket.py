@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from explorer import session as session_module
+from explorer import attach as attach_module
+from explorer import handshake as handshake_module
 from explorer import wire
 from explorer.model import Response
 from tests.agent_helpers import start_watched
@@ -69,14 +70,14 @@ print("closed" if data == b"" else "answered", flush=True)
 '''
 
 
-def _staged_agent(pid: int) -> session_module._Staged:
+def _staged_agent(pid: int) -> handshake_module._Staged:
     """The agent script staged for ``pid`` (its socket not connected yet)."""
-    return session_module._stage(pid, 0.0, ("__main__",), None)
+    return attach_module._stage(pid, 0.0, ("__main__",), None)
 
 
-async def _start(staged: session_module._Staged) -> None:
+async def _start(staged: handshake_module._Staged) -> None:
     """Have the target start the agent, and wait until the agent has bound its socket."""
-    await session_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
+    await attach_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
     deadline = time.monotonic() + 10
     while not staged.socket_host_path.exists():
         assert time.monotonic() < deadline, "the agent never bound its socket"
@@ -123,7 +124,7 @@ async def test_same_user_intruders_are_turned_away_and_the_token_is_gone_after_t
         for how in ("no token", "trickle", "wrong token", "garbage"):
             intruders[how] = spawn(INTRUDER, args=[path, how])
             intruders[how].wait_for_line("connected")  # in the agent's queue before periscope
-        sock, decoder, hello = await asyncio.to_thread(session_module._connect, staged, time.monotonic() + 30)
+        sock, decoder, hello = await asyncio.to_thread(handshake_module._connect, staged, time.monotonic() + 30)
         try:
             assert hello.pid == watched.pid
             for how in ("no token", "wrong token", "garbage"):
@@ -131,7 +132,7 @@ async def test_same_user_intruders_are_turned_away_and_the_token_is_gone_after_t
             trickled = intruders["trickle"].wait_for_line("closed after ")
             assert float(trickled.split()[2]) < 10  # dropped at the handshake bound, not kept waiting
             # After the handshake: no socket to connect to, no script, and no live copy of the token.
-            assert not os.path.exists(path) and not staged.script_dir.contains(session_module.SCRIPT_NAME)
+            assert not os.path.exists(path) and not staged.script_dir.contains(handshake_module.SCRIPT_NAME)
             late = spawn(INTRUDER, args=[path, "wrong token"])
             assert late.wait_for_line("no socket")
             digest = hashlib.sha256(staged.token.encode()).hexdigest()
@@ -157,7 +158,7 @@ async def test_another_user_cannot_reach_the_socket(spawn, tmp_path):
         await _start(staged)
         nobody = spawn(argv=[*NOBODY_PREFIX, DEBIAN_311, "-c", INTRUDER, str(staged.socket_host_path), "other user"], cwd="/")
         assert nobody.wait_for_line("denied")
-        sock, decoder, hello = await asyncio.to_thread(session_module._connect, staged, time.monotonic() + 30)
+        sock, decoder, hello = await asyncio.to_thread(handshake_module._connect, staged, time.monotonic() + 30)
         try:
             assert _request(sock, decoder, 1, op="detach").ok
         finally:

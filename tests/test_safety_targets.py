@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from explorer.errors import InjectionTimeout
-from explorer.session import AgentRefused, AttachState, attach
+from explorer.attach import AttachState, attach
+from explorer.handshake import AgentRefused
 from explorer.stacks import read_stacks
 from tests.agent_helpers import COUNTER, start_watched
 from tests.test_inject import request_state

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from explorer import session as session_module
-from explorer.session import attach
+from explorer import attach as attach_module
+from explorer import compiled_agent as compiled_agent_module
+from explorer.attach import attach
 from explorer.remote import RemoteProcess
 from tests.attacker import as_user, needs_root, owned_dir, unused_uid, user_python
 
@@ -110,8 +111,8 @@ def stranger(target_python):
 def cache(tmp_path, monkeypatch) -> Path:
     """A fresh cache for this test (agent code, session records), in this process and in periscope's."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    session_module._code_memo.clear()
-    session_module._code_failed.clear()
+    compiled_agent_module._code_memo.clear()
+    compiled_agent_module._code_failed.clear()
     return tmp_path / "cache" / "periscope"
 
 
@@ -233,7 +234,7 @@ def test_what_the_user_plants_in_the_session_directory_is_never_followed(spawn, 
 async def test_a_session_directory_removed_under_the_attach_is_reported_at_once(spawn, stranger, cache):
     # The user removes the directory the moment the request is picked up: periscope says so
     # instead of waiting out its timeout for a socket that can no longer appear.
-    from explorer.inject import SessionTampered
+    from explorer.staging import SessionTampered
 
     target = _spawn_as(spawn, stranger, PLANTER, "planter-remove.py", args=("remove", "-", "-"))
     started = time.monotonic()
@@ -301,7 +302,7 @@ async def test_a_directory_a_killed_periscope_left_behind_is_removed_on_the_next
             sys.executable,
             "-c",
             "import os, sys\n"
-            "from explorer.session import _stage\n"
+            "from explorer.attach import _stage\n"
             f"staged = _stage({target.pid}, 0.0, ('__main__',), None)\n"
             "print(staged.script_dir.host_path, flush=True)\n"
             "os.kill(os.getpid(), 9)\n",
@@ -329,7 +330,7 @@ async def test_a_periscope_in_another_pid_namespace_leaves_live_sessions_alone(s
     # directory of an attach in progress.
     import shutil
 
-    from explorer.inject import prepare_script_dir
+    from explorer.staging import prepare_script_dir
 
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare (util-linux) for a pid namespace")
@@ -361,9 +362,9 @@ async def test_a_staged_script_picked_up_after_its_attach_starts_no_agent(spawn,
     # As if periscope had died waiting (SIGKILL, so it never withdrew the request): the thread
     # picks the script up later; the script removes itself and starts nothing.
     target = _spawn_as(spawn, stranger, IDLE, "idle-late.py")
-    staged = session_module._stage(target.pid, 0.0, ("__main__",), None, not_after=time.time() - 1)
+    staged = attach_module._stage(target.pid, 0.0, ("__main__",), None, not_after=time.time() - 1)
     try:
-        await session_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
+        await attach_module._inject(staged, [None], time.monotonic() + 10, lambda *a, **k: None, spread=False)
         deadline = time.monotonic() + 10
         while staged.script_dir.contains("agent.py") and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -430,13 +431,13 @@ def test_periscopes_own_interpreter_compiles_for_everyone_only_where_nobody_else
     python, _base = roots_copy
     target = _spawn_as(spawn, stranger, IDLE, "idle-own.py")
     monkeypatch.setenv("PERISCOPE_TARGET_PYTHON", python)
-    session_module._local_python.cache_clear()
+    compiled_agent_module._local_python.cache_clear()
     with RemoteProcess.open(target.pid) as process:
         version_hex = process.offsets.version_hex
 
     def owners() -> list[tuple[int | None, tuple[int, int] | None]]:
-        session_module._local_python.cache_clear()
-        return [(c.for_uid, c.run_as) for c in session_module._compilers(target.pid, version_hex)]
+        compiled_agent_module._local_python.cache_clear()
+        return [(c.for_uid, c.run_as) for c in compiled_agent_module._compilers(target.pid, version_hex)]
 
     # The user's own executable compiles as the user, for the user; periscope's for everyone.
     assert owners() == [(uid, (uid, uid)), (None, None)]
@@ -454,7 +455,7 @@ def test_periscopes_own_interpreter_compiles_for_everyone_only_where_nobody_else
     finally:
         os.chmod(library, 0o755)
     assert owners() == [(uid, (uid, uid)), (None, None)]
-    session_module._local_python.cache_clear()
+    compiled_agent_module._local_python.cache_clear()
 
 
 def test_a_cache_directory_another_user_owns_is_never_read(spawn, cache):
@@ -464,19 +465,19 @@ def test_a_cache_directory_another_user_owns_is_never_read(spawn, cache):
     target.wait_for_line("ready")
     with RemoteProcess.open(target.pid) as process:
         version_hex = process.offsets.version_hex
-    code = session_module.agent_code(target.pid, version_hex)
+    code = compiled_agent_module.agent_code(target.pid, version_hex)
     assert code is not None
-    session_module._code_memo.clear()
-    assert session_module.agent_code(target.pid, version_hex, compile_now=False) == code  # periscope's own: read
+    compiled_agent_module._code_memo.clear()
+    assert compiled_agent_module.agent_code(target.pid, version_hex, compile_now=False) == code  # periscope's own: read
     entries = cache / "agent-code"
     uid = unused_uid()
     for path in (entries, *entries.iterdir()):
         os.chown(path, uid, uid)
-    session_module._code_memo.clear()
-    assert session_module.agent_code(target.pid, version_hex, compile_now=False) is None
+    compiled_agent_module._code_memo.clear()
+    assert compiled_agent_module.agent_code(target.pid, version_hex, compile_now=False) is None
     os.chown(entries, 0, 0)  # the directory is ours again, but the entry is still the user's
-    session_module._code_memo.clear()
-    assert session_module.agent_code(target.pid, version_hex, compile_now=False) is None
+    compiled_agent_module._code_memo.clear()
+    assert compiled_agent_module.agent_code(target.pid, version_hex, compile_now=False) is None
 
 
 NAMER = """

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.inject import select_thread
+from explorer.remote_exec import select_thread
 from explorer.remote import RemoteProcess
 from tests.test_e2e_tmux import TMUX, terminal  # noqa: F401  (the fixture)
 
@@ -151,7 +151,8 @@ while True:
 def test_a_script_exec_staged_runs_only_when_picked_up_in_time(spawn, late):
     # A periscope exec killed with SIGKILL cannot withdraw its request; a thread that picks it up
     # after periscope's wait must not run the script then.
-    from explorer.inject import prepare_script_dir, remote_exec, stage_script
+    from explorer.staging import prepare_script_dir, stage_script
+    from explorer.remote_exec import remote_exec
 
     target = spawn(IDLE)
     target.wait_for_line("ready")

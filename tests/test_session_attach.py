@@ -1,4 +1,4 @@
-"""explorer.session against real CPython 3.14 and 3.15 targets: progress states, thread choice, the
+"""explorer.attach and explorer.session against real CPython 3.14 and 3.15 targets: progress states, thread choice, the
 errors a user can meet, a target that exits, and a target that already uses msgpack."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import msgpack
 import pytest
 
 from explorer.errors import ProcessGone, RemoteDebuggingDisabled
-from explorer.session import AttachState, SessionClosed, attach
+from explorer.attach import AttachState, attach
+from explorer.session import SessionClosed
 
 BUSY = '''
 import sys, threading, time

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from explorer.session import AttachState, attach
+from explorer.attach import AttachState, attach
 from tests.test_inject import request_state
 
 BLOCKED = """

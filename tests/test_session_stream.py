@@ -8,7 +8,7 @@ import asyncio
 import threading
 
 from explorer import session as session_module
-from explorer.session import attach
+from explorer.attach import attach
 
 MANY_THREADS = """
 import threading, time

@@ -12,7 +12,7 @@ import pytest
 from explorer import oneshot, switch
 from explorer.errors import InjectionTimeout
 from explorer.remote import RemoteProcess
-from explorer.session import attach
+from explorer.attach import attach
 
 BUSY = '''
 import sys, threading, time

@@ -16,7 +16,7 @@ import pytest
 from explorer import elf, offsets, versions
 from explorer.discovery import version_verdict
 from explorer.errors import UnsupportedPython
-from explorer.session import agent_code
+from explorer.compiled_agent import agent_code
 from explorer.stacks import _first_traceable
 
 FACTS = """

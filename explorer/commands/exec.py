@@ -70,12 +70,11 @@ def _fail(message: str, status: int = 1) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from explorer.inject import (
+    from explorer.staging import prepare_script_dir, stage_script
+    from explorer.remote_exec import (
         describe_threads,
-        prepare_script_dir,
         remote_exec,
         select_thread,
-        stage_script,
     )
     from explorer.errors import ProcessGone
     from explorer.memory import MemoryFault

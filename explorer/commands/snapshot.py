@@ -70,7 +70,7 @@ def refuse_bad_arguments(args: argparse.Namespace) -> str | None:
 
 def thread_choice(args: argparse.Namespace) -> str | int:
     """The parsed ``--via`` value (exits with a usage error when it is malformed)."""
-    from explorer.session import parse_thread_choice
+    from explorer.attach import parse_thread_choice
 
     try:
         return parse_thread_choice(args.via)

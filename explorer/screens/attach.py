@@ -93,13 +93,13 @@ class AttachFailed:
 async def default_connector(
     pid: int, *, thread: int | None, progress: ProgressCallback, timeout: float = ATTACH_TIMEOUT
 ) -> Any:
-    """Attach with periscope's session client (explorer.session), reporting each step."""
-    from explorer import session as session_module
+    """Attach with periscope's session client (explorer.attach), reporting each step."""
+    from explorer import attach as attach_module
 
-    def report(step: session_module.AttachProgress) -> None:
+    def report(step: attach_module.AttachProgress) -> None:
         progress(_STATE_STEPS.get(step.state.value, "injecting"), step.message, step.stacks)
 
-    return await session_module.attach(
+    return await attach_module.attach(
         pid,
         thread="any" if thread is None else thread,  # the GIL holder, main, then every other thread
         timeout=timeout,

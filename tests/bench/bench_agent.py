@@ -32,8 +32,9 @@ import time
 
 import msgpack
 
-from explorer import session as session_module
-from explorer.session import attach
+from explorer import attach as attach_module
+from explorer import compiled_agent as compiled_agent_module
+from explorer.attach import attach
 from payloads import agent as agent_codec
 from tests import targets
 from tests.bench import describe, load_average, median_ms, time_calls, time_command
@@ -254,14 +255,14 @@ def _spread(timings: list[float]) -> str:
 
 
 async def _attach_once(pid: int, fast_start: bool) -> tuple[float, int | None, str]:
-    session_module.FAST_START = fast_start
+    attach_module.FAST_START = fast_start
     try:
         start = time.perf_counter()
         session = await attach(pid, rate=2)
         await session.next_frame(timeout=30)
         elapsed = time.perf_counter() - start
     finally:
-        session_module.FAST_START = True
+        attach_module.FAST_START = True
     await session.detach()
     return elapsed, session.injected_via, session.agent_code
 
@@ -380,12 +381,12 @@ async def _pause() -> None:
             if name == "no attach":
                 await asyncio.sleep(window)
             else:
-                session_module.FAST_START = name == "attach"
+                attach_module.FAST_START = name == "attach"
                 try:
                     session = await attach(target.pid, rate=2)
                     await session.next_frame(timeout=30)
                 finally:
-                    session_module.FAST_START = True
+                    attach_module.FAST_START = True
             end = time.perf_counter()
             if name != "no attach":
                 window = end - start
@@ -416,17 +417,17 @@ async def _code_cache() -> None:
         try:
             for _index in range(3):
                 shutil.rmtree(os.path.join(folder, "periscope"), ignore_errors=True)
-                session_module._code_memo.clear()
+                compiled_agent_module._code_memo.clear()
                 start = time.perf_counter()
-                code = session_module.agent_code(target.pid, version_hex)
+                code = compiled_agent_module.agent_code(target.pid, version_hex)
                 cold.append(time.perf_counter() - start)
             start = time.perf_counter()
             session = await attach(target.pid, rate=2)
             await session.next_frame(timeout=30)
             first = time.perf_counter() - start
             await session.detach()
-            session_module._code_memo.clear()
-            cached = time_calls(lambda: session_module.agent_code(target.pid, version_hex), 20)
+            compiled_agent_module._code_memo.clear()
+            cached = time_calls(lambda: compiled_agent_module.agent_code(target.pid, version_hex), 20)
         finally:
             if saved is None:
                 os.environ.pop("XDG_CACHE_HOME", None)

@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from explorer import session as session_module
-from explorer.session import attach
+from explorer import compiled_agent as compiled_agent_module
+from explorer.attach import attach
 from tests import targets
 from tests.bench import describe, load_average, median_ms
 from tests.bench.bench_agent import SPIN, _pauses
@@ -103,7 +103,7 @@ async def _main() -> None:
             print(f"      first attach (cold cache)   {cold[name][0] * 1000:7.2f} ms [{cold[name][1]}]")
             print(f"      attach to first frame       {describe(times)}, max {max(times) * 1000:.2f}")
             print(f"      target's longest stall      median {median_ms(stalls):.2f} ms, max {max(stalls) * 1000:.2f}")
-        session_module._code_memo.clear()
+        compiled_agent_module._code_memo.clear()
     finally:
         for target in spawned:
             target.stop()

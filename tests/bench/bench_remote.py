@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from explorer.hosts import Host
-from explorer.session import attach
+from explorer.attach import attach
 from explorer.transport import ssh_endpoint
 from tests import targets
 from tests.bench import load_average

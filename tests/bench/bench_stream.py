@@ -37,7 +37,7 @@ import msgpack
 import psutil
 
 from explorer import wire
-from explorer.session import attach
+from explorer.attach import attach
 from tests import targets
 from tests.bench import command_environment, describe, load_average, time_command
 from tests.bench.bench_agent import BUSY4, WIDE

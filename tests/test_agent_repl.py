@@ -5,6 +5,8 @@ from the target's real namespace, and the whole repr of one value for the inspec
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from explorer.attach import attach
@@ -153,6 +155,9 @@ async def test_a_frame_by_its_id_is_that_very_call_and_a_later_one_is_reported(s
     native = int(target.wait_for_line("native ").split()[1])
     session = await attach(target.pid, rate=0)
     try:
+        # Right as a call begins: the 4 s it lasts are ahead (on a loaded machine, a sample taken
+        # late in a call left its frame gone by the time of the eval).
+        wait_for_a_new_call(target)
         frame = await session.sample()
         thread = frame.thread(native)
         work = next(f for f in thread.frames if f.function == "work")
@@ -173,7 +178,7 @@ CALLS = """
 import sys, threading, time
 
 def inner(call):
-    time.sleep(1.0)
+    time.sleep(2.0)
 
 def work(call):
     time.sleep(2.0)   # work innermost (only in this first part of a call)
@@ -193,7 +198,20 @@ sys.stdout.write("ready\\n")
 while True:
     time.sleep(0.1)
 """
-"""A thread that calls work() over and over, each call 3 s: work() innermost for 2 s, then inner() above it."""
+"""A thread that calls work() over and over, each call 4 s: work() innermost for 2 s, then inner() above it for 2 s."""
+
+
+def wait_for_a_new_call(target: Any) -> int:
+    """Wait until the CALLS target starts its next call of work(); its number."""
+    current = 0
+    while True:  # the calls printed so far (some may still be in the pipe)
+        try:
+            target.wait_for_line(f"call {current + 1}", timeout=0.3 if current else 30)
+        except TimeoutError:
+            break
+        current += 1
+    target.wait_for_line(f"call {current + 1}", timeout=30)
+    return current + 1
 
 
 async def test_frames_by_name_and_pinned_from_the_bottom(spawn):

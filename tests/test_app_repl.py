@@ -6,13 +6,15 @@ picked frame pinned by identity."""
 
 from __future__ import annotations
 
+import asyncio
+
 from rich.style import Style
 
 from explorer.app import PeriscopeApp
 from explorer.screens.inspector import ValueInspector
 from explorer.screens.process import ProcessScreen
 from tests.screenshots import SIZE, on_top, wait_until
-from tests.test_agent_repl import CALLS
+from tests.test_agent_repl import CALLS, wait_for_a_new_call
 from tests.test_app import attached_screen, last_result, result_text, walk
 from widgets.repl import ReplEntry, ReplInput, ReplPane
 from widgets.stack_view import StackView
@@ -222,6 +224,9 @@ async def test_the_picked_frame_is_followed_as_the_stack_moves_and_a_later_call_
         screen = await attached_screen(pilot)
         await pick_thread(pilot, screen, "looper")
         stack = screen.query_one(StackView)
+        # From the start of a call on (its 4 s ahead: on a loaded machine, a call caught late
+        # had returned before the steps below were through).
+        await asyncio.to_thread(wait_for_a_new_call, target)
         await wait_until(pilot, lambda: [f.function for f in stack.frames[:2]] == ["work", "looper"], "work() innermost", timeout=30)
         stack.focus()
         await pilot.press("enter")

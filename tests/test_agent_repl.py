@@ -5,6 +5,7 @@ from the target's real namespace, and the whole repr of one value for the inspec
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -166,6 +167,7 @@ async def test_a_frame_by_its_id_is_that_very_call_and_a_later_one_is_reported(s
         assert result.ok and result.frame.function == "work" and not result.frame.new_call
         first = int(result.value.repr)
         target.wait_for_line(f"call {first // 10 + 1}", timeout=30)
+        await asyncio.sleep(0.5)  # the line comes just before the call: let it get into work()
         with pytest.raises(RequestFailed, match="returned"):
             await session.eval("call", thread=native, frame_id=work.frame_id)
         later = await session.eval("call", thread=native, frame_id=work.frame_id, frame_name="work")

@@ -248,6 +248,7 @@ async def test_the_picked_frame_is_followed_as_the_stack_moves_and_a_later_call_
 
         # That call returns; the next call of work() runs at the same place.
         target.wait_for_line(f"call {first // 10 + 1}", timeout=30)
+        await pilot.pause(0.5)  # the line comes just before the call: let it get into work()
         await pilot.press(*"call", "enter")
         entry = await last_result(pilot, repl, 3)
         assert int(result_text(entry)) > first, result_text(entry)

@@ -114,6 +114,29 @@ async def test_thread_list_keeps_its_thread_and_puts_the_main_thread_first() -> 
         assert threads.get_row("1")[2].plain == "····"
 
 
+async def test_a_table_whose_cells_change_every_frame_keeps_only_a_screen_of_rendered_lines() -> None:
+    """DataTable keys its rendered cells by a counter that each cell update moves on: a thread list
+    updated at every frame must not keep every frame's renderings (its caches stay near a screen's
+    worth, where DataTable's own would grow to 10,000 cells)."""
+    threads = ThreadList()
+    app = Harness(threads)
+
+    def rows(tick: int) -> list[ThreadRow]:
+        return [
+            ThreadRow(n, f"worker-{n}", daemon=True, holds_gil=False, is_main=n == 1, cpu_seconds=tick * 0.01 + n, where=f"f:{tick}")
+            for n in range(1, 41)
+        ]
+
+    async with app.run_test(size=(120, 50)) as pilot:
+        for tick in range(150):
+            threads.update_threads(rows(tick))
+            await pilot.pause()
+        bound = ThreadList.RENDER_CACHE_ROWS
+        assert 0 < len(threads._cell_render_cache) <= bound * 12
+        assert len(threads._row_render_cache) <= bound and len(threads._line_cache) <= bound * 2
+        assert threads.get_row("1")[4].plain.startswith("2.49")  # the last update is what shows
+
+
 async def test_stack_view_shows_frames_innermost_first_and_keeps_the_selection() -> None:
     stack = StackView()
     app = Harness(stack)

@@ -52,6 +52,10 @@ class _NodeData:
     """Its children are being loaded again (the old ones stay shown until the new ones arrive)."""
 
 
+LINE_CACHE = 240
+"""Rendered lines the variables tree keeps (see VariablesTree.__init__)."""
+
+
 class VariablesTree(Tree[_NodeData]):
     """Locals of the selected frame and variables of the watched module, expanded on demand.
 
@@ -142,6 +146,13 @@ class VariablesTree(Tree[_NodeData]):
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__("variables", data=_NodeData((), None), name=name, id=id, classes=classes)
+        # Tree keys its rendered lines by the nodes' ids, and values that change get new nodes:
+        # the lines of those that went are never asked for again. A few screens' worth, not
+        # Tree's 1,024 (it still grows the cache to the widget's height on a resize).
+        from textual.cache import LRUCache
+
+        if isinstance(getattr(self, "_line_cache", None), LRUCache):
+            self._line_cache = LRUCache(LINE_CACHE)
         self.show_root = False
         self.guide_depth = 3
         self._scopes: dict[str, TreeNode[_NodeData]] = {}

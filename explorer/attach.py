@@ -243,10 +243,8 @@ async def attach(
             raise
         cleanup.append(script_dir.cleanup)
         not_after = time.time() + max(0.0, deadline - time.monotonic()) + STAGED_GRACE
-        switch_us = switch.target_interval(work.process) if FAST_START else None
+        switch_us = work.shorten_switch(cleanup)
         staged = await work.run(_stage, pid, rate, tuple(modules), limits, code, script_dir, not_after, switch_us)
-        if switch.shorten(work.process, switch_us):
-            cleanup.append(functools.partial(switch.give_back, work.process, switch_us))  # the agent gives it back once it runs
         spread = thread in ("any", "auto")
         picked = await _inject(
             staged, candidates, deadline, report, spread=spread, holder_first=spread, work=work, blocked_fix=blocked_fix
@@ -261,10 +259,7 @@ async def attach(
         if code is not None and await asyncio.to_thread(_code_rejected, staged):
             code_used = "rejected"
         cleanup.clear()  # attached: the session owns the directory and the socket from here on
-        booster = None
-        if switch_us is not None and switch_us > switch.SHORT_US:
-            booster = switch.Booster(work.process, switch_us)
-            work.keep_process = True  # the session's now (closed by its booster)
+        booster = work.booster(switch_us)
     finally:
         # Cancelled (Esc, another thread chosen, the app exiting) or failed: a worker thread may
         # still wait for a pickup; it withdraws the request before the directory goes and the
@@ -409,6 +404,24 @@ class _AttachWork:
                 discard(result)
             if last:
                 self._finish()
+
+    def shorten_switch(self, cleanup: list[Callable[[], None]]) -> int | None:
+        """The target's switch interval (None: not to be touched, or FAST_START off), shortened
+        from outside for the pickup if a thread holds the GIL (explorer.switch); ``cleanup`` then
+        gives it back should the attach fail (the agent gives it back once it runs)."""
+        switch_us = switch.target_interval(self.process) if FAST_START else None
+        if switch.shorten(self.process, switch_us):
+            assert switch_us is not None
+            cleanup.append(functools.partial(switch.give_back, self.process, switch_us))
+        return switch_us
+
+    def booster(self, switch_us: int | None) -> switch.Booster | None:
+        """Once attached: the session's handle on the interval for its requests, which takes the
+        process over (its ``close`` closes it), or None when the interval is not to be touched."""
+        if switch_us is None or switch_us <= switch.SHORT_US:
+            return None
+        self.keep_process = True
+        return switch.Booster(self.process, switch_us)
 
     def stop(self, *cleanup: Callable[[], None]) -> None:
         """Stop the worker threads; run ``cleanup``, then close the process, once none runs any more."""

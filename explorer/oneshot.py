@@ -14,13 +14,11 @@ relayed by explorer.hosts.
 
 from __future__ import annotations
 
-import functools
 import socket
 import sys
 import threading
 import time
 
-from explorer import attach as _attach
 from explorer import session as _session
 from explorer import switch, wire
 from explorer.attach import (
@@ -169,10 +167,8 @@ def attach(
         ready.wait(min(AGENT_CODE_WAIT, max(0.0, deadline - time.monotonic()) / 2))  # not a join: see _in_worker
         code = compiled[0] if compiled else None
         not_after = time.time() + max(0.0, deadline - time.monotonic()) + STAGED_GRACE
-        switch_us = switch.target_interval(work.process) if _attach.FAST_START else None
+        switch_us = work.shorten_switch(cleanup)
         staged = _stage(pid, rate, tuple(modules), limits, code, script_dir, not_after, switch_us)
-        if switch.shorten(work.process, switch_us):
-            cleanup.append(functools.partial(switch.give_back, work.process, switch_us))  # the agent gives it back once it runs
         spread = thread in ("any", "auto")
         injected_at = time.monotonic()
 
@@ -190,10 +186,7 @@ def attach(
         if code is not None and _code_rejected(staged):
             code_used = "rejected"
         cleanup.clear()  # attached: the session owns the directory and the socket from here on
-        booster = None
-        if switch_us is not None and switch_us > switch.SHORT_US:
-            booster = switch.Booster(work.process, switch_us)
-            work.keep_process = True  # the session's now (closed by its booster)
+        booster = work.booster(switch_us)
     finally:
         work.stop(*cleanup)
     client = OneShotSession(pid, hello, sock, decoder, staged.script_dir, picked)

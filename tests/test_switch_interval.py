@@ -48,6 +48,14 @@ def _interval(pid: int) -> int | None:
         process.close()
 
 
+def _back_to_its_own(pid: int, timeout: float = 10.0) -> None:
+    """Wait until the target's interval is its own 4 ms again (the agent gives it back at its loop's next turn)."""
+    deadline = time.monotonic() + timeout
+    while _interval(pid) != 4000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _interval(pid) == 4000
+
+
 def test_the_interval_is_read_where_sys_setswitchinterval_keeps_it(spawn):
     target = spawn(BUSY)
     target.wait_for_line("ready")
@@ -63,10 +71,7 @@ async def test_the_agent_gives_the_target_its_own_interval_back(spawn):
         session = await attach(target.pid, rate=2, timeout=30)
         try:
             await session.next_frame(timeout=30)
-            deadline = time.monotonic() + 10
-            while _interval(target.pid) != 4000 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            assert _interval(target.pid) == 4000
+            await asyncio.to_thread(_back_to_its_own, target.pid)
         finally:
             await session.detach()
         assert _interval(target.pid) == 4000
@@ -80,10 +85,7 @@ def test_the_one_shot_client_gives_it_back_too(spawn):
         session.sample()
     finally:
         session.detach()
-    deadline = time.monotonic() + 10
-    while _interval(target.pid) != 4000 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _interval(target.pid) == 4000
+    _back_to_its_own(target.pid)
 
 
 async def test_an_attach_that_fails_gives_the_interval_back(spawn):
@@ -135,10 +137,7 @@ async def test_requests_to_a_busy_target_go_with_the_interval_shortened_and_it_c
             result = await session.eval("1 + 1")
             assert result.value.repr == "2"
         assert session.switch.shortened > 0
-        deadline = time.monotonic() + 10
-        while _interval(target.pid) != 4000 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert _interval(target.pid) == 4000
+        await asyncio.to_thread(_back_to_its_own, target.pid)
     finally:
         await session.detach()
     assert _interval(target.pid) == 4000
@@ -152,10 +151,7 @@ def test_the_one_shot_client_shortens_it_for_its_requests_too(spawn):
         for _ in range(10):
             session.sample()
         assert session.switch is not None and session.switch.shortened > 0
-        deadline = time.monotonic() + 10
-        while _interval(target.pid) != 4000 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _interval(target.pid) == 4000
+        _back_to_its_own(target.pid)
     finally:
         session.detach()
     assert _interval(target.pid) == 4000

@@ -59,16 +59,17 @@ def target_interval(process: RemoteProcess) -> int | None:
     return value if 0 < value <= _LONGEST_US else None
 
 
-def shorten(process: RemoteProcess, expected_us: int | None) -> bool:
+def shorten(process: RemoteProcess, expected_us: int | None, address: int | None = None) -> bool:
     """Write SHORT_US over the target's interval if it still is ``expected_us`` (read by
-    ``target_interval``) and some thread holds the GIL (others then wait for it); whether it did."""
+    ``target_interval``) and some thread holds the GIL (others then wait for it); whether it did.
+    ``address``: the interval's, when the caller keeps it (``_address``)."""
     if expected_us is None or expected_us <= SHORT_US:
         return False
     try:
-        address = _address(process)
+        address = _address(process) if address is None else address
         if address is None or process.memory.read_u64(address) != expected_us:
             return False
-        if not process.gil_holder(process.main_interpreter()):
+        if not process.memory.read_i32(address + 16):  # _gil.locked, two fields on
             return False  # nobody holds it: a thread that wants it takes it at once
         process.memory.write(address, _U64.pack(SHORT_US))
     except (OSError, ValueError, PeriscopeError):
@@ -76,11 +77,11 @@ def shorten(process: RemoteProcess, expected_us: int | None) -> bool:
     return True
 
 
-def give_back(process: RemoteProcess, before_us: int) -> None:
+def give_back(process: RemoteProcess, before_us: int, address: int | None = None) -> None:
     """Write ``before_us`` back if the interval still is ours (the agent or the target did not
     set one since); never raises (a target that is gone has nothing to give back)."""
     try:
-        address = _address(process)
+        address = _address(process) if address is None else address
         if address is not None and process.memory.read_u64(address) == SHORT_US:
             process.memory.write(address, _U64.pack(before_us))
     except (OSError, ValueError, PeriscopeError):
@@ -96,12 +97,16 @@ class Booster:
     def __init__(self, process: RemoteProcess, target_us: int) -> None:
         self.process: RemoteProcess | None = process
         self.target_us = target_us
+        try:
+            self.address = _address(process)  # the main interpreter's, for the process's life
+        except (OSError, ValueError, PeriscopeError):
+            self.address = None
         self.shortened = 0
         """Requests that went with the interval shortened."""
 
     def before_request(self) -> float | None:
         """Shorten the interval if the target is busy; the target's own (seconds) for the request, or None."""
-        if self.process is None or not shorten(self.process, self.target_us):
+        if self.process is None or self.address is None or not shorten(self.process, self.target_us, self.address):
             return None
         self.shortened += 1
         return self.target_us / 1e6
@@ -112,6 +117,7 @@ class Booster:
         process, self.process = self.process, None
         if process is not None:
             try:
-                give_back(process, self.target_us)
+                if self.address is not None:
+                    give_back(process, self.target_us, self.address)
             finally:
                 process.close()

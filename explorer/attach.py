@@ -147,6 +147,8 @@ def _stage(
             "fast_start": FAST_START,
             "not_after": time.time() + STAGED_LIFETIME if not_after is None else not_after,
         }
+        if FAST_START:
+            config["start_interval"] = switch.ATTACH_US / 1e6  # what periscope writes, and the agent sets, until the first frame
         if switch_us is not None:
             config["switch_interval"] = switch_us / 1e6
         # The blobs first: the script that names them is the last thing the target could pick up.
@@ -410,9 +412,9 @@ class _AttachWork:
         from outside for the pickup if a thread holds the GIL (explorer.switch); ``cleanup`` then
         gives it back should the attach fail (the agent gives it back once it runs)."""
         switch_us = switch.target_interval(self.process) if FAST_START else None
-        if switch.shorten(self.process, switch_us):
+        if switch.shorten(self.process, switch_us, short_us=switch.ATTACH_US):
             assert switch_us is not None
-            cleanup.append(functools.partial(switch.give_back, self.process, switch_us))
+            cleanup.append(functools.partial(switch.give_back, self.process, switch_us, short_us=switch.ATTACH_US))
         return switch_us
 
     def booster(self, switch_us: int | None) -> switch.Booster | None:

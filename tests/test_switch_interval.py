@@ -93,8 +93,22 @@ async def test_an_attach_that_fails_gives_the_interval_back(spawn):
     GIL), no thread ever runs Python, the attach times out, and periscope writes 4 ms back."""
     target = spawn(HELD_IN_C)
     target.wait_for_line("ready")
-    with pytest.raises(InjectionTimeout):
-        await attach(target.pid, rate=2, timeout=1.5)
+    seen: set[int | None] = set()
+    watching = True
+
+    def watch() -> None:
+        while watching:
+            seen.add(_interval(target.pid))
+            time.sleep(0.01)
+
+    watcher = asyncio.create_task(asyncio.to_thread(watch))
+    try:
+        with pytest.raises(InjectionTimeout):
+            await attach(target.pid, rate=2, timeout=1.5)
+    finally:
+        watching = False
+        await watcher
+    assert seen == {4000, switch.ATTACH_US}  # the attach's own short interval while it waited, then 4 ms again
     assert _interval(target.pid) == 4000
     with pytest.raises(InjectionTimeout):
         oneshot.attach(target.pid, rate=0, timeout=1.5)

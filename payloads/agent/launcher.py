@@ -44,14 +44,15 @@ def _periscope_bootstrap(config, source, code, offered):
                 except OSError:
                     pass
             outside = config.get("switch_interval")
-            if outside is not None and abs(sys.getswitchinterval() - 0.0005) < 1e-9:
+            if outside is not None and abs(sys.getswitchinterval() - config.get("start_interval", 0.0005)) < 1e-9:
                 sys.setswitchinterval(outside)
             return
         existing = sys.modules.get(name)
         # periscope shortened the switch interval from outside while it waited for this pickup
         # (explorer/switch.py): ``switch_interval`` is the target's own, to give back as ours.
         outside = config.get("switch_interval")
-        if outside is not None and abs(sys.getswitchinterval() - 0.0005) < 1e-9:
+        short = config.get("start_interval", 0.0005)  # what periscope wrote, and what the agent sets
+        if outside is not None and abs(sys.getswitchinterval() - short) < 1e-9:
             if config.get("fast_start") and existing is None:
                 config["restore_switch_interval"] = [outside, sys.getswitchinterval()]
             else:
@@ -62,8 +63,8 @@ def _periscope_bootstrap(config, source, code, offered):
             # frame is out makes attach several times faster; the agent puts it back. (First
             # thing: the unlink below already hands the GIL over.)
             before = sys.getswitchinterval()
-            if before > 0.0005:
-                sys.setswitchinterval(0.0005)
+            if before > short:
+                sys.setswitchinterval(short)
                 config["restore_switch_interval"] = [before, sys.getswitchinterval()]
         for path in (config["script_path"], config.get("code_path"), None if code is None else config.get("source_path")):
             try:

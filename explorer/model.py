@@ -341,33 +341,35 @@ def value_json(value: Value) -> dict[str, str]:
     return {"type": value.type_name, "repr": value.repr}
 
 
-def frame_json(pid: int, hello: Hello, frame: Frame) -> dict[str, Any]:
-    """The JSON document of ``periscope snapshot --json`` (one line per frame in ``periscope watch``)."""
+def thread_json(thread: ThreadInfo) -> dict[str, Any]:
+    """One thread of ``frame_json``."""
+    return {
+        "native_id": thread.native_id,
+        "thread_id": thread.thread_id,
+        "name": thread.name,
+        "daemon": thread.daemon,
+        "stack_omitted": thread.stack_omitted,
+        "frames": [
+            {
+                "filename": stack_frame.filename,
+                "function": stack_frame.qualname or stack_frame.function,
+                "lineno": stack_frame.lineno,
+                "locals": {v.name: value_json(v.value) for v in stack_frame.locals or ()},
+            }
+            for stack_frame in thread.frames
+        ],
+    }
+
+
+def frame_json(pid: int, hello: Hello, frame: Frame, threads: bool = True) -> dict[str, Any]:
+    """The JSON document of ``periscope snapshot --json`` (one line per frame in ``periscope
+    watch``); without ``threads``, its ``threads`` list is left empty (see watch's FrameLines)."""
     return {
         "pid": pid,
         "python": ".".join(str(part) for part in hello.version[:3]) or hello.python.split()[0],
         "seq": frame.seq,
         "time": frame.time,
-        "threads": [
-            {
-                "native_id": thread.native_id,
-                "thread_id": thread.thread_id,
-                "name": thread.name,
-                "daemon": thread.daemon,
-                "stack_omitted": thread.stack_omitted,
-                "frames": [
-                    {
-                        "filename": stack_frame.filename,
-                        "function": stack_frame.qualname or stack_frame.function,
-                        "lineno": stack_frame.lineno,
-                        "locals": {v.name: value_json(v.value) for v in stack_frame.locals or ()},
-                    }
-                    for stack_frame in thread.frames
-                ],
-            }
-            for thread in frame.threads
-            if not thread.is_agent
-        ],
+        "threads": [thread_json(thread) for thread in frame.threads if not thread.is_agent] if threads else [],
         "modules": {module.name: {v.name: value_json(v.value) for v in module.variables} for module in frame.modules},
         "truncated": frame.truncated,
         "paused": frame.paused,

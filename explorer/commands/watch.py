@@ -57,11 +57,36 @@ def _attach_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _print_frame(args: argparse.Namespace, hello: Any, frame: Any, count: int) -> bool:
-    """Print the ``count``-th frame as a JSON line; whether that was the last one asked for."""
-    from explorer.model import frame_json
+class FrameLines:
+    """Frames as JSON lines, ``json.dumps(frame_json(...))`` to the byte, with each thread's text
+    made once while it is the same model object (a thread that did not change is the same
+    object from frame to frame: explorer.wire), so the cost follows the change."""
 
-    sys.stdout.write(json.dumps(frame_json(args.pid, hello, frame)) + "\n")
+    def __init__(self) -> None:
+        self.threads: dict[int, tuple[Any, str]] = {}  # id(thread) -> (thread, its JSON text)
+
+    def line(self, pid: int, hello: Any, frame: Any) -> str:
+        from explorer.model import frame_json, thread_json
+
+        texts = []
+        kept = {}
+        for thread in frame.threads:
+            if thread.is_agent:
+                continue
+            known = self.threads.get(id(thread))
+            text = known[1] if known is not None and known[0] is thread else json.dumps(thread_json(thread))
+            kept[id(thread)] = (thread, text)
+            texts.append(text)
+        self.threads = kept
+        # Before "threads" come only the pid, the version, seq and time, and a quote inside a
+        # JSON string is escaped: the first '"threads": []' is the key's.
+        head = json.dumps(frame_json(pid, hello, frame, threads=False))
+        return head.replace('"threads": []', '"threads": [' + ", ".join(texts) + "]", 1)
+
+
+def _print_frame(args: argparse.Namespace, hello: Any, frame: Any, count: int, lines: FrameLines) -> bool:
+    """Print the ``count``-th frame as a JSON line; whether that was the last one asked for."""
+    sys.stdout.write(lines.line(args.pid, hello, frame) + "\n")
     sys.stdout.flush()
     return args.count is not None and count >= args.count
 
@@ -72,10 +97,11 @@ def _watch_here(args: argparse.Namespace) -> int:
 
     session = attach(args.pid, **_attach_options(args))
     count = 0
+    lines = FrameLines()
     try:
         for frame in session.frames():
             count += 1
-            if _print_frame(args, session.hello, frame, count):
+            if _print_frame(args, session.hello, frame, count, lines):
                 break
     finally:
         session.detach()
@@ -90,10 +116,11 @@ async def _watch(args: argparse.Namespace) -> int:
 
     session = await attach(args.pid, **_attach_options(args))
     count = 0
+    lines = FrameLines()
     try:
         async for frame in session.frames():
             count += 1
-            if _print_frame(args, session.hello, frame, count):
+            if _print_frame(args, session.hello, frame, count, lines):
                 break
     finally:
         await session.detach()

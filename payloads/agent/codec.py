@@ -31,22 +31,39 @@ class NeedMore(Exception):
     """The buffer ends in the middle of a message; feed more bytes."""
 
 
+_SHORT = {}
+"""Encodings of short strings, by the string: keys, names and file names come back in every
+frame. Bounded (``_SHORT_MOST``), emptied when full."""
+_SHORT_MOST = 8192
+
+
 def _encode_into(obj, out, depth):
     t = type(obj)
     if t is str:
+        known = _SHORT.get(obj)
+        if known is not None:
+            out += known
+            return
         data = obj.encode("utf-8", "backslashreplace")
         n = len(data)
         if n < 32:
-            out.append(0xA0 | n)
+            head = _B.pack(0xA0 | n)
         elif n < 0x100:
-            out += b"\xd9" + _B.pack(n)
+            head = b"\xd9" + _B.pack(n)
         elif n < 0x10000:
-            out += b"\xda" + _H.pack(n)
+            head = b"\xda" + _H.pack(n)
         elif n < 0x100000000:
-            out += b"\xdb" + _I.pack(n)
+            head = b"\xdb" + _I.pack(n)
         else:
             raise EncodeError("str too long")
-        out += data
+        if n <= 120:
+            if len(_SHORT) >= _SHORT_MOST:
+                _SHORT.clear()
+            _SHORT[obj] = known = head + data
+            out += known
+        else:
+            out += head
+            out += data
     elif t is int:
         if 0 <= obj < 0x80:
             out.append(obj)

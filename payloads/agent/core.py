@@ -45,6 +45,8 @@ class Agent(Connection, FrameBuilder, Evaluator, Watchdog):
         self.zombies = []
         self.worker = None
         self.refs = RefTable(self.limits["refs"])
+        self.kept_previews = None  # (limits shape, the last frame's pure previews): see Previews
+        self.kept_frames = None  # (limits shape, fid -> a frame's locals as the last frame had them): see _build_frame
         self.seq = 0
         self.cpu_total = 0.0
         self.last_encode_ms = 0.0
@@ -257,6 +259,7 @@ class Agent(Connection, FrameBuilder, Evaluator, Watchdog):
         self.evals.clear()
         self.captures.clear()
         self.refs.clear()
+        self.kept_previews = self.kept_frames = None
         self._release_names()
         self.module_names.clear()
         self.frame_names.clear()
@@ -313,6 +316,7 @@ class Agent(Connection, FrameBuilder, Evaluator, Watchdog):
         except OSError:
             pass
         self.refs.clear()
+        self.kept_previews = self.kept_frames = None
         self._release_names()
         self.module_names.clear()
         self.frame_names.clear()

@@ -180,7 +180,11 @@ class FrameBuilder:
         started = time.perf_counter()
         focus = None if all_threads else self.focus
         limits = self.limits
-        previews = self._previews(worker)
+        shape = (limits["repr_chars"], limits["items"], limits["depth"])
+        kept = self.kept_previews
+        previews = Previews(
+            self, worker, limits, self.refs, time.thread_time() + limits["frame_budget"], kept[1] if kept is not None and kept[0] == shape else {}
+        )
         budget = limits["frame_bytes"]
         truncated = False
         by_ident = self._thread_objects()
@@ -309,21 +313,39 @@ class FrameBuilder:
                 # The frame periscope looks at gets its locals first, should the size bound cut them.
                 stack = [stack[self.focus_frame]] + stack[: self.focus_frame] + stack[self.focus_frame + 1 :]
             entries.extend(stack)
+        # A frame's locals whose names and values are the very objects of the last frame, each
+        # with a preview kept across frames (Previews: made of numbers, strings and builtin
+        # containers that still show the same objects), are the last frame's list as it was.
+        kept_frames = self.kept_frames[1] if self.kept_frames is not None and self.kept_frames[0] == shape else {}
+        frames_now = {}
         for entry in entries:
             frame = entry.pop("_frame")
             if previews.bytes > budget:
                 truncated = True
                 continue
             try:
-                items, total = self._frame_locals(worker, frame)
+                items, total, plain = self._frame_locals(worker, frame)
             except Abandoned:
                 raise
             except BaseException as error:
                 self.note_error("f_locals", error)
                 continue
             entry["nlocals"] = total
+            fid = entry["fid"]
+            if plain:
+                known = kept_frames.get(fid)
+                if known is not None and previews.same_locals(known, frame.f_code, items, total):
+                    entry["locals"] = known[3]
+                    frames_now[fid] = known
+                    continue
             entry["locals"], cut = previews.named(items, budget)
             truncated = truncated or cut
+            if plain and not cut:
+                known = previews.frame_memo(frame.f_code, items, total, entry["locals"])
+                if known is not None:
+                    frames_now[fid] = known
+        self.kept_previews = (shape, previews.pure)
+        self.kept_frames = (shape, frames_now)
         return {
             "t": "frame",
             "seq": 0,
@@ -338,16 +360,16 @@ class FrameBuilder:
         }
 
     def _frame_locals(self, worker, frame):
-        """A page of a stack frame's locals and their number. A dict or the interpreter's own
-        proxy is read in C; any other mapping (a frame under ``exec(code, g, mapping)``) is the
+        """A page of a stack frame's locals, their number, and whether they were read in C. A dict
+        or the interpreter's own proxy is read in C; any other mapping (a frame under ``exec(code, g, mapping)``) is the
         target's code and runs as a watched call, or not at all while values are paused."""
         names = frame.f_locals
         limit = self.limits["locals"]
         cls = type(names)
         if cls is dict:
-            return _islice(_dict_items(names), 0, limit), _dict_len(names)
+            return _islice(_dict_items(names), 0, limit), _dict_len(names), True
         if cls is _frame_locals_proxy:
-            return _islice(cls.items(names), 0, limit), cls.__len__(names)
+            return _islice(cls.items(names), 0, limit), cls.__len__(names), True
         if self.values_paused or cls in self.hung_types:
-            return [], 0
-        return worker.call(cls, _mapping_page, names, limit)
+            return [], 0, False
+        return (*worker.call(cls, _mapping_page, names, limit), False)

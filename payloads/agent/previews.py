@@ -2,7 +2,7 @@
 the refs they hand out (RefTable), and the last frame sent, to send the next one as a delta on it
 (Baseline)."""
 
-from .base import time  # agent-part
+from .base import _chain, _is, time  # agent-part
 from .codec import Encoded, encode  # agent-part
 from .reads import _NoneType, _dict_items, _dict_len, _error_text, _islice, _member_type, _module_type, _type_dict, _type_mro, field, instance_dict, type_name  # agent-part
 from .watchdog import Abandoned, PAUSED  # agent-part
@@ -213,7 +213,7 @@ class Baseline:
 class Previews:
     """Bounded previews of target objects; runs in a watched worker thread (user code may run)."""
 
-    def __init__(self, agent, worker, limits, refs, cpu_deadline):
+    def __init__(self, agent, worker, limits, refs, cpu_deadline, kept=None):
         self.agent = agent
         self.worker = worker
         self.limits = limits
@@ -227,6 +227,17 @@ class Previews:
         # ``self`` in three frames of its thread) is formatted, and its __repr__ run, once. The
         # job holds the objects it saw until it ends, so an id is not reused meanwhile.
         self.seen = {}  # id -> (object, preview, its estimated size)
+        # Across frames (``kept``, the last frame's ``pure``): a preview made of nothing but
+        # numbers, strings, bytes and the builtin containers is a function of the objects in its
+        # window (a container's length and the first ``items`` entries, to ``depth``), so while
+        # those are the same objects, checked by identity with C-level reads, it is the same
+        # preview. Anything else in it (a repr of the target's, a class, a function, a module, a
+        # bytearray) is made again every frame. Each frame's previews hold their objects until
+        # the next frame's are made, as the refs do.
+        self.kept = kept  # id -> (object, preview, size, checks), or None: no memo across frames
+        self.pure = None if kept is None else {}  # this job's, for the next frame
+        self._checks = None  # (container, its length, the window shown or None) of the preview being made
+        self._pure = False
 
     def preview(self, obj, pin=False, repr_chars=None):
         """``{"type", "repr", "ref"?, "len"?, "cut"?, "fail"?}`` for one object.
@@ -237,14 +248,26 @@ class Previews:
         """
         memo = not pin and repr_chars is None
         if memo:
-            known = self.seen.get(id(obj))
+            key = id(obj)
+            known = self.seen.get(key)
             if known is not None and known[0] is obj:
                 self.bytes += known[2]
                 return known[1]
+            if self.kept is not None:
+                known = self.kept.get(key)
+                if known is not None and known[0] is obj and self._same_window(known[3]):
+                    result = known[1]
+                    if "ref" not in result or self.refs.ref(obj) == result["ref"]:
+                        self.bytes += known[2]
+                        self.seen[key] = known
+                        self.pure[key] = known
+                        return result
         cls = type(obj)
         limit = repr_chars or self.repr_chars
         self._cut = False
         self._fail = False
+        self._pure = True
+        self._checks = [] if memo and self.pure is not None else None
         try:
             text = self._fmt(obj, 0, limit, ())
         except Abandoned:
@@ -270,8 +293,62 @@ class Previews:
         size = len(text) + len(result["type"]) + 24
         self.bytes += size
         if memo:
-            self.seen[id(obj)] = (obj, result, size)
+            self.seen[key] = (obj, result, size)
+            checks, self._checks = self._checks, None
+            if checks is not None and self._pure and not self._fail:
+                self.pure[key] = (obj, result, size, checks)
         return result
+
+    def same_locals(self, known, code, items, total):
+        """Whether a frame's locals (``items``, ``total`` of them, read in C) are those of
+        ``known`` (``frame_memo``, for the same frame id in the last frame): the same code, names
+        and values by identity, every preview's window still the same objects and its ref still
+        held. If so, they count as if made again."""
+        if known[0] is not code or known[2] != total or len(items) != len(known[1]):
+            return False
+        if not all(map(_is, _chain(items), _chain(known[1]))) or not self._same_window(known[4]):
+            return False
+        refs = self.refs
+        for obj, ref in known[5]:
+            if refs.ref(obj) != ref:
+                return False
+        self.bytes += known[6]
+        return True
+
+    def frame_memo(self, code, items, total, named):
+        """What ``same_locals`` checks the next frame's locals against, or None when one of them
+        has no preview kept across frames (a repr of the target's, a class...)."""
+        pure = self.pure
+        checks = []
+        refs = []
+        spent = 0
+        for name, value in items:
+            kept = pure.get(id(value))
+            if kept is None or kept[0] is not value:
+                return None
+            checks += kept[3]
+            if "ref" in kept[1]:
+                refs.append((value, kept[1]["ref"]))
+            spent += len(name) + 8 + kept[2]
+        return (code, items, total, named, checks, refs, spent)
+
+    def _same_window(self, checks):
+        """Whether every container a kept preview was made from still has the same length and
+        the same objects in the window it showed (C-level reads and identity only)."""
+        items = self.items
+        for container, size, window in checks:
+            if len(container) != size:  # an exact builtin container: its own C length
+                return False
+            if window is not None:
+                if type(container) is dict:
+                    now = _islice(_dict_items(container), 0, items)
+                    if len(now) != len(window) or not all(map(_is, _chain(now), _chain(window))):
+                        return False
+                else:
+                    now = _islice(container, 0, items)
+                    if len(now) != len(window) or not all(map(_is, now, window)):
+                        return False
+        return True
 
     def result_preview(self, obj, repr_chars):
         """The preview of an eval's result: every item up to ``repr_chars`` characters (not just
@@ -309,12 +386,15 @@ class Previews:
                 self._cut = True
                 return "<int with %d bits>" % obj.bit_length()
         if cls is str or cls is bytes or cls is bytearray:
+            if cls is bytearray:
+                self._pure = False  # changes in place
             if len(obj) > budget:
                 self._cut = True
                 return repr(obj[: budget + 1])
             return repr(obj)
         if cls in _CONTAINERS:
             return self._fmt_container(obj, cls, depth, budget, path)
+        self._pure = False  # a class, a function, a module or the target's own repr: made anew each frame
         if cls is type:
             return "<class '%s'>" % type_name(obj)
         if cls is _module_type:
@@ -338,10 +418,15 @@ class Previews:
         if key in path:
             return open_ + "..." + close  # a container that contains itself, as Python shows it
         size = len(obj)
+        checks = self._checks
         if size == 0:
+            if checks is not None:
+                checks.append((obj, 0, None))
             return {set: "set()", frozenset: "frozenset()"}.get(cls, open_ + close)
         if depth >= self.depth:
             self._cut = True
+            if checks is not None:
+                checks.append((obj, size, None))
             return open_ + "..." + close
         path = path + (key,)
         try:
@@ -352,7 +437,10 @@ class Previews:
                 entries = _islice(obj, 0, self.items)
         except RuntimeError:  # changed size during iteration (cannot happen with the GIL held)
             self._cut = True
+            self._pure = False
             return open_ + "..." + close
+        if checks is not None:
+            checks.append((obj, size, entries))
         parts = []
         used = len(open_)
         for entry in entries:

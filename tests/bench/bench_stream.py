@@ -17,7 +17,11 @@ in the same run:
   (goals: <= 3%; the agent <= 0.5%); then its RSS every 10 s for ``PERISCOPE_BENCH_RSS_MINUTES``
   (default 10; goal: flat within 5 MiB);
 * ``snapshot`` and ``eval '1'`` whole commands on an idle 1-thread target, next to
-  ``python -c pass`` of the same interpreter (goal: <= 3x).
+  ``python -c pass`` of the same interpreter (goal: <= 3x); ``snapshot`` on 100 threads x 20
+  frames and on 100 threads x 4 frames, next to ``py-spy dump --locals`` (goal: <= 0.5x).
+
+``watch`` is measured on both 100-thread targets too: the one whose counters move every frame,
+and 100 threads x 20 frames asleep (where nothing changes, and the cost should follow that).
 """
 
 from __future__ import annotations
@@ -200,8 +204,8 @@ def _cpu(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def _watch_cpu() -> None:
-    target = targets.spawn(HUNDRED)
+def _watch_cpu(source: str = HUNDRED, label: str = "100 threads") -> None:
+    target = targets.spawn(source)
     try:
         target.wait_for_line("ready", timeout=60)
         watch = subprocess.Popen(
@@ -220,7 +224,7 @@ def _watch_cpu() -> None:
         finally:
             watch.terminate()
             watch.wait(10)
-        print(f"  watch --interval 0.1, 100 threads, over {elapsed:.0f} s: periscope {100 * used / elapsed:.1f}% of a core "
+        print(f"  watch --interval 0.1, {label}, over {elapsed:.0f} s: periscope {100 * used / elapsed:.1f}% of a core "
               f"(goal <= 8%), the target {100 * target_used / elapsed:.1f}% (goal <= 3%)")
     finally:
         target.stop()
@@ -307,6 +311,37 @@ def _commands() -> None:
         target.stop()
 
 
+def _snapshot_hundred() -> None:
+    """``periscope snapshot`` on the two 100-thread targets against ``py-spy dump --locals``
+    (goal: <= 0.5x), with ``periscope stack --locals`` (read from outside) beside them."""
+    spy = shutil.which("py-spy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    periscope = str(Path(sys.executable).with_name("periscope"))
+    for source, label in ((WIDE, "100 threads x 20 frames, asleep (the issue's shape)"), (HUNDRED, "100 threads x 4 frames, counting")):
+        target = targets.spawn(source)
+        try:
+            target.wait_for_line("ready", timeout=60)
+            pid = str(target.pid)
+            runs = {
+                "py-spy dump --locals": [spy, "dump", "--locals", "--pid", pid] if spy else None,
+                "periscope snapshot": [periscope, "snapshot", pid],
+                "periscope stack --locals": [periscope, "stack", "--locals", pid],
+            }
+            print(f"  {label}:")
+            results = {}
+            for name, argv in runs.items():
+                if argv is None:
+                    print(f"    {name:<26} not installed (pip install '.[bench]')")
+                    continue
+                results[name] = time_command(argv, 10)
+                print(f"    {name:<26} {describe(results[name])}")
+            if "py-spy dump --locals" in results:
+                peer = statistics.median(results["py-spy dump --locals"])
+                for name in ("periscope snapshot", "periscope stack --locals"):
+                    print(f"      {name}: {statistics.median(results[name]) / peer:.2f}x py-spy dump --locals" + (" (goal <= 0.5x)" if name == "periscope snapshot" else ""))
+        finally:
+            target.stop()
+
+
 async def _async_parts() -> None:
     print("\nDecode:")
     await _decode()
@@ -323,10 +358,13 @@ def main() -> None:
         asyncio.run(_async_parts())
         print("\nwatch:")
         _watch_cpu()
+        _watch_cpu(WIDE, "100 threads x 20 frames, asleep")
         print("\nTUI:")
         _tui_cpu()
         print("\nOne-shot commands:")
         _commands()
+        print("\nOne-shot commands, 100-thread targets:")
+        _snapshot_hundred()
     finally:
         targets.stop_all()
 

@@ -204,3 +204,15 @@ def test_wire_arbitrary_plain_data_only_ever_raises_protocol_error(obj):
         _decode_all(obj)
     except ProtocolError:
         pass
+
+
+def test_kept_string_encodings_stay_exact_past_the_bound() -> None:
+    """The agent keeps the encodings of short strings (codec._SHORT, emptied when full): every
+    string, seen once or again, before and after the bound empties it, encodes as msgpack does."""
+    from payloads.agent import codec
+
+    strings = [f"name-{i}" for i in range(codec._SHORT_MOST + 500)] + ["é" * 40, "x" * 120, "y" * 121, "z" * 70000, ""]
+    for _ in range(2):
+        for text in strings:
+            assert agent.encode({text: [text]}) == msgpack.packb({text: [text]}, use_bin_type=True)
+    assert len(codec._SHORT) <= codec._SHORT_MOST

@@ -150,6 +150,37 @@ class Encoded:
         self.data = data
 
 
+def encode_around(mapping, key, items, known=None):
+    """``(the encoding of mapping with items (a list of Encoded) in place of mapping[key], what
+    to pass as known next time)``. ``known`` is that second value from the last call for a
+    mapping like this one: while the rest of the mapping is equal, the bytes around ``key`` are
+    not encoded again."""
+    rest = dict(mapping)
+    del rest[key]
+    if known is None or known[0] != rest:
+        before = bytearray()
+        after = bytearray()
+        side = before
+        n = len(mapping)
+        if n < 16:
+            before.append(0x80 | n)
+        elif n < 0x10000:
+            before += b"\xde" + _H.pack(n)
+        else:
+            before += b"\xdf" + _I.pack(n)
+        for name, value in mapping.items():
+            if name == key:
+                _encode_into(name, before, 1)
+                side = after
+                continue
+            _encode_into(name, side, 1)
+            _encode_into(value, side, 1)
+        known = (rest, bytes(before), bytes(after))
+    n = len(items)
+    head = _B.pack(0x90 | n) if n < 16 else (b"\xdc" + _H.pack(n) if n < 0x10000 else b"\xdd" + _I.pack(n))
+    return b"".join([known[1], head, *[item.data for item in items], known[2]]), known
+
+
 def encode(obj):
     """Encode one message (plain data only) as msgpack bytes."""
     out = bytearray()

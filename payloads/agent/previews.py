@@ -3,7 +3,7 @@ the refs they hand out (RefTable), and the last frame sent, to send the next one
 (Baseline)."""
 
 from .base import _chain, _is, time  # agent-part
-from .codec import Encoded, encode  # agent-part
+from .codec import Encoded, encode, encode_around  # agent-part
 from .reads import _NoneType, _dict_items, _dict_len, _error_text, _islice, _member_type, _module_type, _type_dict, _type_mro, field, instance_dict, type_name  # agent-part
 from .watchdog import Abandoned, PAUSED  # agent-part
 
@@ -119,7 +119,7 @@ def _encode_stack_entry(item, known):
     names = item["locals"]
     encodings = {}
     if not names:
-        return item, Encoded(encode(item)), encodings
+        return item, Encoded(encode(item)), encodings, None
     before = {} if known is None else known[2]
     pieces = []
     for pair in names:
@@ -127,7 +127,8 @@ def _encode_stack_entry(item, known):
         data = old[1] if old is not None and old[0] == pair[1] else encode(pair)
         encodings[pair[0]] = (pair[1], data)
         pieces.append(Encoded(data))
-    return item, Encoded(encode({**item, "locals": pieces})), encodings
+    data, around = encode_around(item, "locals", pieces, None if known is None else known[3])
+    return item, Encoded(data), encodings, around
 
 
 class Baseline:
@@ -136,8 +137,8 @@ class Baseline:
 
     def __init__(self):
         self.seq = None  # None: the next frame goes out full
-        self.threads = {}  # ident -> (brief signature or None, encoded entry)
-        self.stack_entries = {}  # a detailed stack entry's fid -> (that entry, its encoding, its locals' encodings)
+        self.threads = {}  # ident -> (brief signature or None, encoded entry, its bytes around the stack or None)
+        self.stack_entries = {}  # a detailed stack entry's fid -> (that entry, its encoding, its locals' encodings, its bytes around them)
         self.order = []
         self.modules = {}  # name -> encoded entry
         self.module_order = []
@@ -166,6 +167,7 @@ class Baseline:
             if sig is not None and old is not None and old[0] == sig:
                 threads[ident] = old
                 continue
+            around = None
             if sig is None and entry["stack"]:
                 pieces = []
                 for item in entry["stack"]:
@@ -176,10 +178,11 @@ class Baseline:
                     if fid is not None:
                         stack_entries[fid] = known
                     pieces.append(known[1])
-                data = encode({**entry, "stack": pieces})
+                known = self.threads.get(ident)  # the bytes around the stack depend on the rest of the entry alone
+                data, around = encode_around(entry, "stack", pieces, None if known is None else known[2])
             else:
                 data = encode(entry)
-            threads[ident] = (sig, data)
+            threads[ident] = (sig, data, around)
             if old is None or old[1] != data:
                 changed.append(Encoded(data))
         old_modules = {} if full else self.modules

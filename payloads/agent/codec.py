@@ -34,7 +34,7 @@ class NeedMore(Exception):
 _SHORT = {}
 """Encodings of short strings, by the string: keys, names and file names come back in every
 frame. Bounded (``_SHORT_MOST``), emptied when full."""
-_SHORT_MOST = 8192
+_SHORT_MOST = 2048
 
 
 def _encode_into(obj, out, depth):

@@ -29,6 +29,7 @@ Facts about the object layout that ``_Py_DebugOffsets`` does not give live in th
 from __future__ import annotations
 
 import struct
+import time
 from collections import namedtuple
 
 from explorer.memory import MemoryFault, PageCache, process_cpu_ns
@@ -51,6 +52,11 @@ ATTEMPTS = 4
 """Reads of one variable before a value that keeps changing is returned as torn."""
 FRAME_ATTEMPTS = 4
 """Reads of a frame's locals, or a module's variables, while threads take the GIL and let it go."""
+RETRY_SECONDS = 0.05
+"""No careful read starts again once the careful reads so far took this long: a read that long,
+on a target that ran Python during each one, will not find it quiet either (100 threads x 20
+frames with locals take some 0.2 s to read, and a thread that wakes every 50 ms made each of the
+four attempts in vain)."""
 MAX_LOCALS = 65_535
 """More localsplus names than this: not a code object (CPython's own limit is far lower)."""
 MAX_ENTRIES = 1 << 26
@@ -427,7 +433,8 @@ class ValueReader:
             for cache, key, known in self._pending:
                 cache[key] = known
             return result
-        for _attempt in range(FRAME_ATTEMPTS):
+        careful_since = time.monotonic()
+        for attempt in range(FRAME_ATTEMPTS):
             before = self._python_state()
             self._start_try(validate=True)
             result = read()
@@ -436,15 +443,16 @@ class ValueReader:
             after = self._last_state = self._python_state()
             if _quiet(before, after):
                 break
-            if after is None or after[0]:
+            # Torn: a thread runs Python now (it may be changing these very objects), or this was
+            # the last attempt, or the attempts so far took too long for another to be quiet.
+            last = attempt == FRAME_ATTEMPTS - 1 or time.monotonic() - careful_since > RETRY_SECONDS
+            if after is None or after[0] or last:
+                if not (after is None or after[0]):
+                    self.retries += 1
                 self.torn += len(self._mutable)
                 result = [_as_torn(item, value_of(item)) if id(value_of(item)) in self._mutable else item for item in result]
-                break  # a thread runs Python now: it may be changing these very objects
+                break
             self.retries += 1
-        else:
-            assert result is not None
-            self.torn += len(self._mutable)
-            result = [_as_torn(item, value_of(item)) if id(value_of(item)) in self._mutable else item for item in result]
         self._validate = True
         self._last_state = None
         return result

@@ -385,6 +385,59 @@ def test_every_threads_locals_read_at_once_are_correct_or_torn(spawn: Spawn, tar
     assert target.proc.poll() is None, "the target died"
 
 
+NEVER_QUIET = """
+import threading, time
+
+def parked(items, table, *more):
+    threading.Event().wait()
+
+def tick():
+    while True:
+        time.sleep(0.0002)  # runs Python some 5,000 times a second, and lets the GIL go at once
+
+items = list(range(8))
+table = {"a": [1, 2], "b": "text"}
+more = [{"n": i, "list": [[j, str(j)] for j in range(10)], "set": set(range(10))} for i in range(30)]  # a read of a few ms
+threading.Thread(target=parked, args=(items, table, *more), name="parked", daemon=True).start()
+threading.Thread(target=tick, daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_careful_reads_stop_once_they_took_too_long_to_find_the_target_quiet(spawn: Spawn, target_python: str, monkeypatch) -> None:
+    """On a target that runs Python between any two readings, each careful read of a frame's
+    containers is in vain: they read torn in the end. The attempts stop at FRAME_ATTEMPTS, or
+    sooner once they took RETRY_SECONDS (a long read will not find the target quiet either)."""
+    from explorer import values
+
+    target = spawn(NEVER_QUIET, python=target_python)
+    target.wait_for_line("ready", timeout=60)
+    with RemoteProcess.open(target.pid) as process:
+        stack = next(s for s in StackReader(process).read() if s.name == "parked")
+        address, code = next((ref for ref, frame in zip(stack.frame_refs, stack.frames) if frame.function == "parked"))
+
+        def reads(budget: float, until: Callable[[int, int], bool]) -> list[tuple[int, int]]:
+            """(retries, values read torn) of each read, until ``until`` says so (at most 300 reads)."""
+            monkeypatch.setattr(values, "RETRY_SECONDS", budget)
+            seen = []
+            for _ in range(300):
+                reader = ValueReader(process)
+                found = reader.frame_locals(address, code)
+                assert found is not None and {local.name for local in found} == {"items", "table", "more"}
+                seen.append((reader.retries, sum(1 for local in found if local.value.torn)))
+                if until(*seen[-1]) and len(seen) >= 30:
+                    break
+            return seen
+
+        unbounded = reads(1e9, lambda retries, torn: retries >= 2)
+        bounded = reads(0.0, lambda retries, torn: torn > 0)
+    assert max(retries for retries, _ in unbounded) >= 2  # careful reads in vain, one after another
+    assert max(retries for retries, _ in bounded) <= 1  # with no time for them: one, then torn
+    assert any(torn for _, torn in bounded)
+    assert target.proc.poll() is None
+
+
 def test_values_of_a_target_in_input(spawn: Spawn, target_python: str) -> None:
     """A thread blocked in input(): its frame's locals are readable from outside."""
     source = textwrap.dedent(

@@ -65,8 +65,9 @@ _struct = _original("_struct")
 _thread = _original("_thread")
 os = _original("posix") if "posix" in sys.builtin_module_names else __import__("os")
 time = _original("time")
-_islice_c = _original("itertools").islice
-_chain = _original("itertools").chain.from_iterable
+_itertools = _original("itertools")
+_islice_c = _itertools.islice
+_chain = _itertools.chain.from_iterable
 _is = _original("_operator").is_
 select = _original("select")
 

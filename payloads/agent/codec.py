@@ -37,6 +37,18 @@ frame. Bounded (``_SHORT_MOST``), emptied when full."""
 _SHORT_MOST = 2048
 
 
+def _map_head(n):
+    if n < 16:
+        return _B.pack(0x80 | n)
+    return b"\xde" + _H.pack(n) if n < 0x10000 else b"\xdf" + _I.pack(n)
+
+
+def _array_head(n):
+    if n < 16:
+        return _B.pack(0x90 | n)
+    return b"\xdc" + _H.pack(n) if n < 0x10000 else b"\xdd" + _I.pack(n)
+
+
 def _encode_into(obj, out, depth):
     t = type(obj)
     if t is str:
@@ -102,26 +114,14 @@ def _encode_into(obj, out, depth):
     elif t is dict:
         if depth > _MAX_DEPTH:
             raise EncodeError("nested too deep")
-        n = len(obj)
-        if n < 16:
-            out.append(0x80 | n)
-        elif n < 0x10000:
-            out += b"\xde" + _H.pack(n)
-        else:
-            out += b"\xdf" + _I.pack(n)
+        out += _map_head(len(obj))
         for key, value in obj.items():
             _encode_into(key, out, depth + 1)
             _encode_into(value, out, depth + 1)
     elif t is list or t is tuple:
         if depth > _MAX_DEPTH:
             raise EncodeError("nested too deep")
-        n = len(obj)
-        if n < 16:
-            out.append(0x90 | n)
-        elif n < 0x10000:
-            out += b"\xdc" + _H.pack(n)
-        else:
-            out += b"\xdd" + _I.pack(n)
+        out += _array_head(len(obj))
         for item in obj:
             _encode_into(item, out, depth + 1)
     elif t is bytes or t is bytearray:
@@ -161,13 +161,7 @@ def encode_around(mapping, key, items, known=None):
         before = bytearray()
         after = bytearray()
         side = before
-        n = len(mapping)
-        if n < 16:
-            before.append(0x80 | n)
-        elif n < 0x10000:
-            before += b"\xde" + _H.pack(n)
-        else:
-            before += b"\xdf" + _I.pack(n)
+        before += _map_head(len(mapping))
         for name, value in mapping.items():
             if name == key:
                 _encode_into(name, before, 1)
@@ -176,9 +170,7 @@ def encode_around(mapping, key, items, known=None):
             _encode_into(name, side, 1)
             _encode_into(value, side, 1)
         known = (rest, bytes(before), bytes(after))
-    n = len(items)
-    head = _B.pack(0x90 | n) if n < 16 else (b"\xdc" + _H.pack(n) if n < 0x10000 else b"\xdd" + _I.pack(n))
-    return b"".join([known[1], head, *[item.data for item in items], known[2]]), known
+    return b"".join([known[1], _array_head(len(items)), *[item.data for item in items], known[2]]), known
 
 
 def encode(obj):

@@ -443,16 +443,15 @@ class ValueReader:
             after = self._last_state = self._python_state()
             if _quiet(before, after):
                 break
+            running = after is None or after[0]
+            if not running:
+                self.retries += 1
             # Torn: a thread runs Python now (it may be changing these very objects), or this was
             # the last attempt, or the attempts so far took too long for another to be quiet.
-            last = attempt == FRAME_ATTEMPTS - 1 or time.monotonic() - careful_since > RETRY_SECONDS
-            if after is None or after[0] or last:
-                if not (after is None or after[0]):
-                    self.retries += 1
+            if running or attempt == FRAME_ATTEMPTS - 1 or time.monotonic() - careful_since > RETRY_SECONDS:
                 self.torn += len(self._mutable)
                 result = [_as_torn(item, value_of(item)) if id(value_of(item)) in self._mutable else item for item in result]
                 break
-            self.retries += 1
         self._validate = True
         self._last_state = None
         return result

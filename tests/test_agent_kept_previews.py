@@ -112,7 +112,7 @@ for round_ in range(int(sys.argv[3])):
     mutate()
     ours = kept.run_job(kept._build_full_frame)
     kept.refs.end_frame()
-    afresh.kept_previews = afresh.kept_frames = None
+    afresh.kept = None
     theirs = afresh.run_job(afresh._build_full_frame)
     afresh.refs.end_frame()
     if view(ours) != view(theirs):

@@ -45,8 +45,7 @@ class Agent(Connection, FrameBuilder, Evaluator, Watchdog):
         self.zombies = []
         self.worker = None
         self.refs = RefTable(self.limits["refs"])
-        self.kept_previews = None  # (limits shape, the last frame's pure previews): see Previews
-        self.kept_frames = None  # (limits shape, fid -> a frame's locals as the last frame had them): see _build_frame
+        self.kept = None  # (limits shape, the last frame's kept previews, its frames' locals by fid): see _build_frame
         self.seq = 0
         self.cpu_total = 0.0
         self.last_encode_ms = 0.0
@@ -259,7 +258,7 @@ class Agent(Connection, FrameBuilder, Evaluator, Watchdog):
         self.evals.clear()
         self.captures.clear()
         self.refs.clear()
-        self.kept_previews = self.kept_frames = None
+        self.kept = None
         self._release_names()
         self.module_names.clear()
         self.frame_names.clear()
@@ -316,7 +315,7 @@ class Agent(Connection, FrameBuilder, Evaluator, Watchdog):
         except OSError:
             pass
         self.refs.clear()
-        self.kept_previews = self.kept_frames = None
+        self.kept = None
         self._release_names()
         self.module_names.clear()
         self.frame_names.clear()

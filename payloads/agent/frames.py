@@ -119,9 +119,10 @@ class FrameBuilder:
 
     # ---- frames --------------------------------------------------------------------------
 
-    def _previews(self, worker):
-        """Previews for one job in ``worker`` (this runs in the worker: its CPU clock is the budget's)."""
-        return Previews(self, worker, self.limits, self.refs, time.thread_time() + self.limits["frame_budget"])
+    def _previews(self, worker, kept=None):
+        """Previews for one job in ``worker`` (this runs in the worker: its CPU clock is the budget's);
+        ``kept``: the last frame's previews to reuse (frame builds only)."""
+        return Previews(self, worker, self.limits, self.refs, time.thread_time() + self.limits["frame_budget"], kept)
 
     def send_frame(self, request_id):
         """A frame on the stream (``request_id`` None: a delta on the baseline, in the view) or
@@ -180,11 +181,11 @@ class FrameBuilder:
         started = time.perf_counter()
         focus = None if all_threads else self.focus
         limits = self.limits
+        # What the last frame kept (Previews, and the frame locals below), unless the limits a
+        # preview depends on changed since.
         shape = (limits["repr_chars"], limits["items"], limits["depth"])
-        kept = self.kept_previews
-        previews = Previews(
-            self, worker, limits, self.refs, time.thread_time() + limits["frame_budget"], kept[1] if kept is not None and kept[0] == shape else {}
-        )
+        kept_previews, kept_frames = self.kept[1:] if self.kept is not None and self.kept[0] == shape else ({}, {})
+        previews = self._previews(worker, kept_previews)
         budget = limits["frame_bytes"]
         truncated = False
         by_ident = self._thread_objects()
@@ -316,7 +317,6 @@ class FrameBuilder:
         # A frame's locals whose names and values are the very objects of the last frame, each
         # with a preview kept across frames (Previews: made of numbers, strings and builtin
         # containers that still show the same objects), are the last frame's list as it was.
-        kept_frames = self.kept_frames[1] if self.kept_frames is not None and self.kept_frames[0] == shape else {}
         frames_now = {}
         for entry in entries:
             frame = entry.pop("_frame")
@@ -344,8 +344,7 @@ class FrameBuilder:
                 known = previews.frame_memo(frame.f_code, items, total, entry["locals"])
                 if known is not None:
                     frames_now[fid] = known
-        self.kept_previews = (shape, previews.pure)
-        self.kept_frames = (shape, frames_now)
+        self.kept = (shape, previews.pure, frames_now)
         return {
             "t": "frame",
             "seq": 0,

@@ -31,6 +31,7 @@ def _periscope_bootstrap(config, source, code, offered):
         except OSError:
             pass
 
+    short = config.get("start_interval", 0.0005)  # what periscope wrote over the interval, and what the agent sets
     try:
         not_after = config.get("not_after")
         if not_after is not None and __import__("time").time() > not_after:
@@ -44,14 +45,13 @@ def _periscope_bootstrap(config, source, code, offered):
                 except OSError:
                     pass
             outside = config.get("switch_interval")
-            if outside is not None and abs(sys.getswitchinterval() - config.get("start_interval", 0.0005)) < 1e-9:
+            if outside is not None and abs(sys.getswitchinterval() - short) < 1e-9:
                 sys.setswitchinterval(outside)
             return
         existing = sys.modules.get(name)
         # periscope shortened the switch interval from outside while it waited for this pickup
         # (explorer/switch.py): ``switch_interval`` is the target's own, to give back as ours.
         outside = config.get("switch_interval")
-        short = config.get("start_interval", 0.0005)  # what periscope wrote, and what the agent sets
         if outside is not None and abs(sys.getswitchinterval() - short) < 1e-9:
             if config.get("fast_start") and existing is None:
                 config["restore_switch_interval"] = [outside, sys.getswitchinterval()]

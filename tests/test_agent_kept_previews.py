@@ -61,6 +61,27 @@ def holder(depth, a, b, c):
 
 threading.Thread(target=holder, args=(3, data, listed, shared), name="holder", daemon=True).start()
 ready.wait()
+
+step, stepped = threading.Semaphore(0), threading.Semaphore(0)
+
+def callee(held):
+    token = held
+    stepped.release()
+    step.acquire()  # every call waits here: a new frame at the same instruction as the last one
+
+def looper():
+    first = shared
+    while True:
+        try:  # the same value under one name, then the other: the same values, other names
+            second = first
+            del first
+        except UnboundLocalError:
+            first = second
+            del second
+        callee(inner)
+
+threading.Thread(target=looper, name="looper", daemon=True).start()
+stepped.acquire()
 frames = []
 frame = sys._current_frames()[[t.ident for t in threading.enumerate() if t.name == "holder"][0]]
 while frame is not None:
@@ -91,6 +112,9 @@ def mutate():
         elif op == 14: rng.choice(frames[:4]).f_locals["local_str"] = rng.choice(["same", "other", value])
         elif op == 15: module_list[rng.randrange(3)] = value
         elif op == 16: scene.rebound = value
+    if rng.randrange(2):
+        step.release()  # the looper takes one step: its locals swap names, its callee is a new frame
+        stepped.acquire()
     Counted.state = rng.randrange(3)
 
 def strip(node):
@@ -101,12 +125,13 @@ def strip(node):
     return node
 
 def view(frame_map):
-    thread = [t for t in frame_map["threads"] if t["name"] == "holder"][0]
-    return strip(thread["stack"]), strip(frame_map["modules"])
+    stacks = [strip(t["stack"]) for t in frame_map["threads"] if t["name"] in ("holder", "looper")]
+    return stacks, strip(frame_map["modules"])
 
 kept = mod.Agent({"rate": 0, "modules": ["scene"]}, mod)
 afresh = mod.Agent({"rate": 0, "modules": ["scene"]}, mod)
 reused = 0
+whole_threads = 0
 last = None
 for round_ in range(int(sys.argv[3])):
     mutate()
@@ -127,7 +152,13 @@ for round_ in range(int(sys.argv[3])):
     if last is not None:
         reused += sum(1 for a, b in zip(stack, last) if a["locals"] is b["locals"])
     last = stack
-print("ok", json.dumps({"reused": reused, "counted": Counted.calls}), flush=True)
+    if round_ == 10:
+        pinned = kept.refs.ref(shared, pin=True)  # as an expand would: it stays pinned while kept
+    if round_ > 10 and kept.refs.seen.get(pinned) != -1:
+        print("PIN", round_, flush=True)
+        sys.exit(1)
+    whole_threads += len((kept.kept or (0, 0, 0, {}))[3])
+print("ok", json.dumps({"reused": reused, "counted": Counted.calls, "threads_kept": whole_threads}), flush=True)
 '''
 
 
@@ -141,6 +172,7 @@ def test_kept_previews_and_locals_are_what_a_fresh_agent_makes(spawn, tmp_path) 
         figures = json.loads(line[3:])
         assert figures["reused"] > 0  # frames whose locals did not change were the last frame's lists
         assert figures["counted"] >= 2 * 150  # a repr of the target's runs every frame, in both agents
+        assert figures["threads_kept"] > 150  # threads whose kept entries were checked at once (same_thread)
 
 
 CHANGING = '''

@@ -47,9 +47,17 @@ asyncio.run(main())
 
 
 def task_ids(pid: int) -> dict[str, int]:
+    """The target's tasks by name, from a read that is not torn (the loop runs while it is read:
+    the ticker wakes every 20 ms, and a loaded machine can catch a list mid-change)."""
     process = RemoteProcess.open(pid)
     try:
-        return {task.name: task.id for task in TaskReader(process).read().tasks}
+        reader = TaskReader(process)
+        for _ in range(50):
+            snapshot = reader.read()
+            if not snapshot.torn:
+                break
+        assert not snapshot.torn
+        return {task.name: task.id for task in snapshot.tasks}
     finally:
         process.close()
 

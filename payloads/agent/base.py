@@ -68,7 +68,14 @@ time = _original("time")
 _itertools = _original("itertools")
 _islice_c = _itertools.islice
 _chain = _itertools.chain.from_iterable
-_is = _original("_operator").is_
+_operator = _original("_operator")
+_is = _operator.is_
+_is_not = _operator.is_not
+_compress = _itertools.compress
+_repeat = _itertools.repeat
+_f_locals = _operator.attrgetter("f_locals")
+_f_lasti = _operator.attrgetter("f_lasti")
+_f_code = _operator.attrgetter("f_code")
 select = _original("select")
 
 PROTOCOL_VERSION = 2

@@ -1,7 +1,7 @@
 """Building frames: every thread's header and stack, the locals of the frames periscope looks at,
 the variables of watched modules, and the coroutine frames of asyncio tasks."""
 
-from .base import _thread, os, sys, time  # agent-part
+from .base import _f_code, _f_lasti, _is, _thread, os, sys, time  # agent-part
 from .reads import _dict_get, _dict_items, _dict_len, _error_text, _frame_locals_proxy, _islice, _type_dict, field, instance_dict  # agent-part
 from .watchdog import Abandoned, PAUSED  # agent-part
 from .previews import Previews  # agent-part
@@ -183,8 +183,8 @@ class FrameBuilder:
         limits = self.limits
         # What the last frame kept (Previews, and the frame locals below), unless the limits a
         # preview depends on changed since.
-        shape = (limits["repr_chars"], limits["items"], limits["depth"])
-        kept_previews, kept_frames = self.kept[1:] if self.kept is not None and self.kept[0] == shape else ({}, {})
+        shape = (limits["repr_chars"], limits["items"], limits["depth"], limits["locals"], limits["stack_depth"])
+        kept_previews, kept_frames, kept_threads = self.kept[1:] if self.kept is not None and self.kept[0] == shape else ({}, {}, {})
         previews = self._previews(worker, kept_previews)
         budget = limits["frame_bytes"]
         truncated = False
@@ -238,35 +238,40 @@ class FrameBuilder:
             for thread in threads:
                 # Not the thread periscope looks at: header and innermost frame, no values.
                 thread["brief"] = thread["native_id"] != focus
+        # A thread whose stack shows the very frames of the last frame, each at the same
+        # instruction, is a candidate to send the same stack again (see same_thread below).
+        own_codes = self.own_codes
+        shown_frames = {}
+        candidates = {}
         for thread in threads:
             frame = current.get(thread["ident"])
-            stack = thread["stack"]
             keep = thread["stack_omitted"] is False
             most = 1 if thread["brief"] else limits["stack_depth"]
+            shown = []
             depth = 0
             while frame is not None:
-                code = frame.f_code
-                if id(code) in self.own_codes:
+                if id(frame.f_code) in own_codes:
                     # The agent's own frames under an eval, and the start-up in the thread that
                     # ran the script (the first frame is built while it may still be there).
                     frame = frame.f_back
                     continue
                 depth += 1
-                if keep and len(stack) < most:
-                    stack.append(
-                        {
-                            "file": code.co_filename,
-                            "line": frame.f_lineno,
-                            "func": code.co_name,
-                            "qualname": code.co_qualname,
-                            "locals": None,
-                            "nlocals": 0,
-                            "_frame": frame,
-                        }
-                    )
+                if keep and len(shown) < most:
+                    shown.append(frame)
                 frame = frame.f_back
             thread["depth"] = depth
-        current = frame = None
+            ident = thread["ident"]
+            memo = None if thread["brief"] else kept_threads.get(ident)
+            if (
+                memo is not None and memo.depth == depth and list(map(id, shown)) == memo.fids
+                and all(map(_is, map(_f_code, shown), memo.codes)) and list(map(_f_lasti, shown)) == memo.lastis
+            ):
+                candidates[ident] = memo
+                thread["stack"] = memo.stack
+            else:
+                thread["stack"] = self._stack_entries(shown)
+            shown_frames[ident] = shown
+        current = frame = shown = None
         # The stacks themselves may take at most three quarters of the budget: past that, every
         # thread keeps only its innermost frames (at least one).
         sizes = [[len(e["file"]) + len(e["func"]) + len(e["qualname"]) + 60 for e in t["stack"]] for t in with_stacks]
@@ -275,9 +280,10 @@ class FrameBuilder:
             keep = len(max(sizes, key=len)) if sizes else 0
             while keep > 1 and sum(sum(s[:keep]) for s in sizes) + 120 * len(threads) > budget * 3 // 4:
                 keep -= 1
+            candidates.clear()  # their entries are the last frame's: not to be cut in place
             for thread in with_stacks:
                 if len(thread["stack"]) > keep:
-                    del thread["stack"][keep:]
+                    thread["stack"] = self._stack_entries(shown_frames[thread["ident"]][:keep])
                     truncated = True
             skeleton = sum(sum(s[:keep]) for s in sizes) + 120 * len(threads)
         previews.bytes += skeleton
@@ -301,50 +307,76 @@ class FrameBuilder:
             truncated = truncated or cut or len(variables) < total
             modules.append({"name": name, "vars": variables, "total": total, "missing": False})
 
-        entries = []
-        for thread in with_stacks:
-            stack = thread["stack"]
-            if thread["brief"]:
-                for entry in stack:
-                    del entry["_frame"]
-                continue
-            for entry in stack:
-                entry["fid"] = id(entry["_frame"])  # the frame's identity, for an eval pinned to it
-            if focus is not None and thread["native_id"] == focus and 0 < self.focus_frame < len(stack):
-                # The frame periscope looks at gets its locals first, should the size bound cut them.
-                stack = [stack[self.focus_frame]] + stack[: self.focus_frame] + stack[self.focus_frame + 1 :]
-            entries.extend(stack)
         # A frame's locals whose names and values are the very objects of the last frame, each
         # with a preview kept across frames (Previews: made of numbers, strings and builtin
-        # containers that still show the same objects), are the last frame's list as it was.
+        # containers that still show the same objects), are the last frame's list as it was. In
+        # a thread that shows the very frames of the last frame (a candidate), the entries so
+        # kept are checked for the whole stack at once (same_thread) and sent as they were; the
+        # others (a ``self`` with a repr of the target's...) are made again, as in any thread.
         frames_now = {}
-        for entry in entries:
-            frame = entry.pop("_frame")
-            if previews.bytes > budget:
-                truncated = True
+        threads_now = {}
+        for thread in with_stacks:
+            stack = thread["stack"]
+            ident = thread["ident"]
+            if thread["brief"]:
+                for entry in stack:
+                    entry.pop("_frame", None)
                 continue
-            try:
-                items, total, plain = self._frame_locals(worker, frame)
-            except Abandoned:
-                raise
-            except BaseException as error:
-                self.note_error("f_locals", error)
-                continue
-            entry["nlocals"] = total
-            fid = entry["fid"]
-            if plain:
-                known = kept_frames.get(fid)
-                if known is not None and previews.same_locals(known, frame.f_code, items, total):
-                    entry["locals"] = known[3]
-                    frames_now[fid] = known
+            shown = shown_frames[ident]
+            memo = candidates.get(ident)
+            if memo is not None and not previews.same_thread(memo, shown):
+                memo = None
+                stack = thread["stack"] = self._stack_entries(shown)
+            knowns = [None] * len(stack)
+            if memo is not None:
+                # The kept entries at once, then the others: the same as taking them in order
+                # (below) while the thread's entries all fit in the size bound.
+                start_bytes, start_truncated = previews.bytes, truncated
+                stack = thread["stack"] = memo.stack if memo.whole else list(memo.stack)
+                previews.bytes += memo.spent
+                knowns[:] = memo.knowns
+                for position in memo.others:
+                    stack[position] = entry = self._stack_entries([shown[position]])[0]  # the last frame's entry shows what its values were
+                    truncated = self._entry_locals(worker, previews, entry, position, knowns, kept_frames, truncated)
+                if previews.bytes <= budget:
+                    frames_now.update(memo.fid_knowns)
+                    for position in memo.others:
+                        if knowns[position] is not None:
+                            frames_now[stack[position]["fid"]] = knowns[position]
+                    if any(knowns[position] is not None for position in memo.others[1:]):
+                        # An entry made again every frame has a memo now (the innermost frame,
+                        # others[0], is checked on its own whatever it has).
+                        memo = previews.thread_memo(shown, thread["depth"], stack, knowns)
+                    threads_now[ident] = memo
                     continue
-            entry["locals"], cut = previews.named(items, budget)
-            truncated = truncated or cut
-            if plain and not cut:
-                known = previews.frame_memo(frame.f_code, items, total, entry["locals"])
+                previews.bytes, truncated = start_bytes, start_truncated
+                knowns = [None] * len(stack)
+                stack = thread["stack"] = list(memo.stack)
+            order = range(len(stack))
+            if focus is not None and thread["native_id"] == focus and 0 < self.focus_frame < len(stack):
+                # The frame periscope looks at gets its locals first, should the size bound cut them.
+                order = [self.focus_frame, *range(self.focus_frame), *range(self.focus_frame + 1, len(stack))]
+            for position in order:
+                known = None if memo is None else memo.knowns[position]
                 if known is not None:
-                    frames_now[fid] = known
-        self.kept = (shape, previews.pure, frames_now)
+                    if previews.bytes > budget:
+                        stack[position] = self._stack_entries([shown[position]], locals_read=True)[0]
+                        truncated = True
+                        continue
+                    previews.bytes += known[6]
+                    knowns[position] = known
+                    continue
+                if memo is not None:
+                    stack[position] = self._stack_entries([shown[position]])[0]
+                truncated = self._entry_locals(worker, previews, stack[position], position, knowns, kept_frames, truncated)
+            for entry, known in zip(stack, knowns):
+                if known is not None:
+                    frames_now[entry["fid"]] = known
+            memo = previews.thread_memo(shown, thread["depth"], stack, knowns)
+            if memo is not None:
+                threads_now[ident] = memo
+        shown_frames = candidates = shown = None
+        self.kept = (shape, previews.pure, frames_now, threads_now)
         return {
             "t": "frame",
             "seq": 0,
@@ -357,6 +389,56 @@ class FrameBuilder:
             "errors": 0,
             "error_log": [],
         }
+
+    def _entry_locals(self, worker, previews, entry, position, knowns, kept_frames, truncated):
+        """Read one stack entry's locals into it (``knowns[position]``: its memo for the next
+        frame, if it has one); ``truncated`` as it is after it."""
+        frame = entry.pop("_frame")
+        fid = entry["fid"] = id(frame)  # the frame's identity, for an eval pinned to it
+        if previews.bytes > previews.limits["frame_bytes"]:
+            return True
+        try:
+            items, total, plain = self._frame_locals(worker, frame)
+        except Abandoned:
+            raise
+        except BaseException as error:
+            self.note_error("f_locals", error)
+            return truncated
+        entry["nlocals"] = total
+        if plain:
+            known = kept_frames.get(fid)
+            if known is not None and previews.same_locals(known, frame.f_code, items, total):
+                entry["locals"] = known[3]
+                knowns[position] = known
+                return truncated
+        entry["locals"], cut = previews.named(items, previews.limits["frame_bytes"])
+        if plain and not cut:
+            known = previews.frame_memo(frame.f_code, items, total, entry["locals"])
+            if known is not None:
+                knowns[position] = known
+        return truncated or cut
+
+    @staticmethod
+    def _stack_entries(frames, locals_read=False):
+        """Fresh stack entries for ``frames`` (innermost first), their locals still to be read
+        (``_frame``), or left out (``locals_read``: the size bound cut them)."""
+        entries = []
+        for frame in frames:
+            code = frame.f_code
+            entry = {
+                "file": code.co_filename,
+                "line": frame.f_lineno,
+                "func": code.co_name,
+                "qualname": code.co_qualname,
+                "locals": None,
+                "nlocals": 0,
+            }
+            if locals_read:
+                entry["fid"] = id(frame)
+            else:
+                entry["_frame"] = frame
+            entries.append(entry)
+        return entries
 
     def _frame_locals(self, worker, frame):
         """A page of a stack frame's locals, their number, and whether they were read in C. A dict

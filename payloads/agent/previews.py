@@ -2,9 +2,9 @@
 the refs they hand out (RefTable), and the last frame sent, to send the next one as a delta on it
 (Baseline)."""
 
-from .base import _chain, _is, time  # agent-part
+from .base import _chain, _compress, _f_code, _f_lasti, _f_locals, _is, _is_not, _islice_c, _repeat, time  # agent-part
 from .codec import Encoded, encode, encode_around  # agent-part
-from .reads import _NoneType, _dict_items, _dict_len, _error_text, _islice, _member_type, _module_type, _type_dict, _type_mro, field, instance_dict, type_name  # agent-part
+from .reads import _NoneType, _dict_items, _dict_len, _error_text, _frame_locals_proxy, _islice, _member_type, _module_type, _type_dict, _type_mro, field, instance_dict, type_name  # agent-part
 from .watchdog import Abandoned, PAUSED  # agent-part
 
 
@@ -79,6 +79,20 @@ class RefTable:
     def get(self, ref):
         return self.objects.get(ref)
 
+    def touch(self, refs, objects):
+        """Whether every ref of ``refs`` still leads to its object of ``objects``; if so, each
+        counts as seen in this frame, as ``ref`` would have it (C-level passes, not a call per ref)."""
+        if not all(map(_is, map(self.objects.get, refs), objects)):
+            return False
+        seen = self.seen
+        if -1 in map(seen.get, refs):  # pinned ones stay pinned
+            for ref in refs:
+                if seen.get(ref) != -1:
+                    seen[ref] = self.seq
+        else:
+            seen.update(zip(refs, _repeat(self.seq)))
+        return True
+
     def end_frame(self):
         """Drop refs not seen in the last two frames (pinned ones stay until the table is full)."""
         self.seq += 1
@@ -110,6 +124,13 @@ def _brief_sig(entry):
     )
 
 
+def _same_rest(mapping, key, known):
+    """Whether ``mapping`` without ``key`` is what ``known`` (from encode_around) was made from."""
+    rest = dict(mapping)
+    del rest[key]
+    return known[0] == rest
+
+
 def _encode_stack_entry(item, known):
     """``(item, its encoding, {local's name: (its preview, its encoding)})`` for a stack entry that
     changed since ``known`` (that tuple for the same frame in the last frame, or None): its locals
@@ -137,7 +158,7 @@ class Baseline:
 
     def __init__(self):
         self.seq = None  # None: the next frame goes out full
-        self.threads = {}  # ident -> (brief signature or None, encoded entry, its bytes around the stack or None)
+        self.threads = {}  # ident -> (brief signature or None, encoded entry, its bytes around the stack or None, the stack list, its entries' (fid, encoding) and their Encoded, by position)
         self.stack_entries = {}  # a detailed stack entry's fid -> (that entry, its encoding, its locals' encodings, its bytes around them)
         self.order = []
         self.modules = {}  # name -> encoded entry
@@ -168,21 +189,40 @@ class Baseline:
                 threads[ident] = old
                 continue
             around = None
-            if sig is None and entry["stack"]:
-                pieces = []
-                for item in entry["stack"]:
+            stack = entry["stack"]
+            kept = pieces = None
+            if sig is None and stack:
+                known = self.threads.get(ident)  # the bytes around the stack depend on the rest of the entry alone
+                if known is not None and known[3] is stack and known[2] is not None and _same_rest(entry, "stack", known[2]):
+                    # The very stack of the last frame (FrameBuilder: a thread kept as it was).
+                    stack_entries.update(known[4])
+                    threads[ident] = known
+                    if old is None or old[1] != known[1]:
+                        changed.append(Encoded(known[1]))
+                    continue
+                if known is not None and known[3] is not None and len(known[3]) == len(stack):
+                    # Entries that are the last frame's own (kept by FrameBuilder) keep their
+                    # encoding without a look: only the others are compared, and encoded if changed.
+                    kept, pieces = list(known[4]), list(known[5])
+                    positions = _compress(range(len(stack)), map(_is_not, stack, known[3]))
+                else:
+                    kept, pieces = [None] * len(stack), [None] * len(stack)
+                    positions = range(len(stack))
+                for position in positions:
+                    item = stack[position]
                     fid = item.get("fid")
                     known = old_entries.get(fid)
                     if known is None or known[0] != item:
                         known = _encode_stack_entry(item, known)
-                    if fid is not None:
-                        stack_entries[fid] = known
-                    pieces.append(known[1])
-                known = self.threads.get(ident)  # the bytes around the stack depend on the rest of the entry alone
+                    kept[position] = (fid, known)
+                    pieces[position] = known[1]
+                stack_entries.update(kept)
+                stack_entries.pop(None, None)
+                known = self.threads.get(ident)
                 data, around = encode_around(entry, "stack", pieces, None if known is None else known[2])
             else:
                 data = encode(entry)
-            threads[ident] = (sig, data, around)
+            threads[ident] = (sig, data, around, stack if kept is not None else None, kept, pieces)
             if old is None or old[1] != data:
                 changed.append(Encoded(data))
         old_modules = {} if full else self.modules
@@ -211,6 +251,15 @@ class Baseline:
         self.modules = modules
         self.module_order = module_order
         return frame
+
+
+class KeptThread:
+    """One thread's stack as the last frame showed it, every entry's locals kept across frames
+    (``Previews.thread_memo``, ``Previews.same_thread``). It holds what the entries' own memos
+    hold (their values and the containers their previews show), not the frames."""
+
+    __slots__ = ("fids", "codes", "lastis", "depth", "stack", "whole", "knowns", "fid_knowns", "spent", "others", "frames_at", "totals", "names", "values", "sized",
+                 "sizes", "seqs", "seq_flat", "dicts", "dict_flat", "ref_ids", "ref_objects")
 
 
 class Previews:
@@ -334,6 +383,95 @@ class Previews:
                 refs.append((value, kept[1]["ref"]))
             spent += len(name) + 8 + kept[2]
         return (code, items, total, named, checks, refs, spent)
+
+    def thread_memo(self, frames, depth, stack, knowns):
+        """What ``same_thread`` checks the next frame's stack of this thread against: ``frames``
+        (the frames shown, innermost first, ``depth`` in all), ``stack`` (their entries, as sent)
+        and each entry's ``frame_memo`` (``knowns``, None for an entry that has none: it is made
+        again every frame). None when no entry has one."""
+        limit = self.limits["locals"]
+        if len(knowns) != len(stack) or len(frames) != len(stack) or knowns[1:].count(None) == len(knowns) - 1:
+            return None
+        memo = KeptThread()
+        memo.totals = totals = []
+        memo.names, memo.values = [], []
+        memo.sized, memo.sizes, memo.seqs, memo.seq_flat, memo.dicts, memo.dict_flat = [], [], [], [], [], []
+        memo.ref_ids, memo.ref_objects = [], []
+        memo.frames_at = []  # the positions whose locals same_thread reads
+        memo.others = []  # the positions made again every frame
+        memo.knowns = [None] * len(stack)
+        memo.fid_knowns = []
+        memo.spent = 0
+        for position, known in enumerate(knowns):
+            # The innermost frame is the one that runs: it is checked on its own (same_locals),
+            # so that a counter moving there costs one entry, not the whole stack's check.
+            if position == 0 or known is None or known[2] > limit or len(known[1]) != known[2]:
+                memo.others.append(position)
+                continue
+            memo.knowns[position] = known
+            memo.fid_knowns.append((stack[position]["fid"], known))
+            memo.spent += known[6]
+            memo.frames_at.append(position)
+            totals.append(known[2])
+            memo.names += [pair[0] for pair in known[1]]
+            memo.values += [pair[1] for pair in known[1]]
+            for container, size, window in known[4]:
+                memo.sized.append(container)
+                memo.sizes.append(size)
+                if window is None:
+                    continue
+                if type(container) is dict:
+                    memo.dicts.append(container)
+                    memo.dict_flat += _chain(window)
+                else:
+                    memo.seqs.append(container)
+                    memo.seq_flat += window
+            for obj, ref in known[5]:
+                memo.ref_objects.append(obj)
+                memo.ref_ids.append(ref)
+        if not memo.frames_at:
+            return None
+        memo.fids = list(map(id, frames))
+        memo.codes = list(map(_f_code, frames))
+        memo.lastis = list(map(_f_lasti, frames))
+        memo.depth = depth
+        memo.stack = stack
+        memo.whole = not memo.others
+        return memo
+
+    def same_thread(self, memo, frames):
+        """Whether a thread whose shown ``frames`` are ``memo``'s (by identity and position, see
+        ``FrameBuilder._build_frame``) still has every frame's locals, and every container their
+        previews show, as they were: ``same_locals`` for the whole stack at once, in a few C-level
+        passes (no call per frame or per value), for the entries it kept (``knowns``)."""
+        items = self.items
+        try:
+            proxies = list(map(_f_locals, frames if memo.whole else [frames[i] for i in memo.frames_at]))
+            if not all(map(_is, map(type, proxies), _repeat(_frame_locals_proxy))):
+                return False
+            # Names and values as two lists each (no pair made per local): the names, from the
+            # code object or the frame's extra locals, are the very strings again while unchanged.
+            if list(map(len, proxies)) != memo.totals:
+                return False
+            if not all(map(_is, _chain(map(_frame_locals_proxy.values, proxies)), memo.values)):
+                return False
+            if not all(map(_is, _chain(map(_frame_locals_proxy.keys, proxies)), memo.names)):
+                return False
+            if list(map(len, memo.sized)) != memo.sizes:
+                return False
+            now = list(_chain(map(_islice_c, memo.seqs, _repeat(0), _repeat(items))))
+            if len(now) != len(memo.seq_flat) or not all(map(_is, now, memo.seq_flat)):
+                return False
+            now = list(_chain(_chain(map(_islice_c, map(_dict_items, memo.dicts), _repeat(0), _repeat(items)))))
+            if len(now) != len(memo.dict_flat) or not all(map(_is, now, memo.dict_flat)):
+                return False
+        except Abandoned:
+            raise
+        except BaseException:  # a container changed size under a collection's finalizer: made again
+            return False
+        finally:
+            proxies = now = None
+        return self.refs.touch(memo.ref_ids, memo.ref_objects)
 
     def _same_window(self, checks):
         """Whether every container a kept preview was made from still has the same length and

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from explorer.app import PeriscopeApp
@@ -74,3 +76,42 @@ async def test_a_target_without_asyncio_hides_the_pane_and_says_why_when_asked(s
         assert pane.display
         assert f"process {target.pid} has not imported asyncio: it has no tasks" in str(title.render())
         assert f"process {target.pid} has not imported asyncio" in str(pane.border_title)  # the pane's titled border
+
+
+LATE_ASYNCIO = """
+import time
+print('ready', flush=True)
+for _ in range(80):  # a few reads of the tasks find no asyncio first (awake, for the attach)
+    time.sleep(0.05)
+import asyncio
+
+async def main():
+    task = asyncio.create_task(asyncio.sleep(3600), name="late-task")
+    await task
+
+asyncio.run(main())
+"""
+
+
+async def test_tasks_show_once_asyncio_is_imported_later_and_the_process_is_opened_once(spawn, target_python, history, monkeypatch):
+    from explorer.remote import RemoteProcess
+
+    opened = []
+    original = RemoteProcess.open.__func__
+
+    def counting_open(cls, *args, **kwargs):
+        if sys._getframe(1).f_code.co_name == "read_tasks":
+            opened.append(args)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(RemoteProcess, "open", classmethod(counting_open))
+    target = spawn(LATE_ASYNCIO, python=target_python)
+    target.wait_for_line("ready")
+    app = PeriscopeApp(pid=target.pid, history_path=history)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await attached_screen(pilot)
+        await wait_until(pilot, lambda: screen.tasks_reason is not None, "a read that finds no asyncio", timeout=60)
+        await wait_until(
+            pilot, lambda: screen.tasks is not None and any(t.name == "late-task" for t in screen.tasks.tasks), "the late task", timeout=60
+        )
+        assert len(opened) == 1  # the reader looked for asyncio again each second in the process it had open

@@ -516,12 +516,15 @@ class ProcessScreen(Screen[None]):
         try:
             while not self._stop.is_set():
                 try:
-                    if remote is None or reader is None:
+                    if remote is None:
                         remote = RemoteProcess.open(self.pid)
+                    if reader is None:
                         reader = TaskReader(remote)
                     self.post_message(TasksRead(reader.read(), None, True))
                 except AsyncioUnavailable as error:
-                    reader = None  # asyncio may be imported later: look for its table again
+                    # asyncio may be imported later: look for its table again, in the process
+                    # already open (opening it again is the maps and the ELF read every second).
+                    reader = None
                     self.post_message(TasksRead(None, error.reason, error.imported))
                 except (PeriscopeError, OSError):
                     if remote is not None:

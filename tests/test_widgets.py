@@ -134,6 +134,7 @@ async def test_a_table_whose_cells_change_every_frame_keeps_only_a_screen_of_ren
         bound = ThreadList.RENDER_CACHE_ROWS
         assert 0 < len(threads._cell_render_cache) <= bound * 12
         assert len(threads._row_render_cache) <= bound and len(threads._line_cache) <= bound * 2
+        assert 0 < len(threads._row_renderable_cache) <= bound
         assert threads.get_row("1")[4].plain.startswith("2.49")  # the last update is what shows
 
 

@@ -83,14 +83,14 @@ class KeyedTable(DataTable[Text], Generic[RowT]):
 
         DataTable keys its rendered cells, rows and lines by a counter that every cell update
         moves on, so a table whose cells change at each frame makes new entries for every visible
-        cell each time, until its caches hold 10,000 cells and 1,000 rows and lines: about 15 MiB
-        of the TUI's memory after ten minutes on a 100-thread target, all of it out of date. The
-        entries for the current counter are the only ones ever hit again.
+        cell each time, until its caches hold 10,000 cells and 1,000 rows, rows' renderables and
+        lines: about 15 MiB of the TUI's memory after ten minutes on a 100-thread target, all of it
+        out of date. The entries for the current counter are the only ones ever hit again.
         """
         from textual.cache import LRUCache
 
         rows = self.RENDER_CACHE_ROWS
-        sizes = {"_cell_render_cache": rows * 12, "_row_render_cache": rows, "_line_cache": rows * 2}
+        sizes = {"_cell_render_cache": rows * 12, "_row_render_cache": rows, "_row_renderable_cache": rows, "_line_cache": rows * 2}
         for name, size in sizes.items():
             if isinstance(getattr(self, name, None), LRUCache):  # DataTable's own caches (Textual 8)
                 setattr(self, name, LRUCache(size))

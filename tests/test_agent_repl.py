@@ -159,9 +159,14 @@ async def test_a_frame_by_its_id_is_that_very_call_and_a_later_one_is_reported(s
         # Right as a call begins: the 4 s it lasts are ahead (on a loaded machine, a sample taken
         # late in a call left its frame gone by the time of the eval).
         wait_for_a_new_call(target)
-        frame = await session.sample()
-        thread = frame.thread(native)
-        work = next(f for f in thread.frames if f.function == "work")
+        for _ in range(40):  # the line is printed just before the call: the sample may come first
+            frame = await session.sample()
+            thread = frame.thread(native)
+            work = next((f for f in thread.frames if f.function == "work"), None)
+            if work is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert work is not None, [f.function for f in thread.frames]
         assert work.frame_id is not None and all(f.frame_id is not None for f in thread.frames)
         result = await session.eval("call", thread=native, frame_id=work.frame_id)
         assert result.ok and result.frame.function == "work" and not result.frame.new_call

@@ -221,3 +221,70 @@ async def test_a_blocked_frames_containers_changed_in_place_show_as_they_are_now
         assert len(set(shown)) == len(shown)  # every sample saw the list as it then was
     finally:
         await session.detach()
+
+
+CUT = r'''
+import json, sys, threading, types
+
+mod = types.ModuleType("_agent_under_test")
+with open(sys.argv[1], encoding="utf-8") as source:
+    exec(compile(source.read(), "<agent>", "exec"), mod.__dict__)
+
+stop = threading.Event()
+ready = threading.Barrier(4)
+
+def level(depth, items):
+    text = "depth %d" % depth
+    if depth:
+        level(depth - 1, items)
+    else:
+        ready.wait()
+        stop.wait()
+
+for n, depth in enumerate((0, 40, 40)):  # one shallow stack, that the cut leaves whole, and two deep ones
+    threading.Thread(target=level, args=(depth, list(range(n + 3))), name="worker-%d" % n, daemon=True).start()
+ready.wait()
+
+def strip(node):
+    if type(node) is dict:
+        return {k: strip(v) for k, v in node.items() if k not in ("ref", "fid")}
+    if type(node) is list:
+        return [strip(v) for v in node]
+    return node
+
+def view(frame_map):
+    return [strip(t["stack"]) for t in frame_map["threads"] if (t["name"] or "").startswith("worker-")]
+
+kept = mod.Agent({"rate": 0, "modules": []}, mod)
+for _ in range(3):  # whole threads kept from frame to frame, under the default size bound
+    kept.run_job(kept._build_full_frame)
+    kept.refs.end_frame()
+candidates = len(kept.kept[3])
+# Then a size bound that cuts every stack to its innermost frames: the kept threads' entries are
+# the last frame's, with their locals read, and must be made again, cut where a fresh agent cuts.
+limits = {"frame_bytes": int(sys.argv[2])}
+kept.limits.update(limits)
+afresh = mod.Agent({"rate": 0, "modules": [], "limits": limits}, mod)
+afresh.run_job(afresh._build_full_frame)  # its worker thread started: each agent sees the other's
+ours = kept.run_job(kept._build_full_frame)
+afresh.kept = None
+theirs = afresh.run_job(afresh._build_full_frame)
+depths = sorted({len(stack) for stack in view(ours)})
+same = view(ours) == view(theirs)
+print("ok", json.dumps({"candidates": candidates, "truncated": ours["truncated"], "depths": depths, "same": same}), flush=True)
+'''
+
+
+def test_kept_threads_cut_by_the_size_bound_are_made_again(spawn, tmp_path) -> None:
+    """A frame whose stacks no longer fit the size bound cuts every thread to its innermost
+    frames: a thread kept from the last frame is made again, cut as a fresh agent cuts it."""
+    source = tmp_path / "agent.py"
+    source.write_text(agent_source(), encoding="utf-8")
+    target = spawn(CUT, args=[str(source), "6000"])
+    line = target.wait_for_line("", timeout=120)
+    assert line.startswith("ok "), line + target.proc.stderr.read().decode(errors="replace")[-2000:]
+    figures = json.loads(line[3:])
+    assert figures["candidates"] == 3 and figures["truncated"]
+    shallow, deep = figures["depths"][0], figures["depths"][-1]
+    assert len(figures["depths"]) == 2 and shallow < deep < 40  # the deep ones cut to their innermost frames, the shallow one whole
+    assert figures["same"]

@@ -280,11 +280,15 @@ class FrameBuilder:
             keep = len(max(sizes, key=len)) if sizes else 0
             while keep > 1 and sum(sum(s[:keep]) for s in sizes) + 120 * len(threads) > budget * 3 // 4:
                 keep -= 1
-            candidates.clear()  # their entries are the last frame's: not to be cut in place
             for thread in with_stacks:
-                if len(thread["stack"]) > keep:
-                    thread["stack"] = self._stack_entries(shown_frames[thread["ident"]][:keep])
-                    truncated = True
+                ident = thread["ident"]
+                if len(thread["stack"]) > keep or ident in candidates:
+                    # A candidate's entries are the last frame's, their locals read: fresh ones
+                    # (cut or not), taken entry by entry below.
+                    if len(thread["stack"]) > keep:
+                        truncated = True
+                    thread["stack"] = self._stack_entries(shown_frames[ident][:keep])
+            candidates.clear()
             skeleton = sum(sum(s[:keep]) for s in sizes) + 120 * len(threads)
         previews.bytes += skeleton
         modules = []

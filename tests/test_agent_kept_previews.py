@@ -17,6 +17,15 @@ import json
 from explorer.attach import attach
 from payloads.agent import agent_source
 
+STRIP = r'''
+def strip(node):  # a frame's data without the ids that differ from one agent to another
+    if type(node) is dict:
+        return {k: strip(v) for k, v in node.items() if k not in ("ref", "fid")}
+    if type(node) is list:
+        return [strip(v) for v in node]
+    return node
+'''
+
 DIFFERENTIAL = r'''
 import json, random, sys, threading, types
 
@@ -117,13 +126,7 @@ def mutate():
         stepped.acquire()
     Counted.state = rng.randrange(3)
 
-def strip(node):
-    if type(node) is dict:
-        return {k: strip(v) for k, v in node.items() if k not in ("ref", "fid")}
-    if type(node) is list:
-        return [strip(v) for v in node]
-    return node
-
+''' + STRIP + r'''
 def view(frame_map):
     stacks = [strip(t["stack"]) for t in frame_map["threads"] if t["name"] in ("holder", "looper")]
     return stacks, strip(frame_map["modules"])
@@ -245,13 +248,7 @@ for n, depth in enumerate((0, 40, 40)):  # one shallow stack, that the cut leave
     threading.Thread(target=level, args=(depth, list(range(n + 3))), name="worker-%d" % n, daemon=True).start()
 ready.wait()
 
-def strip(node):
-    if type(node) is dict:
-        return {k: strip(v) for k, v in node.items() if k not in ("ref", "fid")}
-    if type(node) is list:
-        return [strip(v) for v in node]
-    return node
-
+''' + STRIP + r'''
 def view(frame_map):
     return [strip(t["stack"]) for t in frame_map["threads"] if (t["name"] or "").startswith("worker-")]
 

@@ -336,7 +336,7 @@ class FrameBuilder:
                 # The kept entries at once, then the others: the same as taking them in order
                 # (below) while the thread's entries all fit in the size bound.
                 start_bytes, start_truncated = previews.bytes, truncated
-                stack = thread["stack"] = memo.stack if memo.whole else list(memo.stack)
+                stack = thread["stack"] = list(memo.stack)
                 previews.bytes += memo.spent
                 knowns[:] = memo.knowns
                 for position in memo.others:

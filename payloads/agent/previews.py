@@ -124,13 +124,6 @@ def _brief_sig(entry):
     )
 
 
-def _same_rest(mapping, key, known):
-    """Whether ``mapping`` without ``key`` is what ``known`` (from encode_around) was made from."""
-    rest = dict(mapping)
-    del rest[key]
-    return known[0] == rest
-
-
 def _encode_stack_entry(item, known):
     """``(item, its encoding, {local's name: (its preview, its encoding)})`` for a stack entry that
     changed since ``known`` (that tuple for the same frame in the last frame, or None): its locals
@@ -193,13 +186,6 @@ class Baseline:
             kept = pieces = None
             if sig is None and stack:
                 known = self.threads.get(ident)  # the bytes around the stack depend on the rest of the entry alone
-                if known is not None and known[3] is stack and known[2] is not None and _same_rest(entry, "stack", known[2]):
-                    # The very stack of the last frame (FrameBuilder: a thread kept as it was).
-                    stack_entries.update(known[4])
-                    threads[ident] = known
-                    if old is None or old[1] != known[1]:
-                        changed.append(Encoded(known[1]))
-                    continue
                 if known is not None and known[3] is not None and len(known[3]) == len(stack):
                     # Entries that are the last frame's own (kept by FrameBuilder) keep their
                     # encoding without a look: only the others are compared, and encoded if changed.
@@ -258,7 +244,7 @@ class KeptThread:
     (``Previews.thread_memo``, ``Previews.same_thread``). It holds what the entries' own memos
     hold (their values and the containers their previews show), not the frames."""
 
-    __slots__ = ("fids", "codes", "lastis", "depth", "stack", "whole", "knowns", "fid_knowns", "spent", "others", "frames_at", "totals", "names", "values", "sized",
+    __slots__ = ("fids", "codes", "lastis", "depth", "stack", "knowns", "fid_knowns", "spent", "others", "frames_at", "totals", "names", "values", "sized",
                  "sizes", "seqs", "seq_flat", "dicts", "dict_flat", "ref_ids", "ref_objects")
 
 
@@ -436,7 +422,6 @@ class Previews:
         memo.lastis = list(map(_f_lasti, frames))
         memo.depth = depth
         memo.stack = stack
-        memo.whole = not memo.others
         return memo
 
     def same_thread(self, memo, frames):
@@ -446,7 +431,7 @@ class Previews:
         passes (no call per frame or per value), for the entries it kept (``knowns``)."""
         items = self.items
         try:
-            proxies = list(map(_f_locals, frames if memo.whole else [frames[i] for i in memo.frames_at]))
+            proxies = list(map(_f_locals, [frames[i] for i in memo.frames_at]))
             if not all(map(_is, map(type, proxies), _repeat(_frame_locals_proxy))):
                 return False
             # Names and values as two lists each (no pair made per local): the names, from the
